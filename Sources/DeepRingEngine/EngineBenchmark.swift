@@ -1,0 +1,85 @@
+import Foundation
+
+/// The figures of `deepring bench engine`. Each is the median of `repeats` timed runs after a warm-up.
+public enum EngineBenchmark {
+    public struct Figure: Sendable {
+        public var key: String
+        public var value: Double
+        public var unit: String
+    }
+
+    static func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
+
+    static func timed(repeats: Int, _ body: () -> Void) -> Double {
+        body()
+        var ts: [Double] = []
+        for _ in 0..<max(1, repeats) {
+            let t0 = now(); body(); ts.append(now() - t0)
+        }
+        return median(ts)
+    }
+
+    static func randomArray(_ n: Int, seed: UInt64) -> [Float] {
+        var r = SeededRandom(seed: seed)
+        return (0..<n).map { _ in r.uniform() - 0.5 }
+    }
+
+    /// GEMM GFLOP/s for C[m×n] = A[m×k]·B[k×n].
+    public static func gemm(m: Int, n: Int, k: Int, repeats: Int) -> Double {
+        let a = randomArray(m * k, seed: 1), b = randomArray(k * n, seed: 2)
+        var c = [Float](repeating: 0, count: m * n)
+        let reps = max(1, Int(4e8 / Double(2 * m * n * k)))
+        let t = timed(repeats: repeats) { for _ in 0..<reps { GEMM.multiply(a, b, m: m, n: n, k: k, into: &c) } }
+        return Double(2 * m * n * k * reps) / t / 1e9
+    }
+
+    public static func run(repeats: Int = 3, includeVGG: Bool = true, log: (String) -> Void = { _ in }) throws -> [Figure] {
+        var out: [Figure] = []
+        func add(_ k: String, _ v: Double, _ u: String) { out.append(Figure(key: k, value: v, unit: u)); log(String(format: "%-28@ %12.2f %@", k as NSString, v, u as NSString)) }
+        for (m, n, k) in [(128, 900, 784), (128, 600, 900), (1024, 1024, 1024)] {
+            let g = gemm(m: m, n: n, k: k, repeats: repeats)
+            add(m == 1024 ? "gemm_gflops_1024" : "gemm_gflops_\(m)x\(k)x\(n)", g, "GFLOP/s")
+        }
+
+        // MLP training: 60,000 samples, batch 128, SGD — random data (speed does not depend on the values).
+        let samples = 60_000
+        let arch = Architecture.mlp(inputShape: [784], classes: 10)
+        let model = try Model(arch, seed: 1)
+        var cfg = TrainingConfig()
+        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.learningRate = 0.01; cfg.schedule = .constant
+        let trainer = Trainer(model: model, config: cfg)
+        let xs = randomArray(samples * 784, seed: 3).map { $0 + 0.5 }
+        var lr = SeededRandom(seed: 4)
+        let labels = (0..<samples).map { _ in lr.int(below: 10) }
+        let batches = samples / 128 + (samples % 128 == 0 ? 0 : 1)
+        let epoch = timed(repeats: max(1, repeats - 1)) {
+            for b in 0..<batches {
+                let lo = b * 128, hi = min(samples, lo + 128)
+                let x = Tensor(shape: [hi - lo, 784], data: Array(xs[(lo * 784)..<(hi * 784)]))
+                trainer.step(x, Array(labels[lo..<hi]), lr: 0.01)
+            }
+        }
+        add("mlp_train_epoch_s", epoch, "s")
+        add("mlp_train_samples_per_s", Double(samples) / epoch, "samples/s")
+
+        let x1 = Tensor(shape: [1, 784], data: Array(xs[0..<784]))
+        let it1 = 2000
+        let t1 = timed(repeats: repeats) { for _ in 0..<it1 { _ = model.forward(x1) } }
+        add("mlp_infer_b1_us", t1 / Double(it1) * 1e6, "us")
+        let x256 = Tensor(shape: [256, 784], data: Array(xs[0..<(256 * 784)]))
+        let it256 = 100
+        let t256 = timed(repeats: repeats) { for _ in 0..<it256 { _ = model.forward(x256) } }
+        add("mlp_infer_b256_img_per_s", Double(256 * it256) / t256, "img/s")
+
+        if includeVGG {
+            let vgg = try Model(Architecture.vgg19(inputShape: [32, 32, 3], classes: 10, widthDivisor: 1, batchNorm: false), seed: 5)
+            let v1 = Tensor(shape: [1, 32, 32, 3], data: randomArray(3072, seed: 6))
+            let tv1 = timed(repeats: repeats) { for _ in 0..<10 { _ = vgg.forward(v1) } }
+            add("vgg19_infer_b1_ms", tv1 / 10 * 1e3, "ms")
+            let v64 = Tensor(shape: [64, 32, 32, 3], data: randomArray(64 * 3072, seed: 7))
+            let tv64 = timed(repeats: repeats) { _ = vgg.forward(v64) }
+            add("vgg19_infer_b64_img_per_s", 64 / tv64, "img/s")
+        }
+        return out
+    }
+}

@@ -1,0 +1,286 @@
+/// Single-precision matrix multiply with packing and a 6×16 register-blocked SIMD micro-kernel.
+///
+/// Determinism contract (what DeepRing's hash validation relies on): every element of C is produced by
+/// **one sequential fused-multiply-add chain over k = 0, 1, …, K−1**, started from 0 (or from the existing C
+/// when accumulating). K blocking stores and reloads the exact partial value, so it does not change the chain.
+/// Threads split the output tiles only. Hence the result of a row never depends on the thread count, on the
+/// batch size, on tile edges, or on whether the GEMM or the GEMV path computed it.
+
+public enum GEMM {
+    public static let mr = 6
+    public static let nr = 16
+    static let kc = 256
+    static let mc = 96   // multiple of mr
+    static let nc = 2048 // multiple of nr
+
+    /// A strided matrix view: element (r, c) at `base[r * rowStride + c * colStride]`.
+    public struct Operand {
+        public var base: UnsafePointer<Float>
+        public var rowStride: Int
+        public var colStride: Int
+        public init(_ base: UnsafePointer<Float>, rowStride: Int, colStride: Int) {
+            self.base = base; self.rowStride = rowStride; self.colStride = colStride
+        }
+    }
+
+    /// C[m×n] (row stride ldc) = A[m×k] · B[k×n], or C += A·B when `accumulate`.
+    public static func multiply(m: Int, n: Int, k: Int, a: Operand, b: Operand,
+                                c: UnsafeMutablePointer<Float>, ldc: Int,
+                                accumulate: Bool = false, threads: Int = Engine.threads) {
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            return
+        }
+        if m == 1 && a.colStride == 1 && b.colStride == 1 {
+            gemv(n: n, k: k, x: a.base, w: b.base, ldw: b.rowStride, y: c, accumulate: accumulate, threads: threads)
+            return
+        }
+        // Split the larger tile dimension across threads (output tiles only).
+        let mTiles = (m + mr - 1) / mr, nTiles = (n + nr - 1) / nr
+        let flops = 2 * m * n * k
+        let t = flops < 200_000 ? 1 : threads
+        let cBox = UnsafeSendableBox(c)
+        if nTiles >= 4 * t || mTiles < t {
+            Parallel.ranges(n, granule: nr, threads: t) { r in
+                var bb = b
+                bb.base = b.base + r.lowerBound * b.colStride
+                serial(m: m, n: r.count, k: k, a: a, b: bb, c: cBox.value + r.lowerBound, ldc: ldc, accumulate: accumulate)
+            }
+        } else {
+            Parallel.ranges(m, granule: mr, threads: t) { r in
+                var aa = a
+                aa.base = a.base + r.lowerBound * a.rowStride
+                serial(m: r.count, n: n, k: k, a: aa, b: b, c: cBox.value + r.lowerBound * ldc, ldc: ldc, accumulate: accumulate)
+            }
+        }
+    }
+
+    /// Convenience for row-major arrays: C = op(A) · op(B).
+    public static func multiply(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int,
+                                transA: Bool = false, transB: Bool = false,
+                                into c: inout [Float], accumulate: Bool = false, threads: Int = Engine.threads) {
+        precondition(a.count >= m * k && b.count >= k * n && c.count >= m * n)
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                c.withUnsafeMutableBufferPointer { cp in
+                    let oa = transA ? Operand(ap.baseAddress!, rowStride: 1, colStride: m)
+                                    : Operand(ap.baseAddress!, rowStride: k, colStride: 1)
+                    let ob = transB ? Operand(bp.baseAddress!, rowStride: 1, colStride: k)
+                                    : Operand(bp.baseAddress!, rowStride: n, colStride: 1)
+                    multiply(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n,
+                             accumulate: accumulate, threads: threads)
+                }
+            }
+        }
+    }
+
+    // MARK: - Serial blocked GEMM
+
+    static func serial(m: Int, n: Int, k: Int, a: Operand, b: Operand,
+                       c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+        let ncMax = min(nc, (n + nr - 1) / nr * nr)
+        let kcMax = min(kc, k)
+        let bPack = UnsafeMutablePointer<Float>.allocate(capacity: ncMax * kcMax + 16)
+        let aPack = UnsafeMutablePointer<Float>.allocate(capacity: mc * kcMax + 16)
+        defer { bPack.deallocate(); aPack.deallocate() }
+        var edge = [Float](repeating: 0, count: mr * nr)
+
+        var jc = 0
+        while jc < n {
+            let ncur = min(nc, n - jc)
+            var pc = 0
+            while pc < k {
+                let kcur = min(kc, k - pc)
+                packB(b, row0: pc, col0: jc, kc: kcur, nc: ncur, into: bPack)
+                let load = accumulate || pc > 0
+                var ic = 0
+                while ic < m {
+                    let mcur = min(mc, m - ic)
+                    packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: aPack)
+                    var jr = 0
+                    while jr < ncur {
+                        let nrCur = min(nr, ncur - jr)
+                        let bp = bPack + jr * kcur
+                        var ir = 0
+                        while ir < mcur {
+                            let mrCur = min(mr, mcur - ir)
+                            let ap = aPack + ir * kcur
+                            let cp = c + (ic + ir) * ldc + (jc + jr)
+                            if mrCur == mr && nrCur == nr {
+                                kernel(kcur, ap, bp, cp, ldc, load)
+                            } else {
+                                edge.withUnsafeMutableBufferPointer { e in
+                                    let ep = e.baseAddress!
+                                    if load {
+                                        for i in 0..<mrCur { for j in 0..<nrCur { ep[i * nr + j] = cp[i * ldc + j] } }
+                                    }
+                                    kernel(kcur, ap, bp, ep, nr, load)
+                                    for i in 0..<mrCur { for j in 0..<nrCur { cp[i * ldc + j] = ep[i * nr + j] } }
+                                }
+                            }
+                            ir += mr
+                        }
+                        jr += nr
+                    }
+                    ic += mc
+                }
+                pc += kc
+            }
+            jc += nc
+        }
+    }
+
+    /// Packs B[row0..<row0+kc, col0..<col0+nc] into strips of `nr` columns: strip s holds kc rows of nr values.
+    @inline(__always)
+    static func packB(_ b: Operand, row0: Int, col0: Int, kc: Int, nc: Int, into dst: UnsafeMutablePointer<Float>) {
+        var out = dst
+        var j = 0
+        while j < nc {
+            let w = min(nr, nc - j)
+            let src = b.base + row0 * b.rowStride + (col0 + j) * b.colStride
+            if w == nr && b.colStride == 1 {
+                for p in 0..<kc {
+                    let s = UnsafeRawPointer(src + p * b.rowStride)
+                    let d = UnsafeMutableRawPointer(out + p * nr)
+                    d.storeBytes(of: s.loadUnaligned(as: SIMD16<Float>.self), as: SIMD16<Float>.self)
+                }
+            } else {
+                for p in 0..<kc {
+                    let row = src + p * b.rowStride
+                    let d = out + p * nr
+                    for q in 0..<w { d[q] = row[q * b.colStride] }
+                    for q in w..<nr { d[q] = 0 }
+                }
+            }
+            out += kc * nr
+            j += nr
+        }
+    }
+
+    /// Packs A[row0..<row0+mc, col0..<col0+kc] into strips of `mr` rows: strip s holds kc columns of mr values.
+    @inline(__always)
+    static func packA(_ a: Operand, row0: Int, col0: Int, mc: Int, kc: Int, into dst: UnsafeMutablePointer<Float>) {
+        var out = dst
+        var i = 0
+        while i < mc {
+            let h = min(mr, mc - i)
+            let src = a.base + (row0 + i) * a.rowStride + col0 * a.colStride
+            if h == mr {
+                let r0 = src, r1 = src + a.rowStride, r2 = src + 2 * a.rowStride
+                let r3 = src + 3 * a.rowStride, r4 = src + 4 * a.rowStride, r5 = src + 5 * a.rowStride
+                let cs = a.colStride
+                for p in 0..<kc {
+                    let d = out + p * mr
+                    let o = p * cs
+                    d[0] = r0[o]; d[1] = r1[o]; d[2] = r2[o]; d[3] = r3[o]; d[4] = r4[o]; d[5] = r5[o]
+                }
+            } else {
+                for p in 0..<kc {
+                    let d = out + p * mr
+                    for q in 0..<h { d[q] = src[q * a.rowStride + p * a.colStride] }
+                    for q in h..<mr { d[q] = 0 }
+                }
+            }
+            out += kc * mr
+            i += mr
+        }
+    }
+
+    /// The 6×16 micro-kernel: C[6×16] (+)= Ap[kc×6]ᵀ-packed · Bp[kc×16]-packed, one FMA chain per element.
+    @inline(__always)
+    static func kernel(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                       _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
+        typealias V = SIMD8<Float>
+        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
+        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
+        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
+        if load {
+            c00 = ld(c); c01 = ld(c + 8)
+            c10 = ld(c + ldc); c11 = ld(c + ldc + 8)
+            c20 = ld(c + 2 * ldc); c21 = ld(c + 2 * ldc + 8)
+            c30 = ld(c + 3 * ldc); c31 = ld(c + 3 * ldc + 8)
+            c40 = ld(c + 4 * ldc); c41 = ld(c + 4 * ldc + 8)
+            c50 = ld(c + 5 * ldc); c51 = ld(c + 5 * ldc + 8)
+        }
+        var ap = a, bp = b
+        for _ in 0..<kc {
+            let b0 = UnsafeRawPointer(bp).load(as: V.self)
+            let b1 = UnsafeRawPointer(bp + 8).load(as: V.self)
+            var av = V(repeating: ap[0])
+            c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+            av = V(repeating: ap[1])
+            c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+            av = V(repeating: ap[2])
+            c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+            av = V(repeating: ap[3])
+            c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+            av = V(repeating: ap[4])
+            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+            av = V(repeating: ap[5])
+            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+            ap += 6; bp += 16
+        }
+        st(c00, c); st(c01, c + 8)
+        st(c10, c + ldc); st(c11, c + ldc + 8)
+        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 8)
+        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 8)
+        st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 8)
+        st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 8)
+    }
+
+    // MARK: - GEMV (batch 1)
+
+    /// y[n] (+)= x[k] · W[k×n] (row stride ldw). Same per-element FMA chain as the GEMM path.
+    static func gemv(n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,
+                     y: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
+        let t = n * k < 100_000 ? 1 : threads
+        let yBox = UnsafeSendableBox(y)
+        Parallel.ranges(n, granule: 64, threads: t) { r in
+            let y = yBox.value
+            var j = r.lowerBound
+            typealias V = SIMD16<Float>
+            // 64 columns at a time: 4 independent chains per lane group.
+            while j + 64 <= r.upperBound {
+                var s0 = V(), s1 = V(), s2 = V(), s3 = V()
+                if accumulate {
+                    s0 = UnsafeRawPointer(y + j).loadUnaligned(as: V.self)
+                    s1 = UnsafeRawPointer(y + j + 16).loadUnaligned(as: V.self)
+                    s2 = UnsafeRawPointer(y + j + 32).loadUnaligned(as: V.self)
+                    s3 = UnsafeRawPointer(y + j + 48).loadUnaligned(as: V.self)
+                }
+                var wp = w + j
+                for p in 0..<k {
+                    let xv = V(repeating: x[p])
+                    s0 = s0.addingProduct(xv, UnsafeRawPointer(wp).loadUnaligned(as: V.self))
+                    s1 = s1.addingProduct(xv, UnsafeRawPointer(wp + 16).loadUnaligned(as: V.self))
+                    s2 = s2.addingProduct(xv, UnsafeRawPointer(wp + 32).loadUnaligned(as: V.self))
+                    s3 = s3.addingProduct(xv, UnsafeRawPointer(wp + 48).loadUnaligned(as: V.self))
+                    wp += ldw
+                }
+                UnsafeMutableRawPointer(y + j).storeBytes(of: s0, as: V.self)
+                UnsafeMutableRawPointer(y + j + 16).storeBytes(of: s1, as: V.self)
+                UnsafeMutableRawPointer(y + j + 32).storeBytes(of: s2, as: V.self)
+                UnsafeMutableRawPointer(y + j + 48).storeBytes(of: s3, as: V.self)
+                j += 64
+            }
+            while j + 16 <= r.upperBound {
+                var s0 = accumulate ? UnsafeRawPointer(y + j).loadUnaligned(as: V.self) : V()
+                var wp = w + j
+                for p in 0..<k {
+                    s0 = s0.addingProduct(V(repeating: x[p]), UnsafeRawPointer(wp).loadUnaligned(as: V.self))
+                    wp += ldw
+                }
+                UnsafeMutableRawPointer(y + j).storeBytes(of: s0, as: V.self)
+                j += 16
+            }
+            while j < r.upperBound {
+                var s: Float = accumulate ? y[j] : 0
+                for p in 0..<k { s = s.addingProduct(x[p], w[p * ldw + j]) }
+                y[j] = s
+                j += 1
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+/// A network layer with a hand-written forward/backward pair.
+///
+/// `forward` caches what `backward` needs when `training` is true. `backward` receives ∂L/∂output,
+/// **adds** the parameter gradients into the model's gradient buffer and returns ∂L/∂input
+/// (or an empty tensor when `needsInputGradient` is false, as for the first layer).
+public protocol Layer: AnyObject {
+    var spec: LayerSpec { get }
+    /// Output shape (without the batch dimension).
+    var outputShape: [Int] { get }
+    var needsInputGradient: Bool { get set }
+    func forward(_ x: Tensor, training: Bool) -> Tensor
+    func backward(_ dy: Tensor) -> Tensor
+}
+
+/// Element-wise helpers shared by the layers.
+enum Elementwise {
+    /// y[r, :] = bias for every row.
+    @inline(__always)
+    static func broadcastRows(_ bias: UnsafePointer<Float>, rows: Int, cols: Int, into y: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows { (y + r * cols).update(from: bias, count: cols) }
+    }
+
+    /// db[c] += Σ_r dy[r, c], rows summed in order 0, 1, … (deterministic).
+    @inline(__always)
+    static func sumRows(_ dy: UnsafePointer<Float>, rows: Int, cols: Int, into db: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let row = dy + r * cols
+            for c in 0..<cols { db[c] += row[c] }
+        }
+    }
+}

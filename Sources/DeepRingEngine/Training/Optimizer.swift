@@ -1,0 +1,75 @@
+/// Optimizers over the flat parameter buffer. Only trainable views are updated; weight decay (L2, added to
+/// the gradient) applies to views marked `decays` (weights, not biases or normalisation parameters).
+public enum OptimizerKind: String, Sendable, CaseIterable {
+    case sgd, adam
+}
+
+public final class Optimizer {
+    public let kind: OptimizerKind
+    public var momentum: Float = 0.9
+    public var beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
+    public var weightDecay: Float
+    private var m: [Float]
+    private var v: [Float]
+    private var step = 0
+    private let store: ParameterStore
+
+    public init(_ kind: OptimizerKind, store: ParameterStore, weightDecay: Float = 0) {
+        self.kind = kind
+        self.store = store
+        self.weightDecay = weightDecay
+        m = [Float](repeating: 0, count: store.count)
+        v = kind == .adam ? [Float](repeating: 0, count: store.count) : []
+    }
+
+    /// One update with learning rate `lr` from the gradients currently in the store.
+    public func update(lr: Float) {
+        step += 1
+        let kind = self.kind, mom = momentum, b1 = beta1, b2 = beta2, eps = self.eps
+        let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+        let views = store.views
+        let wdGlobal = weightDecay
+        store.withValues { w in
+            store.withGradients { g in
+                m.withUnsafeMutableBufferPointer { mp in
+                    v.withUnsafeMutableBufferPointer { vp in
+                        for view in views where view.trainable {
+                            let wd: Float = view.decays ? wdGlobal : 0
+                            for i in view.range {
+                                let gi = g[i] + wd * w[i]
+                                switch kind {
+                                case .sgd:
+                                    let mi = mom * mp[i] + gi
+                                    mp[i] = mi
+                                    w[i] -= lr * mi
+                                case .adam:
+                                    let mi = b1 * mp[i] + (1 - b1) * gi
+                                    let vi = b2 * vp[i] + (1 - b2) * gi * gi
+                                    mp[i] = mi; vp[i] = vi
+                                    w[i] -= lr * (mi / c1) / ((vi / c2).squareRoot() + eps)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Learning-rate schedules over the whole run (`progress` in [0, 1]).
+public enum Schedule: String, Sendable, CaseIterable {
+    case constant, cosine, step
+
+    /// Learning rate at `progress` with a linear warm-up over the first `warmup` fraction.
+    public func rate(base: Float, progress: Double, warmup: Double = 0.02) -> Float {
+        if progress < warmup { return base * Float((progress + 1e-3) / warmup) }
+        switch self {
+        case .constant: return base
+        case .cosine: return base * Float(0.5 * (1 + cos(Double.pi * min(1, progress))))
+        case .step: return base * (progress < 0.5 ? 1 : progress < 0.75 ? 0.1 : 0.01)
+        }
+    }
+}
+
+import Foundation

@@ -1,0 +1,55 @@
+import ArgumentParser
+import DeepRingEngine
+import Foundation
+
+@main
+struct DeepRingCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "deepring",
+        abstract: "Protect a trained neural network with a ring of hash-chained blocks (DeepRing, Goel et al. 2019).",
+        discussion: """
+        Start with `deepring demo`. Engine commands: train, eval, bench. Data sets are looked up in --data DIR,
+        then $DEEPRING_DATA, ./data/<name> and ../shared/data/<name>; `synthetic` is generated and always available.
+        """,
+        subcommands: [Demo.self, Train.self, Eval.self, Bench.self]
+    )
+}
+
+/// Options shared by commands that read a data set.
+struct DataOptions: ParsableArguments {
+    @Option(help: "Data set: mnist, idx (any MNIST-format folder), cifar10 or synthetic.")
+    var dataset: String = "synthetic"
+
+    @Option(help: "Folder holding the data set files (default: $DEEPRING_DATA, ./data/<name>, ../shared/data/<name>).")
+    var data: String?
+
+    func validate() throws {
+        guard DatasetLoader.names.contains(dataset) else {
+            throw ValidationError("unknown data set '\(dataset)'; choose one of \(DatasetLoader.names.joined(separator: ", "))")
+        }
+    }
+
+    func load(seed: UInt64 = 1) throws -> DatasetSplits {
+        try DatasetLoader.load(name: dataset, directory: data, seed: seed)
+    }
+}
+
+struct ThreadOptions: ParsableArguments {
+    @Option(help: "Worker threads for the kernels (results are bit-identical for any value).")
+    var threads: Int?
+
+    func validate() throws {
+        if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
+    }
+
+    func apply() { if let t = threads { Engine.threads = t } }
+}
+
+/// Prints an error to stderr and exits non-zero, so that no bad input ends in a crash.
+func fail(_ error: Error) -> ExitCode {
+    let message = String(describing: error)
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    return ExitCode(1)
+}
+
+func stderrPrint(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
