@@ -19,7 +19,7 @@ let engineSettings: [SwiftSetting] = [
 
 let package = Package(
     name: "DeepRing",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
         .executable(name: "deepring", targets: ["deepring"]),
@@ -45,6 +45,7 @@ let package = Package(
         .testTarget(
             name: "DeepRingEngineTests",
             dependencies: ["DeepRingEngine"],
+            exclude: ["Fixtures"],
             swiftSettings: [.unsafeFlags(cpuFlags)]
         ),
     ]

@@ -158,7 +158,11 @@ public final class Model: @unchecked Sendable {
         guard shape == [arch.classes] else {
             throw bad("the last layer gives shape \(shape), expected [\(arch.classes)] (one value per class)")
         }
-        built.first?.needsInputGradient = false
+        // Nothing before (and including) the first layer with parameters needs an input gradient.
+        for l in built {
+            l.needsInputGradient = false
+            if l is Dense || l is Conv2D || l is BatchNorm { break }
+        }
         layers = built
         initialise(seed: seed)
     }
@@ -183,13 +187,16 @@ public final class Model: @unchecked Sendable {
         return h
     }
 
-    /// Backward pass from ∂L/∂logits; adds into `parameters.gradients`.
-    public func backward(_ dlogits: Tensor) {
+    /// Backward pass from ∂L/∂logits; adds into `parameters.gradients` and returns ∂L/∂input when
+    /// `layers[0].needsInputGradient` is set (an empty tensor otherwise).
+    @discardableResult
+    public func backward(_ dlogits: Tensor) -> Tensor {
         var g = dlogits
         for l in layers.reversed() {
             g = l.backward(g)
-            if !l.needsInputGradient { break }
+            if !l.needsInputGradient { return Tensor(zeros: [0]) }
         }
+        return g
     }
 
     /// Logits for many inputs, computed `batchSize` at a time (results do not depend on the batch size).

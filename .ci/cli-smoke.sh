@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the CLI on the embedded default and on bad input: every bad input must give a message and exit 1
+# (never a crash, which would exit with a signal status >= 128).
+set -uo pipefail
+bin=${1:-.build/release/deepring}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+pass=0
+
+expect_exit() { # expected-code description command...
+  local want=$1 what=$2; shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local got=$?
+  if [ "$got" -ne "$want" ]; then
+    echo "FAIL: $what: exit $got, expected $want"; sed 's/^/    /' "$tmp/err" | head -5; fail=$((fail + 1))
+  else
+    pass=$((pass + 1))
+  fi
+}
+
+expect_exit 0 "demo" "$bin" demo --out "$tmp/demo0"
+expect_exit 0 "demo --synthetic" "$bin" demo --synthetic --out "$tmp/demo"
+expect_exit 0 "eval --json" "$bin" eval --model "$tmp/demo/mlp.safetensors" --dataset synthetic --json
+python3 - "$tmp/out" <<'PY' || { echo "FAIL: eval --json output"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert 0 <= o["accuracy"] <= 1 and o["accuracy"] > 0.9, o["accuracy"]
+PY
+expect_exit 0 "train synthetic" "$bin" train --model mlp --dataset synthetic --epochs 1 --limit 2000 --out "$tmp/m.safetensors"
+
+printf 'garbage' >"$tmp/bad.safetensors"
+expect_exit 1 "garbage model file" "$bin" eval --model "$tmp/bad.safetensors" --dataset synthetic
+head -c 1000 "$tmp/m.safetensors" >"$tmp/trunc.safetensors"
+expect_exit 1 "truncated model file" "$bin" eval --model "$tmp/trunc.safetensors" --dataset synthetic
+printf '\xff\xff\xff\xff\xff\xff\xff\x7f{}' >"$tmp/huge.safetensors"
+expect_exit 1 "huge header length" "$bin" eval --model "$tmp/huge.safetensors" --dataset synthetic
+expect_exit 1 "missing model file" "$bin" eval --model "$tmp/nope.safetensors" --dataset synthetic
+mkdir -p "$tmp/empty"
+expect_exit 1 "missing data set" "$bin" eval --model "$tmp/m.safetensors" --dataset mnist --data "$tmp/empty"
+grep -q "train-images-idx3-ubyte" "$tmp/err" || { echo "FAIL: missing data set message does not say what to put"; fail=$((fail + 1)); }
+mkdir -p "$tmp/badidx"
+for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+  printf '\x00\x00\x08\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff' >"$tmp/badidx/$f"
+done
+expect_exit 1 "hostile IDX dimensions" "$bin" eval --model "$tmp/m.safetensors" --dataset idx --data "$tmp/badidx"
+expect_exit 64 "unknown data set" "$bin" train --dataset nope --out "$tmp/x.safetensors"
+expect_exit 0 "help" "$bin" --help
+
+echo "cli smoke: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,60 @@
+import DeepRingEngine
+import Foundation
+import Testing
+
+@Suite struct TrainingTests {
+    @Test func syntheticDigitsAreDeterministicBySeed() {
+        let a = SyntheticDigits.generate(count: 30, seed: 4), b = SyntheticDigits.generate(count: 30, seed: 4)
+        let c = SyntheticDigits.generate(count: 30, seed: 5)
+        #expect(a.images == b.images && a.labels == b.labels)
+        #expect(a.images != c.images)
+        #expect(a.images.allSatisfy { $0 >= 0 && $0 <= 1 })
+        #expect(a.classCounts == [Int](repeating: 3, count: 10))
+    }
+
+    /// The embedded default: the paper's MLP must reach ≥ 95% on the held-out synthetic split within seconds.
+    @Test func mlpReachesItsBarOnSyntheticDigits() throws {
+        let s = try DatasetLoader.load(name: "synthetic", seed: 3, syntheticCounts: (4000, 1000))
+        let m = try Model(.mlp(inputShape: s.train.imageShape, classes: 10), seed: 1)
+        var cfg = TrainingConfig()
+        cfg.epochs = 2; cfg.learningRate = 0.05; cfg.seed = 2
+        let t0 = now()
+        let summaries = try Trainer(model: m, config: cfg).fit(s.train, test: s.test)
+        let acc = try Evaluation.evaluate(m, on: s.test).accuracy
+        print(String(format: "synthetic: test accuracy %.2f%% after 2 epochs, %.1f s", acc * 100, now() - t0))
+        #expect(acc >= 0.95)
+        #expect(summaries.count == 2)
+        #expect(summaries[1].trainLoss < summaries[0].trainLoss)
+    }
+
+    @Test func adamAndStepScheduleTrainASmallConvNet() throws {
+        let s = try DatasetLoader.load(name: "synthetic", seed: 5, syntheticCounts: (1200, 300))
+        let arch = Architecture(name: "cnn", inputShape: [28, 28, 1], classes: 10,
+                                layers: [.conv(8), .batchNorm, .relu, .maxPool(2), .conv(16, stride: 2), .relu,
+                                         .flatten, .dropout(0.1), .dense(10)])
+        let m = try Model(arch, seed: 1)
+        var cfg = TrainingConfig()
+        cfg.epochs = 2; cfg.optimizer = .adam; cfg.learningRate = 0.003; cfg.schedule = .step; cfg.batchSize = 32
+        cfg.shiftAugment = 1
+        _ = try Trainer(model: m, config: cfg).fit(s.train)
+        let acc = try Evaluation.evaluate(m, on: s.test).accuracy
+        #expect(acc >= 0.8, "small CNN reached only \(acc)")
+    }
+
+    @Test func evaluationScoresAndConfusion() {
+        let r = Evaluation.score(predictions: [0, 1, 1, 2], labels: [0, 1, 2, 2], classes: 3)
+        #expect(r.correct == 3 && r.accuracy == 0.75)
+        #expect(r.confusion == [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+        #expect(r.perClassAccuracy == [1, 1, 0.5])
+    }
+
+    @Test(.enabled(if: mnistDirectory != nil, "MNIST not found at ../shared/data/mnist (present in CI)"))
+    func mnistCounts() throws {
+        let s = try DatasetLoader.load(name: "mnist", directory: mnistDirectory!)
+        #expect(s.train.count == 60_000 && s.test.count == 10_000)
+        #expect(s.train.imageShape == [28, 28, 1] && s.train.classes == 10)
+        #expect(s.train.classCounts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+        #expect(s.test.classCounts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+        #expect(s.train.images.max() == 1 && s.train.images.min() == 0)
+    }
+}
