@@ -39,8 +39,9 @@ struct BenchEngine: ParsableCommand {
                     // Ratio as "ours / JAX" for times, "ours / JAX" for rates; the reader knows which is better.
                     ratios[f.key] = f.value / jax
                     if !json {
-                        print(String(format: "ratio %-26@ ours %.2f %@ / JAX %.2f (runs %.2f, %.2f) = %.2f", f.key as NSString,
-                                     f.value, f.unit as NSString, jax, a, b, f.value / jax))
+                        print("ratio " + f.key.padding(toLength: 27, withPad: " ", startingAt: 0)
+                              + String(format: "ours %10.2f / JAX %10.2f (JAX runs %.2f, %.2f) = %.2f  %@", f.value, jax, a, b,
+                                       f.value / jax, f.unit as NSString))
                     }
                 }
             }
@@ -54,10 +55,30 @@ struct BenchEngine: ParsableCommand {
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
     }
 
+    /// numpy's matmul (OpenBLAS) at the same GEMM shapes, printed in the reference's `REF name value unit` form.
+    static let numpyGEMM = """
+    import numpy as np, time
+    for m, k, n in ((128, 784, 900), (128, 900, 600), (1024, 1024, 1024)):
+        a = np.random.rand(m, k).astype(np.float32); b = np.random.rand(k, n).astype(np.float32)
+        reps = max(1, int(4e8 / (2 * m * n * k))); ts = []
+        for _ in range(4):
+            t = time.perf_counter()
+            for _ in range(reps): a @ b
+            ts.append(time.perf_counter() - t)
+        name = "gemm_gflops_1024" if m == 1024 else f"gemm_gflops_{m}x{k}x{n}"
+        print(f"REF {name} {2 * m * n * k * reps / sorted(ts)[2] / 1e9:.2f} GFLOP/s (numpy {np.__version__})")
+    """
+
     func runReference(_ python: String) throws -> [String: Double] {
+        var out = try runPython(python, ["-c", BenchEngine.numpyGEMM])
+        out.merge(try runPython(python, [referenceScript, noVgg ? "mlp" : "all", "--repeats", "\(repeats)"])) { a, _ in a }
+        return out
+    }
+
+    func runPython(_ python: String, _ arguments: [String]) throws -> [String: Double] {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = [referenceScript, noVgg ? "mlp" : "all", "--repeats", "\(repeats)"]
+        p.arguments = arguments
         let pipe = Pipe()
         p.standardOutput = pipe
         try p.run()

@@ -29,7 +29,15 @@ public final class ReLU: Layer {
         var dx = dy
         dx.data.withUnsafeMutableBufferPointer { d in
             y.data.withUnsafeBufferPointer { yp in
-                for i in 0..<d.count where !(yp[i] > 0) { d[i] = 0 }
+                let n = d.count
+                var i = 0
+                while i + 16 <= n {
+                    let g = UnsafeRawPointer(d.baseAddress! + i).loadUnaligned(as: SIMD16<Float>.self)
+                    let v = UnsafeRawPointer(yp.baseAddress! + i).loadUnaligned(as: SIMD16<Float>.self)
+                    UnsafeMutableRawPointer(d.baseAddress! + i).storeBytes(of: g.replacing(with: 0, where: .!(v .> 0)), as: SIMD16<Float>.self)
+                    i += 16
+                }
+                while i < n { if !(yp[i] > 0) { d[i] = 0 }; i += 1 }
             }
         }
         output = nil

@@ -49,7 +49,7 @@ public final class Dense: Layer {
     public func backward(_ dy: Tensor) -> Tensor {
         guard let x = input else { preconditionFailure("backward before a training forward") }
         let n = x.batch
-        var dx = needsInputGradient ? Tensor(zeros: [n, inFeatures]) : Tensor(zeros: [0])
+        var dx = needsInputGradient ? Tensor(uninitialized: [n, inFeatures]) : Tensor(zeros: [0])
         store.withValues { p in
             store.withGradients { g in
                 x.data.withUnsafeBufferPointer { xp in

@@ -22,31 +22,46 @@ public final class Optimizer {
         v = kind == .adam ? [Float](repeating: 0, count: store.count) : []
     }
 
-    /// One update with learning rate `lr` from the gradients currently in the store.
+    /// One update with learning rate `lr` from the gradients currently in the store. Element-wise, so it is
+    /// split over threads by contiguous chunks (results do not depend on the split).
     public func update(lr: Float) {
         step += 1
         let kind = self.kind, mom = momentum, b1 = beta1, b2 = beta2, eps = self.eps
         let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-        let views = store.views
-        let wdGlobal = weightDecay
+        // Contiguous runs of (range, decay) for trainable views, cut into chunks of at most 64k values.
+        var runs: [(Range<Int>, Float)] = []
+        for view in store.views where view.trainable {
+            var lo = view.range.lowerBound
+            while lo < view.range.upperBound {
+                let hi = min(view.range.upperBound, lo + 65536)
+                runs.append((lo..<hi, view.decays ? weightDecay : 0))
+                lo = hi
+            }
+        }
         store.withValues { w in
             store.withGradients { g in
                 m.withUnsafeMutableBufferPointer { mp in
                     v.withUnsafeMutableBufferPointer { vp in
-                        for view in views where view.trainable {
-                            let wd: Float = view.decays ? wdGlobal : 0
-                            for i in view.range {
-                                let gi = g[i] + wd * w[i]
-                                switch kind {
-                                case .sgd:
-                                    let mi = mom * mp[i] + gi
-                                    mp[i] = mi
+                        let box = UnsafeSendableBox((w, g, mp.baseAddress!, vp.baseAddress))
+                        Parallel.forEach(runs.count, threads: store.count > 100_000 ? Engine.threads : 1) { r in
+                            let (w, g, m, v) = box.value
+                            let (range, wd) = runs[r]
+                            switch kind {
+                            case .sgd:
+                                for i in range {
+                                    let mi = mom * m[i] + (g[i] + wd * w[i])
+                                    m[i] = mi
                                     w[i] -= lr * mi
-                                case .adam:
-                                    let mi = b1 * mp[i] + (1 - b1) * gi
-                                    let vi = b2 * vp[i] + (1 - b2) * gi * gi
-                                    mp[i] = mi; vp[i] = vi
-                                    w[i] -= lr * (mi / c1) / ((vi / c2).squareRoot() + eps)
+                                }
+                            case .adam:
+                                let v = v!
+                                let ic1 = 1 / c1, ic2 = 1 / c2
+                                for i in range {
+                                    let gi = g[i] + wd * w[i]
+                                    let mi = b1 * m[i] + (1 - b1) * gi
+                                    let vi = b2 * v[i] + (1 - b2) * gi * gi
+                                    m[i] = mi; v[i] = vi
+                                    w[i] -= lr * (mi * ic1) / ((vi * ic2).squareRoot() + eps)
                                 }
                             }
                         }
