@@ -40,7 +40,7 @@ struct BenchEngine: ParsableCommand {
                     ratios[f.key] = f.value / jax
                     if !json {
                         print("ratio " + f.key.padding(toLength: 27, withPad: " ", startingAt: 0)
-                              + String(format: "ours %10.2f / JAX %10.2f (JAX runs %.2f, %.2f) = %.2f  %@", f.value, jax, a, b,
+                              + String(format: "ours %10.2f / peer %10.2f (peer runs %.2f, %.2f) = %.2f  %@", f.value, jax, a, b,
                                        f.value / jax, f.unit as NSString))
                     }
                 }
@@ -48,7 +48,7 @@ struct BenchEngine: ParsableCommand {
             if json {
                 var obj: [String: Any] = ["threads": Engine.threads]
                 for f in figures { obj[f.key] = f.value }
-                if !ratios.isEmpty { obj["ratio_to_jax"] = ratios; obj["jax"] = ref1.merging(ref2) { ($0 + $1) / 2 } }
+                if !ratios.isEmpty { obj["ratio_to_peer"] = ratios; obj["peer"] = ref1.merging(ref2) { ($0 + $1) / 2 } }
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }
