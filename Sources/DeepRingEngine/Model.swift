@@ -187,7 +187,7 @@ public final class Model: @unchecked Sendable {
         return h
     }
 
-    /// Backward pass from ∂L/∂logits; adds into `parameters.gradients` and returns ∂L/∂input when
+    /// Backward pass from ∂L/∂logits; writes every trainable gradient in `parameters.gradients` and returns ∂L/∂input when
     /// `layers[0].needsInputGradient` is set (an empty tensor otherwise).
     @discardableResult
     public func backward(_ dlogits: Tensor) -> Tensor {

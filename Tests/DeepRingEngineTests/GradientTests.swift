@@ -99,4 +99,20 @@ import Testing
         #expect(zeros > 60 && zeros < 140, "dropout 0.5 zeroed \(zeros) of 200")
         #expect(d.forward(x, training: false) == x)
     }
+
+    /// backward writes (not adds) the gradients, so no zeroing is needed between steps; convolution sums its
+    /// chunks into the same result.
+    @Test func backwardOverwritesGradients() throws {
+        let m = try Model(Architecture(name: "t", inputShape: [6, 6, 2], classes: 3,
+                                       layers: [.conv(3), .batchNorm, .relu, .flatten, .dense(3)]), seed: 4)
+        let x = Tensor(shape: [2, 6, 6, 2], data: randomFloats(144, seed: 2))
+        func grads() -> [Float] {
+            let (_, g, _) = softmaxCrossEntropy(logits: m.forward(x, training: true), labels: [0, 2])
+            m.backward(g)
+            return m.parameters.gradients
+        }
+        let a = grads(), b = grads()
+        #expect(a.map(\.bitPattern) == b.map(\.bitPattern))
+        #expect(a.contains { $0 != 0 })
+    }
 }

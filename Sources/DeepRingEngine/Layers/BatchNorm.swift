@@ -95,8 +95,8 @@ public final class BatchNorm: Layer {
                     }
                 }
                 for j in 0..<c {
-                    gr[gamma.offset + j] += sumDyX[j]
-                    gr[beta.offset + j] += sumDy[j]
+                    gr[gamma.offset + j] = sumDyX[j]
+                    gr[beta.offset + j] = sumDy[j]
                 }
                 let invN = 1 / Float(rows)
                 for r in 0..<rows {

@@ -117,12 +117,12 @@ public final class Conv2D: Layer {
                                 let rows = (n1 - n0) * rowsPerImage
                                 let dyc = dyp.baseAddress! + n0 * rowsPerImage * outC
                                 im2col(xp.baseAddress!, images: n0, n1, into: scratch)
-                                // ∂W += colsᵀ·dy
+                                // ∂W = Σ_chunks colsᵀ·dy (the first chunk overwrites)
                                 GEMM.multiply(m: ps, n: outC, k: rows,
                                               a: .init(scratch, rowStride: 1, colStride: ps),
                                               b: .init(dyc, rowStride: outC, colStride: 1),
-                                              c: g + w.offset, ldc: outC, accumulate: true)
-                                Elementwise.sumRows(dyc, rows: rows, cols: outC, into: g + b.offset)
+                                              c: g + w.offset, ldc: outC, accumulate: n0 > 0)
+                                Elementwise.sumRows(dyc, rows: rows, cols: outC, into: g + b.offset, accumulate: n0 > 0)
                                 if needsInputGradient {
                                     // ∂cols = dy·Wᵀ, then scatter-add back to the image (col2im).
                                     GEMM.multiply(m: rows, n: ps, k: outC,

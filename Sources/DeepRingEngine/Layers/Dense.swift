@@ -54,12 +54,12 @@ public final class Dense: Layer {
             store.withGradients { g in
                 x.data.withUnsafeBufferPointer { xp in
                     dy.data.withUnsafeBufferPointer { dyp in
-                        // ∂W += xᵀ·dy
+                        // ∂W = xᵀ·dy
                         GEMM.multiply(m: inFeatures, n: outFeatures, k: n,
                                       a: .init(xp.baseAddress!, rowStride: 1, colStride: inFeatures),
                                       b: .init(dyp.baseAddress!, rowStride: outFeatures, colStride: 1),
-                                      c: g + w.offset, ldc: outFeatures, accumulate: true)
-                        Elementwise.sumRows(dyp.baseAddress!, rows: n, cols: outFeatures, into: g + b.offset)
+                                      c: g + w.offset, ldc: outFeatures, accumulate: false)
+                        Elementwise.sumRows(dyp.baseAddress!, rows: n, cols: outFeatures, into: g + b.offset, accumulate: false)
                         if needsInputGradient {
                             dx.data.withUnsafeMutableBufferPointer { dxp in
                                 // ∂x = dy·Wᵀ

@@ -1,7 +1,7 @@
 /// A network layer with a hand-written forward/backward pair.
 ///
 /// `forward` caches what `backward` needs when `training` is true. `backward` receives ∂L/∂output,
-/// **adds** the parameter gradients into the model's gradient buffer and returns ∂L/∂input
+/// **writes** (overwrites) the layer's parameter gradients in the model's gradient buffer and returns ∂L/∂input
 /// (or an empty tensor when `needsInputGradient` is false, as for the first layer).
 public protocol Layer: AnyObject {
     var spec: LayerSpec { get }
@@ -20,9 +20,11 @@ enum Elementwise {
         for r in 0..<rows { (y + r * cols).update(from: bias, count: cols) }
     }
 
-    /// db[c] += Σ_r dy[r, c], rows summed in order 0, 1, … (deterministic).
+    /// db[c] (+)= Σ_r dy[r, c], rows summed in order 0, 1, … (deterministic).
     @inline(__always)
-    static func sumRows(_ dy: UnsafePointer<Float>, rows: Int, cols: Int, into db: UnsafeMutablePointer<Float>) {
+    static func sumRows(_ dy: UnsafePointer<Float>, rows: Int, cols: Int, into db: UnsafeMutablePointer<Float>,
+                        accumulate: Bool) {
+        if !accumulate { db.update(repeating: 0, count: cols) }
         for r in 0..<rows {
             let row = dy + r * cols
             for c in 0..<cols { db[c] += row[c] }

@@ -51,7 +51,6 @@ public final class Trainer {
     /// One SGD step on a batch; returns (loss, correct).
     @discardableResult
     public func step(_ x: Tensor, _ labels: [Int], lr: Float) -> (Float, Int) {
-        model.parameters.zeroGradients()
         let logits = model.forward(x, training: true)
         let (loss, grad, correct) = softmaxCrossEntropy(logits: logits, labels: labels)
         model.backward(grad)
