@@ -22,10 +22,13 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
+        .library(name: "DeepRingLedger", targets: ["DeepRingLedger"]),
         .executable(name: "deepring", targets: ["deepring"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -33,6 +36,13 @@ let package = Package(
             name: "DeepRingEngine",
             dependencies: ["CZlib"],
             swiftSettings: engineSettings
+        ),
+        .target(
+            name: "DeepRingLedger",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         .executableTarget(
             name: "deepring",
@@ -47,6 +57,11 @@ let package = Package(
             dependencies: ["DeepRingEngine"],
             exclude: ["Fixtures"],
             swiftSettings: [.unsafeFlags(cpuFlags)]
+        ),
+        .testTarget(
+            name: "DeepRingLedgerTests",
+            dependencies: ["DeepRingLedger", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "GRDB", package: "GRDB.swift")]
         ),
     ]
 )

@@ -1,0 +1,74 @@
+/// Re-verifies a ledger: the sequence numbers run 1, 2, 3, … without gaps, each entry's previous hash is the
+/// hash of the entry before it, each stored hash equals the hash recomputed from the fields, each signature
+/// verifies under its author's key, every author belongs to the ring, and no signature appears twice
+/// (a replayed entry). The first violation is reported with its row.
+public struct AuditReport: Sendable, Equatable, CustomStringConvertible {
+    public enum Problem: Sendable, Equatable {
+        case unreadable(String)
+        case gap(expected: Int64, found: Int64)
+        case brokenChain
+        case hashMismatch
+        case badSignature
+        case unknownAuthor
+        case replayed(originalSequence: Int64)
+    }
+
+    public var entries: Int
+    /// The first bad row (sequence number) and what is wrong with it; nil when the ledger is intact.
+    public var firstProblem: (sequence: Int64, problem: Problem)?
+
+    public var isClean: Bool { firstProblem == nil }
+
+    public static func == (a: AuditReport, b: AuditReport) -> Bool {
+        a.entries == b.entries && a.firstProblem?.sequence == b.firstProblem?.sequence && a.firstProblem?.problem == b.firstProblem?.problem
+    }
+
+    public var description: String {
+        guard let (seq, p) = firstProblem else { return "ledger intact: \(entries) entries, chain, hashes and signatures verified" }
+        let what: String
+        switch p {
+        case .unreadable(let m): what = "unreadable: \(m)"
+        case .gap(let e, let f): what = "sequence gap: expected \(e), found \(f) (a row was deleted or inserted)"
+        case .brokenChain: what = "previous-hash link broken (rows deleted, swapped or inserted)"
+        case .hashMismatch: what = "stored hash does not match the entry's fields (a field was changed)"
+        case .badSignature: what = "signature does not verify under the author's key"
+        case .unknownAuthor: what = "signed by a key outside the ring"
+        case .replayed(let o): what = "replay of entry \(o)"
+        }
+        return "ledger compromised at row \(seq): \(what)"
+    }
+}
+
+public enum LedgerAudit {
+    /// Audits `entries` (in stored order). `ringKeys`: the public keys allowed to author entries (nil = any).
+    public static func audit(_ entries: [LedgerEntry], ringKeys: Set<[UInt8]>? = nil) -> AuditReport {
+        var report = AuditReport(entries: entries.count, firstProblem: nil)
+        var expected: Int64 = 1
+        var prev = LedgerEntry.genesisHash
+        var signatures: [[UInt8]: Int64] = [:]
+        for e in entries {
+            func bad(_ p: AuditReport.Problem) -> AuditReport { report.firstProblem = (e.sequence, p); return report }
+            if e.sequence != expected { return bad(.gap(expected: expected, found: e.sequence)) }
+            if e.previousHash != prev { return bad(.brokenChain) }
+            if e.recomputedHash != e.hash { return bad(.hashMismatch) }
+            if let keys = ringKeys, !keys.contains(e.author) { return bad(.unknownAuthor) }
+            if !e.signatureIsValid { return bad(.badSignature) }
+            if let o = signatures[e.signature] { return bad(.replayed(originalSequence: o)) }
+            signatures[e.signature] = e.sequence
+            prev = e.hash
+            expected += 1
+        }
+        return report
+    }
+
+    /// Audits a whole ledger; a row that cannot even be decoded is reported as the first problem.
+    public static func audit(_ ledger: any Ledger, ringKeys: Set<[UInt8]>? = nil) -> AuditReport {
+        do {
+            return audit(try ledger.allEntries(), ringKeys: ringKeys)
+        } catch let LedgerError.malformedRow(seq, reason) {
+            return AuditReport(entries: 0, firstProblem: (seq ?? -1, .unreadable(reason)))
+        } catch {
+            return AuditReport(entries: 0, firstProblem: (-1, .unreadable("\(error)")))
+        }
+    }
+}

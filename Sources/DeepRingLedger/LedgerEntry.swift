@@ -1,0 +1,128 @@
+import Crypto
+import Foundation
+
+/// What a ledger entry records (paper §3.4: query, the blocks' S/K/X/H posts, delivery; plus the
+/// housekeeping DeepRing adds: sealing, alarms, restores and reshuffles).
+public enum EntryKind: String, Sendable, CaseIterable, Codable {
+    case seal, query, layer, delivery, alarm, restore, reshuffle
+}
+
+/// One row of the append-only ledger. The entry hash covers every other field (with the previous entry's
+/// hash, which chains the rows); the author's Ed25519 signature covers the entry hash.
+public struct LedgerEntry: Sendable, Equatable {
+    public var sequence: Int64
+    public var previousHash: [UInt8]
+    public var kind: EntryKind
+    public var queryID: String?
+    /// The author's Ed25519 public key (32 bytes).
+    public var author: [UInt8]
+    /// Opaque protocol data (ciphertexts, hashes); never secrets.
+    public var payload: [UInt8]
+    public var hash: [UInt8]
+    public var signature: [UInt8]
+
+    public init(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?, author: [UInt8],
+                payload: [UInt8], hash: [UInt8], signature: [UInt8]) {
+        self.sequence = sequence; self.previousHash = previousHash; self.kind = kind; self.queryID = queryID
+        self.author = author; self.payload = payload; self.hash = hash; self.signature = signature
+    }
+
+    public static let genesisHash = [UInt8](repeating: 0, count: 32)
+    public static let domainTag = Array("DeepRing ledger entry v1".utf8)
+    public static let maxPayload = 64 << 20
+    public static let maxQueryID = 128
+
+    /// The canonical byte encoding that is hashed: domain tag ‖ u64 sequence ‖ previous hash ‖ length-prefixed
+    /// kind, query id, author and payload (lengths as big-endian u32).
+    public static func canonicalBytes(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
+                                      author: [UInt8], payload: [UInt8]) -> [UInt8] {
+        var b = domainTag
+        b.reserveCapacity(b.count + 8 + 32 + 16 + author.count + payload.count + 64)
+        for k in (0..<8).reversed() { b.append(UInt8(truncatingIfNeeded: UInt64(bitPattern: sequence) >> (8 * UInt64(k)))) }
+        b += previousHash
+        func field(_ f: [UInt8]) {
+            let n = UInt32(f.count)
+            b += [UInt8(n >> 24), UInt8((n >> 16) & 255), UInt8((n >> 8) & 255), UInt8(n & 255)]
+            b += f
+        }
+        field(Array(kind.rawValue.utf8))
+        field(queryID.map { [1] + Array($0.utf8) } ?? [0])
+        field(author)
+        field(payload)
+        return b
+    }
+
+    public static func computeHash(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
+                                   author: [UInt8], payload: [UInt8]) -> [UInt8] {
+        Array(SHA256.hash(data: canonicalBytes(sequence: sequence, previousHash: previousHash, kind: kind,
+                                               queryID: queryID, author: author, payload: payload)))
+    }
+
+    /// Recomputes this entry's hash from its fields.
+    public var recomputedHash: [UInt8] {
+        LedgerEntry.computeHash(sequence: sequence, previousHash: previousHash, kind: kind, queryID: queryID,
+                                author: author, payload: payload)
+    }
+
+    /// True when `signature` is the author's valid Ed25519 signature of `hash`.
+    public var signatureIsValid: Bool {
+        guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: author) else { return false }
+        return key.isValidSignature(signature, for: hash)
+    }
+}
+
+/// Signs ledger entries. The private key stays with its owner (a block or the ouroboros); only the public
+/// key and signatures ever reach the ledger.
+public struct LedgerSigner: Sendable {
+    private let key: Curve25519.Signing.PrivateKey
+
+    public init(_ key: Curve25519.Signing.PrivateKey) { self.key = key }
+    public init() { self.key = Curve25519.Signing.PrivateKey() }
+
+    public var publicKey: [UInt8] { Array(key.publicKey.rawRepresentation) }
+
+    public func sign(_ digest: [UInt8]) throws -> [UInt8] { Array(try key.signature(for: digest)) }
+}
+
+public enum LedgerError: Error, CustomStringConvertible, Equatable {
+    case malformedRow(sequence: Int64?, reason: String)
+    case invalidArgument(String)
+    case storage(String)
+
+    public var description: String {
+        switch self {
+        case .malformedRow(let s, let r): return "malformed ledger row\(s.map { " \($0)" } ?? ""): \(r)"
+        case .invalidArgument(let m): return "invalid ledger entry: \(m)"
+        case .storage(let m): return "ledger storage error: \(m)"
+        }
+    }
+}
+
+/// The shared, append-only ledger through which DeepRing's blocks talk — and the only thing they share.
+/// Backends: `SQLiteLedger` (one host); a PostgreSQL backend for multi-host rings implements the same protocol.
+public protocol Ledger: Sendable {
+    /// Appends an entry signed by `signer` in one transaction: the sequence number and previous hash are taken
+    /// from the current last entry inside that transaction, so concurrent writers cannot fork the chain.
+    @discardableResult
+    func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry
+    /// Entries with sequence ≥ `sequence`, in order, at most `limit`.
+    func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry]
+    /// The last entry, if any.
+    func last() throws -> LedgerEntry?
+    /// Waits until entries after `sequence` exist (or `timeout` passes) and returns them.
+    func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry]
+}
+
+extension Ledger {
+    /// Every entry, in order.
+    public func allEntries() throws -> [LedgerEntry] {
+        var out: [LedgerEntry] = []
+        var next: Int64 = 1
+        while true {
+            let page = try entries(from: next, limit: 4096)
+            out += page
+            guard let l = page.last, page.count == 4096 else { return out }
+            next = l.sequence + 1
+        }
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import GRDB
+
+/// The SQLite ledger (GRDB, WAL journal): one table, one transaction per append. Rows are read back as
+/// hostile data: every field's type and size is checked, and a bad row is a typed error, never a crash.
+public final class SQLiteLedger: Ledger, @unchecked Sendable {
+    let pool: DatabasePool
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try pool.write { db in
+                try db.execute(sql: """
+                    CREATE TABLE IF NOT EXISTS entries (
+                        seq INTEGER PRIMARY KEY,
+                        prev_hash BLOB NOT NULL,
+                        kind TEXT NOT NULL,
+                        query_id TEXT,
+                        author BLOB NOT NULL,
+                        payload BLOB NOT NULL,
+                        hash BLOB NOT NULL,
+                        signature BLOB NOT NULL
+                    )
+                    """)
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage("\(path): \(e.message ?? e.description)")
+        }
+    }
+
+    @discardableResult
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+        guard payload.count <= LedgerEntry.maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
+        if let q = queryID, q.utf8.count > LedgerEntry.maxQueryID || q.isEmpty {
+            throw LedgerError.invalidArgument("query id must be 1–\(LedgerEntry.maxQueryID) bytes")
+        }
+        do {
+            return try pool.write { db in
+                let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+                let seq: Int64, prev: [UInt8]
+                if let last {
+                    let s = try SQLiteLedger.int(last, "seq", nil)
+                    seq = s + 1
+                    prev = try SQLiteLedger.blob(last, "hash", s, size: 32)
+                } else {
+                    seq = 1
+                    prev = LedgerEntry.genesisHash
+                }
+                let author = signer.publicKey
+                let hash = LedgerEntry.computeHash(sequence: seq, previousHash: prev, kind: kind, queryID: queryID,
+                                                   author: author, payload: payload)
+                let sig = try signer.sign(hash)
+                try db.execute(sql: "INSERT INTO entries (seq, prev_hash, kind, query_id, author, payload, hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               arguments: [seq, Data(prev), kind.rawValue, queryID, Data(author), Data(payload), Data(hash), Data(sig)])
+                return LedgerEntry(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author,
+                                   payload: payload, hash: hash, signature: sig)
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
+    public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
+        do {
+            return try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+                                 arguments: [sequence, max(0, limit)]).map(SQLiteLedger.decode)
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
+    public func last() throws -> LedgerEntry? {
+        do {
+            return try pool.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM entries ORDER BY seq DESC LIMIT 1").map(SQLiteLedger.decode)
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
+    /// SQLite has no cross-process notification: poll with a short back-off (1 ms growing to 20 ms).
+    public func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry] {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        var pause = Duration.milliseconds(1)
+        while true {
+            let e = try entries(from: sequence + 1, limit: 4096)
+            if !e.isEmpty || clock.now >= deadline { return e }
+            Thread.sleep(forTimeInterval: Double(pause.components.attoseconds) * 1e-18 + Double(pause.components.seconds))
+            pause = min(pause * 2, .milliseconds(20))
+        }
+    }
+
+    // MARK: hostile-row decoding
+
+    static func int(_ row: Row, _ column: String, _ seq: Int64?) throws -> Int64 {
+        guard case .int64(let v)? = (row[column] as DatabaseValue?)?.storage else {
+            throw LedgerError.malformedRow(sequence: seq, reason: "\(column) is not an integer")
+        }
+        return v
+    }
+
+    static func blob(_ row: Row, _ column: String, _ seq: Int64?, size: Int? = nil, max: Int = LedgerEntry.maxPayload) throws -> [UInt8] {
+        guard case .blob(let d)? = (row[column] as DatabaseValue?)?.storage else {
+            throw LedgerError.malformedRow(sequence: seq, reason: "\(column) is not a blob")
+        }
+        if let size, d.count != size {
+            throw LedgerError.malformedRow(sequence: seq, reason: "\(column) has \(d.count) bytes, expected \(size)")
+        }
+        guard d.count <= max else { throw LedgerError.malformedRow(sequence: seq, reason: "\(column) is too large") }
+        return [UInt8](d)
+    }
+
+    static func text(_ row: Row, _ column: String, _ seq: Int64?, optional: Bool) throws -> String? {
+        switch (row[column] as DatabaseValue?)?.storage {
+        case .string(let s)?:
+            guard s.utf8.count <= LedgerEntry.maxQueryID else { throw LedgerError.malformedRow(sequence: seq, reason: "\(column) too long") }
+            return s
+        case .null? where optional, nil where optional: return nil
+        default: throw LedgerError.malformedRow(sequence: seq, reason: "\(column) is not text")
+        }
+    }
+
+    static func decode(_ row: Row) throws -> LedgerEntry {
+        let seq = try int(row, "seq", nil)
+        guard let k = try text(row, "kind", seq, optional: false), let kind = EntryKind(rawValue: k) else {
+            throw LedgerError.malformedRow(sequence: seq, reason: "unknown kind")
+        }
+        return LedgerEntry(sequence: seq,
+                           previousHash: try blob(row, "prev_hash", seq, size: 32),
+                           kind: kind,
+                           queryID: try text(row, "query_id", seq, optional: true),
+                           author: try blob(row, "author", seq, size: 32),
+                           payload: try blob(row, "payload", seq),
+                           hash: try blob(row, "hash", seq, size: 32),
+                           signature: try blob(row, "signature", seq, size: 64))
+    }
+}
