@@ -262,7 +262,7 @@ public enum GEMM {
                      y: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
         let t = n * k < 100_000 ? 1 : threads
         let yBox = UnsafeSendableBox(y)
-        Parallel.ranges(n, granule: 64, threads: t) { r in
+        Parallel.ranges(n, granule: 16, threads: t) { r in
             let y = yBox.value
             var j = r.lowerBound
             typealias V = SIMD16<Float>
@@ -299,6 +299,22 @@ public enum GEMM {
                 }
                 UnsafeMutableRawPointer(y + j).storeBytes(of: s0, as: V.self)
                 j += 16
+            }
+            let rem = r.upperBound - j
+            if rem > 0 && k >= 2 && ldw >= 16 {
+                // Tail of < 16 columns as one vector of independent chains (a scalar loop here is FMA-latency
+                // bound). Rows 0..<k−1 are loaded 16 wide — the extra lanes read the next row, in bounds, and
+                // are discarded; the last row is gathered lane by lane.
+                var s = V()
+                if accumulate { for q in 0..<rem { s[q] = y[j + q] } }
+                for p in 0..<(k - 1) {
+                    s = s.addingProduct(V(repeating: x[p]), UnsafeRawPointer(w + p * ldw + j).loadUnaligned(as: V.self))
+                }
+                var lastRow = V()
+                for q in 0..<rem { lastRow[q] = w[(k - 1) * ldw + j + q] }
+                s = s.addingProduct(V(repeating: x[k - 1]), lastRow)
+                for q in 0..<rem { y[j + q] = s[q] }
+                j = r.upperBound
             }
             while j < r.upperBound {
                 var s: Float = accumulate ? y[j] : 0

@@ -183,7 +183,16 @@ public final class Model: @unchecked Sendable {
     /// Forward pass over a batch ([N] + inputShape), returning logits [N, classes].
     public func forward(_ x: Tensor, training: Bool = false) -> Tensor {
         var h = x
-        for l in layers { h = l.forward(h, training: training) }
+        var i = 0
+        while i < layers.count {
+            h = layers[i].forward(h, training: training)
+            // Inference: apply a following ReLU in place on the fresh output (same values, one pass and copy fewer).
+            if !training, i + 1 < layers.count, layers[i] is Dense || layers[i] is Conv2D, layers[i + 1] is ReLU {
+                ReLU.applyInPlace(&h)
+                i += 1
+            }
+            i += 1
+        }
         return h
     }
 

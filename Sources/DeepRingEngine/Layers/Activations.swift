@@ -9,6 +9,13 @@ public final class ReLU: Layer {
 
     public func forward(_ x: Tensor, training: Bool) -> Tensor {
         var y = x
+        ReLU.applyInPlace(&y)
+        if training { output = y }
+        return y
+    }
+
+    /// max(0, z) in place, 16 lanes at a time.
+    public static func applyInPlace(_ y: inout Tensor) {
         y.data.withUnsafeMutableBufferPointer { p in
             let n = p.count
             let base = p.baseAddress!
@@ -20,8 +27,6 @@ public final class ReLU: Layer {
             }
             while i < n { if base[i] < 0 { base[i] = 0 }; i += 1 }
         }
-        if training { output = y }
-        return y
     }
 
     public func backward(_ dy: Tensor) -> Tensor {
