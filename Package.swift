@@ -23,6 +23,7 @@ let package = Package(
     products: [
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
         .library(name: "DeepRingLedger", targets: ["DeepRingLedger"]),
+        .library(name: "DeepRing", targets: ["DeepRing"]),
         .executable(name: "deepring", targets: ["deepring"]),
     ],
     dependencies: [
@@ -44,6 +45,13 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
+        .target(
+            name: "DeepRing",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .executableTarget(
             name: "deepring",
             dependencies: [
@@ -57,6 +65,10 @@ let package = Package(
             dependencies: ["DeepRingEngine"],
             exclude: ["Fixtures"],
             swiftSettings: [.unsafeFlags(cpuFlags)]
+        ),
+        .testTarget(
+            name: "DeepRingTests",
+            dependencies: ["DeepRing", "DeepRingEngine"]
         ),
         .testTarget(
             name: "DeepRingLedgerTests",

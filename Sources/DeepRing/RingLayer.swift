@@ -1,0 +1,95 @@
+import DeepRingEngine
+import Foundation
+
+/// One layer in the paper's sense — the unit a DeepRing block holds: a layer with parameters (dense or
+/// convolution) together with the parameter-free operations that follow it (activation, pooling, flatten,
+/// normalisation, dropout). Operations before the first parameterised layer join the first group. The paper's
+/// MLP gives five: dense-ReLU ×4 and the dense output layer (whose softmax is applied at delivery).
+public struct RingLayer: Sendable, Equatable {
+    /// The architecture slice this layer runs.
+    public var specs: [LayerSpec]
+    /// Input shape (without batch).
+    public var inputShape: [Int]
+    /// Its parameter tensors, in buffer order: (name without the "layers.N." prefix, shape, values).
+    public var tensors: [Tensor]
+    public var tensorNames: [String]
+
+    /// The ouroboros's identity layer of width `n` (W = I, b = 0, identity activation), Eq. 2's params_O.
+    public static func identity(inputShape: [Int]) -> RingLayer {
+        let n = inputShape.reduce(1, *)
+        var w = [Float](repeating: 0, count: n * n)
+        for i in 0..<n { w[i * n + i] = 1 }
+        return RingLayer(specs: inputShape.count > 1 ? [.flatten, .dense(n)] : [.dense(n)], inputShape: inputShape,
+                         tensors: [Tensor(shape: [n, n], data: w), Tensor(zeros: [n])], tensorNames: ["weight", "bias"])
+    }
+
+    /// Splits a model into ring layers.
+    public static func split(_ model: Model) -> [RingLayer] {
+        let arch = model.architecture
+        var groups: [[Int]] = []
+        var groupHasParams = false
+        for (i, s) in arch.layers.enumerated() {
+            let hasParams = s.type == .dense || s.type == .conv2d
+            if groups.isEmpty || (hasParams && groupHasParams) {
+                groups.append([i])
+                groupHasParams = hasParams
+            } else {
+                groups[groups.count - 1].append(i)
+                groupHasParams = groupHasParams || hasParams
+            }
+        }
+        var shape = arch.inputShape
+        var out: [RingLayer] = []
+        for g in groups {
+            var tensors: [Tensor] = [], names: [String] = []
+            for i in g {
+                let prefix = "layers.\(i)."
+                for v in model.parameters.views where v.name.hasPrefix(prefix) {
+                    tensors.append(model.parameters.tensor(v))
+                    names.append("\(i - g[0]).\(v.name.dropFirst(prefix.count))")
+                }
+            }
+            out.append(RingLayer(specs: g.map { arch.layers[$0] }, inputShape: shape, tensors: tensors, tensorNames: names))
+            shape = model.layers[g.last!].outputShape
+        }
+        return out
+    }
+}
+
+/// The canonical encoding `enc(params)` hashed by Eqs. 1–2:
+///
+///     "DeepRing params v1" ‖ u32 n_specs ‖ per spec: u8 kind-length, kind, u32 units, u32 filters,
+///     u32 kernel, u32 stride, u32 padding, f32 rate (absent values as 0xFFFFFFFF)
+///     ‖ u32 n_dims(input) ‖ dims ‖ u32 n_tensors ‖ per tensor: u32 name-length, name, u32 n_dims, dims,
+///     values as little-endian IEEE-754 float32
+///
+/// All integers are little-endian u32. Two encodings are equal iff architecture slice, shapes and every bit
+/// of every parameter are equal.
+public enum ParamsEncoding {
+    public static let domainTag = Array("DeepRing params v1".utf8)
+
+    public static func encode(_ layer: RingLayer) -> [UInt8] {
+        var b = domainTag
+        b.reserveCapacity(b.count + 256 + layer.tensors.reduce(0) { $0 + 4 * $1.count + 64 })
+        func u32(_ v: Int?) {
+            let x = v.map { UInt32(truncatingIfNeeded: $0) } ?? 0xFFFF_FFFF
+            b += [UInt8(x & 255), UInt8((x >> 8) & 255), UInt8((x >> 16) & 255), UInt8(x >> 24)]
+        }
+        u32(layer.specs.count)
+        for s in layer.specs {
+            let k = Array(s.type.rawValue.utf8)
+            b.append(UInt8(k.count)); b += k
+            u32(s.units); u32(s.filters); u32(s.kernel); u32(s.stride); u32(s.padding)
+            u32(s.rate.map { Int($0.bitPattern) })
+        }
+        u32(layer.inputShape.count); layer.inputShape.forEach { u32($0) }
+        u32(layer.tensors.count)
+        for (t, name) in zip(layer.tensors, layer.tensorNames) {
+            let n = Array(name.utf8)
+            u32(n.count); b += n
+            u32(t.shape.count); t.shape.forEach { u32($0) }
+            t.data.withUnsafeBytes { b.append(contentsOf: $0) }   // little-endian hosts only
+        }
+        return b
+    }
+}
