@@ -14,13 +14,32 @@ public struct RingLayer: Sendable, Equatable {
     public var tensors: [Tensor]
     public var tensorNames: [String]
 
+    /// An engine model that computes this layer (Eq. 5: output = Φ(W·input + b)), with this layer's parameters.
+    public func model() throws -> Model {
+        let arch = Architecture(name: "ring-layer", inputShape: inputShape, classes: 0, layers: specs)
+        let m = try Model(arch, segment: true)
+        let p = m.parameters
+        for (t, name) in zip(tensors, tensorNames) {
+            guard let v = p.view(named: "layers.\(name)"), v.shape == t.shape else {
+                throw ModelError.invalidArchitecture("ring layer tensor \(name) \(t.shape) does not fit its architecture")
+            }
+            p.set(v, t.data)
+        }
+        guard p.views.count == tensors.count else {
+            throw ModelError.invalidArchitecture("ring layer has \(tensors.count) tensors, its architecture \(p.views.count)")
+        }
+        return m
+    }
+
     /// The ouroboros's identity layer of width `n` (W = I, b = 0, identity activation), Eq. 2's params_O.
     public static func identity(inputShape: [Int]) -> RingLayer {
         let n = inputShape.reduce(1, *)
         var w = [Float](repeating: 0, count: n * n)
         for i in 0..<n { w[i * n + i] = 1 }
-        return RingLayer(specs: inputShape.count > 1 ? [.flatten, .dense(n)] : [.dense(n)], inputShape: inputShape,
-                         tensors: [Tensor(shape: [n, n], data: w), Tensor(zeros: [n])], tensorNames: ["weight", "bias"])
+        let flat = inputShape.count > 1
+        return RingLayer(specs: flat ? [.flatten, .dense(n)] : [.dense(n)], inputShape: inputShape,
+                         tensors: [Tensor(shape: [n, n], data: w), Tensor(zeros: [n])],
+                         tensorNames: flat ? ["1.weight", "1.bias"] : ["0.weight", "0.bias"])
     }
 
     /// Splits a model into ring layers.

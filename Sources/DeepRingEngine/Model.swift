@@ -100,7 +100,9 @@ public final class Model: @unchecked Sendable {
     /// Largest parameter count accepted from a file (guards against hostile architectures).
     public static let maxParameters = 1 << 30
 
-    public init(_ arch: Architecture, seed: UInt64 = 0) throws {
+    /// Builds a model. With `segment: true` the architecture may be a slice of a network (a DeepRing block's
+    /// layer): its output need not be one value per class.
+    public init(_ arch: Architecture, seed: UInt64 = 0, segment: Bool = false) throws {
         architecture = arch
         let store = ParameterStore()
         parameters = store
@@ -109,7 +111,7 @@ public final class Model: @unchecked Sendable {
               arch.inputShape.reduce(1, { $0.multipliedReportingOverflow(by: $1).partialValue }) <= 1 << 24 else {
             throw bad("input shape \(arch.inputShape) is not a positive shape of 1–3 dimensions")
         }
-        guard arch.classes >= 2 && arch.classes <= 100_000 else { throw bad("\(arch.classes) classes") }
+        guard segment || (arch.classes >= 2 && arch.classes <= 100_000) else { throw bad("\(arch.classes) classes") }
         guard !arch.layers.isEmpty && arch.layers.count <= 1000 else { throw bad("\(arch.layers.count) layers") }
         var shape = arch.inputShape
         var built: [Layer] = []
@@ -155,7 +157,7 @@ public final class Model: @unchecked Sendable {
             shape = layer.outputShape
             built.append(layer)
         }
-        guard shape == [arch.classes] else {
+        guard segment || shape == [arch.classes] else {
             throw bad("the last layer gives shape \(shape), expected [\(arch.classes)] (one value per class)")
         }
         // Nothing before (and including) the first layer with parameters needs an input gradient.

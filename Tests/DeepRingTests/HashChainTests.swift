@@ -22,6 +22,22 @@ import Testing
         #expect(layers[16].specs.map(\.type) == [.dense])
     }
 
+    /// Running the ring layers one after the other gives the plain model's logits bit for bit.
+    @Test func ringLayersComposeToThePlainModelBitForBit() throws {
+        for arch in [Architecture.mlp(inputShape: [28, 28, 1], classes: 10),
+                     .vgg19(inputShape: [32, 32, 1], classes: 10, widthDivisor: 16)] {
+            let m = try Model(arch, seed: 5)
+            let n = 5
+            let x = Tensor(shape: [n] + arch.inputShape,
+                           data: (0..<(n * arch.inputShape.reduce(1, *))).map { Float(($0 * 7919) % 255) / 255 })
+            var h = x
+            for l in RingLayer.split(m) { h = try l.model().forward(h) }
+            #expect(h.data.map(\.bitPattern) == m.forward(x).data.map(\.bitPattern), "\(arch.name)")
+            let ident = try RingLayer.identity(inputShape: arch.inputShape).model().forward(x)
+            #expect(ident.data == x.data)
+        }
+    }
+
     @Test func identityLayerIsTheIdentity() {
         let o = RingLayer.identity(inputShape: [3])
         #expect(o.tensors[0].data == [1, 0, 0, 0, 1, 0, 0, 0, 1])
