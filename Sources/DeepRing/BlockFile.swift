@@ -1,0 +1,74 @@
+import DeepRingEngine
+import Foundation
+
+/// Describes a ring layer inside a block's file (no layer index: blocks do not know their position).
+struct RingLayerHeader: Codable, Equatable {
+    var specs: [LayerSpec]
+    var inputShape: [Int]
+    var tensorNames: [String]
+    var shapes: [[Int]]
+}
+
+/// A block's `params.safetensors`: its own layer as `own.*` tensors and its copy of the next layer as `next.*`,
+/// with each layer's architecture slice in the metadata. Read as hostile input.
+enum BlockFile {
+    static let ownKey = "deepring.own", nextKey = "deepring.next"
+
+    static func header(_ l: RingLayer) -> RingLayerHeader {
+        RingLayerHeader(specs: l.specs, inputShape: l.inputShape, tensorNames: l.tensorNames, shapes: l.tensors.map(\.shape))
+    }
+
+    static func serialize(layers: [(prefix: String, layer: RingLayer)], metadata extra: [String: String] = [:]) -> [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        var meta = extra
+        var tensors: [(name: String, shape: [Int], values: ArraySlice<Float>)] = []
+        for (prefix, l) in layers {
+            meta["deepring.\(prefix)"] = String(decoding: try! enc.encode(header(l)), as: UTF8.self)
+            for (t, n) in zip(l.tensors, l.tensorNames) { tensors.append(("\(prefix).\(n)", t.shape, t.data[...])) }
+        }
+        return SafeTensors.serialize(tensors, metadata: meta)
+    }
+
+    static func parse(_ bytes: [UInt8], prefixes: [String], path: String) throws -> [RingLayer] {
+        let st: SafeTensors
+        do { st = try SafeTensors.parse(bytes) } catch let e as SafeTensors.Error { throw RingError.malformedFile(path, e.description) }
+        var out: [RingLayer] = []
+        for prefix in prefixes {
+            guard let json = st.metadata["deepring.\(prefix)"],
+                  let h = try? JSONDecoder().decode(RingLayerHeader.self, from: Data(json.utf8)),
+                  h.tensorNames.count == h.shapes.count, h.tensorNames.count <= 64 else {
+                throw RingError.malformedFile(path, "missing or invalid \(prefix) layer description")
+            }
+            var tensors: [Tensor] = []
+            for (n, shape) in zip(h.tensorNames, h.shapes) {
+                guard let e = st.entry("\(prefix).\(n)"), e.shape == shape, e.dtype == .F32 else {
+                    throw RingError.malformedFile(path, "tensor \(prefix).\(n) missing or of the wrong shape")
+                }
+                tensors.append(Tensor(shape: shape, data: try st.floats("\(prefix).\(n)")))
+            }
+            out.append(RingLayer(specs: h.specs, inputShape: h.inputShape, tensors: tensors, tensorNames: h.tensorNames))
+        }
+        guard st.entries.count == out.reduce(0, { $0 + $1.tensors.count }) else {
+            throw RingError.malformedFile(path, "unexpected extra tensors")
+        }
+        return out
+    }
+}
+
+public enum RingError: Error, CustomStringConvertible {
+    case malformedFile(String, String)
+    case notARing(String)
+    case checkpointCorrupted(layer: Int)
+    case restoreFailed(String)
+
+    public var description: String {
+        switch self {
+        case .malformedFile(let p, let m): return "\(p): \(m)"
+        case .notARing(let m): return "not a DeepRing directory: \(m)"
+        case .checkpointCorrupted(let l):
+            return "the owner's checkpoint is corrupted (layer \(l) does not match its recorded hash); refusing to restore from it"
+        case .restoreFailed(let m): return "restore failed: \(m)"
+        }
+    }
+}

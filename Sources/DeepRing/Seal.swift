@@ -1,0 +1,215 @@
+import Crypto
+import DeepRingEngine
+import DeepRingLedger
+import Foundation
+
+/// `DIR/ring.json`: what anyone may know about a ring.
+public struct RingManifest: Codable, Equatable, Sendable {
+    public var format: String
+    public var ringID: String
+    public var ouroboros: PublicKeys
+    public var algorithms: [String: String]
+    public var blockCount: Int
+    public var inputShape: [Int]
+    public var classes: Int
+}
+
+/// `DIR/owner/record.json`: the owner's private record — ring order, original hashes (HASH_O, HASH_1 … HASH_n)
+/// and digests used to check the checkpoint and the block files.
+struct OwnerRecord: Codable, Equatable {
+    var order: [String]
+    var hashes: [String]
+    var layerDigests: [String]
+    var fileDigests: [String]
+}
+
+/// Outcome of an authenticity check (§3.3).
+public struct AuthenticityReport: Sendable, Equatable {
+    /// `origHASH_last == HASH_last` and every block file is as sealed.
+    public var authentic: Bool
+    /// The first tampered holder in ring order: nil when authentic; "ouroboros" or a block id otherwise.
+    public var firstTampered: String?
+    /// Its position in ring order (0 = ouroboros, j = block j); only the owner knows it.
+    public var position: Int?
+}
+
+/// Sealing (paper §3.2) and the owner's authenticity check and tracking (§3.3, §3.4.4) on a ring directory:
+///
+///     DIR/ring.json                   public manifest
+///     DIR/ledger.sqlite               the shared ledger
+///     DIR/owner/                      ouroboros secrets, record.json, checkpoint.safetensors, ouroboros.safetensors
+///     DIR/blocks/<random-id>/         params.safetensors (own + next layer), keys.json (0600), block.json (public)
+public final class SealedRing {
+    public let directory: String
+    public let manifest: RingManifest
+    let record: OwnerRecord
+
+    var ownerDir: String { directory + "/owner" }
+    func blockDir(_ id: String) -> String { directory + "/blocks/" + id }
+    func holderPath(_ position: Int) -> String {
+        position == 0 ? ownerDir + "/ouroboros.safetensors" : blockDir(record.order[position - 1]) + "/params.safetensors"
+    }
+
+    init(directory: String, manifest: RingManifest, record: OwnerRecord) {
+        self.directory = directory; self.manifest = manifest; self.record = record
+    }
+
+    // MARK: seal
+
+    /// Seals a trained model into a new ring in `directory` (which must not exist or be empty).
+    @discardableResult
+    public static func seal(_ model: Model, into directory: String) throws -> SealedRing {
+        let fm = FileManager.default
+        if let existing = try? fm.contentsOfDirectory(atPath: directory), !existing.isEmpty {
+            throw RingError.notARing("\(directory) exists and is not empty")
+        }
+        let layers = RingLayer.split(model)
+        let ouroboros = RingLayer.identity(inputShape: model.inputShape)
+        let all = [ouroboros] + layers
+        let (ho, hb) = HashChain.holdings(ouroboros: ouroboros, layers: layers)
+        let hashes = HashChain.hashes(ouroboros: ho, blocks: hb)
+        let ids = layers.map { _ in hex((0..<16).map { _ in UInt8.random(in: 0...255) }) }
+        let keys = layers.map { _ in BlockKeys() }
+        let ouroKeys = BlockKeys()
+        // Write into a temporary folder, then rename: a crash never leaves a half-sealed ring.
+        let tmp = directory + ".sealing-\(getpid())"
+        try? fm.removeItem(atPath: tmp)
+        try fm.createDirectory(atPath: tmp + "/owner", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var fileDigests: [String] = []
+        let ouroFile = BlockFile.serialize(layers: [("own", ouroboros), ("next", layers[0])])
+        try writeFileAtomically(ouroFile, to: tmp + "/owner/ouroboros.safetensors", permissions: 0o600)
+        fileDigests.append(hex(Array(SHA256.hash(data: ouroFile))))
+        for (j, l) in layers.enumerated() {
+            let dir = tmp + "/blocks/" + ids[j]
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            let next = j + 1 < layers.count ? layers[j + 1] : ouroboros
+            let file = BlockFile.serialize(layers: [("own", l), ("next", next)])
+            try writeFileAtomically(file, to: dir + "/params.safetensors")
+            fileDigests.append(hex(Array(SHA256.hash(data: file))))
+            try KeyFile.write(keys[j], to: dir + "/keys.json")
+            let prev = j == 0 ? ouroKeys.publicKeys : keys[j - 1].publicKeys
+            let succ = j + 1 < layers.count ? keys[j + 1].publicKeys : ouroKeys.publicKeys
+            let info = BlockInfo(id: ids[j], keys: keys[j].publicKeys, predecessor: prev, successor: succ,
+                                 previousHash: hex(hashes[j]), hash: hex(hashes[j + 1]))
+            try writeJSON(info, to: dir + "/block.json")
+        }
+        try KeyFile.write(ouroKeys, to: tmp + "/owner/keys.json")
+        let checkpoint = BlockFile.serialize(layers: all.enumerated().map { ("L\($0.offset)", $0.element) })
+        try writeFileAtomically(checkpoint, to: tmp + "/owner/checkpoint.safetensors", permissions: 0o600)
+        let record = OwnerRecord(order: ids, hashes: hashes.map(hex),
+                                 layerDigests: all.map { hex(Array(SHA256.hash(data: ParamsEncoding.encode($0)))) },
+                                 fileDigests: fileDigests)
+        try writeJSON(record, to: tmp + "/owner/record.json", permissions: 0o600)
+        let manifest = RingManifest(format: "deepring-ring-v1", ringID: UUID().uuidString.lowercased(), ouroboros: ouroKeys.publicKeys,
+                                    algorithms: ["hash": "SHA-256", "signature": "Ed25519", "seal": "HPKE X25519-HKDF-SHA256 AES-256-GCM",
+                                                 "payload": "AES-256-GCM"],
+                                    blockCount: layers.count, inputShape: model.inputShape, classes: model.architecture.classes)
+        try writeJSON(manifest, to: tmp + "/ring.json")
+        let ledger = try SQLiteLedger(path: tmp + "/ledger.sqlite")
+        try ledger.append(kind: .seal, queryID: nil, payload: Array("{\"ring\":\"\(manifest.ringID)\",\"blocks\":\(layers.count)}".utf8),
+                          signer: LedgerSigner(ouroKeys.signing))
+        try? fm.removeItem(atPath: directory)
+        guard rename(tmp, directory) == 0 else { throw RingError.restoreFailed("cannot move the sealed ring into \(directory)") }
+        return SealedRing(directory: directory, manifest: manifest, record: record)
+    }
+
+    /// Opens a sealed ring as its owner.
+    public static func open(_ directory: String) throws -> SealedRing {
+        func load<T: Decodable>(_ t: T.Type, _ p: String) throws -> T {
+            guard let d = FileManager.default.contents(atPath: p), d.count < 16 << 20 else { throw RingError.notARing("\(p) is missing") }
+            do { return try JSONDecoder().decode(T.self, from: d) } catch { throw RingError.malformedFile(p, "invalid JSON") }
+        }
+        let m = try load(RingManifest.self, directory + "/ring.json")
+        let r = try load(OwnerRecord.self, directory + "/owner/record.json")
+        guard m.format == "deepring-ring-v1", r.order.count == m.blockCount, r.hashes.count == m.blockCount + 1,
+              r.layerDigests.count == m.blockCount + 1, r.fileDigests.count == m.blockCount + 1,
+              r.order.allSatisfy({ $0.count == 32 && unhex($0) != nil }) else {
+            throw RingError.notARing("ring.json and owner/record.json disagree")
+        }
+        return SealedRing(directory: directory, manifest: m, record: r)
+    }
+
+    // MARK: authenticity and tracking
+
+    /// What holder `position` currently holds, or nil when its file cannot be read as a block file.
+    func currentHolding(_ position: Int) -> (HashChain.Holding, String)? {
+        let path = holderPath(position)
+        guard let d = FileManager.default.contents(atPath: path) else { return nil }
+        let digest = hex(Array(SHA256.hash(data: d)))
+        guard let ls = try? BlockFile.parse([UInt8](d), prefixes: ["own", "next"], path: path) else { return nil }
+        return (HashChain.Holding(own: ParamsEncoding.encode(ls[0]), next: ParamsEncoding.encode(ls[1])), digest)
+    }
+
+    /// Recomputes the chain from every holder's current parameters (§3.3) and compares it with the record.
+    public func checkAuthenticity() -> AuthenticityReport {
+        let n = manifest.blockCount
+        var holdings: [HashChain.Holding] = []
+        var firstBadFile: Int?
+        for p in 0...n {
+            if let (h, digest) = currentHolding(p) {
+                holdings.append(h)
+                if digest != record.fileDigests[p], firstBadFile == nil { firstBadFile = p }
+            } else {
+                holdings.append(HashChain.Holding(own: [], next: []))
+                if firstBadFile == nil { firstBadFile = p }
+            }
+        }
+        let current = HashChain.hashes(ouroboros: holdings[0], blocks: Array(holdings[1...])).map(hex)
+        let chainBad = HashChain.firstMismatch(current.map { unhex($0)! }, record: record.hashes.map { unhex($0)! })
+        let first = [chainBad, firstBadFile].compactMap { $0 }.min()
+        guard let f = first else { return AuthenticityReport(authentic: true, firstTampered: nil, position: nil) }
+        return AuthenticityReport(authentic: false, firstTampered: f == 0 ? "ouroboros" : record.order[f - 1], position: f)
+    }
+
+    /// The checkpoint's layers, each checked against its recorded digest before use.
+    func checkpointLayers() throws -> [RingLayer] {
+        let path = ownerDir + "/checkpoint.safetensors"
+        guard let d = FileManager.default.contents(atPath: path) else { throw RingError.checkpointCorrupted(layer: -1) }
+        let layers: [RingLayer]
+        do { layers = try BlockFile.parse([UInt8](d), prefixes: (0...manifest.blockCount).map { "L\($0)" }, path: path) } catch {
+            throw RingError.checkpointCorrupted(layer: -1)
+        }
+        for (j, l) in layers.enumerated() where hex(Array(SHA256.hash(data: ParamsEncoding.encode(l)))) != record.layerDigests[j] {
+            throw RingError.checkpointCorrupted(layer: j)
+        }
+        return layers
+    }
+
+    /// Tracking (§3.4.4): while authenticity is off, restore the first tampered holder (both its tensors) from
+    /// the checkpoint and check again. Returns the holders restored, in order.
+    @discardableResult
+    public func restore() throws -> [String] {
+        var restored: [String] = []
+        var report = checkAuthenticity()
+        if report.authentic { return [] }
+        let layers = try checkpointLayers()
+        let n = manifest.blockCount
+        var rounds = 0
+        while let p = report.position {
+            rounds += 1
+            guard rounds <= n + 2 else { throw RingError.restoreFailed("authenticity still off after restoring every holder") }
+            let next = p + 1 <= n ? layers[p + 1] : layers[0]
+            let file = BlockFile.serialize(layers: [("own", layers[p]), ("next", next)])
+            try writeFileAtomically(file, to: holderPath(p), permissions: p == 0 ? 0o600 : 0o644)
+            restored.append(report.firstTampered!)
+            report = checkAuthenticity()
+        }
+        return restored
+    }
+}
+
+/// `blocks/<id>/block.json`: what a block knows besides its secrets (no layer index).
+struct BlockInfo: Codable {
+    var id: String
+    var keys: PublicKeys
+    var predecessor: PublicKeys
+    var successor: PublicKeys
+    var previousHash: String
+    var hash: String
+}
+
+func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.sortedKeys, .prettyPrinted]
+    try writeFileAtomically(Array(try enc.encode(v)) + [10], to: path, permissions: permissions)
+}
