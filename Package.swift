@@ -55,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine",
+                "DeepRingEngine", "DeepRingLedger", "DeepRing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.unsafeFlags(cpuFlags)]

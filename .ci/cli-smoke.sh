@@ -44,6 +44,24 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
   printf '\x00\x00\x08\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff' >"$tmp/badidx/$f"
 done
 expect_exit 1 "hostile IDX dimensions" "$bin" eval --model "$tmp/m.safetensors" --dataset idx --data "$tmp/badidx"
+# Ring: seal, verify, tamper, detect (exit 3), restore, audit.
+expect_exit 0 "seal" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring"
+expect_exit 0 "verify intact" "$bin" verify --ring "$tmp/ring"
+blk=$(ls "$tmp/ring/blocks" | head -1)
+python3 - "$tmp/ring/blocks/$blk/params.safetensors" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-77] ^= 0x20; open(p, "wb").write(b)
+PY
+expect_exit 3 "verify tampered" "$bin" verify --ring "$tmp/ring"
+grep -q "$blk" "$tmp/out" || { echo "FAIL: verify did not name block $blk"; fail=$((fail + 1)); }
+expect_exit 0 "verify --restore" "$bin" verify --ring "$tmp/ring" --restore
+expect_exit 0 "verify restored" "$bin" verify --ring "$tmp/ring"
+expect_exit 0 "ledger audit" "$bin" ledger audit --ring "$tmp/ring"
+expect_exit 0 "ledger show" "$bin" ledger show --ring "$tmp/ring" --json
+expect_exit 1 "seal over an existing ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring"
+expect_exit 1 "verify a non-ring" "$bin" verify --ring "$tmp/empty"
+chmod 644 "$tmp/ring/owner/keys.json"
+expect_exit 1 "world-readable secrets" "$bin" verify --ring "$tmp/ring"
 expect_exit 64 "unknown data set" "$bin" train --dataset nope --out "$tmp/x.safetensors"
 expect_exit 0 "help" "$bin" --help
 

@@ -126,8 +126,25 @@ public final class SealedRing {
               r.order.allSatisfy({ $0.count == 32 && unhex($0) != nil }) else {
             throw RingError.notARing("ring.json and owner/record.json disagree")
         }
+        _ = try KeyFile.read(directory + "/owner/keys.json")   // refuses group/world-readable secrets
         return SealedRing(directory: directory, manifest: m, record: r)
     }
+
+    /// Signing keys of every ring member (ouroboros first, then blocks in ring order), from the public block files.
+    public func memberSigningKeys() throws -> [[UInt8]] {
+        var keys = [manifest.ouroboros.signing]
+        for id in record.order {
+            let p = blockDir(id) + "/block.json"
+            guard let d = FileManager.default.contents(atPath: p), d.count < 1 << 20,
+                  let info = try? JSONDecoder().decode(BlockInfo.self, from: d), info.keys.signing.count == 32 else {
+                throw RingError.malformedFile(p, "missing or invalid block description")
+            }
+            keys.append(info.keys.signing)
+        }
+        return keys
+    }
+
+    public var ledgerPath: String { directory + "/ledger.sqlite" }
 
     // MARK: authenticity and tracking
 

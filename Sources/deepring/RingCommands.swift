@@ -1,0 +1,112 @@
+import ArgumentParser
+import DeepRing
+import DeepRingEngine
+import DeepRingLedger
+import Foundation
+
+struct Seal: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Seal a trained model into a DeepRing: an ouroboros block plus one block per layer.",
+        discussion: """
+        Writes DIR/ring.json (public), DIR/ledger.sqlite, DIR/owner/ (ouroboros secrets, original hashes,
+        checkpoint) and DIR/blocks/<random-id>/ (params.safetensors with the block's layer and a copy of the next,
+        its keys, mode 0600). Example: deepring seal mlp.safetensors --ring ring/
+        """)
+
+    @Argument(help: "Model file (.safetensors written by `deepring train`).") var model: String
+    @Option(help: "Ring directory to create (must not exist or be empty).") var ring: String
+
+    func run() throws {
+        do {
+            let (m, _) = try ModelFile.load(path: model)
+            let t0 = now()
+            let r = try SealedRing.seal(m, into: ring)
+            print(String(format: "sealed %@ into %@: ouroboros + %d blocks, ring %@ (%.2f s)", model as NSString, ring as NSString,
+                         r.manifest.blockCount, r.manifest.ringID as NSString, now() - t0))
+        } catch let e as ExitCode { throw e } catch { throw fail(error) }
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check the ring's authenticity (recompute the hash chain); with --restore, track and restore.",
+        discussion: "Exit status: 0 intact (or restored with --restore), 3 tampered, 1 error.")
+
+    @Option(help: "Ring directory.") var ring: String
+    @Flag(help: "Restore tampered blocks from the owner's checkpoint until authenticity is back.") var restore = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        do {
+            let r = try SealedRing.open(ring)
+            let report = r.checkAuthenticity()
+            var restored: [String] = []
+            if !report.authentic && restore { restored = try r.restore() }
+            let after = restore ? r.checkAuthenticity() : report
+            if json {
+                let obj: [String: Any] = ["authentic": report.authentic, "first_tampered": report.firstTampered ?? NSNull(),
+                                          "restored": restored, "authentic_after": after.authentic]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            } else if report.authentic {
+                print("authentic: every block's hash matches the ouroboros's record")
+            } else {
+                print("TAMPERED: first block whose hash differs from the record: \(report.firstTampered!)")
+                for b in restored { print("restored \(b) from the checkpoint") }
+                if restore { print(after.authentic ? "authentic again" : "still not authentic") }
+            }
+            if !after.authentic { throw ExitCode(3) }
+        } catch let e as ExitCode { throw e } catch { throw fail(error) }
+    }
+}
+
+struct LedgerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ledger", abstract: "Audit or show the ring's ledger.", subcommands: [Audit.self, Show.self])
+
+    struct Audit: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-verify the whole chain and every signature; name the first bad row.",
+            discussion: "Exit status: 0 clean, 3 compromised, 1 error.")
+        @Option(help: "Ring directory.") var ring: String
+
+        func run() throws {
+            do {
+                let r = try SealedRing.open(ring)
+                let report = LedgerAudit.audit(try SQLiteLedger(path: r.ledgerPath), ringKeys: Set(try r.memberSigningKeys()))
+                print(report)
+                if !report.isClean { throw ExitCode(3) }
+            } catch let e as ExitCode { throw e } catch { throw fail(error) }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print ledger entries (public data only: hashes, sizes, keys).")
+        @Option(help: "Ring directory.") var ring: String
+        @Option(help: "Only the last N entries.") var last: Int?
+        @Flag(help: "One JSON object per line.") var json = false
+
+        func run() throws {
+            do {
+                let path = ring + "/ledger.sqlite"
+                guard FileManager.default.fileExists(atPath: ring + "/ring.json"), FileManager.default.fileExists(atPath: path) else {
+                    throw RingError.notARing("\(ring) has no ring.json and ledger.sqlite (create one with `deepring seal`)")
+                }
+                let ledger = try SQLiteLedger(path: path)
+                var entries = try ledger.allEntries()
+                if let n = last { entries = Array(entries.suffix(max(0, n))) }
+                for e in entries {
+                    let h = e.hash.prefix(8).map { String(format: "%02x", $0) }.joined()
+                    let a = e.author.prefix(6).map { String(format: "%02x", $0) }.joined()
+                    if json {
+                        let obj: [String: Any] = ["seq": e.sequence, "kind": e.kind.rawValue, "query": e.queryID ?? NSNull(),
+                                                  "author": e.author.map { String(format: "%02x", $0) }.joined(),
+                                                  "payload_bytes": e.payload.count, "hash": e.hash.map { String(format: "%02x", $0) }.joined()]
+                        print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+                    } else {
+                        print("\(e.sequence)\t\(e.kind.rawValue)\t\(e.queryID ?? "-")\tauthor \(a)…\t\(e.payload.count) B\thash \(h)…")
+                    }
+                }
+            } catch let e as ExitCode { throw e } catch { throw fail(error) }
+        }
+    }
+}
