@@ -1,6 +1,6 @@
 /// Re-verifies a ledger: the sequence numbers run 1, 2, 3, … without gaps, each entry's previous hash is the
 /// hash of the entry before it, each stored hash equals the hash recomputed from the fields, each signature
-/// verifies under its author's key, every author belongs to the ring, and no signature appears twice
+/// verifies under its author's key, every author except a querent belongs to the ring, and no signature appears twice
 /// (a replayed entry). The first violation is reported with its row.
 public struct AuditReport: Sendable, Equatable, CustomStringConvertible {
     public enum Problem: Sendable, Equatable {
@@ -51,7 +51,8 @@ public enum LedgerAudit {
             if e.sequence != expected { return bad(.gap(expected: expected, found: e.sequence)) }
             if e.previousHash != prev { return bad(.brokenChain) }
             if e.recomputedHash != e.hash { return bad(.hashMismatch) }
-            if let keys = ringKeys, !keys.contains(e.author) { return bad(.unknownAuthor) }
+            // Queries are signed by querents' fresh keys (anyone may ask); every other entry needs a ring member.
+            if let keys = ringKeys, e.kind != .query, !keys.contains(e.author) { return bad(.unknownAuthor) }
             if !e.signatureIsValid { return bad(.badSignature) }
             if let o = signatures[e.signature] { return bad(.replayed(originalSequence: o)) }
             signatures[e.signature] = e.sequence

@@ -1,0 +1,146 @@
+import Crypto
+import DeepRingEngine
+import DeepRingLedger
+import Foundation
+
+/// A ring member at work: a block, or the ouroboros. It knows its own keys, its neighbours' public keys, its
+/// layer and its copy of the next layer — never its position — and talks only through the ledger.
+///
+/// Processing (Eqs. 4–11): on a `layer` entry signed by its predecessor (author key compared first, then the
+/// signature verified), it unwraps K with its HPKE key, decrypts X (AES-256-GCM, query id and keys bound as
+/// associated data), validates it (Eq. 13), computes its layer and posts S (the entry signature), K (a fresh
+/// AES-256 key sealed to its successor), X (its output under K) and H (SHA-256 of the next layer's output,
+/// computed with its copy of the next layer).
+final class RingNode {
+    let name: String
+    let keys: BlockKeys
+    let signer: LedgerSigner
+    let predecessor: PublicKeys
+    let successor: PublicKeys
+    let own: Model
+    let next: Model
+    let isOuroboros: Bool
+    /// The successor is the ouroboros, whose layer is the identity: H is then the hash of this node's own output.
+    let nextIsOuroboros: Bool
+    /// Attack hook (off unless set): perturbs the input before this node computes its layer.
+    var perturbInput: ((Tensor) -> Tensor)?
+    var cursor: Int64 = 0
+    /// Pending queries at the ouroboros: query id → querent's HPKE key.
+    var querents: [String: [UInt8]] = [:]
+    /// Retries requested per (query, entry) — bounded by the receiver.
+    var failures: [String: Int] = [:]
+    static let maxRetries = 2
+
+    init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, own: RingLayer, next: RingLayer,
+         isOuroboros: Bool, nextIsOuroboros: Bool) throws {
+        self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing)
+        self.nextIsOuroboros = nextIsOuroboros
+        self.predecessor = predecessor; self.successor = successor
+        self.own = try own.model(); self.next = try next.model(); self.isOuroboros = isOuroboros
+    }
+
+    var publicKeys: PublicKeys { keys.publicKeys }
+
+    static func aad(_ queryID: String, _ from: [UInt8], _ to: [UInt8]) -> [UInt8] { Array(queryID.utf8) + from + to }
+
+    /// Posts this node's output for `queryID`, consuming entry `consumed`.
+    func post(output: Tensor, queryID: String, consumed: Int64, ledger: any Ledger) throws {
+        let h = TensorWire.hash(nextIsOuroboros ? output : next.forward(output))
+        let aesKey = SymmetricKey(size: .bits256)     // fresh for every message: never reused
+        let a = RingNode.aad(queryID, publicKeys.signing, successor.signing)
+        let x = try AES.GCM.seal(TensorWire.encode(output), using: aesKey, authenticating: a).combined!
+        let k = try aesKey.withUnsafeBytes { try Sealing.seal(Array($0), to: successor.agreement, aad: a) }
+        var w = WireWriter()
+        w.u64(consumed); w.field(k); w.field(Array(x)); w.field(h)
+        try ledger.append(kind: .layer, queryID: queryID, payload: w.bytes, signer: signer)
+    }
+
+    struct LayerPost { var consumed: Int64; var k: [UInt8]; var x: [UInt8]; var h: [UInt8] }
+
+    static func parseLayer(_ e: LedgerEntry) throws -> LayerPost {
+        var r = WireReader(e.payload)
+        let c = try r.u64(), k = try r.field(max: 4096), x = try r.field(), h = try r.field(max: 32)
+        try r.end()
+        guard h.count == 32 else { throw QueryError.malformedPayload("H must be 32 bytes") }
+        return LayerPost(consumed: c, k: k, x: x, h: h)
+    }
+
+    /// Decrypts a layer post addressed to this node.
+    func receive(_ e: LedgerEntry, _ p: LayerPost) throws -> Tensor {
+        let a = RingNode.aad(e.queryID ?? "", e.author, publicKeys.signing)
+        let keyBytes = try Sealing.open(p.k, with: keys.agreement, aad: a)
+        guard keyBytes.count == 32 else { throw QueryError.malformedPayload("K is not an AES-256 key") }
+        do {
+            let box = try AES.GCM.SealedBox(combined: p.x)
+            return try TensorWire.decode(Array(try AES.GCM.open(box, using: SymmetricKey(data: keyBytes), authenticating: a)))
+        } catch let e as QueryError { throw e } catch { throw QueryError.decryptionFailed }
+    }
+
+    /// Handles the ledger entries that appeared since the last call. Returns true if it posted anything.
+    @discardableResult
+    func step(ledger: any Ledger) throws -> Bool {
+        let entries = try ledger.entries(from: cursor + 1, limit: 4096)
+        var acted = false
+        for e in entries {
+            cursor = e.sequence
+            guard let q = e.queryID else { continue }
+            switch e.kind {
+            case .query where isOuroboros:
+                // Eq. 3: (sealed query, Pub_Q). Decrypt and start the ring with the identity layer.
+                var r = WireReader(e.payload)
+                let querent = try r.field(max: 32), sealed = try r.field()
+                try r.end()
+                guard querent.count == 32, e.signatureIsValid else { continue }
+                let x = try TensorWire.decode(try Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent))
+                querents[q] = querent
+                try post(output: own.forward(x), queryID: q, consumed: e.sequence, ledger: ledger)
+                acted = true
+            case .layer where e.author == predecessor.signing:
+                guard e.signatureIsValid else { continue }
+                let p = try RingNode.parseLayer(e)
+                let input = try receive(e, p)
+                // Validation (Eq. 13): the entry this output was computed from carries H_{i−1}, the hash that the
+                // block before computed for this very output with its copy of the layer.
+                if let prior = try ledger.entries(from: p.consumed, limit: 1).first, prior.sequence == p.consumed,
+                   prior.kind == .layer, prior.queryID == q {
+                    let expected = try RingNode.parseLayer(prior).h
+                    if expected != TensorWire.hash(input) {
+                        let key = "\(q)/\(p.consumed)"
+                        failures[key, default: 0] += 1
+                        let retry = failures[key]! <= RingNode.maxRetries
+                        let msg = "{\"suspect\":\"\(hex(e.author))\",\"hash_from\":\"\(hex(prior.author))\",\"entry\":\(e.sequence),\"retry_of\":\(p.consumed),\"final\":\(!retry)}"
+                        try ledger.append(kind: .alarm, queryID: q, payload: Array(msg.utf8), signer: signer)
+                        acted = true
+                        continue
+                    }
+                }
+                if isOuroboros {
+                    // Delivery (Eq. 12): seal the output to the querent.
+                    guard let querent = querents.removeValue(forKey: q) else { continue }
+                    let sealed = try Sealing.seal(TensorWire.encode(input), to: querent, aad: Array(q.utf8) + querent)
+                    try ledger.append(kind: .delivery, queryID: q, payload: sealed, signer: signer)
+                } else {
+                    let x = perturbInput?(input) ?? input
+                    try post(output: own.forward(x), queryID: q, consumed: e.sequence, ledger: ledger)
+                }
+                acted = true
+            case .alarm:
+                // A receiver asks for a retry of the output this node computed from entry `retry_of`.
+                guard let v = try? StrictJSONParser.parse(e.payload), case .string(let suspect)? = v["suspect"],
+                      suspect == hex(publicKeys.signing), case .bool(false)? = v["final"],
+                      case .int(let consumed)? = v["retry_of"],
+                      let src = try ledger.entries(from: Int64(consumed), limit: 1).first, src.queryID == q else { continue }
+                let input: Tensor
+                if src.kind == .layer, src.author == predecessor.signing {
+                    input = try receive(src, try RingNode.parseLayer(src))
+                } else { continue }
+                let x = perturbInput?(input) ?? input
+                try post(output: own.forward(x), queryID: q, consumed: src.sequence, ledger: ledger)
+                acted = true
+            default:
+                continue
+            }
+        }
+        return acted
+    }
+}

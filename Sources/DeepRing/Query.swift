@@ -1,0 +1,132 @@
+import Crypto
+import DeepRingEngine
+import DeepRingLedger
+import Foundation
+
+/// The result of a query.
+public struct QueryResult: Sendable {
+    public var queryID: String
+    /// The last layer's output (logits), as delivered.
+    public var logits: Tensor
+    /// Validation alarms raised while answering.
+    public var alarms: Int
+    public var seconds: Double
+}
+
+/// Runs a sealed ring on one host: loads every member from its own files, and answers queries through the
+/// ledger only (Query phase, Eq. 3; Processing, Eqs. 4–11; Validation, Eq. 13; Delivery, Eq. 12). Before a
+/// query (every `verifyEvery` queries) the ouroboros checks authenticity and, if it is off, enters tracking
+/// mode: queries wait while tampered blocks are restored, with `alarm` and `restore` entries on the ledger.
+public final class RingRuntime {
+    public let ring: SealedRing
+    public let ledger: SQLiteLedger
+    var nodes: [RingNode] = []
+    var ouroboros: RingNode { nodes[0] }
+    public var verifyEvery: Int = 1
+    var queriesSinceCheck = Int.max / 2
+    public private(set) var restores: [String] = []
+
+    public init(directory: String) throws {
+        ring = try SealedRing.open(directory)
+        ledger = try SQLiteLedger(path: ring.ledgerPath)
+        try loadNodes()
+    }
+
+    func loadNodes() throws {
+        let dir = ring.directory
+        let oKeys = try KeyFile.read(dir + "/owner/keys.json")
+        let oLayers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/owner/ouroboros.safetensors"))),
+                                          prefixes: ["own", "next"], path: "ouroboros")
+        var blocks: [RingNode] = []
+        var firstPublic: PublicKeys?, lastPublic: PublicKeys?
+        for id in try FileManager.default.contentsOfDirectory(atPath: dir + "/blocks").sorted() {
+            let b = dir + "/blocks/" + id
+            let keys = try KeyFile.read(b + "/keys.json")
+            guard let d = FileManager.default.contents(atPath: b + "/block.json"),
+                  let info = try? JSONDecoder().decode(BlockInfo.self, from: d) else { throw RingError.malformedFile(b + "/block.json", "invalid") }
+            let layers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: b + "/params.safetensors"))),
+                                             prefixes: ["own", "next"], path: b + "/params.safetensors")
+            blocks.append(try RingNode(name: id, keys: keys, predecessor: info.predecessor, successor: info.successor,
+                                       own: layers[0], next: layers[1], isOuroboros: false,
+                                       nextIsOuroboros: info.successor == oKeys.publicKeys))
+            if info.predecessor == oKeys.publicKeys { firstPublic = keys.publicKeys }
+            if info.successor == oKeys.publicKeys { lastPublic = keys.publicKeys }
+        }
+        guard let first = firstPublic, let last = lastPublic else { throw RingError.notARing("the ring is not closed") }
+        let o = try RingNode(name: "ouroboros", keys: oKeys, predecessor: last, successor: first, own: oLayers[0], next: oLayers[1],
+                             isOuroboros: true, nextIsOuroboros: false)
+        let cursor = (try ledger.last()?.sequence) ?? 0
+        nodes = [o] + blocks
+        for n in nodes { n.cursor = cursor }
+    }
+
+    /// Attack hook: the named block perturbs its input before computing (off unless set).
+    public func setPerturbation(block: String, _ f: ((Tensor) -> Tensor)?) {
+        nodes.first { $0.name == block }?.perturbInput = f
+    }
+
+    public var blockNames: [String] { nodes.dropFirst().map(\.name) }
+
+    /// Authenticity check and, when it is off, tracking and restore (§3.3, §3.4.4).
+    public func ensureAuthentic() throws {
+        let report = ring.checkAuthenticity()
+        if report.authentic { return }
+        let signer = LedgerSigner(ouroboros.keys.signing)
+        try ledger.append(kind: .alarm, queryID: nil,
+                          payload: Array("{\"authenticity\":false,\"first_tampered\":\"\(report.firstTampered ?? "")\"}".utf8), signer: signer)
+        let restored = try ring.restore()
+        for b in restored {
+            try ledger.append(kind: .restore, queryID: nil, payload: Array("{\"restored\":\"\(b)\"}".utf8), signer: signer)
+        }
+        restores += restored
+        let perturb = Dictionary(uniqueKeysWithValues: nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } })
+        try loadNodes()
+        for (k, f) in perturb { setPerturbation(block: k, f) }
+    }
+
+    /// Answers one (batched) query. Throws `QueryError.failed` — never a wrong answer — when validation keeps failing.
+    public func query(_ x: Tensor) throws -> QueryResult {
+        let t0 = now()
+        guard Array(x.shape.dropFirst()) == ring.manifest.inputShape || x.itemSize == ring.manifest.inputShape.reduce(1, *),
+              x.batch > 0 else {
+            throw QueryError.badInput("expected inputs of shape \(ring.manifest.inputShape), got \(Array(x.shape.dropFirst()))")
+        }
+        guard x.data.allSatisfy({ $0.isFinite }) else { throw QueryError.badInput("the input contains NaN or infinite values") }
+        queriesSinceCheck += 1
+        if queriesSinceCheck >= verifyEvery { try ensureAuthentic(); queriesSinceCheck = 0 }
+        // Query phase (Eq. 3): a fresh querent key pair; the input sealed to the ouroboros's public key.
+        let querent = BlockKeys()
+        let queryID = hex((0..<16).map { _ in UInt8.random(in: 0...255) })
+        let input = x.reshaped([x.batch] + ring.manifest.inputShape)
+        let sealed = try Sealing.seal(TensorWire.encode(input), to: ring.manifest.ouroboros.agreement,
+                                      aad: Array(queryID.utf8) + querent.publicKeys.agreement)
+        var w = WireWriter()
+        w.field(querent.publicKeys.agreement); w.field(sealed)
+        let posted = try ledger.append(kind: .query, queryID: queryID, payload: w.bytes, signer: LedgerSigner(querent.signing))
+        var alarms = 0
+        var idle = 0
+        var cursor = posted.sequence
+        while true {
+            var acted = false
+            for n in nodes.shuffled() { if try n.step(ledger: ledger) { acted = true } }
+            for e in try ledger.entries(from: cursor + 1, limit: 4096) where e.queryID == queryID {
+                cursor = e.sequence
+                if e.kind == .alarm {
+                    alarms += 1
+                    if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] {
+                        var suspect = "?"
+                        if case .string(let s)? = v["suspect"] { suspect = nodes.first { hex($0.publicKeys.signing) == s }?.name ?? s }
+                        throw QueryError.failed("validation failed \(alarms) times; block \(suspect) (or the block holding the copy of its layer) is compromised")
+                    }
+                }
+                if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing && e.signatureIsValid {
+                    let out = try TensorWire.decode(try Sealing.open(e.payload, with: querent.agreement,
+                                                                      aad: Array(queryID.utf8) + querent.publicKeys.agreement))
+                    return QueryResult(queryID: queryID, logits: out, alarms: alarms, seconds: now() - t0)
+                }
+            }
+            idle = acted ? 0 : idle + 1
+            if idle > 3 { throw QueryError.timeout }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import Crypto
+import DeepRingEngine
+import Foundation
+
+/// Length-prefixed binary fields for ledger payloads (u32 little-endian lengths). The reader treats its
+/// input as hostile: every length is bounds-checked.
+struct WireWriter {
+    var bytes: [UInt8] = []
+    mutating func field(_ b: [UInt8]) {
+        let n = UInt32(b.count)
+        bytes += [UInt8(n & 255), UInt8((n >> 8) & 255), UInt8((n >> 16) & 255), UInt8(n >> 24)]
+        bytes += b
+    }
+    mutating func u64(_ v: Int64) { field((0..<8).map { UInt8(truncatingIfNeeded: UInt64(bitPattern: v) >> (8 * UInt64($0))) }) }
+}
+
+struct WireReader {
+    let bytes: [UInt8]
+    var i = 0
+    init(_ b: [UInt8]) { bytes = b }
+
+    mutating func field(max: Int = 1 << 28) throws -> [UInt8] {
+        guard i + 4 <= bytes.count else { throw QueryError.malformedPayload("truncated field length") }
+        let n = Int(bytes[i]) | Int(bytes[i + 1]) << 8 | Int(bytes[i + 2]) << 16 | Int(bytes[i + 3]) << 24
+        i += 4
+        guard n <= max, i + n <= bytes.count else { throw QueryError.malformedPayload("field of \(n) bytes exceeds the payload") }
+        defer { i += n }
+        return Array(bytes[i..<(i + n)])
+    }
+
+    mutating func u64() throws -> Int64 {
+        let f = try field(max: 8)
+        guard f.count == 8 else { throw QueryError.malformedPayload("bad integer field") }
+        return Int64(bitPattern: f.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
+    }
+
+    func end() throws { guard i == bytes.count else { throw QueryError.malformedPayload("trailing bytes") } }
+}
+
+/// Tensor bytes on the wire: u32 rank, u32 dims, float32 little-endian values. `SHA256` of these bytes is the
+/// H of Eq. 13.
+enum TensorWire {
+    static func encode(_ t: Tensor) -> [UInt8] {
+        var w = WireWriter()
+        w.field(t.shape.flatMap { d in (0..<4).map { UInt8(truncatingIfNeeded: UInt32(d) >> (8 * UInt32($0))) } })
+        w.field(t.data.withUnsafeBytes { Array($0) })
+        return w.bytes
+    }
+
+    static func decode(_ b: [UInt8]) throws -> Tensor {
+        var r = WireReader(b)
+        let dims = try r.field(max: 32)
+        let values = try r.field()
+        try r.end()
+        guard dims.count % 4 == 0, !dims.isEmpty else { throw QueryError.malformedPayload("bad tensor shape") }
+        var shape: [Int] = []
+        var count = 1
+        for k in stride(from: 0, to: dims.count, by: 4) {
+            let d = Int(dims[k]) | Int(dims[k + 1]) << 8 | Int(dims[k + 2]) << 16 | Int(dims[k + 3]) << 24
+            guard d > 0 else { throw QueryError.malformedPayload("bad tensor shape") }
+            let (p, o) = count.multipliedReportingOverflow(by: d)
+            guard !o, p <= 1 << 26 else { throw QueryError.malformedPayload("tensor too large") }
+            shape.append(d); count = p
+        }
+        guard values.count == count * 4 else { throw QueryError.malformedPayload("tensor size does not match its shape") }
+        let data = values.withUnsafeBytes { raw in (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
+        return Tensor(shape: shape, data: data)
+    }
+
+    static func hash(_ t: Tensor) -> [UInt8] { Array(SHA256.hash(data: encode(t))) }
+}
+
+/// HPKE (RFC 9180, X25519 + HKDF-SHA256 + AES-256-GCM) for sealing queries, answers and AES keys to a public key.
+enum Sealing {
+    static let suite = HPKE.Ciphersuite(kem: .Curve25519_HKDF_SHA256, kdf: .HKDF_SHA256, aead: .AES_GCM_256)
+    static let info = Data("DeepRing v1".utf8)
+
+    static func seal(_ plaintext: [UInt8], to recipient: [UInt8], aad: [UInt8]) throws -> [UInt8] {
+        let key = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: recipient)
+        var sender = try HPKE.Sender(recipientKey: key, ciphersuite: suite, info: info)
+        let ct = try sender.seal(plaintext, authenticating: aad)
+        var w = WireWriter()
+        w.field(Array(sender.encapsulatedKey))
+        w.field(Array(ct))
+        return w.bytes
+    }
+
+    static func open(_ sealed: [UInt8], with key: Curve25519.KeyAgreement.PrivateKey, aad: [UInt8]) throws -> [UInt8] {
+        var r = WireReader(sealed)
+        let enc = try r.field(max: 256), ct = try r.field()
+        try r.end()
+        do {
+            var recipient = try HPKE.Recipient(privateKey: key, ciphersuite: suite, info: info, encapsulatedKey: Data(enc))
+            return Array(try recipient.open(ct, authenticating: aad))
+        } catch {
+            throw QueryError.decryptionFailed
+        }
+    }
+}
+
+public enum QueryError: Error, CustomStringConvertible, Equatable {
+    case malformedPayload(String)
+    case decryptionFailed
+    case badInput(String)
+    case failed(String)
+    case timeout
+
+    public var description: String {
+        switch self {
+        case .malformedPayload(let m): return "malformed ledger payload: \(m)"
+        case .decryptionFailed: return "decryption failed (wrong key or altered ciphertext)"
+        case .badInput(let m): return "bad query input: \(m)"
+        case .failed(let m): return "query refused: \(m)"
+        case .timeout: return "query timed out"
+        }
+    }
+}

@@ -1,0 +1,116 @@
+import DeepRing
+import DeepRingEngine
+import DeepRingLedger
+import Foundation
+import Testing
+
+func plainLogits(_ m: Model, _ x: Tensor) -> Tensor { m.forward(x) }
+
+func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
+    var r = SeededRandom(seed: seed)
+    return Tensor(shape: [n, 6, 6, 1], data: (0..<(n * 36)).map { _ in r.uniform() })
+}
+
+@Suite struct QueryTests {
+    @Test func ringAnswersBitIdenticalToThePlainModelThroughTheLedgerOnly() throws {
+        let m = try smallModel(seed: 8)
+        let dir = tempRingDir()
+        let ring = try SealedRing.seal(m, into: dir)
+        let rt = try RingRuntime(directory: dir)
+        for n in [1, 17] {
+            let x = sampleInputs(n, seed: UInt64(n))
+            let r = try rt.query(x)
+            #expect(r.alarms == 0)
+            #expect(r.logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern), "batch \(n)")
+        }
+        let entries = try rt.ledger.allEntries()
+        // seal + 2 × (query, ouroboros post, 5 block posts, delivery)
+        #expect(entries.count == 1 + 2 * 8)
+        #expect(entries.filter { $0.kind == .layer }.count == 12)
+        #expect(LedgerAudit.audit(entries, ringKeys: Set(try ring.memberSigningKeys())).isClean)
+        // Payloads carry only ciphertexts and hashes: the input bytes never appear in clear.
+        let x = sampleInputs(1, seed: 1)
+        let needle = Array(x.data.prefix(4).withUnsafeBytes { Array($0) })
+        for e in entries { #expect(!e.payload.windows(ofCount: needle.count).contains { Array($0) == needle }) }
+    }
+
+    @Test func aCompromisedBlockPerturbingItsInputIsDetectedAndNoAnswerIsDelivered() throws {
+        let m = try smallModel(seed: 9)
+        let dir = tempRingDir()
+        try SealedRing.seal(m, into: dir)
+        let rt = try RingRuntime(directory: dir)
+        let victim = rt.blockNames[2]
+        rt.setPerturbation(block: victim) { t in var u = t; u.data[0] += 0.5; return u }
+        do {
+            _ = try rt.query(sampleInputs(3))
+            Issue.record("a wrong answer was delivered")
+        } catch let e as QueryError {
+            guard case .failed(let msg) = e else { Issue.record("unexpected \(e)"); return }
+            #expect(msg.contains(victim))
+        }
+        let alarms = try rt.ledger.allEntries().filter { $0.kind == .alarm }
+        #expect(alarms.count == 3)   // first failure + 2 retries
+        #expect(try rt.ledger.allEntries().filter { $0.kind == .delivery }.isEmpty)
+        // With the hook off again, the ring answers correctly.
+        rt.setPerturbation(block: victim, nil)
+        let x = sampleInputs(2)
+        #expect(try rt.query(x).logits.data == plainLogits(m, x).data)
+    }
+
+    @Test func aTransientFaultIsCuredByTheRetry() throws {
+        let m = try smallModel(seed: 10)
+        let dir = tempRingDir()
+        try SealedRing.seal(m, into: dir)
+        let rt = try RingRuntime(directory: dir)
+        final class Once: @unchecked Sendable { var done = false }
+        let once = Once()
+        rt.setPerturbation(block: rt.blockNames[0]) { t in
+            if once.done { return t }
+            once.done = true
+            var u = t; u.data[1] += 1; return u
+        }
+        let x = sampleInputs(4)
+        let r = try rt.query(x)
+        #expect(r.alarms == 1)
+        #expect(r.logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+    }
+
+    @Test func tamperedParametersAreRestoredBeforeTheNextQuery() throws {
+        let m = try smallModel(seed: 11)
+        let dir = tempRingDir()
+        try SealedRing.seal(m, into: dir)
+        let rt = try RingRuntime(directory: dir)
+        let victim = rt.blockNames[1]
+        let p = dir + "/blocks/\(victim)/params.safetensors"
+        var b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
+        b[b.count - 9] ^= 0x40
+        try Data(b).write(to: URL(fileURLWithPath: p))
+        let x = sampleInputs(5)
+        let r = try rt.query(x)
+        #expect(r.logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+        #expect(rt.restores == [victim])
+        let kinds = try rt.ledger.allEntries().map(\.kind)
+        #expect(kinds.contains(.restore) && kinds.contains(.alarm))
+    }
+
+    @Test func badInputIsRefusedBeforeAnythingIsWritten() throws {
+        let dir = tempRingDir()
+        try SealedRing.seal(try smallModel(), into: dir)
+        let rt = try RingRuntime(directory: dir)
+        let before = try rt.ledger.allEntries().count
+        #expect(throws: QueryError.self) { try rt.query(Tensor(zeros: [1, 7])) }
+        var nan = sampleInputs(1)
+        nan.data[3] = .nan
+        #expect(throws: QueryError.self) { try rt.query(nan) }
+        var inf = sampleInputs(1)
+        inf.data[0] = .infinity
+        #expect(throws: QueryError.self) { try rt.query(inf) }
+        #expect(try rt.ledger.allEntries().count == before)
+    }
+}
+
+extension Array {
+    func windows(ofCount n: Int) -> [ArraySlice<Element>] {
+        count < n ? [] : (0...(count - n)).map { self[$0..<($0 + n)] }
+    }
+}
