@@ -56,6 +56,13 @@ expect_exit 3 "verify tampered" "$bin" verify --ring "$tmp/ring"
 grep -q "$blk" "$tmp/out" || { echo "FAIL: verify did not name block $blk"; fail=$((fail + 1)); }
 expect_exit 0 "verify --restore" "$bin" verify --ring "$tmp/ring" --restore
 expect_exit 0 "verify restored" "$bin" verify --ring "$tmp/ring"
+expect_exit 0 "query" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 300 --batch 100 --json
+python3 - "$tmp/out" <<'PY' || { echo "FAIL: query --json output"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["plain_agreement"] == 1.0 and o["alarms"] == 0 and len(o["predictions"]) == 300 and o["accuracy"] > 0.5, o
+PY
+expect_exit 1 "query with the wrong input size" "$bin" query --ring "$tmp/ring" --dataset cifar10 --data "$tmp/empty"
 expect_exit 0 "ledger audit" "$bin" ledger audit --ring "$tmp/ring"
 expect_exit 0 "ledger show" "$bin" ledger show --ring "$tmp/ring" --json
 expect_exit 1 "seal over an existing ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring"

@@ -192,6 +192,9 @@ public final class SealedRing {
         return layers
     }
 
+    /// The plain (unprotected) network rebuilt from the owner's verified checkpoint, as ring layers in order.
+    public func plainLayers() throws -> [RingLayer] { Array(try checkpointLayers().dropFirst()) }
+
     /// Tracking (§3.4.4): while authenticity is off, restore the first tampered holder (both its tensors) from
     /// the checkpoint and check again. Returns the holders restored, in order.
     @discardableResult

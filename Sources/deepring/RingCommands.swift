@@ -110,3 +110,79 @@ struct LedgerCommand: ParsableCommand {
         }
     }
 }
+
+struct Query: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask a sealed ring for predictions, through the ledger only (input sealed to the ouroboros).",
+        discussion: """
+        Inputs come from a data set's test split (--dataset, --count) or from an IDX image file (--image). Each batch
+        goes through the ring as one tensor. With --json: predictions, accuracy when labels are known, and
+        plain_agreement, the fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint).
+        """)
+
+    @Option(help: "Ring directory.") var ring: String
+    @Option(help: "Data set whose test split to query: mnist, idx, cifar10 or synthetic.") var dataset: String?
+    @Option(help: "Folder holding the data set files.") var data: String?
+    @Option(help: "Number of test images (default: all).") var count: Int?
+    @Option(help: "An IDX image file (one or more images) instead of a data set.") var image: String?
+    @Option(help: "Images per query.") var batch: Int = 256
+    @Option(help: "Check authenticity before every N-th query.") var verifyEvery: Int = 1
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func validate() throws {
+        guard (dataset == nil) != (image == nil) else { throw ValidationError("give either --dataset or --image") }
+        guard batch >= 1 && batch <= 65536 else { throw ValidationError("--batch must be between 1 and 65536") }
+        guard verifyEvery >= 1 else { throw ValidationError("--verify-every must be at least 1") }
+    }
+
+    func run() throws {
+        threadOptions.apply()
+        do {
+            let rt = try RingRuntime(directory: ring)
+            rt.verifyEvery = verifyEvery
+            let shape = rt.ring.manifest.inputShape
+            var inputs: Tensor, labels: [Int]?
+            if let path = image {
+                let a = try IDX.images(try IDX.read(path: path), file: path)
+                inputs = Tensor(shape: [a.count] + a.shape, data: a.values); labels = nil
+            } else {
+                var test = try DatasetLoader.load(name: dataset!, directory: data).test
+                if let c = count { test = test.prefix(max(1, c)) }
+                if shape.count == 3, test.imageShape.count == 3, test.imageShape[0] < shape[0] { test = test.padded(to: shape[0]) }
+                inputs = test.tensor; labels = test.labels
+            }
+            guard inputs.itemSize == shape.reduce(1, *) else {
+                throw QueryError.badInput("the ring takes inputs of shape \(shape), the data has \(Array(inputs.shape.dropFirst()))")
+            }
+            let t0 = now()
+            var logits: [Tensor] = [], alarms = 0, queries = 0
+            var i = 0
+            while i < inputs.batch {
+                let j = min(inputs.batch, i + batch)
+                let r = try rt.query(inputs.slice(i..<j))
+                logits.append(r.logits); alarms += r.alarms; queries += 1
+                i = j
+            }
+            let secs = now() - t0
+            let preds = Tensor.concatenate(logits).argmaxRows()
+            var plain = inputs.reshaped([inputs.batch] + shape)
+            for l in try rt.ring.plainLayers() { plain = try l.model().forward(plain) }
+            let plainPreds = plain.argmaxRows()
+            let agreement = Double(zip(preds, plainPreds).filter { $0 == $1 }.count) / Double(max(1, preds.count))
+            let accuracy = labels.map { l in Double(zip(preds, l).filter { $0 == $1 }.count) / Double(max(1, l.count)) }
+            if json {
+                var obj: [String: Any] = ["predictions": preds, "plain_agreement": agreement, "count": preds.count,
+                                          "queries": queries, "alarms": alarms, "seconds": secs, "restored": rt.restores]
+                if let a = accuracy { obj["accuracy"] = a }
+                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                print(String(format: "%d images in %d queries, %.2f s; agreement with the plain model %.2f%%; %d validation alarms",
+                             preds.count, queries, secs, agreement * 100, alarms))
+                if let a = accuracy { print(String(format: "accuracy %.2f%%", a * 100)) }
+                if !rt.restores.isEmpty { print("restored before answering: \(rt.restores.joined(separator: ", "))") }
+                if preds.count <= 20 { print("predictions: \(preds)") }
+            }
+        } catch let e as ExitCode { throw e } catch { throw fail(error) }
+    }
+}
