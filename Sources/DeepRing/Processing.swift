@@ -11,7 +11,20 @@ import Foundation
 /// associated data), validates it (Eq. 13), computes its layer and posts S (the entry signature), K (a fresh
 /// AES-256 key sealed to its successor), X (its output under K) and H (SHA-256 of the next layer's output,
 /// computed with its copy of the next layer).
+/// Time spent per phase while answering queries (seconds), for `bench ring`.
+public final class PhaseTiming: @unchecked Sendable {
+    public var compute = 0.0, crypto = 0.0, ledger = 0.0
+    public init() {}
+    public func reset() { compute = 0; crypto = 0; ledger = 0 }
+    @inline(__always) func time<T>(_ phase: ReferenceWritableKeyPath<PhaseTiming, Double>, _ body: () throws -> T) rethrows -> T {
+        let t0 = now()
+        defer { self[keyPath: phase] += now() - t0 }
+        return try body()
+    }
+}
+
 final class RingNode {
+    var timing = PhaseTiming()
     let name: String
     let keys: BlockKeys
     let signer: LedgerSigner
@@ -45,14 +58,18 @@ final class RingNode {
 
     /// Posts this node's output for `queryID`, consuming entry `consumed`.
     func post(output: Tensor, queryID: String, consumed: Int64, ledger: any Ledger) throws {
-        let h = TensorWire.hash(nextIsOuroboros ? output : next.forward(output))
-        let aesKey = SymmetricKey(size: .bits256)     // fresh for every message: never reused
-        let a = RingNode.aad(queryID, publicKeys.signing, successor.signing)
-        let x = try AES.GCM.seal(TensorWire.encode(output), using: aesKey, authenticating: a).combined!
-        let k = try aesKey.withUnsafeBytes { try Sealing.seal(Array($0), to: successor.agreement, aad: a) }
+        let nextOutput = timing.time(\.compute) { nextIsOuroboros ? output : next.forward(output) }
+        let (k, x, h) = try timing.time(\.crypto) { () throws -> ([UInt8], Data, [UInt8]) in
+            let h = TensorWire.hash(nextOutput)
+            let aesKey = SymmetricKey(size: .bits256)     // fresh for every message: never reused
+            let a = RingNode.aad(queryID, publicKeys.signing, successor.signing)
+            let x = try AES.GCM.seal(TensorWire.encode(output), using: aesKey, authenticating: a).combined!
+            let k = try aesKey.withUnsafeBytes { try Sealing.seal(Array($0), to: successor.agreement, aad: a) }
+            return (k, x, h)
+        }
         var w = WireWriter()
         w.u64(consumed); w.field(k); w.field(Array(x)); w.field(h)
-        try ledger.append(kind: .layer, queryID: queryID, payload: w.bytes, signer: signer)
+        try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: w.bytes, signer: signer) }
     }
 
     struct LayerPost { var consumed: Int64; var k: [UInt8]; var x: [UInt8]; var h: [UInt8] }
@@ -67,6 +84,10 @@ final class RingNode {
 
     /// Decrypts a layer post addressed to this node.
     func receive(_ e: LedgerEntry, _ p: LayerPost) throws -> Tensor {
+        try timing.time(\.crypto) { try receiveUntimed(e, p) }
+    }
+
+    func receiveUntimed(_ e: LedgerEntry, _ p: LayerPost) throws -> Tensor {
         let a = RingNode.aad(e.queryID ?? "", e.author, publicKeys.signing)
         let keyBytes = try Sealing.open(p.k, with: keys.agreement, aad: a)
         guard keyBytes.count == 32 else { throw QueryError.malformedPayload("K is not an AES-256 key") }
@@ -79,10 +100,16 @@ final class RingNode {
     /// Handles the ledger entries that appeared since the last call. Returns true if it posted anything.
     @discardableResult
     func step(ledger: any Ledger) throws -> Bool {
-        let entries = try ledger.entries(from: cursor + 1, limit: 4096)
+        let (entries, tail) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
+            let tail = try ledger.lastSequence()
+            guard tail > cursor else { return ([], tail) }
+            var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm)]
+            if isOuroboros { filters.append(EntryFilter(kind: .query)) }
+            return (try ledger.entries(in: (cursor + 1)...tail, matching: filters), tail)
+        }
+        defer { cursor = max(cursor, tail) }
         var acted = false
         for e in entries {
-            cursor = e.sequence
             guard let q = e.queryID else { continue }
             switch e.kind {
             case .query where isOuroboros:
@@ -93,7 +120,7 @@ final class RingNode {
                 guard querent.count == 32, e.signatureIsValid else { continue }
                 let x = try TensorWire.decode(try Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent))
                 querents[q] = querent
-                try post(output: own.forward(x), queryID: q, consumed: e.sequence, ledger: ledger)
+                try post(output: timing.time(\.compute) { own.forward(x) }, queryID: q, consumed: e.sequence, ledger: ledger)
                 acted = true
             case .layer where e.author == predecessor.signing:
                 guard e.signatureIsValid else { continue }
@@ -121,7 +148,7 @@ final class RingNode {
                     try ledger.append(kind: .delivery, queryID: q, payload: sealed, signer: signer)
                 } else {
                     let x = perturbInput?(input) ?? input
-                    try post(output: own.forward(x), queryID: q, consumed: e.sequence, ledger: ledger)
+                    try post(output: timing.time(\.compute) { own.forward(x) }, queryID: q, consumed: e.sequence, ledger: ledger)
                 }
                 acted = true
             case .alarm:

@@ -25,6 +25,8 @@ public final class RingRuntime {
     public var verifyEvery: Int = 1
     var queriesSinceCheck = Int.max / 2
     public private(set) var restores: [String] = []
+    /// Per-phase time of all nodes (compute, crypto, ledger).
+    public let timing = PhaseTiming()
 
     public init(directory: String) throws {
         ring = try SealedRing.open(directory)
@@ -57,7 +59,7 @@ public final class RingRuntime {
                              isOuroboros: true, nextIsOuroboros: false)
         let cursor = (try ledger.last()?.sequence) ?? 0
         nodes = [o] + blocks
-        for n in nodes { n.cursor = cursor }
+        for n in nodes { n.cursor = cursor; n.timing = timing }
     }
 
     /// Attack hook: the named block perturbs its input before computing (off unless set).
@@ -109,8 +111,11 @@ public final class RingRuntime {
         while true {
             var acted = false
             for n in nodes.shuffled() { if try n.step(ledger: ledger) { acted = true } }
-            for e in try ledger.entries(from: cursor + 1, limit: 4096) where e.queryID == queryID {
-                cursor = e.sequence
+            let tail = try ledger.lastSequence()
+            let mine = tail > cursor ? try ledger.entries(in: (cursor + 1)...tail, matching: [
+                EntryFilter(kind: .alarm, queryID: queryID), EntryFilter(kind: .delivery, queryID: queryID)]) : []
+            cursor = tail
+            for e in mine {
                 if e.kind == .alarm {
                     alarms += 1
                     if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] {

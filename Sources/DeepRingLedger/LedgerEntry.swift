@@ -107,6 +107,11 @@ public protocol Ledger: Sendable {
     func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry
     /// Entries with sequence ≥ `sequence`, in order, at most `limit`.
     func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry]
+    /// Entries with sequence in `range` that match any of `filters`, in order (a block reads only what concerns
+    /// it instead of every ciphertext on the ledger).
+    func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry]
+    /// The highest sequence number (0 when empty).
+    func lastSequence() throws -> Int64
     /// The last entry, if any.
     func last() throws -> LedgerEntry?
     /// Waits until entries after `sequence` exist (or `timeout` passes) and returns them.
@@ -124,5 +129,15 @@ extension Ledger {
             guard let l = page.last, page.count == 4096 else { return out }
             next = l.sequence + 1
         }
+    }
+}
+
+/// One alternative of an entry filter: every given field must match.
+public struct EntryFilter: Sendable, Equatable {
+    public var kind: EntryKind?
+    public var author: [UInt8]?
+    public var queryID: String?
+    public init(kind: EntryKind? = nil, author: [UInt8]? = nil, queryID: String? = nil) {
+        self.kind = kind; self.author = author; self.queryID = queryID
     }
 }

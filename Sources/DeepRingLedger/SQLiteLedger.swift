@@ -75,6 +75,35 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
     }
 
+    public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
+        if filters.isEmpty { return [] }
+        var clauses: [String] = []
+        var args: [DatabaseValueConvertible?] = [range.lowerBound, range.upperBound]
+        for f in filters {
+            var parts: [String] = []
+            if let k = f.kind { parts.append("kind = ?"); args.append(k.rawValue) }
+            if let a = f.author { parts.append("author = ?"); args.append(Data(a)) }
+            if let q = f.queryID { parts.append("query_id = ?"); args.append(q) }
+            clauses.append(parts.isEmpty ? "1" : "(" + parts.joined(separator: " AND ") + ")")
+        }
+        do {
+            return try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses.joined(separator: " OR "))) ORDER BY seq",
+                                 arguments: StatementArguments(args)).map(SQLiteLedger.decode)
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
+    public func lastSequence() throws -> Int64 {
+        do {
+            return try pool.read { db in try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM entries") ?? 0 }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
     public func last() throws -> LedgerEntry? {
         do {
             return try pool.read { db in

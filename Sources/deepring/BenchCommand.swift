@@ -1,11 +1,12 @@
 import ArgumentParser
+import DeepRing
 import DeepRingEngine
 import Foundation
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print figures.",
-        subcommands: [BenchEngine.self])
+        subcommands: [BenchEngine.self, BenchRing.self])
 }
 
 struct BenchEngine: ParsableCommand {
@@ -92,5 +93,75 @@ struct BenchEngine: ParsableCommand {
         }
         guard p.terminationStatus == 0 else { throw ValidationError("the JAX reference failed (exit \(p.terminationStatus))") }
         return out
+    }
+}
+
+struct BenchRing: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ring",
+        abstract: "End-to-end query latency and throughput of a sealed MLP ring against the plain model.",
+        discussion: """
+        Seals the paper's MLP (random weights, or --model) into a temporary ring and times queries through the ledger:
+        batch 1 latency with a per-phase breakdown (compute, crypto, ledger) and batch 256 throughput. The
+        authenticity check that runs before queries is timed on its own (queries here use --verify-every ∞).
+        """)
+
+    @Option(help: "Model file to seal (default: the paper's MLP with random weights).") var model: String?
+    @Option(help: "Timed queries for the batch-1 figure.") var queries: Int = 200
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func run() throws {
+        threadOptions.apply()
+        do {
+            let m = try model.map { try ModelFile.load(path: $0).0 } ?? Model(.mlp(inputShape: [784], classes: 10), seed: 1)
+            let dir = NSTemporaryDirectory() + "deepring-bench-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try SealedRing.seal(m, into: dir)
+            let rt = try RingRuntime(directory: dir)
+            rt.verifyEvery = Int.max
+            let n = m.inputShape.reduce(1, *)
+            var r = SeededRandom(seed: 3)
+            let x1 = Tensor(shape: [1] + m.inputShape, data: (0..<n).map { _ in r.uniform() })
+            let x256 = Tensor(shape: [256] + m.inputShape, data: (0..<(256 * n)).map { _ in r.uniform() })
+            func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+            _ = try rt.query(x1); _ = try rt.query(x256)
+            var plain1: [Double] = []
+            for _ in 0..<max(20, queries) { let t0 = now(); _ = m.forward(x1); plain1.append(now() - t0) }
+            rt.timing.reset()
+            let before = try rt.ledger.allEntries().count
+            var ring1: [Double] = []
+            for _ in 0..<max(5, queries) { let t0 = now(); _ = try rt.query(x1); ring1.append(now() - t0) }
+            let per = Double(ring1.count)
+            let phases = (rt.timing.compute / per, rt.timing.crypto / per, rt.timing.ledger / per)
+            let entries = try rt.ledger.allEntries()
+            let perQuery = entries.dropFirst(before)
+            // Stored bytes per entry: payload + previous hash, author, hash (32 each), signature (64), ~40 of row fields.
+            var stored = 0
+            for e in perQuery { stored += e.payload.count + 32 * 3 + 64 + 40 + (e.queryID?.utf8.count ?? 0) }
+            let bytesB1 = Double(stored) / per
+            let t0 = now(); var k = 0
+            while now() - t0 < 2 || k < 3 { _ = try rt.query(x256); k += 1 }
+            let ring256 = Double(256 * k) / (now() - t0)
+            let t1 = now(); var k2 = 0
+            while now() - t1 < 1 || k2 < 3 { _ = m.forward(x256); k2 += 1 }
+            let plain256 = Double(256 * k2) / (now() - t1)
+            let tc = now(); _ = rt.ring.checkAuthenticity(); let check = now() - tc
+            let fig: [(String, Double, String)] = [
+                ("ring_b1_ms", median(ring1) * 1e3, "ms"), ("plain_b1_ms", median(plain1) * 1e3, "ms"),
+                ("ring_b1_compute_ms", phases.0 * 1e3, "ms"), ("ring_b1_crypto_ms", phases.1 * 1e3, "ms"),
+                ("ring_b1_ledger_ms", phases.2 * 1e3, "ms"),
+                ("ring_b256_img_per_s", ring256, "img/s"), ("plain_b256_img_per_s", plain256, "img/s"),
+                ("ring_b256_over_plain", ring256 / plain256, "x"),
+                ("authenticity_check_ms", check * 1e3, "ms"), ("ledger_bytes_per_b1_query", bytesB1, "B"),
+            ]
+            if json {
+                var obj: [String: Any] = ["threads": Engine.threads]
+                for (k, v, _) in fig { obj[k] = v }
+                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                for (k, v, u) in fig { print(k.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%12.3f ", v) + u) }
+            }
+        } catch let e as ExitCode { throw e } catch { throw fail(error) }
     }
 }
