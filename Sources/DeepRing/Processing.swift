@@ -120,7 +120,8 @@ final class RingNode {
                 guard querent.count == 32, e.signatureIsValid else { continue }
                 let x = try TensorWire.decode(try Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent))
                 querents[q] = querent
-                try post(output: timing.time(\.compute) { own.forward(x) }, queryID: q, consumed: e.sequence, ledger: ledger)
+                // The ouroboros's layer is the identity (W = I, b = 0): its output is its input, not recomputed.
+                try post(output: x, queryID: q, consumed: e.sequence, ledger: ledger)
                 acted = true
             case .layer where e.author == predecessor.signing:
                 guard e.signatureIsValid else { continue }
