@@ -65,6 +65,9 @@ PY
 expect_exit 1 "query with the wrong input size" "$bin" query --ring "$tmp/ring" --dataset cifar10 --data "$tmp/empty"
 expect_exit 0 "ledger audit" "$bin" ledger audit --ring "$tmp/ring"
 expect_exit 0 "ledger show" "$bin" ledger show --ring "$tmp/ring" --json
+expect_exit 0 "ring inspect" "$bin" ring inspect --ring "$tmp/ring"
+secret=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['signing'][:16])" "$tmp/ring/blocks/$blk/keys.json")
+if grep -q "$secret" "$tmp/out"; then echo "FAIL: ring inspect printed a secret"; fail=$((fail + 1)); fi
 expect_exit 1 "seal over an existing ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring"
 expect_exit 1 "verify a non-ring" "$bin" verify --ring "$tmp/empty"
 chmod 644 "$tmp/ring/owner/keys.json"

@@ -218,6 +218,44 @@ public final class SealedRing {
     }
 }
 
+/// What one block knows, without its secrets (for `deepring ring inspect`).
+public struct BlockSummary: Sendable {
+    public var id: String
+    public var signingKey: String, agreementKey: String
+    public var predecessorSigningKey: String, successorSigningKey: String
+    public var previousHash: String, hash: String
+    public var ownLayer: String, nextLayer: String
+}
+
+extension SealedRing {
+    /// Reads every block's public files (block.json and the layer descriptions in params.safetensors), in
+    /// directory order — not ring order, which only the owner's record holds.
+    public static func inspect(_ directory: String) throws -> (RingManifest, [BlockSummary]) {
+        guard let d = FileManager.default.contents(atPath: directory + "/ring.json"),
+              let manifest = try? JSONDecoder().decode(RingManifest.self, from: d) else {
+            throw RingError.notARing("\(directory)/ring.json is missing or invalid")
+        }
+        var out: [BlockSummary] = []
+        for id in try FileManager.default.contentsOfDirectory(atPath: directory + "/blocks").sorted() {
+            let b = directory + "/blocks/" + id
+            guard let bd = FileManager.default.contents(atPath: b + "/block.json"), bd.count < 1 << 20,
+                  let info = try? JSONDecoder().decode(BlockInfo.self, from: bd) else {
+                throw RingError.malformedFile(b + "/block.json", "missing or invalid")
+            }
+            let layers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: b + "/params.safetensors"))),
+                                             prefixes: ["own", "next"], path: b + "/params.safetensors")
+            func describe(_ l: RingLayer) -> String {
+                l.specs.map(\.type.rawValue).joined(separator: "+") + " " + l.tensors.map { "\($0.shape)" }.joined(separator: " ")
+            }
+            out.append(BlockSummary(id: id, signingKey: hex(info.keys.signing), agreementKey: hex(info.keys.agreement),
+                                    predecessorSigningKey: hex(info.predecessor.signing), successorSigningKey: hex(info.successor.signing),
+                                    previousHash: info.previousHash, hash: info.hash,
+                                    ownLayer: describe(layers[0]), nextLayer: describe(layers[1])))
+        }
+        return (manifest, out)
+    }
+}
+
 /// `blocks/<id>/block.json`: what a block knows besides its secrets (no layer index).
 struct BlockInfo: Codable {
     var id: String

@@ -186,3 +186,31 @@ struct Query: ParsableCommand {
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
     }
 }
+
+struct RingCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ring", abstract: "Look at a sealed ring.", subcommands: [Inspect.self])
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "What each block knows (public keys, neighbours' keys, hashes, layer shapes) — never secrets.")
+        @Option(help: "Ring directory.") var ring: String
+
+        func run() throws {
+            do {
+                let (m, blocks) = try SealedRing.inspect(ring)
+                func short(_ h: String) -> String { String(h.prefix(12)) + "…" }
+                print("ring \(m.ringID): ouroboros + \(m.blockCount) blocks, input \(m.inputShape), \(m.classes) classes")
+                print("ouroboros signing key \(short(hex(m.ouroboros.signing))), HPKE key \(short(hex(m.ouroboros.agreement)))")
+                print("algorithms: " + m.algorithms.keys.sorted().map { "\($0) \(m.algorithms[$0]!)" }.joined(separator: "; "))
+                print("blocks (directory order; the ring order is known only to the owner):")
+                for b in blocks {
+                    print("  \(b.id)  key \(short(b.signingKey))  after \(short(b.predecessorSigningKey))  before \(short(b.successorSigningKey))")
+                    print("      own: \(b.ownLayer)    next (copy): \(b.nextLayer)")
+                    print("      HASH_prev \(short(b.previousHash))  HASH \(short(b.hash))")
+                }
+            } catch let e as ExitCode { throw e } catch { throw fail(error) }
+        }
+    }
+}
+
+func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
