@@ -63,6 +63,14 @@ o = json.load(open(sys.argv[1]))
 assert o["plain_agreement"] == 1.0 and o["alarms"] == 0 and len(o["predictions"]) == 300 and o["accuracy"] > 0.5, o
 PY
 expect_exit 1 "query with the wrong input size" "$bin" query --ring "$tmp/ring" --dataset cifar10 --data "$tmp/empty"
+# kill -9 in the middle of a query: the ledger stays intact, the query is reported incomplete, the next works.
+"$bin" query --ring "$tmp/ring" --dataset synthetic --batch 1 >/dev/null 2>&1 &
+qpid=$!
+sleep 1.5
+kill -9 "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
+expect_exit 0 "audit after kill -9" "$bin" ledger audit --ring "$tmp/ring"
+expect_exit 0 "query after kill -9" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 5 --json
+grep -q "incomplete" "$tmp/err" || { echo "FAIL: the interrupted query was not reported as incomplete"; fail=$((fail + 1)); }
 expect_exit 0 "ledger audit" "$bin" ledger audit --ring "$tmp/ring"
 expect_exit 0 "ledger show" "$bin" ledger show --ring "$tmp/ring" --json
 expect_exit 0 "ring inspect" "$bin" ring inspect --ring "$tmp/ring"

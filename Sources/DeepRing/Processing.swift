@@ -114,11 +114,12 @@ final class RingNode {
             switch e.kind {
             case .query where isOuroboros:
                 // Eq. 3: (sealed query, Pub_Q). Decrypt and start the ring with the identity layer.
+                // Anyone may post a query: a malformed or undecryptable one is skipped, never fatal to the ring.
                 var r = WireReader(e.payload)
-                let querent = try r.field(max: 32), sealed = try r.field()
-                try r.end()
-                guard querent.count == 32, e.signatureIsValid else { continue }
-                let x = try TensorWire.decode(try Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent))
+                guard let querent = try? r.field(max: 32), let sealed = try? r.field(), (try? r.end()) != nil,
+                      querent.count == 32, e.signatureIsValid,
+                      let plain = try? Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent),
+                      let x = try? TensorWire.decode(plain), x.data.allSatisfy({ $0.isFinite }) else { continue }
                 querents[q] = querent
                 // The ouroboros's layer is the identity (W = I, b = 0): its output is its input, not recomputed.
                 try post(output: x, queryID: q, consumed: e.sequence, ledger: ledger)

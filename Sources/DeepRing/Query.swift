@@ -34,6 +34,26 @@ public final class RingRuntime {
         try loadNodes()
     }
 
+    /// Queries on the ledger that never ended — no delivery and no final alarm — for example because the process
+    /// answering them was killed. They are reported, never resumed: their querents are gone.
+    public func incompleteQueries() throws -> [String] {
+        let all = try ledger.entries(in: 1...max(1, try ledger.lastSequence()), matching: [
+            EntryFilter(kind: .query), EntryFilter(kind: .delivery), EntryFilter(kind: .alarm)])
+        var open: [String] = []
+        var ended = Set<String>()
+        for e in all {
+            guard let q = e.queryID else { continue }
+            switch e.kind {
+            case .query: open.append(q)
+            case .delivery: ended.insert(q)
+            case .alarm:
+                if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] { ended.insert(q) }
+            default: break
+            }
+        }
+        return open.filter { !ended.contains($0) }
+    }
+
     func loadNodes() throws {
         let dir = ring.directory
         let oKeys = try KeyFile.read(dir + "/owner/keys.json")

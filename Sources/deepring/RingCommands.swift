@@ -141,6 +141,10 @@ struct Query: ParsableCommand {
         do {
             let rt = try RingRuntime(directory: ring)
             rt.verifyEvery = verifyEvery
+            let incomplete = try rt.incompleteQueries()
+            if !incomplete.isEmpty {
+                stderrPrint("note: \(incomplete.count) earlier quer\(incomplete.count == 1 ? "y was" : "ies were") interrupted and never answered (incomplete): \(incomplete.prefix(5).joined(separator: ", "))")
+            }
             let shape = rt.ring.manifest.inputShape
             var inputs: Tensor, labels: [Int]?
             if let path = image {
@@ -173,6 +177,7 @@ struct Query: ParsableCommand {
             let accuracy = labels.map { l in Double(zip(preds, l).filter { $0 == $1 }.count) / Double(max(1, l.count)) }
             if json {
                 var obj: [String: Any] = ["predictions": preds, "plain_agreement": agreement, "count": preds.count,
+                                          "incomplete_earlier_queries": incomplete,
                                           "queries": queries, "alarms": alarms, "seconds": secs, "restored": rt.restores]
                 if let a = accuracy { obj["accuracy"] = a }
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))

@@ -93,6 +93,24 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
         #expect(kinds.contains(.restore) && kinds.contains(.alarm))
     }
 
+    @Test func anInterruptedQueryIsReportedIncompleteAndTheNextOneWorks() throws {
+        let m = try smallModel(seed: 12)
+        let dir = tempRingDir()
+        try SealedRing.seal(m, into: dir)
+        // A querent posts a query and the process answering it dies before any block acts.
+        let rt = try RingRuntime(directory: dir)
+        let x = sampleInputs(2)
+        _ = try rt.query(x)
+        try rt.ledger.append(kind: .query, queryID: "deadbeef", payload: [0, 0, 0, 0], signer: LedgerSigner())
+        let reopened = try RingRuntime(directory: dir)
+        #expect(try reopened.incompleteQueries() == ["deadbeef"])
+        // A garbage query posted while the ring runs is skipped, not fatal.
+        try rt.ledger.append(kind: .query, queryID: "garbage", payload: [1, 2, 3], signer: LedgerSigner())
+        #expect(try rt.query(x).logits.data == plainLogits(m, x).data)
+        #expect(try reopened.query(x).logits.data == plainLogits(m, x).data)
+        #expect(LedgerAudit.audit(reopened.ledger).isClean)
+    }
+
     @Test func badInputIsRefusedBeforeAnythingIsWritten() throws {
         let dir = tempRingDir()
         try SealedRing.seal(try smallModel(), into: dir)
