@@ -64,10 +64,19 @@ assert o["plain_agreement"] == 1.0 and o["alarms"] == 0 and len(o["predictions"]
 PY
 expect_exit 1 "query with the wrong input size" "$bin" query --ring "$tmp/ring" --dataset cifar10 --data "$tmp/empty"
 # kill -9 in the middle of a query: the ledger stays intact, the query is reported incomplete, the next works.
-"$bin" query --ring "$tmp/ring" --dataset synthetic --batch 1 >/dev/null 2>&1 &
-qpid=$!
-sleep 1.5
-kill -9 "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
+# A kill can land between two queries; try until the last ledger entry shows a query in flight (≤ 5 tries).
+for attempt in 1 2 3 4 5; do
+  before=$("$bin" ledger show --ring "$tmp/ring" | wc -l)
+  # (--verify-every 1000: otherwise most of the time goes to the authenticity check between queries)
+  "$bin" query --ring "$tmp/ring" --dataset synthetic --batch 1 --verify-every 1000 >/dev/null 2>&1 &
+  qpid=$!
+  for _ in $(seq 1 300); do
+    [ "$("$bin" ledger show --ring "$tmp/ring" | wc -l)" -gt $((before + 20)) ] && break
+    sleep 0.1
+  done
+  kill -9 "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
+  "$bin" ledger show --ring "$tmp/ring" --last 1 | grep -qv "delivery" && break
+done
 expect_exit 0 "audit after kill -9" "$bin" ledger audit --ring "$tmp/ring"
 expect_exit 0 "query after kill -9" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 5 --json
 grep -q "incomplete" "$tmp/err" || { echo "FAIL: the interrupted query was not reported as incomplete"; fail=$((fail + 1)); }

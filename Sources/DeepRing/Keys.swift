@@ -75,7 +75,8 @@ public enum KeyFile {
     }
 }
 
-func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+/// Lower-case hexadecimal of bytes (keys, hashes and ids in files and messages).
+public func hex<S: Sequence>(_ b: S) -> String where S.Element == UInt8 { b.map { String(format: "%02x", $0) }.joined() }
 
 func unhex(_ s: String) -> [UInt8]? {
     let u = Array(s.utf8)

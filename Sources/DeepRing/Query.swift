@@ -64,8 +64,7 @@ public final class RingRuntime {
         for id in try FileManager.default.contentsOfDirectory(atPath: dir + "/blocks").sorted() {
             let b = dir + "/blocks/" + id
             let keys = try KeyFile.read(b + "/keys.json")
-            guard let d = FileManager.default.contents(atPath: b + "/block.json"),
-                  let info = try? JSONDecoder().decode(BlockInfo.self, from: d) else { throw RingError.malformedFile(b + "/block.json", "invalid") }
+            let info = try BlockInfo.read(blockDirectory: b)
             let layers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: b + "/params.safetensors"))),
                                              prefixes: ["own", "next"], path: b + "/params.safetensors")
             blocks.append(try RingNode(name: id, keys: keys, predecessor: info.predecessor, successor: info.successor,

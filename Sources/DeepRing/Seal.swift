@@ -50,8 +50,12 @@ public final class SealedRing {
         position == 0 ? ownerDir + "/ouroboros.safetensors" : blockDir(record.order[position - 1]) + "/params.safetensors"
     }
 
+    /// The record's hashes as bytes (validated as hex by `open`, produced by `seal`).
+    let recordedHashes: [[UInt8]]
+
     init(directory: String, manifest: RingManifest, record: OwnerRecord) {
         self.directory = directory; self.manifest = manifest; self.record = record
+        recordedHashes = record.hashes.map { unhex($0) ?? [] }
     }
 
     // MARK: seal
@@ -121,9 +125,11 @@ public final class SealedRing {
         }
         let m = try load(RingManifest.self, directory + "/ring.json")
         let r = try load(OwnerRecord.self, directory + "/owner/record.json")
+        func isHex(_ s: String, bytes: Int) -> Bool { s.utf8.count == 2 * bytes && unhex(s) != nil }
         guard m.format == "deepring-ring-v1", r.order.count == m.blockCount, r.hashes.count == m.blockCount + 1,
               r.layerDigests.count == m.blockCount + 1, r.fileDigests.count == m.blockCount + 1,
-              r.order.allSatisfy({ $0.count == 32 && unhex($0) != nil }) else {
+              r.order.allSatisfy({ isHex($0, bytes: 16) }),
+              (r.hashes + r.layerDigests + r.fileDigests).allSatisfy({ isHex($0, bytes: 32) }) else {
             throw RingError.notARing("ring.json and owner/record.json disagree")
         }
         _ = try KeyFile.read(directory + "/owner/keys.json")   // refuses group/world-readable secrets
@@ -133,14 +139,7 @@ public final class SealedRing {
     /// Signing keys of every ring member (ouroboros first, then blocks in ring order), from the public block files.
     public func memberSigningKeys() throws -> [[UInt8]] {
         var keys = [manifest.ouroboros.signing]
-        for id in record.order {
-            let p = blockDir(id) + "/block.json"
-            guard let d = FileManager.default.contents(atPath: p), d.count < 1 << 20,
-                  let info = try? JSONDecoder().decode(BlockInfo.self, from: d), info.keys.signing.count == 32 else {
-                throw RingError.malformedFile(p, "missing or invalid block description")
-            }
-            keys.append(info.keys.signing)
-        }
+        for id in record.order { keys.append(try BlockInfo.read(blockDirectory: blockDir(id)).keys.signing) }
         return keys
     }
 
@@ -171,8 +170,8 @@ public final class SealedRing {
                 if firstBadFile == nil { firstBadFile = p }
             }
         }
-        let current = HashChain.hashes(ouroboros: holdings[0], blocks: Array(holdings[1...])).map(hex)
-        let chainBad = HashChain.firstMismatch(current.map { unhex($0)! }, record: record.hashes.map { unhex($0)! })
+        let current = HashChain.hashes(ouroboros: holdings[0], blocks: Array(holdings[1...]))
+        let chainBad = HashChain.firstMismatch(current, record: recordedHashes)
         let first = [chainBad, firstBadFile].compactMap { $0 }.min()
         guard let f = first else { return AuthenticityReport(authentic: true, firstTampered: nil, position: nil) }
         return AuthenticityReport(authentic: false, firstTampered: f == 0 ? "ouroboros" : record.order[f - 1], position: f)
@@ -238,10 +237,7 @@ extension SealedRing {
         var out: [BlockSummary] = []
         for id in try FileManager.default.contentsOfDirectory(atPath: directory + "/blocks").sorted() {
             let b = directory + "/blocks/" + id
-            guard let bd = FileManager.default.contents(atPath: b + "/block.json"), bd.count < 1 << 20,
-                  let info = try? JSONDecoder().decode(BlockInfo.self, from: bd) else {
-                throw RingError.malformedFile(b + "/block.json", "missing or invalid")
-            }
+            let info = try BlockInfo.read(blockDirectory: b)
             let layers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: b + "/params.safetensors"))),
                                              prefixes: ["own", "next"], path: b + "/params.safetensors")
             func describe(_ l: RingLayer) -> String {
@@ -264,6 +260,17 @@ struct BlockInfo: Codable {
     var successor: PublicKeys
     var previousHash: String
     var hash: String
+
+    /// Reads a block's `block.json` as hostile input: size-capped, every key 32 bytes.
+    static func read(blockDirectory b: String) throws -> BlockInfo {
+        let p = b + "/block.json"
+        guard let d = FileManager.default.contents(atPath: p), d.count < 1 << 20,
+              let info = try? JSONDecoder().decode(BlockInfo.self, from: d),
+              [info.keys, info.predecessor, info.successor].allSatisfy({ $0.signing.count == 32 && $0.agreement.count == 32 }) else {
+            throw RingError.malformedFile(p, "missing or invalid block description")
+        }
+        return info
+    }
 }
 
 func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644) throws {

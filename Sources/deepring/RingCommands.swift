@@ -95,12 +95,10 @@ struct LedgerCommand: ParsableCommand {
                 var entries = try ledger.allEntries()
                 if let n = last { entries = Array(entries.suffix(max(0, n))) }
                 for e in entries {
-                    let h = e.hash.prefix(8).map { String(format: "%02x", $0) }.joined()
-                    let a = e.author.prefix(6).map { String(format: "%02x", $0) }.joined()
+                    let h = hex(e.hash.prefix(8)), a = hex(e.author.prefix(6))
                     if json {
                         let obj: [String: Any] = ["seq": e.sequence, "kind": e.kind.rawValue, "query": e.queryID ?? NSNull(),
-                                                  "author": e.author.map { String(format: "%02x", $0) }.joined(),
-                                                  "payload_bytes": e.payload.count, "hash": e.hash.map { String(format: "%02x", $0) }.joined()]
+                                                  "author": hex(e.author), "payload_bytes": e.payload.count, "hash": hex(e.hash)]
                         print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
                     } else {
                         print("\(e.sequence)\t\(e.kind.rawValue)\t\(e.queryID ?? "-")\tauthor \(a)…\t\(e.payload.count) B\thash \(h)…")
@@ -217,5 +215,3 @@ struct RingCommand: ParsableCommand {
         }
     }
 }
-
-func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }

@@ -8,14 +8,16 @@ enum ModelKind: String, ExpressibleByArgument, CaseIterable {
 
 /// Fits a data set to a model's expected input (VGG-19 works on 32×32: smaller images are zero-padded).
 func prepare(_ d: Dataset, for arch: Architecture) -> Dataset {
-    if arch.name == "vgg19", d.imageShape.count == 3, d.imageShape[0] < 32 { return d.padded(to: 32) }
-    return d
+    arch.name == "vgg19" ? padded32(d) : d
 }
 
 func prepare(_ s: DatasetSplits, for kind: ModelKind) -> DatasetSplits {
     guard kind == .vgg19 else { return s }
-    return DatasetSplits(train: s.train.imageShape[0] < 32 ? s.train.padded(to: 32) : s.train,
-                         test: s.test.imageShape[0] < 32 ? s.test.padded(to: 32) : s.test, source: s.source)
+    return DatasetSplits(train: padded32(s.train), test: padded32(s.test), source: s.source)
+}
+
+func padded32(_ d: Dataset) -> Dataset {
+    d.imageShape.count == 3 && d.imageShape[0] < 32 ? d.padded(to: 32) : d
 }
 
 struct Train: ParsableCommand {
