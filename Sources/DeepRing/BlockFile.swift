@@ -61,6 +61,7 @@ public enum RingError: Error, CustomStringConvertible {
     case notARing(String)
     case checkpointCorrupted(layer: Int)
     case restoreFailed(String)
+    case busy(String)
 
     public var description: String {
         switch self {
@@ -69,6 +70,7 @@ public enum RingError: Error, CustomStringConvertible {
         case .checkpointCorrupted(let l):
             return "the owner's checkpoint is corrupted (layer \(l) does not match its recorded hash); refusing to restore from it"
         case .restoreFailed(let m): return "restore failed: \(m)"
+        case .busy(let m): return m
         }
     }
 }

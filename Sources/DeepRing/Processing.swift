@@ -14,8 +14,10 @@ import Foundation
 /// Time spent per phase while answering queries (seconds), for `bench ring`.
 public final class PhaseTiming: @unchecked Sendable {
     public var compute = 0.0, crypto = 0.0, ledger = 0.0
+    /// Reshuffling the placement and rotating keys after each query (not part of answering it).
+    public var reshuffle = 0.0
     public init() {}
-    public func reset() { compute = 0; crypto = 0; ledger = 0 }
+    public func reset() { compute = 0; crypto = 0; ledger = 0; reshuffle = 0 }
     @inline(__always) func time<T>(_ phase: ReferenceWritableKeyPath<PhaseTiming, Double>, _ body: () throws -> T) rethrows -> T {
         let t0 = now()
         defer { self[keyPath: phase] += now() - t0 }
@@ -25,11 +27,12 @@ public final class PhaseTiming: @unchecked Sendable {
 
 final class RingNode {
     var timing = PhaseTiming()
-    let name: String
-    let keys: BlockKeys
-    let signer: LedgerSigner
-    let predecessor: PublicKeys
-    let successor: PublicKeys
+    // Identity and neighbours change at every reshuffle; the layers never do.
+    private(set) var name: String
+    private(set) var keys: BlockKeys
+    private(set) var signer: LedgerSigner
+    private(set) var predecessor: PublicKeys
+    private(set) var successor: PublicKeys
     let own: Model
     let next: Model
     let isOuroboros: Bool
@@ -46,13 +49,19 @@ final class RingNode {
 
     init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, own: RingLayer, next: RingLayer,
          isOuroboros: Bool, nextIsOuroboros: Bool) throws {
-        self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing)
+        self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing); self.publicKeys = keys.publicKeys
         self.nextIsOuroboros = nextIsOuroboros
         self.predecessor = predecessor; self.successor = successor
         self.own = try own.model(); self.next = try next.model(); self.isOuroboros = isOuroboros
     }
 
-    var publicKeys: PublicKeys { keys.publicKeys }
+    private(set) var publicKeys: PublicKeys
+
+    /// Takes on a new placement after a reshuffle: new id, new key pairs, new neighbours' public keys.
+    func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys) {
+        self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing)
+        self.predecessor = predecessor; self.successor = successor; self.publicKeys = keys.publicKeys
+    }
 
     static func aad(_ queryID: String, _ from: [UInt8], _ to: [UInt8]) -> [UInt8] { Array(queryID.utf8) + from + to }
 

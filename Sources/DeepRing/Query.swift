@@ -23,15 +23,55 @@ public final class RingRuntime {
     var nodes: [RingNode] = []
     var ouroboros: RingNode { nodes[0] }
     public var verifyEvery: Int = 1
+    /// Reshuffle the placement and rotate block keys after every `reshuffleEvery` queries (1 = after each, as in
+    /// the paper; 0 = never, for measurements).
+    public var reshuffleEvery: Int = 1
+    var queriesSinceReshuffle = 0
+    /// Held for the runtime's life: one runtime per ring at a time (`flock` on `owner/runtime.lock`).
+    private let lockFD: Int32
     var queriesSinceCheck = Int.max / 2
     public private(set) var restores: [String] = []
     /// Per-phase time of all nodes (compute, crypto, ledger).
     public let timing = PhaseTiming()
 
     public init(directory: String) throws {
-        ring = try SealedRing.open(directory)
-        ledger = try SQLiteLedger(path: ring.ledgerPath)
-        try loadNodes()
+        let fd = open(directory + "/owner/runtime.lock", O_RDWR | O_CREAT, 0o600)
+        guard fd >= 0 else { throw RingError.notARing("\(directory)/owner is missing or not writable") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw RingError.busy("another deepring process is running this ring (\(directory)); wait for it to finish")
+        }
+        lockFD = fd
+        do {
+            ring = try SealedRing.open(directory)
+            ledger = try SQLiteLedger(path: ring.ledgerPath)
+            try loadNodes()
+        } catch { close(fd); throw error }
+    }
+
+    deinit { close(lockFD) }
+
+    /// Reshuffle (after delivery): new placement and fresh key pairs for every block; the nodes take them on.
+    public func reshuffle() throws {
+        let t0 = now()
+        defer { timing.reshuffle += now() - t0 }
+        let oldOrder = ring.record.order
+        let placed = try ring.reshuffle(ledger: ledger)
+        let byName = Dictionary(uniqueKeysWithValues: nodes.dropFirst().map { ($0.name, $0) })
+        let o = ouroboros
+        for (j, p) in placed.enumerated() {
+            guard let node = byName[oldOrder[j]] else { throw RingError.notARing("block \(oldOrder[j]) is not loaded") }
+            node.rekey(name: p.id, keys: p.keys,
+                       predecessor: j == 0 ? o.publicKeys : placed[j - 1].keys.publicKeys,
+                       successor: j + 1 < placed.count ? placed[j + 1].keys.publicKeys : o.publicKeys)
+        }
+        o.rekey(name: o.name, keys: o.keys, predecessor: placed.last!.keys.publicKeys, successor: placed[0].keys.publicKeys)
+        queriesSinceReshuffle = 0
+    }
+
+    func reshuffleIfDue() throws {
+        queriesSinceReshuffle += 1
+        if reshuffleEvery > 0 && queriesSinceReshuffle >= reshuffleEvery { try reshuffle() }
     }
 
     /// Queries on the ledger that never ended — no delivery and no final alarm — for example because the process
@@ -84,6 +124,13 @@ public final class RingRuntime {
     /// Attack hook: the named block perturbs its input before computing (off unless set).
     public func setPerturbation(block: String, _ f: ((Tensor) -> Tensor)?) {
         nodes.first { $0.name == block }?.perturbInput = f
+    }
+
+    /// Attack hook by ring position (1 = the block computing the first layer; only the owner knows positions).
+    /// The perturbation follows the block through reshuffles.
+    public func setPerturbation(position: Int, _ f: ((Tensor) -> Tensor)?) {
+        precondition(position >= 1 && position <= ring.record.order.count, "no block at position \(position)")
+        setPerturbation(block: ring.record.order[position - 1], f)
     }
 
     public var blockNames: [String] { nodes.dropFirst().map(\.name) }
@@ -139,14 +186,20 @@ public final class RingRuntime {
                     alarms += 1
                     if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] {
                         var suspect = "?"
-                        if case .string(let s)? = v["suspect"] { suspect = nodes.first { hex($0.publicKeys.signing) == s }?.name ?? s }
-                        throw QueryError.failed("validation failed \(alarms) times; block \(suspect) (or the block holding the copy of its layer) is compromised")
+                        if case .string(let s)? = v["suspect"], let name = nodes.first(where: { hex($0.publicKeys.signing) == s })?.name {
+                            let position = (ring.record.order.firstIndex(of: name) ?? -1) + 1
+                            suspect = "\(name) (ring position \(position))"
+                        }
+                        try reshuffleIfDue()
+                        throw QueryError.failed("validation failed \(alarms) times; block \(suspect), or the block holding the copy of its layer, is compromised")
                     }
                 }
                 if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing && e.signatureIsValid {
                     let out = try TensorWire.decode(try Sealing.open(e.payload, with: querent.agreement,
                                                                       aad: Array(queryID.utf8) + querent.publicKeys.agreement))
-                    return QueryResult(queryID: queryID, logits: out, alarms: alarms, seconds: now() - t0)
+                    let answered = now() - t0
+                    try reshuffleIfDue()
+                    return QueryResult(queryID: queryID, logits: out, alarms: alarms, seconds: answered)
                 }
             }
             idle = acted ? 0 : idle + 1

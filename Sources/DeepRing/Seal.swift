@@ -21,6 +21,8 @@ struct OwnerRecord: Codable, Equatable {
     var hashes: [String]
     var layerDigests: [String]
     var fileDigests: [String]
+    /// How many times the placement was reshuffled (absent in a freshly sealed ring).
+    var generation: Int?
 }
 
 /// Outcome of an authenticity check (§3.3).
@@ -42,7 +44,11 @@ public struct AuthenticityReport: Sendable, Equatable {
 public final class SealedRing {
     public let directory: String
     public let manifest: RingManifest
-    let record: OwnerRecord
+    /// Updated in place by `reshuffle` (the hashes never change; the placement does).
+    var record: OwnerRecord
+
+    /// Block ids in ring order (position 1 … n). Owner-only knowledge: the blocks themselves do not have it.
+    public var placement: [String] { record.order }
 
     var ownerDir: String { directory + "/owner" }
     func blockDir(_ id: String) -> String { directory + "/blocks/" + id }
@@ -110,7 +116,8 @@ public final class SealedRing {
                                     blockCount: layers.count, inputShape: model.inputShape, classes: model.architecture.classes)
         try writeJSON(manifest, to: tmp + "/ring.json")
         let ledger = try SQLiteLedger(path: tmp + "/ledger.sqlite")
-        try ledger.append(kind: .seal, queryID: nil, payload: Array("{\"ring\":\"\(manifest.ringID)\",\"blocks\":\(layers.count)}".utf8),
+        try ledger.append(kind: .seal, queryID: nil,
+                          payload: membersPayload(keys.map(\.publicKeys.signing), extra: "\"ring\":\"\(manifest.ringID)\",\"blocks\":\(layers.count)"),
                           signer: LedgerSigner(ouroKeys.signing))
         try? fm.removeItem(atPath: directory)
         guard rename(tmp, directory) == 0 else { throw RingError.restoreFailed("cannot move the sealed ring into \(directory)") }
@@ -124,6 +131,7 @@ public final class SealedRing {
             do { return try JSONDecoder().decode(T.self, from: d) } catch { throw RingError.malformedFile(p, "invalid JSON") }
         }
         let m = try load(RingManifest.self, directory + "/ring.json")
+        if FileManager.default.fileExists(atPath: directory + "/owner/record.json") { try completeReshuffle(directory) }
         let r = try load(OwnerRecord.self, directory + "/owner/record.json")
         func isHex(_ s: String, bytes: Int) -> Bool { s.utf8.count == 2 * bytes && unhex(s) != nil }
         guard m.format == "deepring-ring-v1", r.order.count == m.blockCount, r.hashes.count == m.blockCount + 1,
@@ -273,8 +281,8 @@ struct BlockInfo: Codable {
     }
 }
 
-func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644) throws {
+func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644, durable: Bool = true) throws {
     let enc = JSONEncoder()
     enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-    try writeFileAtomically(Array(try enc.encode(v)) + [10], to: path, permissions: permissions)
+    try writeFileAtomically(Array(try enc.encode(v)) + [10], to: path, permissions: permissions, durable: durable)
 }

@@ -62,12 +62,13 @@ struct Demo: ParsableCommand {
             bytes[at] ^= 0x40
             try Data(bytes).write(to: URL(fileURLWithPath: victimPath))
             print("6. Attacker flips one bit (byte \(at)) of block \(victim)'s parameters.")
-            let report = ring.checkAuthenticity()
+            let report = rt.ring.checkAuthenticity()
             print("   Authenticity check: \(report.authentic ? "authentic (bug: missed)" : "TAMPERED — first differing hash at block \(report.firstTampered!)").")
-            let restored = try ring.restore()
-            print("7. Tracking restores \(restored.joined(separator: ", ")) from the owner's checkpoint: \(ring.checkAuthenticity().authentic ? "authentic again" : "still tampered (bug)").")
-            let victim2 = rt.blockNames[rng.int(below: rt.blockNames.count)]
-            rt.setPerturbation(block: victim2) { t in var u = t; for i in stride(from: 0, to: u.count, by: 7) { u.data[i] += 0.3 }; return u }
+            let restored = try rt.ring.restore()
+            print("7. Tracking restores \(restored.joined(separator: ", ")) from the owner's checkpoint: \(rt.ring.checkAuthenticity().authentic ? "authentic again" : "still tampered (bug)").")
+            let position2 = 1 + rng.int(below: rt.ring.placement.count)
+            let victim2 = rt.ring.placement[position2 - 1]
+            rt.setPerturbation(position: position2) { t in var u = t; for i in stride(from: 0, to: u.count, by: 7) { u.data[i] += 0.3 }; return u }
             print("8. A compromised block (\(victim2)) perturbs its input before computing.")
             do {
                 _ = try rt.query(probe.tensor)
@@ -75,7 +76,7 @@ struct Demo: ParsableCommand {
             } catch {
                 print("   Validation (H_i−1 ≠ SHA256(output_i)) raised alarms, retried, and refused: \(error)")
             }
-            rt.setPerturbation(block: victim2, nil)
+            rt.setPerturbation(position: position2, nil)
             print(String(format: "Done in %.1f s. Ledger: %d entries; `deepring ledger audit --ring %@` re-verifies them.", now() - t0,
                          try rt.ledger.allEntries().count, ringDir as NSString))
             _ = r

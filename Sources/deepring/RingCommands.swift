@@ -72,7 +72,7 @@ struct LedgerCommand: ParsableCommand {
         func run() throws {
             do {
                 let r = try SealedRing.open(ring)
-                let report = LedgerAudit.audit(try SQLiteLedger(path: r.ledgerPath), ringKeys: Set(try r.memberSigningKeys()))
+                let report = try r.auditLedger()
                 print(report)
                 if !report.isClean { throw ExitCode(3) }
             } catch let e as ExitCode { throw e } catch { throw fail(error) }
@@ -125,6 +125,7 @@ struct Query: ParsableCommand {
     @Option(help: "An IDX image file (one or more images) instead of a data set.") var image: String?
     @Option(help: "Images per query.") var batch: Int = 256
     @Option(help: "Check authenticity before every N-th query.") var verifyEvery: Int = 1
+    @Option(help: "Reshuffle the block placement and rotate block keys after every N-th query (0 = never).") var reshuffleEvery: Int = 1
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -132,6 +133,7 @@ struct Query: ParsableCommand {
         guard (dataset == nil) != (image == nil) else { throw ValidationError("give either --dataset or --image") }
         guard batch >= 1 && batch <= 65536 else { throw ValidationError("--batch must be between 1 and 65536") }
         guard verifyEvery >= 1 else { throw ValidationError("--verify-every must be at least 1") }
+        guard reshuffleEvery >= 0 else { throw ValidationError("--reshuffle-every must be 0 (never) or more") }
     }
 
     func run() throws {
@@ -139,6 +141,7 @@ struct Query: ParsableCommand {
         do {
             let rt = try RingRuntime(directory: ring)
             rt.verifyEvery = verifyEvery
+            rt.reshuffleEvery = reshuffleEvery
             let incomplete = try rt.incompleteQueries()
             if !incomplete.isEmpty {
                 stderrPrint("note: \(incomplete.count) earlier quer\(incomplete.count == 1 ? "y was" : "ies were") interrupted and never answered (incomplete): \(incomplete.prefix(5).joined(separator: ", "))")

@@ -15,7 +15,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
     @Test func ringAnswersBitIdenticalToThePlainModelThroughTheLedgerOnly() throws {
         let m = try smallModel(seed: 8)
         let dir = tempRingDir()
-        let ring = try SealedRing.seal(m, into: dir)
+        try SealedRing.seal(m, into: dir)
         let rt = try RingRuntime(directory: dir)
         for n in [1, 17] {
             let x = sampleInputs(n, seed: UInt64(n))
@@ -24,10 +24,10 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
             #expect(r.logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern), "batch \(n)")
         }
         let entries = try rt.ledger.allEntries()
-        // seal + 2 × (query, ouroboros post, 5 block posts, delivery)
-        #expect(entries.count == 1 + 2 * 8)
+        // seal + 2 × (query, ouroboros post, 5 block posts, delivery, reshuffle)
+        #expect(entries.count == 1 + 2 * 9)
         #expect(entries.filter { $0.kind == .layer }.count == 12)
-        #expect(LedgerAudit.audit(entries, ringKeys: Set(try ring.memberSigningKeys())).isClean)
+        #expect(try SealedRing.open(dir).auditLedger().isClean)
         // Payloads carry only ciphertexts and hashes: the input bytes never appear in clear.
         let x = sampleInputs(1, seed: 1)
         let needle = Array(x.data.prefix(4).withUnsafeBytes { Array($0) })
@@ -39,20 +39,20 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
         let dir = tempRingDir()
         try SealedRing.seal(m, into: dir)
         let rt = try RingRuntime(directory: dir)
-        let victim = rt.blockNames[2]
-        rt.setPerturbation(block: victim) { t in var u = t; u.data[0] += 0.5; return u }
+        let victim = rt.ring.placement[2]
+        rt.setPerturbation(position: 3) { t in var u = t; u.data[0] += 0.5; return u }
         do {
             _ = try rt.query(sampleInputs(3))
             Issue.record("a wrong answer was delivered")
         } catch let e as QueryError {
             guard case .failed(let msg) = e else { Issue.record("unexpected \(e)"); return }
-            #expect(msg.contains(victim))
+            #expect(msg.contains(victim) && msg.contains("ring position 3"))
         }
         let alarms = try rt.ledger.allEntries().filter { $0.kind == .alarm }
         #expect(alarms.count == 3)   // first failure + 2 retries
         #expect(try rt.ledger.allEntries().filter { $0.kind == .delivery }.isEmpty)
         // With the hook off again, the ring answers correctly.
-        rt.setPerturbation(block: victim, nil)
+        rt.setPerturbation(position: 3, nil)
         let x = sampleInputs(2)
         #expect(try rt.query(x).logits.data == plainLogits(m, x).data)
     }
@@ -64,7 +64,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
         let rt = try RingRuntime(directory: dir)
         final class Once: @unchecked Sendable { var done = false }
         let once = Once()
-        rt.setPerturbation(block: rt.blockNames[0]) { t in
+        rt.setPerturbation(position: 1) { t in
             if once.done { return t }
             once.done = true
             var u = t; u.data[1] += 1; return u
@@ -98,17 +98,21 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
         let dir = tempRingDir()
         try SealedRing.seal(m, into: dir)
         // A querent posts a query and the process answering it dies before any block acts.
-        let rt = try RingRuntime(directory: dir)
+        var rt: RingRuntime? = try RingRuntime(directory: dir)
         let x = sampleInputs(2)
-        _ = try rt.query(x)
-        try rt.ledger.append(kind: .query, queryID: "deadbeef", payload: [0, 0, 0, 0], signer: LedgerSigner())
+        _ = try rt!.query(x)
+        try rt!.ledger.append(kind: .query, queryID: "deadbeef", payload: [0, 0, 0, 0], signer: LedgerSigner())
+        // One runtime per ring at a time.
+        #expect(throws: RingError.self) { _ = try RingRuntime(directory: dir) }
+        rt = nil
         let reopened = try RingRuntime(directory: dir)
         #expect(try reopened.incompleteQueries() == ["deadbeef"])
         // A garbage query posted while the ring runs is skipped, not fatal.
-        try rt.ledger.append(kind: .query, queryID: "garbage", payload: [1, 2, 3], signer: LedgerSigner())
-        #expect(try rt.query(x).logits.data == plainLogits(m, x).data)
+        try reopened.ledger.append(kind: .query, queryID: "garbage", payload: [1, 2, 3], signer: LedgerSigner())
+        #expect(try reopened.query(x).logits.data == plainLogits(m, x).data)
         #expect(try reopened.query(x).logits.data == plainLogits(m, x).data)
         #expect(LedgerAudit.audit(reopened.ledger).isClean)
+        #expect(try reopened.ring.auditLedger().isClean)
     }
 
     @Test func badInputIsRefusedBeforeAnythingIsWritten() throws {

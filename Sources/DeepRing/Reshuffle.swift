@@ -1,0 +1,122 @@
+import DeepRingEngine
+import DeepRingLedger
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@_silgen_name("syncfs") private func c_syncfs(_ fd: Int32) -> Int32
+
+/// Reshuffle (paper §3.4, after delivery): "the placement of the blocks is reshuffled". After every query each
+/// block gets a new random id (its folder is renamed) and fresh signing and HPKE key pairs; its neighbours learn
+/// the new public keys. The ouroboros — the one publicly known member — keeps its keys and announces the new
+/// member signing keys, in random order, in a signed `reshuffle` entry so that `ledger audit` can still tell ring
+/// members from outsiders.
+///
+/// What this buys: an observer of the ledger sees, within one query, the order in which keys post (that is how
+/// the ring works), but a key never appears in two queries, so it cannot follow a block from query to query or
+/// aim at "the block that computed layer 3 last time" through the ledger. What it does not hide: the length of
+/// each X ciphertext reveals the width of the layer output (900, 600, … floats × batch), and anyone who can read
+/// the block folders sees tensor shapes in `params.safetensors`.
+///
+/// Crash safety: the new placement is built beside the old one in `blocks.next/` (parameter files hard-linked,
+/// new keys and descriptions written, then one `syncfs`), announced on the ledger, and committed by atomically
+/// replacing `owner/record.json`. `SealedRing.open` finishes or rolls back an interrupted reshuffle: if the
+/// record names the folders in `blocks.next/`, the swap is completed; otherwise `blocks.next/` is discarded and the
+/// old placement (whose keys are still valid) stays.
+extension SealedRing {
+    var nextBlocksDir: String { directory + "/blocks.next" }
+    var oldBlocksDir: String { directory + "/blocks.old" }
+
+    /// Reshuffles the ring's placement and rotates every block's key pairs. Returns the new ids and key pairs in
+    /// ring order (for a runtime that hosts the blocks in memory).
+    @discardableResult
+    public func reshuffle(ledger: any Ledger) throws -> [(id: String, keys: BlockKeys)] {
+        let fm = FileManager.default
+        let n = manifest.blockCount
+        let ouroboros = try KeyFile.read(ownerDir + "/keys.json")
+        let ids = (0..<n).map { _ in hex((0..<16).map { _ in UInt8.random(in: 0...255) }) }
+        let keys = (0..<n).map { _ in BlockKeys() }
+        try? fm.removeItem(atPath: nextBlocksDir)
+        try fm.createDirectory(atPath: nextBlocksDir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        for j in 0..<n {
+            let dir = nextBlocksDir + "/" + ids[j]
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+            let oldParams = blockDir(record.order[j]) + "/params.safetensors"
+            if link(oldParams, dir + "/params.safetensors") != 0 {
+                try fm.copyItem(atPath: oldParams, toPath: dir + "/params.safetensors")
+            }
+            try KeyFile.write(keys[j], to: dir + "/keys.json", durable: false)
+            let prev = j == 0 ? ouroboros.publicKeys : keys[j - 1].publicKeys
+            let succ = j + 1 < n ? keys[j + 1].publicKeys : ouroboros.publicKeys
+            try writeJSON(BlockInfo(id: ids[j], keys: keys[j].publicKeys, predecessor: prev, successor: succ,
+                                    previousHash: record.hashes[j], hash: record.hashes[j + 1]),
+                          to: dir + "/block.json", durable: false)
+        }
+        let fd = Glibc.open(nextBlocksDir, O_RDONLY)
+        if fd >= 0 { _ = c_syncfs(fd); close(fd) }
+        // Announce before committing: the new keys must be known members before they sign anything.
+        let generation = (record.generation ?? 0) + 1
+        try ledger.append(kind: .reshuffle, queryID: nil,
+                          payload: SealedRing.membersPayload(keys.map(\.publicKeys.signing), extra: "\"generation\":\(generation)"),
+                          signer: LedgerSigner(ouroboros.signing))
+        var newRecord = record
+        newRecord.order = ids
+        newRecord.generation = generation
+        try writeJSON(newRecord, to: ownerDir + "/record.json", permissions: 0o600)   // the commit point
+        record = newRecord
+        try SealedRing.completeReshuffle(directory)
+        return Array(zip(ids, keys)).map { (id: $0.0, keys: $0.1) }
+    }
+
+    /// A ledger payload announcing ring members' signing keys, in random order (the order is a secret).
+    static func membersPayload(_ signingKeys: [[UInt8]], extra: String) -> [UInt8] {
+        Array("{\(extra),\"members\":[\(signingKeys.shuffled().map { "\"\(hex($0))\"" }.joined(separator: ","))]}".utf8)
+    }
+
+    /// Finishes or rolls back a reshuffle interrupted by a crash (see the type's documentation). Idempotent.
+    static func completeReshuffle(_ directory: String) throws {
+        let fm = FileManager.default
+        let blocks = directory + "/blocks", next = directory + "/blocks.next", old = directory + "/blocks.old"
+        if fm.fileExists(atPath: next) {
+            var committed = false
+            if let d = fm.contents(atPath: directory + "/owner/record.json"), d.count < 16 << 20,
+               let r = try? JSONDecoder().decode(OwnerRecord.self, from: d) {
+                committed = r.order.allSatisfy { fm.fileExists(atPath: next + "/" + $0 + "/block.json") }
+            }
+            if committed {
+                if fm.fileExists(atPath: blocks) {
+                    try? fm.removeItem(atPath: old)
+                    guard rename(blocks, old) == 0 else { throw RingError.restoreFailed("cannot retire the old block placement") }
+                }
+                guard rename(next, blocks) == 0 else { throw RingError.restoreFailed("cannot install the new block placement") }
+            } else {
+                try fm.removeItem(atPath: next)
+            }
+        }
+        if fm.fileExists(atPath: old) && fm.fileExists(atPath: blocks) { try fm.removeItem(atPath: old) }
+    }
+
+    /// Every key the ouroboros has announced as a ring member (seal and reshuffle entries it signed), plus its own
+    /// and the current members' keys: the authors `ledger audit` accepts.
+    public func ledgerAuthors(_ entries: [LedgerEntry]) throws -> Set<[UInt8]> {
+        var keys = Set(try memberSigningKeys())
+        let owner = manifest.ouroboros.signing
+        for e in entries where (e.kind == .seal || e.kind == .reshuffle) && e.author == owner && e.signatureIsValid {
+            guard let v = try? StrictJSONParser.parse(e.payload), case .array(let members)? = v["members"] else { continue }
+            for m in members {
+                if case .string(let s) = m, let k = unhex(s), k.count == 32 { keys.insert(k) }
+            }
+        }
+        return keys
+    }
+
+    /// Audits the ring's ledger: chain, hashes, signatures, replays, and that every non-query entry was signed by a
+    /// key the ouroboros announced.
+    public func auditLedger() throws -> AuditReport {
+        let ledger = try SQLiteLedger(path: ledgerPath)
+        let entries: [LedgerEntry]
+        do { entries = try ledger.allEntries() } catch { return LedgerAudit.audit(ledger) }
+        return LedgerAudit.audit(entries, ringKeys: try ledgerAuthors(entries))
+    }
+}
