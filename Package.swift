@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
         .library(name: "DeepRingLedger", targets: ["DeepRingLedger"]),
         .library(name: "DeepRing", targets: ["DeepRing"]),
+        .library(name: "DeepRingAttacks", targets: ["DeepRingAttacks"]),
         .executable(name: "deepring", targets: ["deepring"]),
     ],
     dependencies: [
@@ -52,10 +53,15 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        .target(
+            name: "DeepRingAttacks",
+            dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRing"],
+            swiftSettings: engineSettings
+        ),
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRing",
+                "DeepRingEngine", "DeepRingLedger", "DeepRing", "DeepRingAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.unsafeFlags(cpuFlags)]
@@ -69,6 +75,10 @@ let package = Package(
         .testTarget(
             name: "DeepRingTests",
             dependencies: ["DeepRing", "DeepRingEngine"]
+        ),
+        .testTarget(
+            name: "DeepRingAttacksTests",
+            dependencies: ["DeepRingAttacks", "DeepRing", "DeepRingEngine"]
         ),
         .testTarget(
             name: "DeepRingLedgerTests",

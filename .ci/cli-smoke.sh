@@ -90,6 +90,39 @@ expect_exit 1 "seal over an existing ring" "$bin" seal "$tmp/m.safetensors" --ri
 expect_exit 1 "verify a non-ring" "$bin" verify --ring "$tmp/empty"
 chmod 644 "$tmp/ring/owner/keys.json"
 expect_exit 1 "world-readable secrets" "$bin" verify --ring "$tmp/ring"
+# Attacks and the paper's tables (small: the synthetic model trained above, 500 test images).
+expect_exit 0 "attack tamper --json" "$bin" attack tamper --model "$tmp/demo/mlp.safetensors" --dataset synthetic --count 500 --json
+python3 - "$tmp/out" <<'PY' || { echo "FAIL: attack tamper --json output"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["detected"] == 1 and o["falseAlarms"] == 0 and o["deepRingAccuracy"] > o["plainAccuracy"], o
+PY
+expect_exit 0 "attack perturb" "$bin" attack perturb --model "$tmp/demo/mlp.safetensors" --dataset synthetic --count 500 --sigma 2
+grep -q "detected 1/1" "$tmp/out" || { echo "FAIL: attack perturb was not detected"; fail=$((fail + 1)); }
+expect_exit 1 "attack on a garbage model" "$bin" attack bitflip --model "$tmp/bad.safetensors" --dataset synthetic
+expect_exit 64 "unknown attack" "$bin" attack nope --model "$tmp/demo/mlp.safetensors"
+expect_exit 0 "reproduce --table 1" "$bin" reproduce --table 1 --out "$tmp/rep"
+expect_exit 0 "reproduce --table 3 (synthetic)" "$bin" reproduce --table 3 --dataset synthetic --model "$tmp/demo/mlp.safetensors" --trials 1 --out "$tmp/rep"
+python3 - "$tmp/rep" <<'PY' || { echo "FAIL: reproduce outputs"; fail=$((fail + 1)); }
+import json, sys, os
+import xml.etree.ElementTree as ET
+d = sys.argv[1]
+for f in ["table1.md", "table1.csv", "table1.svg", "table3.md", "table3.csv", "table3.svg", "table3.json",
+          "table3-sweep-tampering.svg", "table3-sweep-perturbation.svg", "summary.json"]:
+    assert os.path.getsize(os.path.join(d, f)) > 100, f
+for f in os.listdir(d):
+    if f.endswith(".svg"): ET.parse(os.path.join(d, f))
+t = json.load(open(os.path.join(d, "table3.json")))
+orig = t["originalAccuracy"]
+for r in t["rows"]:
+    assert r["falseAlarms"] == 0, r
+    if r["type"] != "Original":
+        assert r["detected"] == r["trials"], r
+        assert abs(r["deepRingAccuracy"] - orig) < 1e-12, r
+tam = [r for r in t["rows"] if r["type"] == "Parameter tampering"][0]
+assert tam["plainAccuracy"] < orig - 0.1, tam
+PY
+expect_exit 1 "reproduce with a missing data set" "$bin" reproduce --table 3 --dataset mnist --data "$tmp/empty" --out "$tmp/rep2"
 expect_exit 64 "unknown data set" "$bin" train --dataset nope --out "$tmp/x.safetensors"
 expect_exit 0 "help" "$bin" --help
 

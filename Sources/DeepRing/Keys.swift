@@ -49,9 +49,12 @@ public enum KeyFileError: Error, CustomStringConvertible, Equatable {
 public enum KeyFile {
     public static let maxSize = 4096
 
-    public static func write(_ keys: BlockKeys, to path: String, durable: Bool = true) throws {
-        let json = "{\"signing\":\"\(hex(Array(keys.signing.rawRepresentation)))\",\"agreement\":\"\(hex(Array(keys.agreement.rawRepresentation)))\"}\n"
-        try writeFileAtomically(Array(json.utf8), to: path, permissions: 0o600, durable: durable)
+    static func serialize(_ keys: BlockKeys) -> [UInt8] {
+        Array("{\"signing\":\"\(hex(Array(keys.signing.rawRepresentation)))\",\"agreement\":\"\(hex(Array(keys.agreement.rawRepresentation)))\"}\n".utf8)
+    }
+
+    public static func write(_ keys: BlockKeys, to path: String) throws {
+        try writeFileAtomically(serialize(keys), to: path, permissions: 0o600)
         chmod(path, 0o600)
     }
 

@@ -126,7 +126,7 @@ final class RingNode {
                 // Anyone may post a query: a malformed or undecryptable one is skipped, never fatal to the ring.
                 var r = WireReader(e.payload)
                 guard let querent = try? r.field(max: 32), let sealed = try? r.field(), (try? r.end()) != nil,
-                      querent.count == 32, e.signatureIsValid,
+                      querent.count == 32, e.isAuthentic,
                       let plain = try? Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent),
                       let x = try? TensorWire.decode(plain), x.data.allSatisfy({ $0.isFinite }) else { continue }
                 querents[q] = querent
@@ -134,7 +134,7 @@ final class RingNode {
                 try post(output: x, queryID: q, consumed: e.sequence, ledger: ledger)
                 acted = true
             case .layer where e.author == predecessor.signing:
-                guard e.signatureIsValid else { continue }
+                guard timing.time(\.crypto, { e.isAuthentic }) else { continue }
                 let p = try RingNode.parseLayer(e)
                 let input = try receive(e, p)
                 // Validation (Eq. 13): the entry this output was computed from carries H_{i−1}, the hash that the
@@ -164,7 +164,8 @@ final class RingNode {
                 acted = true
             case .alarm:
                 // A receiver asks for a retry of the output this node computed from entry `retry_of`.
-                guard let v = try? StrictJSONParser.parse(e.payload), case .string(let suspect)? = v["suspect"],
+                guard e.author == successor.signing, e.isAuthentic,
+                      let v = try? StrictJSONParser.parse(e.payload), case .string(let suspect)? = v["suspect"],
                       suspect == hex(publicKeys.signing), case .bool(false)? = v["final"],
                       case .int(let consumed)? = v["retry_of"],
                       let src = try ledger.entries(from: Int64(consumed), limit: 1).first, src.queryID == q else { continue }

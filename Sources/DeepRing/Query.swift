@@ -10,6 +10,8 @@ public struct QueryResult: Sendable {
     public var logits: Tensor
     /// Validation alarms raised while answering.
     public var alarms: Int
+    /// Ring positions evicted and re-provisioned while answering (policy `.evictAndRetry`).
+    public var evicted: [Int] = []
     public var seconds: Double
 }
 
@@ -20,6 +22,8 @@ public struct QueryResult: Sendable {
 public final class RingRuntime {
     public let ring: SealedRing
     public let ledger: SQLiteLedger
+    /// The blocks' shared read snapshot of the ledger (one database read per scheduling round, not one per block).
+    let view: LedgerView
     var nodes: [RingNode] = []
     var ouroboros: RingNode { nodes[0] }
     public var verifyEvery: Int = 1
@@ -31,6 +35,20 @@ public final class RingRuntime {
     private let lockFD: Int32
     var queriesSinceCheck = Int.max / 2
     public private(set) var restores: [String] = []
+    /// Time spent in tracking mode (restoring tampered blocks) while queries waited.
+    public private(set) var trackingSeconds = 0.0
+    /// What to do when validation keeps failing for a query (a block computes or perturbs wrongly every time).
+    public enum CompromisePolicy: Sendable {
+        /// Refuse the query (the paper's behaviour after its retries): never a wrong answer, but no answer.
+        case refuse
+        /// Evict both suspects of Proposition 1 — the block whose output failed validation and the block holding
+        /// the copy of its layer — re-provision them from their (authenticated) files with fresh keys, and answer
+        /// the query again from the start. Our addition: a persistent attacker makes a plain retry fail forever.
+        case evictAndRetry
+    }
+    public var onCompromisedBlock: CompromisePolicy = .refuse
+    /// Positions evicted so far (policy `.evictAndRetry`).
+    public private(set) var evictions: [Int] = []
     /// Per-phase time of all nodes (compute, crypto, ledger).
     public let timing = PhaseTiming()
 
@@ -45,6 +63,7 @@ public final class RingRuntime {
         do {
             ring = try SealedRing.open(directory)
             ledger = try SQLiteLedger(path: ring.ledgerPath)
+            view = try LedgerView(ledger)
             try loadNodes()
         } catch { close(fd); throw error }
     }
@@ -142,18 +161,40 @@ public final class RingRuntime {
         let signer = LedgerSigner(ouroboros.keys.signing)
         try ledger.append(kind: .alarm, queryID: nil,
                           payload: Array("{\"authenticity\":false,\"first_tampered\":\"\(report.firstTampered ?? "")\"}".utf8), signer: signer)
+        let t0 = now()
+        defer { trackingSeconds += now() - t0 }
         let restored = try ring.restore()
         for b in restored {
             try ledger.append(kind: .restore, queryID: nil, payload: Array("{\"restored\":\"\(b)\"}".utf8), signer: signer)
         }
         restores += restored
+        try reloadBlocks()
+    }
+
+    /// Re-reads every block's files, as running blocks would see them (a compromised block keeps its perturbation:
+    /// it is the block's behaviour, not its files).
+    public func reloadBlocks() throws {
         let perturb = Dictionary(uniqueKeysWithValues: nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } })
         try loadNodes()
         for (k, f) in perturb { setPerturbation(block: k, f) }
     }
 
+    /// Evicts the blocks at `positions` and re-provisions them: tampered files are restored, every key rotates
+    /// (reshuffle), and fresh nodes are loaded from the files (whatever the evicted blocks did is gone).
+    func evict(positions: [Int]) throws {
+        try ensureAuthentic()
+        try reshuffle()
+        let perturb = Dictionary(uniqueKeysWithValues: nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } })
+        let evictedNames = Set(positions.map { ring.placement[$0 - 1] })
+        try loadNodes()
+        for (k, f) in perturb where !evictedNames.contains(k) { setPerturbation(block: k, f) }
+        evictions += positions
+    }
+
     /// Answers one (batched) query. Throws `QueryError.failed` — never a wrong answer — when validation keeps failing.
-    public func query(_ x: Tensor) throws -> QueryResult {
+    public func query(_ x: Tensor) throws -> QueryResult { try query(x, attempt: 1) }
+
+    func query(_ x: Tensor, attempt: Int) throws -> QueryResult {
         let t0 = now()
         guard Array(x.shape.dropFirst()) == ring.manifest.inputShape || x.itemSize == ring.manifest.inputShape.reduce(1, *),
               x.batch > 0 else {
@@ -170,15 +211,16 @@ public final class RingRuntime {
                                       aad: Array(queryID.utf8) + querent.publicKeys.agreement)
         var w = WireWriter()
         w.field(querent.publicKeys.agreement); w.field(sealed)
-        let posted = try ledger.append(kind: .query, queryID: queryID, payload: w.bytes, signer: LedgerSigner(querent.signing))
+        let posted = try view.append(kind: .query, queryID: queryID, payload: w.bytes, signer: LedgerSigner(querent.signing))
         var alarms = 0
         var idle = 0
         var cursor = posted.sequence
         while true {
             var acted = false
-            for n in nodes.shuffled() { if try n.step(ledger: ledger) { acted = true } }
-            let tail = try ledger.lastSequence()
-            let mine = tail > cursor ? try ledger.entries(in: (cursor + 1)...tail, matching: [
+            try timing.time(\.ledger) { try view.refresh() }
+            for n in nodes.shuffled() { if try n.step(ledger: view) { acted = true } }
+            let tail = try view.lastSequence()
+            let mine = tail > cursor ? try view.entries(in: (cursor + 1)...tail, matching: [
                 EntryFilter(kind: .alarm, queryID: queryID), EntryFilter(kind: .delivery, queryID: queryID)]) : []
             cursor = tail
             for e in mine {
@@ -186,15 +228,26 @@ public final class RingRuntime {
                     alarms += 1
                     if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] {
                         var suspect = "?"
-                        if case .string(let s)? = v["suspect"], let name = nodes.first(where: { hex($0.publicKeys.signing) == s })?.name {
-                            let position = (ring.record.order.firstIndex(of: name) ?? -1) + 1
-                            suspect = "\(name) (ring position \(position))"
+                        func position(_ key: JSONValue?) -> Int? {
+                            guard case .string(let s)? = key, let name = nodes.dropFirst().first(where: { hex($0.publicKeys.signing) == s })?.name,
+                                  let i = ring.placement.firstIndex(of: name) else { return nil }
+                            return i + 1
+                        }
+                        if let p = position(v["suspect"]) { suspect = "\(ring.placement[p - 1]) (ring position \(p))" }
+                        if onCompromisedBlock == .evictAndRetry && attempt == 1 {
+                            let suspects = [position(v["suspect"]), position(v["hash_from"])].compactMap { $0 }
+                            try evict(positions: suspects)
+                            var again = try query(x, attempt: 2)
+                            again.alarms += alarms
+                            again.evicted = suspects + again.evicted
+                            again.seconds = now() - t0
+                            return again
                         }
                         try reshuffleIfDue()
                         throw QueryError.failed("validation failed \(alarms) times; block \(suspect), or the block holding the copy of its layer, is compromised")
                     }
                 }
-                if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing && e.signatureIsValid {
+                if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing && e.isAuthentic {
                     let out = try TensorWire.decode(try Sealing.open(e.payload, with: querent.agreement,
                                                                       aad: Array(queryID.utf8) + querent.publicKeys.agreement))
                     let answered = now() - t0

@@ -26,7 +26,6 @@ import Glibc
 /// old placement (whose keys are still valid) stays.
 extension SealedRing {
     var nextBlocksDir: String { directory + "/blocks.next" }
-    var oldBlocksDir: String { directory + "/blocks.old" }
 
     /// Reshuffles the ring's placement and rotates every block's key pairs. Returns the new ids and key pairs in
     /// ring order (for a runtime that hosts the blocks in memory).
@@ -46,12 +45,12 @@ extension SealedRing {
             if link(oldParams, dir + "/params.safetensors") != 0 {
                 try fm.copyItem(atPath: oldParams, toPath: dir + "/params.safetensors")
             }
-            try KeyFile.write(keys[j], to: dir + "/keys.json", durable: false)
+            try writeNewFile(KeyFile.serialize(keys[j]), to: dir + "/keys.json", permissions: 0o600)
             let prev = j == 0 ? ouroboros.publicKeys : keys[j - 1].publicKeys
             let succ = j + 1 < n ? keys[j + 1].publicKeys : ouroboros.publicKeys
-            try writeJSON(BlockInfo(id: ids[j], keys: keys[j].publicKeys, predecessor: prev, successor: succ,
-                                    previousHash: record.hashes[j], hash: record.hashes[j + 1]),
-                          to: dir + "/block.json", durable: false)
+            try writeNewFile(try jsonBytes(BlockInfo(id: ids[j], keys: keys[j].publicKeys, predecessor: prev, successor: succ,
+                                                     previousHash: record.hashes[j], hash: record.hashes[j + 1])),
+                             to: dir + "/block.json", permissions: 0o644)
         }
         let fd = Glibc.open(nextBlocksDir, O_RDONLY)
         if fd >= 0 { _ = c_syncfs(fd); close(fd) }
@@ -65,7 +64,7 @@ extension SealedRing {
         newRecord.generation = generation
         try writeJSON(newRecord, to: ownerDir + "/record.json", permissions: 0o600)   // the commit point
         record = newRecord
-        try SealedRing.completeReshuffle(directory)
+        try SealedRing.completeReshuffle(directory, background: true)
         return Array(zip(ids, keys)).map { (id: $0.0, keys: $0.1) }
     }
 
@@ -75,9 +74,10 @@ extension SealedRing {
     }
 
     /// Finishes or rolls back a reshuffle interrupted by a crash (see the type's documentation). Idempotent.
-    static func completeReshuffle(_ directory: String) throws {
+    /// Retired placements (`blocks.old-*`) are deleted — in the background when `background` is set.
+    static func completeReshuffle(_ directory: String, background: Bool = false) throws {
         let fm = FileManager.default
-        let blocks = directory + "/blocks", next = directory + "/blocks.next", old = directory + "/blocks.old"
+        let blocks = directory + "/blocks", next = directory + "/blocks.next"
         if fm.fileExists(atPath: next) {
             var committed = false
             if let d = fm.contents(atPath: directory + "/owner/record.json"), d.count < 16 << 20,
@@ -86,23 +86,51 @@ extension SealedRing {
             }
             if committed {
                 if fm.fileExists(atPath: blocks) {
-                    try? fm.removeItem(atPath: old)
-                    guard rename(blocks, old) == 0 else { throw RingError.restoreFailed("cannot retire the old block placement") }
+                    let retired = directory + "/blocks.old-" + hex((0..<8).map { _ in UInt8.random(in: 0...255) })
+                    guard rename(blocks, retired) == 0 else { throw RingError.restoreFailed("cannot retire the old block placement") }
                 }
                 guard rename(next, blocks) == 0 else { throw RingError.restoreFailed("cannot install the new block placement") }
             } else {
-                try fm.removeItem(atPath: next)
+                removeTree(next)
             }
         }
-        if fm.fileExists(atPath: old) && fm.fileExists(atPath: blocks) { try fm.removeItem(atPath: old) }
+        guard fm.fileExists(atPath: blocks) else { return }
+        let retired = ((try? fm.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("blocks.old") }.map { directory + "/" + $0 }
+        if retired.isEmpty { return }
+        if background {
+            DispatchQueue.global(qos: .utility).async { for r in retired { removeTree(r) } }
+        } else {
+            for r in retired { removeTree(r) }
+        }
+    }
+
+    /// Removes a placement folder (two levels: block folders holding files) with plain unlink/rmdir calls.
+    static func removeTree(_ path: String) {
+        if let subs = try? FileManager.default.contentsOfDirectory(atPath: path) {
+            for sub in subs {
+                let p = path + "/" + sub
+                if let files = try? FileManager.default.contentsOfDirectory(atPath: p) {
+                    for f in files { unlink(p + "/" + f) }
+                    rmdir(p)
+                } else {
+                    unlink(p)
+                }
+            }
+        }
+        rmdir(path)
+        if FileManager.default.fileExists(atPath: path) { try? FileManager.default.removeItem(atPath: path) }
     }
 
     /// Every key the ouroboros has announced as a ring member (seal and reshuffle entries it signed), plus its own
     /// and the current members' keys: the authors `ledger audit` accepts.
-    public func ledgerAuthors(_ entries: [LedgerEntry]) throws -> Set<[UInt8]> {
+    public func ledgerAuthors(_ ledger: any Ledger) throws -> Set<[UInt8]> {
         var keys = Set(try memberSigningKeys())
         let owner = manifest.ouroboros.signing
-        for e in entries where (e.kind == .seal || e.kind == .reshuffle) && e.author == owner && e.signatureIsValid {
+        let tail = try ledger.lastSequence()
+        guard tail > 0 else { return keys }
+        let announcements = try ledger.entries(in: 1...tail, matching: [EntryFilter(kind: .seal, author: owner),
+                                                                        EntryFilter(kind: .reshuffle, author: owner)])
+        for e in announcements where e.isAuthentic {
             guard let v = try? StrictJSONParser.parse(e.payload), case .array(let members)? = v["members"] else { continue }
             for m in members {
                 if case .string(let s) = m, let k = unhex(s), k.count == 32 { keys.insert(k) }
@@ -112,11 +140,11 @@ extension SealedRing {
     }
 
     /// Audits the ring's ledger: chain, hashes, signatures, replays, and that every non-query entry was signed by a
-    /// key the ouroboros announced.
+    /// key the ouroboros announced. Reads the ledger a few entries at a time.
     public func auditLedger() throws -> AuditReport {
         let ledger = try SQLiteLedger(path: ledgerPath)
-        let entries: [LedgerEntry]
-        do { entries = try ledger.allEntries() } catch { return LedgerAudit.audit(ledger) }
-        return LedgerAudit.audit(entries, ringKeys: try ledgerAuthors(entries))
+        let authors: Set<[UInt8]>
+        do { authors = try ledgerAuthors(ledger) } catch { return LedgerAudit.audit(ledger) }
+        return LedgerAudit.audit(ledger, ringKeys: authors)
     }
 }

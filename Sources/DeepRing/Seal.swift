@@ -281,8 +281,30 @@ struct BlockInfo: Codable {
     }
 }
 
-func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644, durable: Bool = true) throws {
+func jsonBytes<T: Encodable>(_ v: T) throws -> [UInt8] {
     let enc = JSONEncoder()
     enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-    try writeFileAtomically(Array(try enc.encode(v)) + [10], to: path, permissions: permissions, durable: durable)
+    return Array(try enc.encode(v)) + [10]
+}
+
+func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644) throws {
+    try writeFileAtomically(try jsonBytes(v), to: path, permissions: permissions)
+}
+
+/// Creates a new file (it must not exist) with `bytes`, without fsync: for files inside a folder that is synced and
+/// then committed as a whole (a new placement).
+func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode_t(permissions))
+    guard fd >= 0 else { throw RingError.restoreFailed("cannot create \(path)") }
+    defer { close(fd) }
+    let ok = bytes.withUnsafeBytes { raw -> Bool in
+        var off = 0
+        while off < raw.count {
+            let w = write(fd, raw.baseAddress! + off, raw.count - off)
+            if w <= 0 { return false }
+            off += w
+        }
+        return true
+    }
+    guard ok else { throw RingError.restoreFailed("cannot write \(path)") }
 }

@@ -63,11 +63,21 @@ enum TensorWire {
             shape.append(d); count = p
         }
         guard values.count == count * 4 else { throw QueryError.malformedPayload("tensor size does not match its shape") }
-        let data = values.withUnsafeBytes { raw in (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
-        return Tensor(shape: shape, data: data)
+        // Little-endian float32 on the wire and on every supported host: a plain copy.
+        var t = Tensor(uninitialized: shape)
+        t.data.withUnsafeMutableBytes { dst in values.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        return t
     }
 
-    static func hash(_ t: Tensor) -> [UInt8] { Array(SHA256.hash(data: encode(t))) }
+    /// SHA-256 of `encode(t)`, without building the encoding.
+    static func hash(_ t: Tensor) -> [UInt8] {
+        var h = SHA256()
+        let dims = t.shape.flatMap { d in (0..<4).map { UInt8(truncatingIfNeeded: UInt32(d) >> (8 * UInt32($0))) } }
+        func len(_ n: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: UInt32(n) >> (8 * UInt32($0))) } }
+        h.update(data: len(dims.count) + dims + len(t.count * 4))
+        t.data.withUnsafeBytes { h.update(bufferPointer: $0) }
+        return Array(h.finalize())
+    }
 }
 
 /// HPKE (RFC 9180, X25519 + HKDF-SHA256 + AES-256-GCM) for sealing queries, answers and AES keys to a public key.

@@ -40,14 +40,23 @@ public struct AuditReport: Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum LedgerAudit {
-    /// Audits `entries` (in stored order). `ringKeys`: the public keys allowed to author entries (nil = any).
-    public static func audit(_ entries: [LedgerEntry], ringKeys: Set<[UInt8]>? = nil) -> AuditReport {
-        var report = AuditReport(entries: entries.count, firstProblem: nil)
+    /// Incremental audit state: feed entries in stored order, one page at a time (memory stays bounded however
+    /// long the ledger is).
+    public struct Auditor {
+        public let ringKeys: Set<[UInt8]>?
+        public private(set) var report = AuditReport(entries: 0, firstProblem: nil)
         var expected: Int64 = 1
         var prev = LedgerEntry.genesisHash
         var signatures: [[UInt8]: Int64] = [:]
-        for e in entries {
-            func bad(_ p: AuditReport.Problem) -> AuditReport { report.firstProblem = (e.sequence, p); return report }
+
+        public init(ringKeys: Set<[UInt8]>?) { self.ringKeys = ringKeys }
+
+        /// Checks one entry; returns false once a problem has been found.
+        @discardableResult
+        public mutating func feed(_ e: LedgerEntry) -> Bool {
+            guard report.firstProblem == nil else { return false }
+            report.entries += 1
+            func bad(_ p: AuditReport.Problem) -> Bool { report.firstProblem = (e.sequence, p); return false }
             if e.sequence != expected { return bad(.gap(expected: expected, found: e.sequence)) }
             if e.previousHash != prev { return bad(.brokenChain) }
             if e.recomputedHash != e.hash { return bad(.hashMismatch) }
@@ -58,18 +67,35 @@ public enum LedgerAudit {
             signatures[e.signature] = e.sequence
             prev = e.hash
             expected += 1
+            return true
         }
-        return report
     }
 
-    /// Audits a whole ledger; a row that cannot even be decoded is reported as the first problem.
+    /// Audits `entries` (in stored order). `ringKeys`: the public keys allowed to author entries (nil = any).
+    public static func audit(_ entries: [LedgerEntry], ringKeys: Set<[UInt8]>? = nil) -> AuditReport {
+        var a = Auditor(ringKeys: ringKeys)
+        for e in entries where !a.feed(e) { break }
+        var r = a.report
+        r.entries = entries.count
+        return r
+    }
+
+    /// Audits a whole ledger, reading it a few entries at a time; a row that cannot even be decoded is reported as
+    /// the first problem.
     public static func audit(_ ledger: any Ledger, ringKeys: Set<[UInt8]>? = nil) -> AuditReport {
+        var a = Auditor(ringKeys: ringKeys)
+        var next: Int64 = 1
         do {
-            return audit(try ledger.allEntries(), ringKeys: ringKeys)
+            while true {
+                let page = try ledger.entries(from: next, limit: 8)
+                for e in page where !a.feed(e) { return a.report }
+                guard let l = page.last else { return a.report }
+                next = l.sequence + 1
+            }
         } catch let LedgerError.malformedRow(seq, reason) {
-            return AuditReport(entries: 0, firstProblem: (seq ?? -1, .unreadable(reason)))
+            return AuditReport(entries: a.report.entries, firstProblem: (seq ?? -1, .unreadable(reason)))
         } catch {
-            return AuditReport(entries: 0, firstProblem: (-1, .unreadable("\(error)")))
+            return AuditReport(entries: a.report.entries, firstProblem: (-1, .unreadable("\(error)")))
         }
     }
 }

@@ -52,10 +52,18 @@ public struct LedgerEntry: Sendable, Equatable {
         return b
     }
 
+    /// SHA-256 of `canonicalBytes(…)`, computed incrementally (the payload, often megabytes, is not copied).
     public static func computeHash(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
                                    author: [UInt8], payload: [UInt8]) -> [UInt8] {
-        Array(SHA256.hash(data: canonicalBytes(sequence: sequence, previousHash: previousHash, kind: kind,
-                                               queryID: queryID, author: author, payload: payload)))
+        var head = canonicalBytes(sequence: sequence, previousHash: previousHash, kind: kind, queryID: queryID,
+                                  author: author, payload: [])
+        // canonicalBytes ends with the payload's 4-byte length prefix (0 here): patch in the real length.
+        let n = UInt32(payload.count)
+        head.replaceSubrange((head.count - 4)..., with: [UInt8(n >> 24), UInt8((n >> 16) & 255), UInt8((n >> 8) & 255), UInt8(n & 255)])
+        var h = SHA256()
+        h.update(data: head)
+        payload.withUnsafeBytes { h.update(bufferPointer: $0) }
+        return Array(h.finalize())
     }
 
     /// Recomputes this entry's hash from its fields.
@@ -63,6 +71,10 @@ public struct LedgerEntry: Sendable, Equatable {
         LedgerEntry.computeHash(sequence: sequence, previousHash: previousHash, kind: kind, queryID: queryID,
                                 author: author, payload: payload)
     }
+
+    /// True when the stored hash is the hash of the entry's fields and the signature is the author's over it:
+    /// what a block checks before acting on an entry.
+    public var isAuthentic: Bool { recomputedHash == hash && signatureIsValid }
 
     /// True when `signature` is the author's valid Ed25519 signature of `hash`.
     public var signatureIsValid: Bool {
@@ -139,5 +151,10 @@ public struct EntryFilter: Sendable, Equatable {
     public var queryID: String?
     public init(kind: EntryKind? = nil, author: [UInt8]? = nil, queryID: String? = nil) {
         self.kind = kind; self.author = author; self.queryID = queryID
+    }
+
+    /// True when every field set in the filter equals the entry's.
+    public func matches(_ e: LedgerEntry) -> Bool {
+        (kind == nil || kind == e.kind) && (author == nil || author! == e.author) && (queryID == nil || queryID == e.queryID)
     }
 }

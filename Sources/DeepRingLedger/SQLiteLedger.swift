@@ -3,6 +3,10 @@ import GRDB
 
 /// The SQLite ledger (GRDB, WAL journal): one table, one transaction per append. Rows are read back as
 /// hostile data: every field's type and size is checked, and a bad row is a typed error, never a crash.
+///
+/// Durability: `synchronous = NORMAL` in WAL mode — a committed append survives a crash or `kill -9` of any
+/// process; a power loss or OS crash may lose the newest appends (never corrupting or forking the chain).
+/// Set `DEEPRING_LEDGER_SYNC=full` to fsync every append as well.
 public final class SQLiteLedger: Ledger, @unchecked Sendable {
     let pool: DatabasePool
     public let path: String
@@ -11,6 +15,8 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         self.path = path
         var config = Configuration()
         config.busyMode = .timeout(10)
+        let full = ProcessInfo.processInfo.environment["DEEPRING_LEDGER_SYNC"]?.lowercased() == "full"
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = \(full ? "FULL" : "NORMAL")") }
         do {
             pool = try DatabasePool(path: path, configuration: config)
             try pool.write { db in

@@ -11,7 +11,8 @@ struct DeepRingCommand: ParsableCommand {
         Start with `deepring demo`. Engine commands: train, eval, bench. Data sets are looked up in --data DIR,
         then $DEEPRING_DATA, ./data/<name> and ../shared/data/<name>; `synthetic` is generated and always available.
         """,
-        subcommands: [Demo.self, Train.self, Eval.self, Bench.self, Seal.self, Query.self, Verify.self, LedgerCommand.self, RingCommand.self]
+        subcommands: [Demo.self, Train.self, Eval.self, Bench.self, Seal.self, Query.self, Verify.self, LedgerCommand.self, RingCommand.self,
+                      Attack.self, Reproduce.self]
     )
 }
 

@@ -1,11 +1,12 @@
 import ArgumentParser
 import DeepRing
+import DeepRingAttacks
 import DeepRingEngine
 import Foundation
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The whole story on the embedded default data: train the paper's MLP, evaluate, save, seal it into a ring, tamper, detect, restore.",
+        abstract: "The whole story on the embedded default data: train the paper's MLP, seal it into a ring, query it, attack it (Algorithm 1, input perturbation, bit flip), detect, restore.",
         discussion: "Uses MNIST when it is found (see `deepring train --help` for where), the synthetic digits otherwise.")
 
     @Option(help: "Output folder.") var out: String = "deepring-demo"
@@ -41,19 +42,26 @@ struct Demo: ParsableCommand {
             threadOptions.apply()
             print("4. Determinism: logits with \(ProcessInfo.processInfo.activeProcessorCount) threads/batch 64 vs 1 thread/batch 7 are \(a == b ? "bit-identical" : "DIFFERENT (bug)").")
             let ringDir = (out as NSString).appendingPathComponent("ring")
-            try? FileManager.default.removeItem(atPath: ringDir)
-            let ring = try SealedRing.seal(loaded, into: ringDir)
-            print("5. Sealed into \(ringDir): an ouroboros (identity layer, the owner's) + \(ring.manifest.blockCount) blocks under random ids; the hash chain HASH_j = SHA256(HASH_j−1 ‖ params_j ‖ params_j+1) closes the ring.")
-            print("   Authenticity check: \(ring.checkAuthenticity().authentic ? "authentic" : "NOT authentic (bug)").")
-            let rt = try RingRuntime(directory: ringDir)
-            let probe = splits.test.prefix(1000)
-            let q = try rt.query(probe.tensor)
-            let qPreds = q.logits.argmaxRows()
-            let plainPreds = try loaded.logits(probe.tensor).argmaxRows()
-            let qAcc = Double(zip(qPreds, probe.labels).filter { $0 == $1 }.count) / Double(probe.count)
-            print(String(format: "   Query: %d test images sealed to the ouroboros, processed block by block through the ledger (S, K, X, H per block), delivered sealed to the querent: accuracy %.2f%%, %@ the plain model, %d alarms, %.2f s.",
-                         probe.count, qAcc * 100, (qPreds == plainPreds ? "identical to" : "DIFFERENT from") as NSString, q.alarms, q.seconds))
-            let blocks = try FileManager.default.contentsOfDirectory(atPath: ringDir + "/blocks").sorted()
+            // The attacks are measured on (up to) 2,000 test images to keep the demo under a minute.
+            var demoSplits = splits
+            demoSplits.test = splits.test.prefix(2000)
+            var acfg = AttackSuite.Config()
+            acfg.trials = 1
+            acfg.seed = seed
+            acfg.importance.maxSamples = 20_000
+            let suite = AttackSuite(model: loaded, splits: demoSplits, ringDirectory: ringDir, config: acfg, log: { _ in })
+            let harness = try suite.ringHarness()
+            let rt = harness.runtime
+            print("5. Sealed into \(ringDir): an ouroboros (identity layer, the owner's) + \(rt.ring.manifest.blockCount) blocks under random ids; the hash chain HASH_j = SHA256(HASH_j−1 ‖ params_j ‖ params_j+1) closes the ring.")
+            print("   Authenticity check: \(rt.ring.checkAuthenticity().authentic ? "authentic" : "NOT authentic (bug)").")
+            let original = try suite.originalRow()
+            let plainPreds = try loaded.logits(demoSplits.test.tensor).argmaxRows()
+            print(String(format: "6. Query: %d test images, sealed to the ouroboros, processed block by block through the ledger (S, K, X, H per block), delivered sealed to the querent: accuracy %.2f%%, %@ the plain model, %d alarms. After each query the blocks get new ids and keys (reshuffle).",
+                         original.delivered, (original.deepRingAccuracy ?? 0) * 100,
+                         (original.deepRingAccuracy == original.plainAccuracy ? "identical to" : "DIFFERENT from") as NSString, original.alarms))
+            _ = plainPreds
+            // A raw bit flip in a block's file, caught by `verify`-style checking.
+            let blocks = rt.ring.placement
             var rng = SeededRandom(seed: seed)
             let victim = blocks[rng.int(below: blocks.count)]
             let victimPath = ringDir + "/blocks/\(victim)/params.safetensors"
@@ -61,24 +69,33 @@ struct Demo: ParsableCommand {
             let at = bytes.count - 1 - rng.int(below: bytes.count / 2)
             bytes[at] ^= 0x40
             try Data(bytes).write(to: URL(fileURLWithPath: victimPath))
-            print("6. Attacker flips one bit (byte \(at)) of block \(victim)'s parameters.")
             let report = rt.ring.checkAuthenticity()
-            print("   Authenticity check: \(report.authentic ? "authentic (bug: missed)" : "TAMPERED — first differing hash at block \(report.firstTampered!)").")
+            print("7. An attacker flips one bit (byte \(at)) of block \(victim)'s file. Authenticity check: \(report.authentic ? "authentic (bug: missed)" : "TAMPERED — first differing hash at block \(report.firstTampered!) (ring position \(report.position!))").")
             let restored = try rt.ring.restore()
-            print("7. Tracking restores \(restored.joined(separator: ", ")) from the owner's checkpoint: \(rt.ring.checkAuthenticity().authentic ? "authentic again" : "still tampered (bug)").")
-            let position2 = 1 + rng.int(below: rt.ring.placement.count)
-            let victim2 = rt.ring.placement[position2 - 1]
-            rt.setPerturbation(position: position2) { t in var u = t; for i in stride(from: 0, to: u.count, by: 7) { u.data[i] += 0.3 }; return u }
-            print("8. A compromised block (\(victim2)) perturbs its input before computing.")
-            do {
-                _ = try rt.query(probe.tensor)
-                print("   The query was answered (bug: the perturbation was not detected).")
-            } catch {
-                print("   Validation (H_i−1 ≠ SHA256(output_i)) raised alarms, retried, and refused: \(error)")
+            print("   Tracking restores \(restored.joined(separator: ", ")) from the owner's checkpoint: \(rt.ring.checkAuthenticity().authentic ? "authentic again" : "still tampered (bug)").")
+            let imp = try suite.importance()
+            print("8. Parameter tampering, Algorithm 1: with the weights frozen, learn an importance p per layer (W ⊙ sigmoid(p)): "
+                  + imp.score.enumerated().map { String(format: "L%d %.2f", $0.offset + 1, $0.element) }.joined(separator: ", ")
+                  + "; the attacker adds Gaussian noise to layer \(imp.chosenPosition).")
+            let tamper = try suite.tamperRow()
+            print(String(format: "   Plain network: %.2f%%. DeepRing: the authenticity check before the next query fails, tracking restores the block (%.0f ms), answers: %.2f%%.",
+                         tamper.plainAccuracy * 100, tamper.trackingMs, (tamper.deepRingAccuracy ?? 0) * 100))
+            let perturb = try suite.perturbRow()
+            print(String(format: "9. Input perturbation: the block at ring position %d adds %@ to its input. Plain network: %.2f%%. DeepRing: its successor's hash check (Eq. 13) fails → %d alarms naming it → retries fail → the two suspects are evicted and re-provisioned → %.2f%%.",
+                         try suite.perturbationPosition(), perturb.setting as NSString, perturb.plainAccuracy * 100, perturb.alarms, (perturb.deepRingAccuracy ?? 0) * 100))
+            let flip = try suite.exponentFlipRow()
+            print(String(format: "10. Bit flip (Terminal Brain Damage): %@. Plain network: %.2f%%. DeepRing: detected, restored, %.2f%%.",
+                         flip.setting as NSString, flip.plainAccuracy * 100, (flip.deepRingAccuracy ?? 0) * 100))
+            print("")
+            print("   attack                                   plain network   DeepRing   detected")
+            for r in [original, tamper, perturb, flip] {
+                let name = (r.type == "Original" ? "none" : r.attack).padding(toLength: 40, withPad: " ", startingAt: 0)
+                print(String(format: "   %@ %12.2f%% %9.2f%%   %@", name as NSString, r.plainAccuracy * 100, (r.deepRingAccuracy ?? 0) * 100,
+                             (r.type == "Original" ? "—" : "\(r.detected)/\(r.trials)") as NSString))
             }
-            rt.setPerturbation(position: position2, nil)
-            print(String(format: "Done in %.1f s. Ledger: %d entries; `deepring ledger audit --ring %@` re-verifies them.", now() - t0,
-                         try rt.ledger.allEntries().count, ringDir as NSString))
+            let last = try suite.ringHarness().runtime
+            print(String(format: "\nDone in %.1f s. The last ring's ledger: %d entries (%@). `deepring reproduce --table 3 --dataset mnist --out results` regenerates the paper's tables.",
+                         now() - t0, try last.ledger.lastSequence(), "\(try last.ring.auditLedger())" as NSString))
             _ = r
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
     }

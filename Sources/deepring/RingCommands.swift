@@ -92,16 +92,23 @@ struct LedgerCommand: ParsableCommand {
                     throw RingError.notARing("\(ring) has no ring.json and ledger.sqlite (create one with `deepring seal`)")
                 }
                 let ledger = try SQLiteLedger(path: path)
-                var entries = try ledger.allEntries()
-                if let n = last { entries = Array(entries.suffix(max(0, n))) }
-                for e in entries {
-                    let h = hex(e.hash.prefix(8)), a = hex(e.author.prefix(6))
-                    if json {
-                        let obj: [String: Any] = ["seq": e.sequence, "kind": e.kind.rawValue, "query": e.queryID ?? NSNull(),
-                                                  "author": hex(e.author), "payload_bytes": e.payload.count, "hash": hex(e.hash)]
-                        print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
-                    } else {
-                        print("\(e.sequence)\t\(e.kind.rawValue)\t\(e.queryID ?? "-")\tauthor \(a)…\t\(e.payload.count) B\thash \(h)…")
+                // Paged, so that a ledger of many gigabytes is printed in bounded memory.
+                let tail = try ledger.lastSequence()
+                var next: Int64 = last.map { max(1, tail - Int64(max(0, $0)) + 1) } ?? 1
+                if last == 0 { next = tail + 1 }
+                while next <= tail {
+                    let page = try ledger.entries(from: next, limit: 16)
+                    guard let lastInPage = page.last else { break }
+                    next = lastInPage.sequence + 1
+                    for e in page {
+                        let h = hex(e.hash.prefix(8)), a = hex(e.author.prefix(6))
+                        if json {
+                            let obj: [String: Any] = ["seq": e.sequence, "kind": e.kind.rawValue, "query": e.queryID ?? NSNull(),
+                                                      "author": hex(e.author), "payload_bytes": e.payload.count, "hash": hex(e.hash)]
+                            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+                        } else {
+                            print("\(e.sequence)\t\(e.kind.rawValue)\t\(e.queryID ?? "-")\tauthor \(a)…\t\(e.payload.count) B\thash \(h)…")
+                        }
                     }
                 }
             } catch let e as ExitCode { throw e } catch { throw fail(error) }

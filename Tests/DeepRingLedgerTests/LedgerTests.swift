@@ -172,3 +172,47 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(throws: LedgerError.self) { try l.allEntries() }
     }
 }
+
+/// The blocks' shared snapshot answers reads exactly as the database would, sees other connections' appends after
+/// a refresh, and reads through for entries older than its window.
+@Suite struct EntryHashTests {
+    @Test func theIncrementalHashIsTheHashOfTheCanonicalBytes() {
+        for n in [0, 1, 63, 64, 65, 1000, 70_000] {
+            let payload = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            for q in [nil, "q1"] as [String?] {
+                let canonical = LedgerEntry.canonicalBytes(sequence: 42, previousHash: [UInt8](repeating: 9, count: 32), kind: .layer,
+                                                           queryID: q, author: [UInt8](repeating: 3, count: 32), payload: payload)
+                let h = LedgerEntry.computeHash(sequence: 42, previousHash: [UInt8](repeating: 9, count: 32), kind: .layer,
+                                                queryID: q, author: [UInt8](repeating: 3, count: 32), payload: payload)
+                #expect(h == Array(SHA256.hash(data: canonical)), "payload \(n)")
+            }
+        }
+    }
+}
+
+@Suite struct LedgerViewTests {
+    @Test func theViewAgreesWithTheDatabase() throws {
+        let (ledger, _) = try sampleLedger()
+        let view = try LedgerView(ledger, window: 16)
+        #expect(try view.lastSequence() == 6)
+        let other = try SQLiteLedger(path: ledger.path)   // another process's connection
+        let s = LedgerSigner()
+        for i in 0..<30 { try other.append(kind: .layer, queryID: "v\(i % 3)", payload: [UInt8(i)], signer: s) }
+        #expect(try view.lastSequence() == 6)            // a snapshot until refreshed
+        try view.refresh()
+        #expect(try view.lastSequence() == 36)
+        let mine = try view.append(kind: .alarm, queryID: "v1", payload: [9], signer: s)
+        #expect(mine.sequence == 37)
+        #expect(try view.lastSequence() == 37)
+        let filters = [EntryFilter(kind: .layer, queryID: "v1"), EntryFilter(kind: .alarm)]
+        for range in [Int64(1)...37, 20...37, 30...33, 36...40] {
+            #expect(try view.entries(in: range, matching: filters) == (try ledger.entries(in: range, matching: filters)), "\(range)")
+        }
+        for from in [Int64(1), 10, 22, 37, 38] {
+            #expect(try view.entries(from: from, limit: 5) == (try ledger.entries(from: from, limit: 5)), "from \(from)")
+        }
+        #expect(try view.last() == (try ledger.last()))
+        #expect(EntryFilter(kind: .layer, author: s.publicKey).matches(mine) == false)
+        #expect(EntryFilter(author: s.publicKey, queryID: "v1").matches(mine))
+    }
+}

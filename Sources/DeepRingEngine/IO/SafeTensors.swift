@@ -176,10 +176,7 @@ extension JSONValue {
 
 /// Writes a file atomically: the bytes go to a temporary file in the same folder, which is then renamed
 /// over the destination, so an interrupted write (Ctrl-C, crash) leaves the previous file intact.
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: readers see the old or the new
-/// file, never a half-written one. With `durable` (the default) the data is fsynced before the rename; callers that
-/// write many files and sync the file system once themselves pass `durable: false`.
-public func writeFileAtomically(_ bytes: [UInt8], to path: String, permissions: Int? = nil, durable: Bool = true) throws {
+public func writeFileAtomically(_ bytes: [UInt8], to path: String, permissions: Int? = nil) throws {
     let url = URL(fileURLWithPath: path)
     let dir = url.deletingLastPathComponent().path
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -195,7 +192,7 @@ public func writeFileAtomically(_ bytes: [UInt8], to path: String, permissions: 
             off += w
         }
     }
-    if durable && fsync(fd) != 0 { ok = false }
+    if fsync(fd) != 0 { ok = false }
     close(fd)
     guard ok, rename(tmp, path) == 0 else {
         unlink(tmp)

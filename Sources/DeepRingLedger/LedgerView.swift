@@ -1,0 +1,91 @@
+import Foundation
+
+/// A read-through snapshot of a ledger for the blocks hosted in one process (a host's "subscription"): `refresh()`
+/// reads the entries appended since the last refresh in one query, and until the next refresh every block's reads
+/// are answered from that snapshot instead of each block querying the database on its own. Appends go straight to
+/// the underlying ledger and are added to the snapshot. Blocks still talk only through the ledger: the view holds
+/// exactly the rows stored there (entries whose stored hash does not match their fields are the blocks' problem
+/// to reject, as with direct reads). Memory is bounded: only the newest `window` entries are kept; older ones are
+/// read through.
+public final class LedgerView: Ledger, @unchecked Sendable {
+    public let base: any Ledger
+    /// Contiguous entries from `first` to `tail` (sequence numbers), newest last.
+    private var cache: [LedgerEntry] = []
+    private var first: Int64 = 1
+    /// The highest sequence number known to the view (entries 1 … tail exist).
+    private var tail: Int64 = 0
+    private var bytes = 0
+    public let window: Int, maxBytes: Int
+
+    public init(_ base: any Ledger, window: Int = 512, maxBytes: Int = 128 << 20) throws {
+        self.base = base
+        self.window = max(16, window)
+        self.maxBytes = maxBytes
+        tail = try base.lastSequence()
+        first = tail + 1
+    }
+
+    /// Reads what was appended since the last refresh (by anyone, in any process).
+    public func refresh() throws {
+        while true {
+            let new = try base.entries(from: tail + 1, limit: 1024)
+            for e in new { add(e) }
+            if new.count < 1024 { return }
+        }
+    }
+
+    private func add(_ e: LedgerEntry) {
+        guard e.sequence == tail + 1 else { return }   // a gap: the next refresh reads it from the base
+        if cache.isEmpty { first = e.sequence }
+        cache.append(e)
+        bytes += e.payload.count
+        tail = e.sequence
+        var drop = 0
+        while cache.count - drop > 1 && (cache.count - drop > window || bytes > maxBytes) {
+            bytes -= cache[drop].payload.count
+            drop += 1
+        }
+        if drop > 0 {
+            cache.removeFirst(drop)
+            first += Int64(drop)
+        }
+    }
+
+    @discardableResult
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+        let e = try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
+        if e.sequence == tail + 1 { add(e) } else { try refresh() }
+        return e
+    }
+
+    public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
+        let s = max(1, sequence)
+        guard s >= first, !cache.isEmpty || s > tail else { return try base.entries(from: sequence, limit: limit) }
+        if s > tail { return [] }
+        let lo = Int(s - first)
+        return Array(cache[lo..<min(cache.count, lo + max(0, limit))])
+    }
+
+    public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
+        if filters.isEmpty { return [] }
+        let lo = max(1, range.lowerBound)
+        guard lo >= first || lo > tail else { return try base.entries(in: range, matching: filters) }
+        if lo > tail || range.upperBound < lo { return [] }
+        let a = Int(lo - first), b = Int(min(range.upperBound, tail) - first)
+        return cache[a...b].filter { e in filters.contains { $0.matches(e) } }
+    }
+
+    /// The tail as of the last refresh (or own append).
+    public func lastSequence() throws -> Int64 { tail }
+
+    public func last() throws -> LedgerEntry? {
+        if let l = cache.last { return l }
+        return tail > 0 ? try base.entries(from: tail, limit: 1).first : nil
+    }
+
+    public func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry] {
+        let e = try base.waitForEntries(after: sequence, timeout: timeout)
+        try refresh()
+        return e
+    }
+}
