@@ -131,11 +131,18 @@ public final class AttackSuite {
     func tamperSigma() throws -> Float {
         if let s = _tamperSigma { return s }
         let L = try importance().chosenPosition, mu = config.tamperMu, seed = config.seed, calib = self.calib, model = self.model
+        let draws = max(1, config.trials)
+        // Mean accuracy over the same noise draws as the trials, so that the trials' mean lands near the target.
         let s = try config.tamperSigma ?? Calibration.sigma(target: config.tamperTarget) { s in
-            accuracy(predictions(try ParameterTampering.addNoise(model, position: L, mu: mu, sigma: s, seed: seed).logits(calib.tensor)), calib.labels)
+            var sum = 0.0
+            for t in 0..<draws {
+                let m = try ParameterTampering.addNoise(model, position: L, mu: mu, sigma: s, seed: seed &+ UInt64(t))
+                sum += accuracy(predictions(try m.logits(calib.tensor)), calib.labels)
+            }
+            return sum / Double(draws)
         }
         if config.tamperSigma == nil {
-            log(String(format: "  σ = %.4g calibrated on %d training images to bring the plain network to ≈%.0f%%", s, calib.count, config.tamperTarget * 100))
+            log(String(format: "  σ = %.4g calibrated on %d training images (mean over %d noise draws) to bring the plain network to ≈%.0f%%", s, calib.count, draws, config.tamperTarget * 100))
         }
         _tamperSigma = s
         return s
@@ -143,12 +150,17 @@ public final class AttackSuite {
 
     func perturbSigma() throws -> Float {
         if let s = _perturbSigma { return s }
-        let st = try staged(), at = try perturbAt, seed = config.seed, calib = self.calib
+        let st = try staged(), at = try perturbAt, seed = config.seed, calib = self.calib, draws = max(1, config.trials)
         let s = config.perturbSigma ?? Calibration.sigma(target: config.perturbTarget) { s in
-            accuracy(predictions(st.logits(calib.tensor, perturbAt: at, InputPerturbation.gaussian(sigma: s, seed: seed))), calib.labels)
+            var sum = 0.0
+            for t in 0..<draws {
+                let f = InputPerturbation.gaussian(sigma: s, seed: seed &+ 100 &+ UInt64(t))
+                sum += accuracy(predictions(st.logits(calib.tensor, perturbAt: at, f)), calib.labels)
+            }
+            return sum / Double(draws)
         }
         if config.perturbSigma == nil {
-            log(String(format: "  σ = %.4g calibrated on %d training images to bring the plain network to ≈%.0f%%", s, calib.count, config.perturbTarget * 100))
+            log(String(format: "  σ = %.4g calibrated on %d training images (mean over %d noise draws) to bring the plain network to ≈%.0f%%", s, calib.count, draws, config.perturbTarget * 100))
         }
         _perturbSigma = s
         return s

@@ -164,7 +164,7 @@ public enum SVGChart {
             let c = colors[si % colors.count]
             s += "<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"2\"\(ser.dashed ? " stroke-dasharray=\"6 4\"" : "") points=\"\(pts.joined(separator: " "))\"/>\n"
             for p in ser.points {
-                s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"><title>%@: σ %.4g → %.2f</title></circle>\n",
+                s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"><title>%@: %.4g → %.2f</title></circle>\n",
                             left + (right - left) * p.0 / xMax, bottom - (bottom - top) * min(p.1, yMax) / yMax, c, esc(ser.name), p.0, p.1)
             }
             let ly = h - 48 + (si / 2) * 18, lx = 80 + (si % 2) * 320

@@ -21,7 +21,16 @@ public final class RingHarness {
     }
 
     static func sealAndOpen(_ model: Model, _ directory: String) throws -> RingRuntime {
-        try? FileManager.default.removeItem(atPath: directory)
+        // Move the old ring aside first (atomic), so that a background deletion still running inside it cannot
+        // race with the removal, then delete it.
+        if FileManager.default.fileExists(atPath: directory) {
+            let trash = directory + ".discarded-\(UUID().uuidString)"
+            if rename(directory, trash) == 0 {
+                for _ in 0..<5 where FileManager.default.fileExists(atPath: trash) { try? FileManager.default.removeItem(atPath: trash) }
+            } else {
+                try? FileManager.default.removeItem(atPath: directory)
+            }
+        }
         try SealedRing.seal(model, into: directory)
         let rt = try RingRuntime(directory: directory)
         rt.onCompromisedBlock = .evictAndRetry

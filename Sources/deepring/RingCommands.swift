@@ -133,6 +133,8 @@ struct Query: ParsableCommand {
     @Option(help: "Images per query.") var batch: Int = 256
     @Option(help: "Check authenticity before every N-th query.") var verifyEvery: Int = 1
     @Option(help: "Reshuffle the block placement and rotate block keys after every N-th query (0 = never).") var reshuffleEvery: Int = 1
+    @Option(help: "When validation keeps failing: refuse (the paper's retries, then no answer) or evict (re-provision both suspects and answer again).")
+    var onCompromise: String = "refuse"
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -141,6 +143,7 @@ struct Query: ParsableCommand {
         guard batch >= 1 && batch <= 65536 else { throw ValidationError("--batch must be between 1 and 65536") }
         guard verifyEvery >= 1 else { throw ValidationError("--verify-every must be at least 1") }
         guard reshuffleEvery >= 0 else { throw ValidationError("--reshuffle-every must be 0 (never) or more") }
+        guard ["refuse", "evict"].contains(onCompromise) else { throw ValidationError("--on-compromise must be refuse or evict") }
     }
 
     func run() throws {
@@ -149,6 +152,7 @@ struct Query: ParsableCommand {
             let rt = try RingRuntime(directory: ring)
             rt.verifyEvery = verifyEvery
             rt.reshuffleEvery = reshuffleEvery
+            rt.onCompromisedBlock = onCompromise == "evict" ? .evictAndRetry : .refuse
             let incomplete = try rt.incompleteQueries()
             if !incomplete.isEmpty {
                 stderrPrint("note: \(incomplete.count) earlier quer\(incomplete.count == 1 ? "y was" : "ies were") interrupted and never answered (incomplete): \(incomplete.prefix(5).joined(separator: ", "))")

@@ -151,6 +151,27 @@ func ringDir() -> String { NSTemporaryDirectory() + "deepring-attack-test-\(UUID
         #expect(p.delivered == 0 && p.refusedQueries == p.queries)
     }
 
+    @Test func attacksAreDeterministicBySeed() throws {
+        var cfg = ParameterTampering.Config()
+        cfg.maxSamples = 600
+        cfg.seed = 11
+        let a = try ParameterTampering.learnImportance(t.model, data: t.splits.train, config: cfg)
+        let b = try ParameterTampering.learnImportance(t.model, data: t.splits.train, config: cfg)
+        #expect(a.p == b.p)
+        cfg.seed = 12
+        #expect(try ParameterTampering.learnImportance(t.model, data: t.splits.train, config: cfg).p != a.p)
+        let (ax, ay) = t.splits.train.batch(0..<128)
+        let s1 = try BitFlip.progressiveSearch(t.model, x: ax, labels: ay, maxFlips: 3)
+        let s2 = try BitFlip.progressiveSearch(t.model, x: ax, labels: ay, maxFlips: 3)
+        #expect(s1.map(\.flip) == s2.map(\.flip))
+        let attacker = try StagedNetwork(t.model)
+        let x = try StagedNetwork(t.model).stages[0].forward(t.splits.test.tensor)
+        let x2 = try StagedNetwork(t.model).stages[1].forward(x)
+        let g1 = InputPerturbation.gradientSign(epsilon: 0.2, network: attacker, position: 3)(x2)
+        let g2 = InputPerturbation.gradientSign(epsilon: 0.2, network: attacker, position: 3)(x2)
+        #expect(g1 == g2 && g1 != x2)
+    }
+
     @Test func table1MatchesTheFormula() {
         let rows = OrderGuessing.table(upTo: 5, trials: 60_000, seed: 3)
         let expected: [Double] = [1, 0.5, 1.0 / 6, 1.0 / 24, 1.0 / 120]
