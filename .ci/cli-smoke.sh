@@ -122,6 +122,8 @@ for r in t["rows"]:
 tam = [r for r in t["rows"] if r["type"] == "Parameter tampering"][0]
 assert tam["plainAccuracy"] < orig - 0.1, tam
 PY
+expect_exit 64 "reproduce --model with --table all" "$bin" reproduce --table all --model "$tmp/demo/mlp.safetensors" --out "$tmp/rep3"
+expect_exit 1 "reproduce Table 2 with an MLP" "$bin" reproduce --table 2 --dataset synthetic --model "$tmp/demo/mlp.safetensors" --out "$tmp/rep3"
 expect_exit 1 "reproduce with a missing data set" "$bin" reproduce --table 3 --dataset mnist --data "$tmp/empty" --out "$tmp/rep2"
 expect_exit 64 "unknown data set" "$bin" train --dataset nope --out "$tmp/x.safetensors"
 expect_exit 0 "help" "$bin" --help

@@ -12,12 +12,13 @@ struct Attack: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run one attack against the plain network and against DeepRing, side by side.",
         discussion: """
-        Attacks: tamper (Algorithm 1: learn a sigmoid importance p per layer with the weights frozen, add N(μ, σ) to
-        the most important layer), perturb (a compromised block adds N(0, σ) to its input; --position 3 = the paper's
-        3rd layer), gradient-sign (the block steps ε against the gradient towards the runner-up class), bitflip (k
-        random bit flips), bitflip-exponent (the single most damaging exponent-MSB flip), bitflip-search (progressive
-        bit search, Rakin et al.). The model is sealed into --ring (default: a temporary folder); the whole test set is
+        Attacks: tamper (Algorithm 1: learn a sigmoid importance p per layer with the weights frozen, add N(μ, σ) to \
+        the most important layer), perturb (a compromised block adds N(0, σ) to its input; --position 3 = the paper's \
+        3rd layer), gradient-sign (the block steps ε against the gradient towards the runner-up class), bitflip (k \
+        random bit flips), bitflip-exponent (the single most damaging exponent-MSB flip), bitflip-search (progressive \
+        bit search, Rakin et al.). The model is sealed into --ring (default: a temporary folder); the whole test set is \
         queried through the ring with the attack in effect. Deterministic by --seed.
+
         Example: deepring attack tamper --model mlp.safetensors --dataset mnist --sigma 0.1
         """)
 

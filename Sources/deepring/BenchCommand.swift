@@ -14,7 +14,7 @@ struct BenchEngine: ParsableCommand {
         commandName: "engine",
         abstract: "GEMM GFLOP/s, MLP training and inference speed, VGG-19 forward speed.",
         discussion: """
-        With --reference PYTHON, the JAX peer (../shared/bench/jax_reference.py) runs before and after ours in the
+        With --reference PYTHON, the JAX peer (../shared/bench/jax_reference.py) runs before and after ours in the \
         same run and the ratios are printed. Shared machines are noisy: compare only figures from one run.
         """)
 
@@ -101,10 +101,10 @@ struct BenchRing: ParsableCommand {
         commandName: "ring",
         abstract: "End-to-end query latency and throughput of a sealed MLP ring against the plain model.",
         discussion: """
-        Seals the paper's MLP (random weights, or --model) into a temporary ring and times queries through the ledger:
-        batch 1 latency with a per-phase breakdown (compute, crypto, ledger) and batch 256 throughput. The
-        authenticity check that runs before queries is timed on its own (queries here use --verify-every ∞).
-        ring_b1_ms is the time until the querent has its answer; the reshuffle that follows each delivery (new
+        Seals the paper's MLP (random weights, or --model) into a temporary ring and times queries through the ledger: \
+        batch 1 latency with a per-phase breakdown (compute, crypto, ledger) and batch 256 throughput. The \
+        authenticity check that runs before queries is timed on its own (queries here use --verify-every ∞). \
+        ring_b1_ms is the time until the querent has its answer; the reshuffle that follows each delivery (new \
         placement, fresh keys) is timed on its own, and ring_b1_cycle_ms and the batch-256 throughput include it.
         """)
 

@@ -8,14 +8,16 @@ struct Reproduce: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Regenerate the paper's Tables 1–3 (plus bit-flip attacks) with Markdown, CSV, SVG charts and JSON.",
         discussion: """
-        Table 1: probability of guessing the order of n blocks, 1/n!, from the formula and measured.
-        Table 3: the paper's MLP; Table 2: VGG-19 with --width-divisor (default 8). For each: the original accuracy,
-        Algorithm 1 parameter tampering, input perturbation of the 3rd layer (Gaussian and gradient-sign), and bit flips
-        (random, the most damaging exponent flip, progressive bit search), each against the plain network and against
-        DeepRing (the whole test set queried through a sealed ring with the attack in effect), plus a σ sweep.
-        Noise levels are calibrated on training images so that the plain network lands in the paper's regime
-        (tampering ≈ 60%, perturbation ≈ 78%) unless given. Without --model the model is trained first (with progress)
-        and cached in the output folder. Example:
+        Table 1: probability of guessing the order of n blocks, 1/n!, from the formula and measured. \
+        Table 3: the paper's MLP; Table 2: VGG-19 with --width-divisor (default 8). For each: the original accuracy, \
+        Algorithm 1 parameter tampering, input perturbation of the 3rd layer (Gaussian and gradient-sign), and bit flips \
+        (random, the most damaging exponent flip, progressive bit search), each against the plain network and against \
+        DeepRing (the whole test set queried through a sealed ring with the attack in effect), plus a σ sweep. \
+        Noise levels are calibrated on training images so that the plain network lands in the paper's regime \
+        (tampering ≈ 60%, perturbation ≈ 78%) unless given. Without --model the model is trained first (with progress) \
+        and cached in the output folder.
+
+        Example:
           deepring reproduce --table 3 --dataset mnist --out results
         """)
 
@@ -34,6 +36,9 @@ struct Reproduce: ParsableCommand {
 
     func validate() throws {
         guard ["1", "2", "3", "all"].contains(table) else { throw ValidationError("--table must be 1, 2, 3 or all") }
+        if model != nil && !["2", "3"].contains(table) {
+            throw ValidationError("--model applies to one table: use it with --table 3 (an MLP) or --table 2 (a VGG-19)")
+        }
         guard trials >= 1 && trials <= 100 else { throw ValidationError("--trials must be between 1 and 100") }
         guard widthDivisor >= 1 && widthDivisor <= 64 else { throw ValidationError("--width-divisor must be between 1 and 64") }
         if let e = epochs, e < 1 || e > 1000 { throw ValidationError("--epochs must be between 1 and 1000") }
@@ -99,7 +104,9 @@ struct Reproduce: ParsableCommand {
         if let path = model ?? (FileManager.default.fileExists(atPath: cached) ? cached : nil) {
             m = try ModelFile.load(path: path).0
             log("  model: \(path)")
-            guard m.architecture.name == kind.rawValue || model != nil else { throw ModelError.invalidArchitecture("\(path) is not a \(kind.rawValue)") }
+            guard m.architecture.name == kind.rawValue else {
+                throw ModelError.invalidArchitecture("\(path) is a \(m.architecture.name); Table \(number) needs a \(kind.rawValue)")
+            }
         } else {
             var cfg = TrainingConfig()
             cfg.epochs = epochs ?? (kind == .mlp ? 20 : 3)

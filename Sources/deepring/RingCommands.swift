@@ -8,8 +8,8 @@ struct Seal: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Seal a trained model into a DeepRing: an ouroboros block plus one block per layer.",
         discussion: """
-        Writes DIR/ring.json (public), DIR/ledger.sqlite, DIR/owner/ (ouroboros secrets, original hashes,
-        checkpoint) and DIR/blocks/<random-id>/ (params.safetensors with the block's layer and a copy of the next,
+        Writes DIR/ring.json (public), DIR/ledger.sqlite, DIR/owner/ (ouroboros secrets, original hashes, \
+        checkpoint) and DIR/blocks/<random-id>/ (params.safetensors with the block's layer and a copy of the next, \
         its keys, mode 0600). Example: deepring seal mlp.safetensors --ring ring/
         """)
 
@@ -120,8 +120,8 @@ struct Query: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Ask a sealed ring for predictions, through the ledger only (input sealed to the ouroboros).",
         discussion: """
-        Inputs come from a data set's test split (--dataset, --count) or from an IDX image file (--image). Each batch
-        goes through the ring as one tensor. With --json: predictions, accuracy when labels are known, and
+        Inputs come from a data set's test split (--dataset, --count) or from an IDX image file (--image). Each batch \
+        goes through the ring as one tensor. With --json: predictions, accuracy when labels are known, and \
         plain_agreement, the fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint).
         """)
 

@@ -24,7 +24,7 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the paper's MLP or a (width-reduced) VGG-19 and save it as safetensors.",
         discussion: """
-        The model file is written after every epoch through a temporary file and a rename, so Ctrl-C (or a crash)
+        The model file is written after every epoch through a temporary file and a rename, so Ctrl-C (or a crash) \
         leaves the last complete checkpoint intact. Example:
           deepring train --model mlp --dataset mnist --epochs 20 --out mlp.safetensors
         """)
