@@ -46,7 +46,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
         do {
             return try pool.write { db in
-                let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+                let last = try Row.fetchOne(try db.cachedStatement(sql: "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"))
                 let seq: Int64, prev: [UInt8]
                 if let last {
                     let s = try SQLiteLedger.int(last, "seq", nil)
@@ -60,8 +60,8 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
                 let hash = LedgerEntry.computeHash(sequence: seq, previousHash: prev, kind: kind, queryID: queryID,
                                                    author: author, payload: payload)
                 let sig = try signer.sign(hash)
-                try db.execute(sql: "INSERT INTO entries (seq, prev_hash, kind, query_id, author, payload, hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               arguments: [seq, Data(prev), kind.rawValue, queryID, Data(author), Data(payload), Data(hash), Data(sig)])
+                let insert = try db.cachedStatement(sql: "INSERT INTO entries (seq, prev_hash, kind, query_id, author, payload, hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                try insert.execute(arguments: [seq, Data(prev), kind.rawValue, queryID, Data(author), Data(payload), Data(hash), Data(sig)])
                 return LedgerEntry(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author,
                                    payload: payload, hash: hash, signature: sig)
             }
@@ -73,7 +73,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
         do {
             return try pool.read { db in
-                try Row.fetchAll(db, sql: "SELECT * FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+                try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?"),
                                  arguments: [sequence, max(0, limit)]).map(SQLiteLedger.decode)
             }
         } catch let e as DatabaseError {
