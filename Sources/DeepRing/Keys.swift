@@ -79,7 +79,13 @@ public enum KeyFile {
 }
 
 /// Lower-case hexadecimal of bytes (keys, hashes and ids in files and messages).
-public func hex<S: Sequence>(_ b: S) -> String where S.Element == UInt8 { b.map { String(format: "%02x", $0) }.joined() }
+public func hex<S: Sequence>(_ b: S) -> String where S.Element == UInt8 {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(b.underestimatedCount * 2)
+    for x in b { out.append(digits[Int(x >> 4)]); out.append(digits[Int(x & 15)]) }
+    return String(decoding: out, as: UTF8.self)
+}
 
 func unhex(_ s: String) -> [UInt8]? {
     let u = Array(s.utf8)

@@ -5,6 +5,14 @@ import Foundation
 import Testing
 
 @Suite struct WireTests {
+    @Test func hexRoundTrips() {
+        #expect(hex([0x00, 0x0f, 0xab, 0xff]) == "000fabff")
+        #expect(hex([UInt8]()) == "")
+        let all = (0...255).map { UInt8($0) }
+        #expect(unhex(hex(all)) == all)
+        #expect(hex(all) == all.map { String(format: "%02x", $0) }.joined())
+    }
+
     @Test func tensorsRoundTripAndHashAsTheirEncoding() throws {
         var r = SeededRandom(seed: 4)
         for shape in [[1, 10], [3, 7, 5], [1], [256, 900]] {
