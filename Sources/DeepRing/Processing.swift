@@ -76,8 +76,8 @@ final class RingNode {
             let k = try aesKey.withUnsafeBytes { try Sealing.seal(Array($0), to: successor.agreement, aad: a) }
             return (k, x, h)
         }
-        var w = WireWriter()
-        w.u64(consumed); w.field(k); w.field(Array(x)); w.field(h)
+        var w = WireWriter(capacity: 8 + k.count + x.count + h.count + 16)
+        w.u64(consumed); w.field(k); w.field(x); w.field(h)
         try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: w.bytes, signer: signer) }
     }
 
@@ -89,6 +89,16 @@ final class RingNode {
         try r.end()
         guard h.count == 32 else { throw QueryError.malformedPayload("H must be 32 bytes") }
         return LayerPost(consumed: c, k: k, x: x, h: h)
+    }
+
+    /// Only the H of a layer post (validation needs nothing else; X, often megabytes, is skipped, not copied).
+    static func parseH(_ e: LedgerEntry) throws -> [UInt8] {
+        var r = WireReader(e.payload)
+        _ = try r.u64(); try r.skipField(max: 4096); try r.skipField()
+        let h = try r.field(max: 32)
+        try r.end()
+        guard h.count == 32 else { throw QueryError.malformedPayload("H must be 32 bytes") }
+        return h
     }
 
     /// Decrypts a layer post addressed to this node.
@@ -141,7 +151,7 @@ final class RingNode {
                 // block before computed for this very output with its copy of the layer.
                 if let prior = try ledger.entries(from: p.consumed, limit: 1).first, prior.sequence == p.consumed,
                    prior.kind == .layer, prior.queryID == q {
-                    let expected = try RingNode.parseLayer(prior).h
+                    let expected = try RingNode.parseH(prior)
                     if expected != TensorWire.hash(input) {
                         let key = "\(q)/\(p.consumed)"
                         failures[key, default: 0] += 1
@@ -168,11 +178,9 @@ final class RingNode {
                       let v = try? StrictJSONParser.parse(e.payload), case .string(let suspect)? = v["suspect"],
                       suspect == hex(publicKeys.signing), case .bool(false)? = v["final"],
                       case .int(let consumed)? = v["retry_of"],
-                      let src = try ledger.entries(from: Int64(consumed), limit: 1).first, src.queryID == q else { continue }
-                let input: Tensor
-                if src.kind == .layer, src.author == predecessor.signing {
-                    input = try receive(src, try RingNode.parseLayer(src))
-                } else { continue }
+                      let src = try ledger.entries(from: Int64(consumed), limit: 1).first, src.queryID == q,
+                      src.kind == .layer, src.author == predecessor.signing else { continue }
+                let input = try receive(src, try RingNode.parseLayer(src))
                 let x = perturbInput?(input) ?? input
                 try post(output: own.forward(x), queryID: q, consumed: src.sequence, ledger: ledger)
                 acted = true

@@ -148,8 +148,8 @@ public final class RingRuntime {
     /// Attack hook by ring position (1 = the block computing the first layer; only the owner knows positions).
     /// The perturbation follows the block through reshuffles.
     public func setPerturbation(position: Int, _ f: ((Tensor) -> Tensor)?) {
-        precondition(position >= 1 && position <= ring.record.order.count, "no block at position \(position)")
-        setPerturbation(block: ring.record.order[position - 1], f)
+        precondition(position >= 1 && position <= ring.placement.count, "no block at position \(position)")
+        setPerturbation(block: ring.placement[position - 1], f)
     }
 
     public var blockNames: [String] { nodes.dropFirst().map(\.name) }
@@ -158,7 +158,7 @@ public final class RingRuntime {
     public func ensureAuthentic() throws {
         let report = ring.checkAuthenticity()
         if report.authentic { return }
-        let signer = LedgerSigner(ouroboros.keys.signing)
+        let signer = ouroboros.signer
         try ledger.append(kind: .alarm, queryID: nil,
                           payload: Array("{\"authenticity\":false,\"first_tampered\":\"\(report.firstTampered ?? "")\"}".utf8), signer: signer)
         let t0 = now()
@@ -173,10 +173,13 @@ public final class RingRuntime {
 
     /// Re-reads every block's files, as running blocks would see them (a compromised block keeps its perturbation:
     /// it is the block's behaviour, not its files).
-    public func reloadBlocks() throws {
-        let perturb = Dictionary(uniqueKeysWithValues: nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } })
+    public func reloadBlocks() throws { try reloadBlocks(dropping: []) }
+
+    /// Reloads every node from its files; perturbations stay with their blocks except those of `dropping`.
+    func reloadBlocks(dropping: Set<String>) throws {
+        let perturb = nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } }
         try loadNodes()
-        for (k, f) in perturb { setPerturbation(block: k, f) }
+        for (k, f) in perturb where !dropping.contains(k) { setPerturbation(block: k, f) }
     }
 
     /// Evicts the blocks at `positions` and re-provisions them: tampered files are restored, every key rotates
@@ -184,10 +187,7 @@ public final class RingRuntime {
     func evict(positions: [Int]) throws {
         try ensureAuthentic()
         try reshuffle()
-        let perturb = Dictionary(uniqueKeysWithValues: nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } })
-        let evictedNames = Set(positions.map { ring.placement[$0 - 1] })
-        try loadNodes()
-        for (k, f) in perturb where !evictedNames.contains(k) { setPerturbation(block: k, f) }
+        try reloadBlocks(dropping: Set(positions.map { ring.placement[$0 - 1] }))
         evictions += positions
     }
 
@@ -223,7 +223,8 @@ public final class RingRuntime {
             let mine = tail > cursor ? try view.entries(in: (cursor + 1)...tail, matching: [
                 EntryFilter(kind: .alarm, queryID: queryID), EntryFilter(kind: .delivery, queryID: queryID)]) : []
             cursor = tail
-            for e in mine {
+            // Only ring members' entries count: anyone may append, and a forged alarm must not end a query.
+            for e in mine where nodes.contains(where: { $0.publicKeys.signing == e.author }) && e.isAuthentic {
                 if e.kind == .alarm {
                     alarms += 1
                     if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] {
@@ -247,7 +248,7 @@ public final class RingRuntime {
                         throw QueryError.failed("validation failed \(alarms) times; block \(suspect), or the block holding the copy of its layer, is compromised")
                     }
                 }
-                if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing && e.isAuthentic {
+                if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing {
                     let out = try TensorWire.decode(try Sealing.open(e.payload, with: querent.agreement,
                                                                       aad: Array(queryID.utf8) + querent.publicKeys.agreement))
                     let answered = now() - t0

@@ -17,7 +17,7 @@ public struct RingLayer: Sendable, Equatable {
     /// An engine model that computes this layer (Eq. 5: output = Φ(W·input + b)), with this layer's parameters.
     public func model() throws -> Model {
         let arch = Architecture(name: "ring-layer", inputShape: inputShape, classes: 0, layers: specs)
-        let m = try Model(arch, segment: true)
+        let m = try Model(arch, segment: true, initialise: false)   // every parameter is set below
         let p = m.parameters
         for (t, name) in zip(tensors, tensorNames) {
             guard let v = p.view(named: "layers.\(name)"), v.shape == t.shape else {

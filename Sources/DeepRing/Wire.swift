@@ -6,10 +6,11 @@ import Foundation
 /// input as hostile: every length is bounds-checked.
 struct WireWriter {
     var bytes: [UInt8] = []
-    mutating func field(_ b: [UInt8]) {
+    init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
+    mutating func field<C: Collection>(_ b: C) where C.Element == UInt8 {
         let n = UInt32(b.count)
         bytes += [UInt8(n & 255), UInt8((n >> 8) & 255), UInt8((n >> 16) & 255), UInt8(n >> 24)]
-        bytes += b
+        bytes.append(contentsOf: b)
     }
     mutating func u64(_ v: Int64) { field((0..<8).map { UInt8(truncatingIfNeeded: UInt64(bitPattern: v) >> (8 * UInt64($0))) }) }
 }
@@ -20,12 +21,17 @@ struct WireReader {
     init(_ b: [UInt8]) { bytes = b }
 
     mutating func field(max: Int = 1 << 28) throws -> [UInt8] {
+        let start = i
+        try skipField(max: max)
+        return Array(bytes[(start + 4)..<i])
+    }
+
+    /// Skips a field without copying it.
+    mutating func skipField(max: Int = 1 << 28) throws {
         guard i + 4 <= bytes.count else { throw QueryError.malformedPayload("truncated field length") }
         let n = Int(bytes[i]) | Int(bytes[i + 1]) << 8 | Int(bytes[i + 2]) << 16 | Int(bytes[i + 3]) << 24
-        i += 4
-        guard n <= max, i + n <= bytes.count else { throw QueryError.malformedPayload("field of \(n) bytes exceeds the payload") }
-        defer { i += n }
-        return Array(bytes[i..<(i + n)])
+        guard n <= max, i + 4 + n <= bytes.count else { throw QueryError.malformedPayload("field of \(n) bytes exceeds the payload") }
+        i += 4 + n
     }
 
     mutating func u64() throws -> Int64 {

@@ -128,39 +128,38 @@ public final class AttackSuite {
         return imp
     }
 
-    func tamperSigma() throws -> Float {
-        if let s = _tamperSigma { return s }
-        let L = try importance().chosenPosition, mu = config.tamperMu, seed = config.seed, calib = self.calib, model = self.model
+    /// Noise seed of trial t (the calibration averages over exactly these draws).
+    func tamperSeed(_ t: Int) -> UInt64 { config.seed &+ UInt64(t) }
+    func perturbSeed(_ t: Int) -> UInt64 { config.seed &+ 100 &+ UInt64(t) }
+
+    /// σ bringing the plain network's mean accuracy over the trials' draws on the calibration images to `target`.
+    func calibrate(_ what: String, target: Double, accuracy draw: (Float, Int) throws -> Double) rethrows -> Float {
         let draws = max(1, config.trials)
-        // Mean accuracy over the same noise draws as the trials, so that the trials' mean lands near the target.
-        let s = try config.tamperSigma ?? Calibration.sigma(target: config.tamperTarget) { s in
+        let s = try Calibration.sigma(target: target) { s in
             var sum = 0.0
-            for t in 0..<draws {
-                let m = try ParameterTampering.addNoise(model, position: L, mu: mu, sigma: s, seed: seed &+ UInt64(t))
-                sum += accuracy(predictions(try m.logits(calib.tensor)), calib.labels)
-            }
+            for t in 0..<draws { sum += try draw(s, t) }
             return sum / Double(draws)
         }
-        if config.tamperSigma == nil {
-            log(String(format: "  σ = %.4g calibrated on %d training images (mean over %d noise draws) to bring the plain network to ≈%.0f%%", s, calib.count, draws, config.tamperTarget * 100))
+        log(String(format: "  %@ σ = %.4g calibrated on %d training images (mean over %d noise draws) to bring the plain network to ≈%.0f%%",
+                   what as NSString, s, calib.count, draws, target * 100))
+        return s
+    }
+
+    func tamperSigma() throws -> Float {
+        if let s = _tamperSigma ?? config.tamperSigma { _tamperSigma = s; return s }
+        let L = try importance().chosenPosition, mu = config.tamperMu, calibX = calib.tensor, y = calib.labels
+        let s = try calibrate("tampering", target: config.tamperTarget) { s, t in
+            accuracy(predictions(try ParameterTampering.addNoise(model, position: L, mu: mu, sigma: s, seed: tamperSeed(t)).logits(calibX)), y)
         }
         _tamperSigma = s
         return s
     }
 
     func perturbSigma() throws -> Float {
-        if let s = _perturbSigma { return s }
-        let st = try staged(), at = try perturbAt, seed = config.seed, calib = self.calib, draws = max(1, config.trials)
-        let s = config.perturbSigma ?? Calibration.sigma(target: config.perturbTarget) { s in
-            var sum = 0.0
-            for t in 0..<draws {
-                let f = InputPerturbation.gaussian(sigma: s, seed: seed &+ 100 &+ UInt64(t))
-                sum += accuracy(predictions(st.logits(calib.tensor, perturbAt: at, f)), calib.labels)
-            }
-            return sum / Double(draws)
-        }
-        if config.perturbSigma == nil {
-            log(String(format: "  σ = %.4g calibrated on %d training images (mean over %d noise draws) to bring the plain network to ≈%.0f%%", s, calib.count, draws, config.perturbTarget * 100))
+        if let s = _perturbSigma ?? config.perturbSigma { _perturbSigma = s; return s }
+        let st = try staged(), at = try perturbAt, calibX = calib.tensor, y = calib.labels
+        let s = calibrate("perturbation", target: config.perturbTarget) { s, t in
+            accuracy(predictions(st.logits(calibX, perturbAt: at, InputPerturbation.gaussian(sigma: s, seed: perturbSeed(t)))), y)
         }
         _perturbSigma = s
         return s
@@ -213,19 +212,19 @@ public final class AttackSuite {
     }
 
     public func tamperRow() throws -> AttackRow {
-        let L = try importance().chosenPosition, mu = config.tamperMu, sigma = try tamperSigma(), seed = config.seed
+        let L = try importance().chosenPosition, mu = config.tamperMu, sigma = try tamperSigma()
         log(String(format: "Parameter tampering: N(%.3g, %.4g) added to layer %d's weights", mu, sigma, L))
         return try parameterRow(type: "Parameter tampering", attack: "Algorithm 1 (layer \(L))",
                                 setting: String(format: "N(%.3g, %.4g) on layer %d", mu, sigma, L), trials: config.trials) { t in
-            try ParameterTampering.addNoise(model, position: L, mu: mu, sigma: sigma, seed: seed &+ UInt64(t))
+            try ParameterTampering.addNoise(model, position: L, mu: mu, sigma: sigma, seed: tamperSeed(t))
         }
     }
 
     public func perturbRow() throws -> AttackRow {
-        let at = try perturbAt, sigma = try perturbSigma(), seed = config.seed
+        let at = try perturbAt, sigma = try perturbSigma()
         log(String(format: "Input perturbation: the block at position %d adds N(0, %.4g) to its input", at, sigma))
         return try perturbationRow(attack: "Gaussian noise at layer \(at)'s input", setting: String(format: "N(0, %.4g)", sigma),
-                                   trials: config.trials) { t in InputPerturbation.gaussian(sigma: sigma, seed: seed &+ 100 &+ UInt64(t)) }
+                                   trials: config.trials) { t in InputPerturbation.gaussian(sigma: sigma, seed: perturbSeed(t)) }
     }
 
     public func gradientSignRow() throws -> AttackRow {
@@ -320,10 +319,7 @@ public final class AttackSuite {
 
     func row(type: String, attack: String, setting: String, trials: Int, plain: [Double], passes: [RingHarness.Pass],
              detected: Int, by: String, labels: [Int]) -> AttackRow {
-        var deliveredCorrect = 0, delivered = 0
-        for p in passes {
-            for (pred, l) in zip(p.predictions, labels) { if let q = pred { delivered += 1; if q == l { deliveredCorrect += 1 } } }
-        }
+        let delivered = passes.reduce(0) { $0 + $1.delivered }, deliveredCorrect = passes.reduce(0) { $0 + $1.correct(labels) }
         return AttackRow(type: type, attack: attack, setting: setting, trials: trials,
                          plainAccuracy: plain.reduce(0, +) / Double(max(1, plain.count)),
                          deepRingAccuracy: delivered > 0 ? Double(deliveredCorrect) / Double(delivered) : nil,

@@ -23,6 +23,15 @@ public struct BitFlip: Sendable, Codable, Equatable, CustomStringConvertible {
         return m
     }
 
+    /// Loss and accuracy of `model` with `flip` applied, measured in place (the bit is flipped back afterwards):
+    /// no copy of the parameters per candidate.
+    static func measure(_ flip: BitFlip, on model: Model, x: Tensor, labels: [Int]) -> (loss: Float, accuracy: Double) {
+        let mask = UInt32(1) << UInt32(flip.bit)
+        model.parameters.withValues { $0[flip.index] = Float(bitPattern: $0[flip.index].bitPattern ^ mask) }
+        defer { model.parameters.withValues { $0[flip.index] = Float(bitPattern: $0[flip.index].bitPattern ^ mask) } }
+        return model.lossAndAccuracy(x, labels)
+    }
+
     /// Which bits an attack may flip.
     public enum Bits: String, Sendable, CaseIterable {
         case any, sign, exponent, mantissa
@@ -60,10 +69,11 @@ public struct BitFlip: Sendable, Codable, Equatable, CustomStringConvertible {
         for v in model.weightViews { cands += topIndices(grads, in: v.range, count: candidates) }
         cands = Array(cands.sorted { abs(grads[$0]) > abs(grads[$1]) }.prefix(candidates))
         var best: (BitFlip, Float)?
+        let probe = try model.copy()   // `g` ran a training-mode pass; candidates are measured on the model as given
         let values = model.parameters.values
         for i in cands {
             let f = BitFlip(index: i, bit: 30, before: values[i], after: flipped(values[i], bit: 30))
-            let loss = try apply([f], to: model).lossAndAccuracy(x, labels).loss
+            let loss = measure(f, on: probe, x: x, labels: labels).loss
             if best == nil || loss > best!.1 { best = (f, loss) }
         }
         return best!.0
@@ -84,7 +94,7 @@ public struct BitFlip: Sendable, Codable, Equatable, CustomStringConvertible {
                                          bits: [Int] = [31] + Array(23...29) + [22], topK: Int = 10, evaluate: Int = 24,
                                          chance: Double? = nil,
                                          progress: (SearchStep) -> Void = { _ in }) throws -> [SearchStep] {
-        var current = try model.copy()
+        let current = try model.copy()
         var steps: [SearchStep] = []
         let stopAt = chance ?? (1.0 / Double(max(2, model.architecture.classes)) + 0.01)
         for _ in 0..<maxFlips {
@@ -104,11 +114,11 @@ public struct BitFlip: Sendable, Codable, Equatable, CustomStringConvertible {
             estimates.sort { $0.1 > $1.1 }
             var best: (BitFlip, Float, Double)?
             for (f, _) in estimates.prefix(evaluate) {
-                let (loss, acc) = try apply([f], to: current).lossAndAccuracy(x, labels)
+                let (loss, acc) = measure(f, on: current, x: x, labels: labels)
                 if best == nil || loss > best!.1 { best = (f, loss, acc) }
             }
             guard let (f, loss, acc) = best else { break }
-            current = try apply([f], to: current)
+            current.parameters.withValues { $0[f.index] = f.after }
             let step = SearchStep(flip: f, loss: loss, accuracy: acc)
             steps.append(step)
             progress(step)

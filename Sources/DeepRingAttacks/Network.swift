@@ -7,7 +7,7 @@ import Foundation
 extension Model {
     /// An independent copy (same architecture, same parameter bits).
     public func copy() throws -> Model {
-        let m = try Model(architecture, seed: 0)
+        let m = try Model(architecture, initialise: false)
         m.parameters.setAll(parameters.values)
         return m
     }

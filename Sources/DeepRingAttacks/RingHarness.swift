@@ -59,10 +59,11 @@ public final class RingHarness {
 
         public var delivered: Int { predictions.filter { $0 != nil }.count }
         public var refused: Int { predictions.count - delivered }
+        /// Delivered answers equal to their label.
+        public func correct(_ labels: [Int]) -> Int { zip(predictions, labels).filter { $0.0 == $0.1 }.count }
         /// Accuracy over delivered answers (nil when nothing was delivered).
         public func accuracy(_ labels: [Int]) -> Double? {
-            let pairs = zip(predictions, labels).compactMap { p, l in p.map { ($0, l) } }
-            return pairs.isEmpty ? nil : Double(pairs.filter { $0.0 == $0.1 }.count) / Double(pairs.count)
+            delivered == 0 ? nil : Double(correct(labels)) / Double(delivered)
         }
     }
 

@@ -101,8 +101,9 @@ public final class Model: @unchecked Sendable {
     public static let maxParameters = 1 << 30
 
     /// Builds a model. With `segment: true` the architecture may be a slice of a network (a DeepRing block's
-    /// layer): its output need not be one value per class.
-    public init(_ arch: Architecture, seed: UInt64 = 0, segment: Bool = false) throws {
+    /// layer): its output need not be one value per class. With `initialise: false` the parameters stay zero — for
+    /// callers that overwrite every value right away (copies, layers loaded from files).
+    public init(_ arch: Architecture, seed: UInt64 = 0, segment: Bool = false, initialise: Bool = true) throws {
         architecture = arch
         let store = ParameterStore()
         parameters = store
@@ -166,7 +167,7 @@ public final class Model: @unchecked Sendable {
             if l is Dense || l is Conv2D || l is BatchNorm { break }
         }
         layers = built
-        initialise(seed: seed)
+        if initialise { self.initialise(seed: seed) }
     }
 
     /// He-normal initialisation of weights (std √(2/fan_in)), zero biases, BatchNorm γ = 1, running var = 1.

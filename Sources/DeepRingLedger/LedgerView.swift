@@ -60,8 +60,8 @@ public final class LedgerView: Ledger, @unchecked Sendable {
 
     public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
         let s = max(1, sequence)
-        guard s >= first, !cache.isEmpty || s > tail else { return try base.entries(from: sequence, limit: limit) }
         if s > tail { return [] }
+        guard s >= first else { return try base.entries(from: sequence, limit: limit) }   // older than the window
         let lo = Int(s - first)
         return Array(cache[lo..<min(cache.count, lo + max(0, limit))])
     }
@@ -69,8 +69,8 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
         if filters.isEmpty { return [] }
         let lo = max(1, range.lowerBound)
-        guard lo >= first || lo > tail else { return try base.entries(in: range, matching: filters) }
         if lo > tail || range.upperBound < lo { return [] }
+        guard lo >= first else { return try base.entries(in: range, matching: filters) }   // older than the window
         let a = Int(lo - first), b = Int(min(range.upperBound, tail) - first)
         return cache[a...b].filter { e in filters.contains { $0.matches(e) } }
     }

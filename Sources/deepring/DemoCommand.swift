@@ -31,7 +31,7 @@ struct Demo: ParsableCommand {
             cfg.epochs = epochs; cfg.learningRate = 0.05; cfg.weightDecay = 5e-4; cfg.seed = seed
             print("2. Training the paper's MLP (\(splits.train.imageShape.reduce(1, *))→900→600→300→100→\(splits.train.classes), ReLU, softmax) for \(epochs) epochs on \(Engine.threads) threads…")
             let path = (out as NSString).appendingPathComponent("mlp.safetensors")
-            let r = try trainAndSave(kind: .mlp, splits: splits, config: cfg, widthDivisor: 1, out: path)
+            _ = try trainAndSave(kind: .mlp, splits: splits, config: cfg, widthDivisor: 1, out: path)
             let (loaded, _) = try ModelFile.load(path: path)
             let e = try Evaluation.evaluate(loaded, on: splits.test)
             print(String(format: "3. Saved %@ and loaded it back: test accuracy %.2f%% (%d/%d).", path as NSString,
@@ -55,11 +55,9 @@ struct Demo: ParsableCommand {
             print("5. Sealed into \(ringDir): an ouroboros (identity layer, the owner's) + \(rt.ring.manifest.blockCount) blocks under random ids; the hash chain HASH_j = SHA256(HASH_j−1 ‖ params_j ‖ params_j+1) closes the ring.")
             print("   Authenticity check: \(rt.ring.checkAuthenticity().authentic ? "authentic" : "NOT authentic (bug)").")
             let original = try suite.originalRow()
-            let plainPreds = try loaded.logits(demoSplits.test.tensor).argmaxRows()
             print(String(format: "6. Query: %d test images, sealed to the ouroboros, processed block by block through the ledger (S, K, X, H per block), delivered sealed to the querent: accuracy %.2f%%, %@ the plain model, %d alarms. After each query the blocks get new ids and keys (reshuffle).",
                          original.delivered, (original.deepRingAccuracy ?? 0) * 100,
                          (original.deepRingAccuracy == original.plainAccuracy ? "identical to" : "DIFFERENT from") as NSString, original.alarms))
-            _ = plainPreds
             // A raw bit flip in a block's file, caught by `verify`-style checking.
             let blocks = rt.ring.placement
             var rng = SeededRandom(seed: seed)
@@ -96,7 +94,6 @@ struct Demo: ParsableCommand {
             let last = try suite.ringHarness().runtime
             print(String(format: "\nDone in %.1f s. The last ring's ledger: %d entries (%@). `deepring reproduce --table 3 --dataset mnist --out results` regenerates the paper's tables.",
                          now() - t0, try last.ledger.lastSequence(), "\(try last.ring.auditLedger())" as NSString))
-            _ = r
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
     }
 }

@@ -14,8 +14,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
 @Suite struct QueryTests {
     @Test func ringAnswersBitIdenticalToThePlainModelThroughTheLedgerOnly() throws {
         let m = try smallModel(seed: 8)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         let rt = try RingRuntime(directory: dir)
         for n in [1, 17] {
             let x = sampleInputs(n, seed: UInt64(n))
@@ -36,8 +35,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
 
     @Test func aCompromisedBlockPerturbingItsInputIsDetectedAndNoAnswerIsDelivered() throws {
         let m = try smallModel(seed: 9)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         let rt = try RingRuntime(directory: dir)
         let victim = rt.ring.placement[2]
         rt.setPerturbation(position: 3) { t in var u = t; u.data[0] += 0.5; return u }
@@ -59,8 +57,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
 
     @Test func aTransientFaultIsCuredByTheRetry() throws {
         let m = try smallModel(seed: 10)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         let rt = try RingRuntime(directory: dir)
         final class Once: @unchecked Sendable { var done = false }
         let once = Once()
@@ -77,8 +74,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
 
     @Test func tamperedParametersAreRestoredBeforeTheNextQuery() throws {
         let m = try smallModel(seed: 11)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         let rt = try RingRuntime(directory: dir)
         let victim = rt.blockNames[1]
         let p = dir + "/blocks/\(victim)/params.safetensors"
@@ -95,8 +91,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
 
     @Test func anInterruptedQueryIsReportedIncompleteAndTheNextOneWorks() throws {
         let m = try smallModel(seed: 12)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         // A querent posts a query and the process answering it dies before any block acts.
         var rt: RingRuntime? = try RingRuntime(directory: dir)
         let x = sampleInputs(2)
@@ -116,8 +111,7 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
     }
 
     @Test func badInputIsRefusedBeforeAnythingIsWritten() throws {
-        let dir = tempRingDir()
-        try SealedRing.seal(try smallModel(), into: dir)
+        let dir = try sealedRing(try smallModel())
         let rt = try RingRuntime(directory: dir)
         let before = try rt.ledger.allEntries().count
         #expect(throws: QueryError.self) { try rt.query(Tensor(zeros: [1, 7])) }

@@ -11,8 +11,7 @@ import Testing
 
     @Test func everyQueryGetsANewPlacementAndFreshKeysThatNeverSignTwoQueries() throws {
         let m = try smallModel(seed: 21)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         let rt = try RingRuntime(directory: dir)
         var seenIDs = try blockIDs(dir)
         #expect(seenIDs.count == 5)
@@ -54,8 +53,7 @@ import Testing
 
     @Test func aReshuffleInterruptedBeforeItsCommitIsRolledBack() throws {
         let m = try smallModel(seed: 22)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         let before = try blockIDs(dir)
         // A crash after building blocks.next but before the record was replaced.
         let fm = FileManager.default
@@ -70,8 +68,7 @@ import Testing
 
     @Test func aReshuffleInterruptedAfterItsCommitIsCompleted() throws {
         let m = try smallModel(seed: 23)
-        let dir = tempRingDir()
-        try SealedRing.seal(m, into: dir)
+        let dir = try sealedRing(m)
         var rt: RingRuntime? = try RingRuntime(directory: dir)
         rt!.reshuffleEvery = 0
         _ = try rt!.query(sampleInputs(1))

@@ -8,6 +8,13 @@ func tempRingDir() -> String {
     NSTemporaryDirectory() + "deepring-ring-\(UUID().uuidString)"
 }
 
+/// Seals `m` into a fresh temporary ring directory and returns the directory.
+func sealedRing(_ m: Model) throws -> String {
+    let dir = tempRingDir()
+    try SealedRing.seal(m, into: dir)
+    return dir
+}
+
 func smallModel(seed: UInt64 = 3) throws -> Model {
     try Model(.mlp(inputShape: [6, 6, 1], classes: 4, hidden: [16, 12, 8, 6]), seed: seed)
 }

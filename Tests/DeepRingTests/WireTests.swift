@@ -1,6 +1,7 @@
 @testable import DeepRing
 import Crypto
 import DeepRingEngine
+import DeepRingLedger
 import Foundation
 import Testing
 
@@ -11,6 +12,18 @@ import Testing
         let all = (0...255).map { UInt8($0) }
         #expect(unhex(hex(all)) == all)
         #expect(hex(all) == all.map { String(format: "%02x", $0) }.joined())
+    }
+
+    @Test func theHOfALayerPostParsesWithoutTheRest() throws {
+        var w = WireWriter()
+        w.u64(7); w.field([UInt8](repeating: 1, count: 80)); w.field([UInt8](repeating: 2, count: 5000)); w.field([UInt8](repeating: 9, count: 32))
+        func entry(_ payload: [UInt8]) -> LedgerEntry {
+            LedgerEntry(sequence: 1, previousHash: [], kind: .layer, queryID: "q", author: [], payload: payload, hash: [], signature: [])
+        }
+        let full = try RingNode.parseLayer(entry(w.bytes))
+        #expect(try RingNode.parseH(entry(w.bytes)) == full.h && full.consumed == 7 && full.x.count == 5000)
+        #expect(throws: QueryError.self) { try RingNode.parseH(entry(Array(w.bytes.dropLast()))) }
+        #expect(throws: QueryError.self) { try RingNode.parseH(entry(w.bytes + [0])) }
     }
 
     @Test func tensorsRoundTripAndHashAsTheirEncoding() throws {
