@@ -69,26 +69,33 @@ final class RingNode {
     func post(output: Tensor, queryID: String, consumed: Int64, ledger: any Ledger) throws {
         let nextOutput = timing.time(\.compute) { nextIsOuroboros ? output : next.forward(output) }
         let (k, x, h) = try timing.time(\.crypto) { () throws -> ([UInt8], Data, [UInt8]) in
-            let h = TensorWire.hash(nextOutput)
             let aesKey = SymmetricKey(size: .bits256)     // fresh for every message: never reused
             let a = RingNode.aad(queryID, publicKeys.signing, successor.signing)
-            let x = try AES.GCM.seal(TensorWire.encode(output), using: aesKey, authenticating: a).combined!
+            // H (a SHA-256 pass over the next output) and X (AES-GCM over this output) are independent: for
+            // big tensors they run on two threads.
+            var h: [UInt8] = [], x: Result<Data, Error> = .failure(QueryError.decryptionFailed)
+            Parallel.forEach(2, threads: RingNode.parallel(output.count + nextOutput.count)) { i in
+                if i == 0 { h = TensorWire.hash(nextOutput) } else {
+                    x = Result { try AES.GCM.seal(TensorWire.encode(output), using: aesKey, authenticating: a).combined! }
+                }
+            }
             let k = try aesKey.withUnsafeBytes { try Sealing.seal(Array($0), to: successor.agreement, aad: a) }
-            return (k, x, h)
+            return (k, try x.get(), h)
         }
         var w = WireWriter(capacity: 8 + k.count + x.count + h.count + 16)
         w.u64(consumed); w.field(k); w.field(x); w.field(h)
         try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: w.bytes, signer: signer) }
     }
 
-    struct LayerPost { var consumed: Int64; var k: [UInt8]; var x: [UInt8]; var h: [UInt8] }
+    /// A parsed layer post; X stays in the entry's payload (megabytes at batch 256: not copied).
+    struct LayerPost { var consumed: Int64; var k: [UInt8]; var x: ArraySlice<UInt8>; var h: [UInt8] }
 
     static func parseLayer(_ e: LedgerEntry) throws -> LayerPost {
         var r = WireReader(e.payload)
-        let c = try r.u64(), k = try r.field(max: 4096), x = try r.field(), h = try r.field(max: 32)
+        let c = try r.u64(), k = try r.field(max: 4096), x = try r.fieldRange(), h = try r.field(max: 32)
         try r.end()
         guard h.count == 32 else { throw QueryError.malformedPayload("H must be 32 bytes") }
-        return LayerPost(consumed: c, k: k, x: x, h: h)
+        return LayerPost(consumed: c, k: k, x: e.payload[x], h: h)
     }
 
     /// Only the H of a layer post (validation needs nothing else; X, often megabytes, is skipped, not copied).
@@ -106,13 +113,30 @@ final class RingNode {
         try timing.time(\.crypto) { try receiveUntimed(e, p) }
     }
 
+    /// Threads for a pair of independent crypto passes over `floats` values: two when it is big enough to repay
+    /// the hand-off (≈ 64 KB), else one.
+    static func parallel(_ floats: Int) -> Int { floats >= 16_384 ? 2 : 1 }
+
+    /// Checks a layer post's entry (stored hash against its fields, and the signature) and decrypts its X — two
+    /// independent passes over the payload, run side by side for big payloads. Nil when the entry is not authentic.
+    func authenticateAndReceive(_ e: LedgerEntry) throws -> (LayerPost, Tensor)? {
+        let p = try RingNode.parseLayer(e)
+        return try timing.time(\.crypto) {
+            var authentic = false, input: Result<Tensor, Error> = .failure(QueryError.decryptionFailed)
+            Parallel.forEach(2, threads: RingNode.parallel(p.x.count / 4)) { i in
+                if i == 0 { authentic = e.isAuthentic } else { input = Result { try receiveUntimed(e, p) } }
+            }
+            return authentic ? (p, try input.get()) : nil
+        }
+    }
+
     func receiveUntimed(_ e: LedgerEntry, _ p: LayerPost) throws -> Tensor {
         let a = RingNode.aad(e.queryID ?? "", e.author, publicKeys.signing)
         let keyBytes = try Sealing.open(p.k, with: keys.agreement, aad: a)
         guard keyBytes.count == 32 else { throw QueryError.malformedPayload("K is not an AES-256 key") }
         do {
             let box = try AES.GCM.SealedBox(combined: p.x)
-            return try TensorWire.decode(Array(try AES.GCM.open(box, using: SymmetricKey(data: keyBytes), authenticating: a)))
+            return try TensorWire.decode(try AES.GCM.open(box, using: SymmetricKey(data: keyBytes), authenticating: a))
         } catch let e as QueryError { throw e } catch { throw QueryError.decryptionFailed }
     }
 
@@ -135,18 +159,16 @@ final class RingNode {
                 // Eq. 3: (sealed query, Pub_Q). Decrypt and start the ring with the identity layer.
                 // Anyone may post a query: a malformed or undecryptable one is skipped, never fatal to the ring.
                 var r = WireReader(e.payload)
-                guard let querent = try? r.field(max: 32), let sealed = try? r.field(), (try? r.end()) != nil,
-                      querent.count == 32, e.isAuthentic,
-                      let plain = try? Sealing.open(sealed, with: keys.agreement, aad: Array(q.utf8) + querent),
+                guard let querent = try? r.field(max: 32), let sealed = try? r.fieldRange(), (try? r.end()) != nil,
+                      querent.count == 32, timing.time(\.crypto, { e.isAuthentic }),
+                      let plain = try? timing.time(\.crypto, { try Sealing.openData(e.payload[sealed], with: keys.agreement, aad: Array(q.utf8) + querent) }),
                       let x = try? TensorWire.decode(plain), x.data.allSatisfy({ $0.isFinite }) else { continue }
                 querents[q] = querent
                 // The ouroboros's layer is the identity (W = I, b = 0): its output is its input, not recomputed.
                 try post(output: x, queryID: q, consumed: e.sequence, ledger: ledger)
                 acted = true
             case .layer where e.author == predecessor.signing:
-                guard timing.time(\.crypto, { e.isAuthentic }) else { continue }
-                let p = try RingNode.parseLayer(e)
-                let input = try receive(e, p)
+                guard let (p, input) = try authenticateAndReceive(e) else { continue }
                 // Validation (Eq. 13): the entry this output was computed from carries H_{i−1}, the hash that the
                 // block before computed for this very output with its copy of the layer.
                 if let prior = try ledger.entries(from: p.consumed, limit: 1).first, prior.sequence == p.consumed,

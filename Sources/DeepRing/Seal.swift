@@ -46,6 +46,10 @@ public final class SealedRing {
     public let manifest: RingManifest
     /// Updated in place by `reshuffle` (the hashes never change; the placement does).
     var record: OwnerRecord
+    /// The next placement, being built in the background (`prepareReshuffle`).
+    var pendingPlacement: PendingPlacement?
+
+    deinit { pendingPlacement?.wait() }
 
     /// Block ids in ring order (position 1 … n). Owner-only knowledge: the blocks themselves do not have it.
     public var placement: [String] { record.order }

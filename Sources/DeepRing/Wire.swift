@@ -16,21 +16,26 @@ struct WireWriter {
 }
 
 struct WireReader {
-    let bytes: [UInt8]
-    var i = 0
-    init(_ b: [UInt8]) { bytes = b }
+    /// The bytes read; ranges returned are indices of the array (or slice) given to `init`.
+    let bytes: ArraySlice<UInt8>
+    var i: Int
+    init(_ b: [UInt8]) { bytes = b[...]; i = bytes.startIndex }
+    init(_ b: ArraySlice<UInt8>) { bytes = b; i = b.startIndex }
 
-    mutating func field(max: Int = 1 << 28) throws -> [UInt8] {
+    mutating func field(max: Int = 1 << 28) throws -> [UInt8] { Array(bytes[try fieldRange(max: max)]) }
+
+    /// The byte range of the next field, without copying it.
+    mutating func fieldRange(max: Int = 1 << 28) throws -> Range<Int> {
         let start = i
         try skipField(max: max)
-        return Array(bytes[(start + 4)..<i])
+        return (start + 4)..<i
     }
 
     /// Skips a field without copying it.
     mutating func skipField(max: Int = 1 << 28) throws {
-        guard i + 4 <= bytes.count else { throw QueryError.malformedPayload("truncated field length") }
+        guard bytes.endIndex - i >= 4 else { throw QueryError.malformedPayload("truncated field length") }
         let n = Int(bytes[i]) | Int(bytes[i + 1]) << 8 | Int(bytes[i + 2]) << 16 | Int(bytes[i + 3]) << 24
-        guard n <= max, i + 4 + n <= bytes.count else { throw QueryError.malformedPayload("field of \(n) bytes exceeds the payload") }
+        guard n <= max, n <= bytes.endIndex - i - 4 else { throw QueryError.malformedPayload("field of \(n) bytes exceeds the payload") }
         i += 4 + n
     }
 
@@ -40,24 +45,37 @@ struct WireReader {
         return Int64(bitPattern: f.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
     }
 
-    func end() throws { guard i == bytes.count else { throw QueryError.malformedPayload("trailing bytes") } }
+    func end() throws { guard i == bytes.endIndex else { throw QueryError.malformedPayload("trailing bytes") } }
 }
 
 /// Tensor bytes on the wire: u32 rank, u32 dims, float32 little-endian values. `SHA256` of these bytes is the
 /// H of Eq. 13.
 enum TensorWire {
     static func encode(_ t: Tensor) -> [UInt8] {
-        var w = WireWriter()
+        var w = WireWriter(capacity: 8 + 4 * t.shape.count + 4 * t.count)
         w.field(t.shape.flatMap { d in (0..<4).map { UInt8(truncatingIfNeeded: UInt32(d) >> (8 * UInt32($0))) } })
-        w.field(t.data.withUnsafeBytes { Array($0) })
+        t.data.withUnsafeBytes { w.field($0) }
         return w.bytes
     }
 
-    static func decode(_ b: [UInt8]) throws -> Tensor {
-        var r = WireReader(b)
-        let dims = try r.field(max: 32)
-        let values = try r.field()
-        try r.end()
+    static func decode(_ b: [UInt8]) throws -> Tensor { try b.withUnsafeBytes { try decode($0) } }
+
+    /// Decodes from any contiguous bytes (a decrypted `Data`, say), copying the values once, into the tensor.
+    static func decode(_ data: Data) throws -> Tensor { try data.withUnsafeBytes { try decode($0) } }
+
+    static func decode(_ b: UnsafeRawBufferPointer) throws -> Tensor {
+        func u32(_ at: Int) throws -> Int {
+            guard at >= 0, at + 4 <= b.count else { throw QueryError.malformedPayload("truncated tensor") }
+            return Int(b[at]) | Int(b[at + 1]) << 8 | Int(b[at + 2]) << 16 | Int(b[at + 3]) << 24
+        }
+        let dimsLength = try u32(0)
+        guard dimsLength <= 32, 4 + dimsLength <= b.count else { throw QueryError.malformedPayload("bad tensor shape") }
+        let dims = Array(b[4..<(4 + dimsLength)])
+        let valuesLength = try u32(4 + dimsLength)
+        let valuesStart = 8 + dimsLength
+        guard valuesLength <= b.count - valuesStart else { throw QueryError.malformedPayload("field of \(valuesLength) bytes exceeds the payload") }
+        guard valuesStart + valuesLength == b.count else { throw QueryError.malformedPayload("trailing bytes") }
+        let values = UnsafeRawBufferPointer(rebasing: b[valuesStart..<(valuesStart + valuesLength)])
         guard dims.count % 4 == 0, !dims.isEmpty else { throw QueryError.malformedPayload("bad tensor shape") }
         var shape: [Int] = []
         var count = 1
@@ -71,7 +89,7 @@ enum TensorWire {
         guard values.count == count * 4 else { throw QueryError.malformedPayload("tensor size does not match its shape") }
         // Little-endian float32 on the wire and on every supported host: a plain copy.
         var t = Tensor(uninitialized: shape)
-        t.data.withUnsafeMutableBytes { dst in values.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        t.data.withUnsafeMutableBytes { dst in dst.copyMemory(from: values) }
         return t
     }
 
@@ -102,12 +120,17 @@ enum Sealing {
     }
 
     static func open(_ sealed: [UInt8], with key: Curve25519.KeyAgreement.PrivateKey, aad: [UInt8]) throws -> [UInt8] {
+        Array(try openData(sealed[...], with: key, aad: aad))
+    }
+
+    /// Opens a sealed message held in a slice of a bigger buffer; the plaintext is not copied again.
+    static func openData(_ sealed: ArraySlice<UInt8>, with key: Curve25519.KeyAgreement.PrivateKey, aad: [UInt8]) throws -> Data {
         var r = WireReader(sealed)
-        let enc = try r.field(max: 256), ct = try r.field()
+        let enc = try r.field(max: 256), ct = sealed[try r.fieldRange()]
         try r.end()
         do {
             var recipient = try HPKE.Recipient(privateKey: key, ciphersuite: suite, info: info, encapsulatedKey: Data(enc))
-            return Array(try recipient.open(ct, authenticating: aad))
+            return try recipient.open(ct, authenticating: aad)
         } catch {
             throw QueryError.decryptionFailed
         }

@@ -170,6 +170,34 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(throws: LedgerError.self) { try l.allEntries() }
         try tamper(l, "UPDATE entries SET kind = 'layer', hash = zeroblob(31) WHERE seq = 5")
         #expect(throws: LedgerError.self) { try l.allEntries() }
+        // The payload is read without an intermediate copy, after its type is checked.
+        try tamper(l, "UPDATE entries SET hash = zeroblob(32), payload = 'text, not a blob' WHERE seq = 5")
+        #expect(throws: LedgerError.malformedRow(sequence: 5, reason: "payload is not a blob")) { try l.allEntries() }
+        try tamper(l, "UPDATE entries SET hash = zeroblob(32), payload = 42 WHERE seq = 4")
+        #expect(throws: LedgerError.malformedRow(sequence: 4, reason: "payload is not a blob")) { try l.allEntries() }
+    }
+
+    @Test func newLedgersUse16KiBPagesAndCheckpointInTheBackground() throws {
+        let l = try SQLiteLedger(path: tempLedgerPath())
+        let signer = LedgerSigner()
+        var appended: [LedgerEntry] = []
+        for i in 0..<12 {   // ~6 MB, as a few batch-256 layer posts
+            appended.append(try l.append(kind: .layer, queryID: "q", payload: [UInt8](repeating: UInt8(i), count: 500_000 + i), signer: signer))
+        }
+        let q = try DatabaseQueue(path: l.path)
+        #expect(try q.read { try Int.fetchOne($0, sql: "PRAGMA page_size") } == 16384)
+        func size(_ p: String) -> Int { var st = stat(); return stat(p, &st) == 0 ? Int(st.st_size) : -1 }
+        let before = size(l.path)
+        l.checkpointInBackground(minimumWALBytes: 1 << 40)   // below the threshold: nothing happens
+        l.waitForCheckpoint()
+        #expect(size(l.path) == before)
+        l.checkpointInBackground(minimumWALBytes: 0)
+        l.waitForCheckpoint()
+        #expect(size(l.path) > before + 5_000_000, "the WAL was not copied into the database file")
+        #expect(try l.allEntries() == appended)
+        #expect(LedgerAudit.audit(l, ringKeys: [signer.publicKey]).isClean)
+        try l.append(kind: .layer, queryID: "q", payload: [1, 2, 3], signer: signer)
+        #expect(try SQLiteLedger(path: l.path).allEntries().count == 13)
     }
 }
 

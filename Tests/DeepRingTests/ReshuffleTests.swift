@@ -51,6 +51,36 @@ import Testing
         #expect(try reopened.auditLedger().firstProblem?.problem == .unknownAuthor)
     }
 
+    /// After a big batch the next placement is built in the background, hard-linking the current parameter files.
+    /// A restore before the next reshuffle replaces a file: the new placement must carry the restored file, not the
+    /// tampered one its link still points at.
+    @Test func aPlacementBuiltInTheBackgroundCarriesFilesRestoredSince() throws {
+        let m = try smallModel(seed: 23)
+        let dir = try sealedRing(m)
+        let rt = try RingRuntime(directory: dir)
+        let big = sampleInputs(40, seed: 5)
+        #expect(try rt.query(big).logits.data.map(\.bitPattern) == plainLogits(m, big).data.map(\.bitPattern))
+        // Wait until the prepared placement is on disk (5 block folders with their files).
+        for _ in 0..<500 {
+            let subs = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/blocks.next")) ?? []
+            if subs.count == 5 && subs.allSatisfy({ FileManager.default.fileExists(atPath: dir + "/blocks.next/\($0)/block.json") }) { break }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        Thread.sleep(forTimeInterval: 0.1)   // let the background thread finish its sync
+        let victim = rt.ring.placement[2]
+        let p = dir + "/blocks/\(victim)/params.safetensors"
+        var b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
+        b[b.count - 5] ^= 0x08
+        try Data(b).write(to: URL(fileURLWithPath: p))   // in place: the prepared hard link sees the tampered bytes
+        let x = sampleInputs(3, seed: 6)
+        #expect(try rt.query(x).logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+        #expect(rt.restores == [victim])
+        #expect(rt.ring.checkAuthenticity().authentic, "the new placement carries the tampered file")
+        let y = sampleInputs(2, seed: 7)
+        #expect(try rt.query(y).logits.data.map(\.bitPattern) == plainLogits(m, y).data.map(\.bitPattern))
+        #expect(rt.restores == [victim])
+    }
+
     @Test func aReshuffleInterruptedBeforeItsCommitIsRolledBack() throws {
         let m = try smallModel(seed: 22)
         let dir = try sealedRing(m)
