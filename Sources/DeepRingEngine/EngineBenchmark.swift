@@ -33,17 +33,30 @@ public enum EngineBenchmark {
         return Double(2 * m * n * k * reps) / t / 1e9
     }
 
+    /// Parts of the benchmark: GEMM, the MLP (training and inference), VGG-19 forward.
+    public enum Part: String, CaseIterable, Sendable { case gemm, mlp, vgg }
+
     public static func run(repeats: Int = 3, includeVGG: Bool = true, log: (String) -> Void = { _ in }) throws -> [Figure] {
+        try run(repeats: repeats, parts: includeVGG ? Set(Part.allCases) : [.gemm, .mlp], log: log)
+    }
+
+    public static func run(repeats: Int = 3, parts: Set<Part>, log: (String) -> Void = { _ in }) throws -> [Figure] {
         var out: [Figure] = []
         func add(_ k: String, _ v: Double, _ u: String) { out.append(Figure(key: k, value: v, unit: u)); log(k.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%12.2f ", v) + u) }
         // Warm-up: start the worker threads and let the clock ramp before the first timed figure.
         let warm = now()
         while now() - warm < 0.5 { _ = gemm(m: 256, n: 256, k: 256, repeats: 1) }
-        for (m, n, k) in [(128, 900, 784), (128, 600, 900), (1024, 1024, 1024)] {
+        for (m, n, k) in [(128, 900, 784), (128, 600, 900), (1024, 1024, 1024)] where parts.contains(.gemm) {
             let g = gemm(m: m, n: n, k: k, repeats: max(5, repeats))
             add(m == 1024 ? "gemm_gflops_1024" : "gemm_gflops_\(m)x\(k)x\(n)", g, "GFLOP/s")
         }
 
+        if parts.contains(.mlp) { try mlp(repeats: repeats, add) }
+        if parts.contains(.vgg) { try vgg(repeats: repeats, add) }
+        return out
+    }
+
+    static func mlp(repeats: Int, _ add: (String, Double, String) -> Void) throws {
         // MLP training: 60,000 samples, batch 128, SGD — random data (speed does not depend on the values).
         let samples = 60_000
         let arch = Architecture.mlp(inputShape: [784], classes: 10)
@@ -73,8 +86,10 @@ public enum EngineBenchmark {
         let it256 = 100
         let t256 = timed(repeats: repeats) { for _ in 0..<it256 { _ = model.forward(x256) } }
         add("mlp_infer_b256_img_per_s", Double(256 * it256) / t256, "img/s")
+    }
 
-        if includeVGG {
+    static func vgg(repeats: Int, _ add: (String, Double, String) -> Void) throws {
+        do {
             let vgg = try Model(Architecture.vgg19(inputShape: [32, 32, 3], classes: 10, widthDivisor: 1, batchNorm: false), seed: 5)
             let v1 = Tensor(shape: [1, 32, 32, 3], data: randomArray(3072, seed: 6))
             let tv1 = timed(repeats: repeats) { for _ in 0..<10 { _ = vgg.forward(v1) } }
@@ -83,6 +98,5 @@ public enum EngineBenchmark {
             let tv64 = timed(repeats: repeats) { _ = vgg.forward(v64) }
             add("vgg19_infer_b64_img_per_s", 64 / tv64, "img/s")
         }
-        return out
     }
 }

@@ -56,18 +56,16 @@ public enum GEMM {
         let flops = 2 * m * n * k
         let t = flops < 200_000 ? 1 : threads
         let cBox = UnsafeSendableBox(c)
-        if nTiles >= 4 * t || mTiles < t {
+        if t == 1 {
+            serial(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate)
+        } else if nTiles >= 4 * t || mTiles < t {
             Parallel.ranges(n, granule: nr, threads: t) { r in
                 var bb = b
                 bb.base = b.base + r.lowerBound * b.colStride
                 serial(m: m, n: r.count, k: k, a: a, b: bb, c: cBox.value + r.lowerBound, ldc: ldc, accumulate: accumulate)
             }
         } else {
-            Parallel.ranges(m, granule: mr, threads: t) { r in
-                var aa = a
-                aa.base = a.base + r.lowerBound * a.rowStride
-                serial(m: r.count, n: n, k: k, a: aa, b: b, c: cBox.value + r.lowerBound * ldc, ldc: ldc, accumulate: accumulate)
-            }
+            sharedB(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, threads: t)
         }
     }
 
@@ -90,62 +88,133 @@ public enum GEMM {
         }
     }
 
-    // MARK: - Serial blocked GEMM
+    // MARK: - Blocked GEMM
+
+    /// K blocks of (nearly) equal length ≤ kc: 784 → 4 × 196 rather than 3 × 256 + 16. Depends on k only, so
+    /// every element's FMA chain is split at the same places whatever the thread count or tile.
+    @inline(__always)
+    static func kStep(_ k: Int) -> Int {
+        let kBlocks = (k + kc - 1) / kc
+        return (k + kBlocks - 1) / kBlocks
+    }
+
+    /// Per-thread scratch: a packed A block, a packed A strip for edge tiles, and an edge tile of C.
+    struct Scratch {
+        let aPack: UnsafeMutablePointer<Float>
+        let aEdge: UnsafeMutablePointer<Float>
+        let edge: UnsafeMutablePointer<Float>
+        init(kc: Int) {
+            aPack = .allocate(capacity: mc * kc + 16)
+            aEdge = .allocate(capacity: mr * kc + 16)
+            edge = .allocate(capacity: mr * nr)
+        }
+        func free() { aPack.deallocate(); aEdge.deallocate(); edge.deallocate() }
+    }
 
     static func serial(m: Int, n: Int, k: Int, a: Operand, b: Operand,
                        c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
-        let kcMax = min(kc, k)
-        let bPack = UnsafeMutablePointer<Float>.allocate(capacity: ncMax * kcMax + 16)
-        let aPack = UnsafeMutablePointer<Float>.allocate(capacity: mc * kcMax + 16)
-        defer { bPack.deallocate(); aPack.deallocate() }
-        var edge = [Float](repeating: 0, count: mr * nr)
-
+        let step = kStep(k)
+        let bPack = UnsafeMutablePointer<Float>.allocate(capacity: ncMax * step + 16)
+        let scratch = Scratch(kc: step)
+        defer { bPack.deallocate(); scratch.free() }
         var jc = 0
         while jc < n {
             let ncur = min(nc, n - jc)
-            // K blocks of (nearly) equal length ≤ kc: 784 → 4 × 196 rather than 3 × 256 + 16.
-            let kBlocks = (k + kc - 1) / kc
-            let kStep = (k + kBlocks - 1) / kBlocks
             var pc = 0
             while pc < k {
-                let kcur = min(kStep, k - pc)
+                let kcur = min(step, k - pc)
                 packB(b, row0: pc, col0: jc, kc: kcur, nc: ncur, into: bPack)
-                let load = accumulate || pc > 0
-                var ic = 0
-                while ic < m {
-                    let mcur = min(mc, m - ic)
-                    packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: aPack)
-                    var jr = 0
-                    while jr < ncur {
-                        let nrCur = min(nr, ncur - jr)
-                        let bp = bPack + jr * kcur
-                        var ir = 0
-                        while ir < mcur {
-                            let mrCur = min(mr, mcur - ir)
-                            let ap = aPack + ir * kcur
-                            let cp = c + (ic + ir) * ldc + (jc + jr)
-                            if mrCur == mr && nrCur == nr {
-                                kernel(kcur, ap, bp, cp, ldc, load)
-                            } else {
-                                edge.withUnsafeMutableBufferPointer { e in
-                                    let ep = e.baseAddress!
-                                    if load {
-                                        for i in 0..<mrCur { for j in 0..<nrCur { ep[i * nr + j] = cp[i * ldc + j] } }
-                                    }
-                                    kernel(kcur, ap, bp, ep, nr, load)
-                                    for i in 0..<mrCur { for j in 0..<nrCur { cp[i * ldc + j] = ep[i * nr + j] } }
-                                }
-                            }
-                            ir += mr
-                        }
-                        jr += nr
-                    }
-                    ic += mc
-                }
-                pc += kStep
+                block(rows: 0..<m, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: bPack, c: c, ldc: ldc,
+                      load: accumulate || pc > 0, scratch: scratch)
+                pc += step
             }
             jc += nc
+        }
+    }
+
+    /// Threads split the rows of C (the output tiles) while sharing one packed copy of each B block, packed by
+    /// all of them together: when B is a big weight matrix and M is small (VGG's late layers), packing B once
+    /// instead of once per thread halves the weight traffic.
+    static func sharedB(m: Int, n: Int, k: Int, a: Operand, b: Operand,
+                        c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, threads t: Int) {
+        let ncMax = min(nc, (n + nr - 1) / nr * nr)
+        let step = kStep(k)
+        let bPack = UnsafeMutablePointer<Float>.allocate(capacity: ncMax * step + 16)
+        let scratches = (0..<t).map { _ in Scratch(kc: step) }
+        defer { bPack.deallocate(); for s in scratches { s.free() } }
+        let box = UnsafeSendableBox((bPack, c))
+        let rowsPer = ((m + mr - 1) / mr + t - 1) / t * mr
+        var jc = 0
+        while jc < n {
+            let ncur = min(nc, n - jc)
+            let strips = (ncur + nr - 1) / nr
+            var pc = 0
+            while pc < k {
+                let kcur = min(step, k - pc)
+                Parallel.ranges(strips, threads: t) { r in
+                    let col0 = r.lowerBound * nr
+                    packB(b, row0: pc, col0: jc + col0, kc: kcur, nc: min(r.count * nr, ncur - col0),
+                          into: box.value.0 + col0 * kcur)
+                }
+                Parallel.forEach(t, threads: t) { w in
+                    let lo = w * rowsPer, hi = min(m, lo + rowsPer)
+                    if lo < hi {
+                        block(rows: lo..<hi, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: box.value.0,
+                              c: box.value.1, ldc: ldc, load: accumulate || pc > 0, scratch: scratches[w])
+                    }
+                }
+                pc += step
+            }
+            jc += nc
+        }
+    }
+
+    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · packed B block. A with unit column stride
+    /// is read in place by the micro-kernel (no packing); other layouts are packed mc rows at a time.
+    @inline(__always)
+    static func block(rows: Range<Int>, jc: Int, ncur: Int, pc: Int, kcur: Int, a: Operand,
+                      bPack: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool,
+                      scratch: Scratch) {
+        let direct = a.colStride == 1
+        var ic = rows.lowerBound
+        while ic < rows.upperBound {
+            let mcur = min(mc, rows.upperBound - ic)
+            if !direct { packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: scratch.aPack) }
+            var jr = 0
+            while jr < ncur {
+                let nrCur = min(nr, ncur - jr)
+                let bp = bPack + jr * kcur
+                var ir = 0
+                while ir < mcur {
+                    let mrCur = min(mr, mcur - ir)
+                    let cp = c + (ic + ir) * ldc + (jc + jr)
+                    if mrCur == mr && nrCur == nr {
+                        if direct {
+                            kernelDirect(kcur, a.base + (ic + ir) * a.rowStride + pc, a.rowStride, bp, cp, ldc, load)
+                        } else {
+                            kernel(kcur, scratch.aPack + ir * kcur, bp, cp, ldc, load)
+                        }
+                    } else {
+                        let ap: UnsafeMutablePointer<Float>
+                        if direct {
+                            packA(a, row0: ic + ir, col0: pc, mc: mrCur, kc: kcur, into: scratch.aEdge)
+                            ap = scratch.aEdge
+                        } else {
+                            ap = scratch.aPack + ir * kcur
+                        }
+                        let ep = scratch.edge
+                        if load {
+                            for i in 0..<mrCur { for j in 0..<nrCur { ep[i * nr + j] = cp[i * ldc + j] } }
+                        }
+                        kernel(kcur, ap, bp, ep, nr, load)
+                        for i in 0..<mrCur { for j in 0..<nrCur { cp[i * ldc + j] = ep[i * nr + j] } }
+                    }
+                    ir += mr
+                }
+                jr += nr
+            }
+            ic += mc
         }
     }
 
@@ -154,6 +223,21 @@ public enum GEMM {
     static func packB(_ b: Operand, row0: Int, col0: Int, kc: Int, nc: Int, into dst: UnsafeMutablePointer<Float>) {
         var out = dst
         var j = 0
+        if b.colStride == 1 && nc >= nr {
+            // Row-major B (weights): read each row's segment front to back (one stream the prefetcher follows)
+            // and deal its 16-wide pieces out to the strips; strip by strip, every row read would start a new
+            // cache line (the packing of VGG's big weight matrices was ~15% of its forward time).
+            let full = nc / nr
+            for p in 0..<kc {
+                let row = UnsafeRawPointer(b.base + (row0 + p) * b.rowStride + col0)
+                let d = UnsafeMutableRawPointer(dst + p * nr)
+                for s in 0..<full {
+                    (d + s * kc * nr * 4).storeBytes(of: (row + s * nr * 4).loadUnaligned(as: SIMD16<Float>.self), as: SIMD16<Float>.self)
+                }
+            }
+            j = full * nr
+            out = dst + full * kc * nr
+        }
         while j < nc {
             let w = min(nr, nc - j)
             let src = b.base + row0 * b.rowStride + (col0 + j) * b.colStride
@@ -246,6 +330,51 @@ public enum GEMM {
             av = V(repeating: ap[5])
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
             ap += 6; bp += 16
+        }
+        st(c00, c); st(c01, c + 8)
+        st(c10, c + ldc); st(c11, c + ldc + 8)
+        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 8)
+        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 8)
+        st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 8)
+        st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 8)
+    }
+
+    /// The 6×16 micro-kernel reading A in place: six rows `a`, `a + lda`, … with unit column stride. The same
+    /// FMA chain per element as `kernel` (bit-identical results); it saves packing A when A is row-major.
+    @inline(__always)
+    static func kernelDirect(_ kc: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>,
+                             _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
+        typealias V = SIMD8<Float>
+        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
+        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
+        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
+        if load {
+            c00 = ld(c); c01 = ld(c + 8)
+            c10 = ld(c + ldc); c11 = ld(c + ldc + 8)
+            c20 = ld(c + 2 * ldc); c21 = ld(c + 2 * ldc + 8)
+            c30 = ld(c + 3 * ldc); c31 = ld(c + 3 * ldc + 8)
+            c40 = ld(c + 4 * ldc); c41 = ld(c + 4 * ldc + 8)
+            c50 = ld(c + 5 * ldc); c51 = ld(c + 5 * ldc + 8)
+        }
+        let a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda
+        var bp = b
+        for p in 0..<kc {
+            let b0 = UnsafeRawPointer(bp).load(as: V.self)
+            let b1 = UnsafeRawPointer(bp + 8).load(as: V.self)
+            var av = V(repeating: a0[p])
+            c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+            av = V(repeating: a1[p])
+            c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+            av = V(repeating: a2[p])
+            c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+            av = V(repeating: a3[p])
+            c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+            av = V(repeating: a4[p])
+            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+            av = V(repeating: a5[p])
+            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+            bp += 16
         }
         st(c00, c); st(c01, c + 8)
         st(c10, c + ldc); st(c11, c + ldc + 8)

@@ -15,41 +15,50 @@ struct BenchEngine: ParsableCommand {
         abstract: "GEMM GFLOP/s, MLP training and inference speed, VGG-19 forward speed.",
         discussion: """
         With --reference PYTHON, the JAX peer (../shared/bench/jax_reference.py) runs before and after ours in the \
-        same run and the ratios are printed. Shared machines are noisy: compare only figures from one run.
+        same run and the ratios are printed; with --torch PYTHON, PyTorch (CPU) runs the same figures likewise. \
+        Shared machines are noisy: compare only figures from one run.
         """)
 
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Timed repetitions per figure (median reported).") var repeats: Int = 3
     @Flag(help: "Skip the VGG-19 figures.") var noVgg = false
+    @Option(help: "Run only these parts, comma-separated: gemm, mlp, vgg.") var only: String?
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
     @Option(help: "Path of jax_reference.py.") var referenceScript: String = "../shared/bench/jax_reference.py"
+    @Option(help: "Python with torch installed, to run the same figures in PyTorch (CPU) in the same run.") var torch: String?
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
         threadOptions.apply()
         do {
-            var ref1: [String: Double] = [:], ref2: [String: Double] = [:]
+            // Peers run before and after ours (the mean of the two is compared): drifts of a shared machine show.
+            var ref1: [String: Double] = [:], ref2: [String: Double] = [:], t1: [String: Double] = [:], t2: [String: Double] = [:]
             if let py = reference { ref1 = try runReference(py) }
-            let figures = try EngineBenchmark.run(repeats: repeats, includeVGG: !noVgg) { if !json { print($0) } }
+            if let py = torch { t1 = try runTorch(py) }
+            let figures = try EngineBenchmark.run(repeats: repeats, parts: try parts()) { if !json { print($0) } }
+            if let py = torch { t2 = try runTorch(py) }
             if let py = reference { ref2 = try runReference(py) }
-            var ratios: [String: Double] = [:]
-            if reference != nil {
+            func ratios(_ a: [String: Double], _ b: [String: Double], _ peer: String) -> [String: Double] {
+                var out: [String: Double] = [:]
                 for f in figures {
-                    guard let a = ref1[f.key], let b = ref2[f.key] else { continue }
-                    let jax = (a + b) / 2
-                    // Ratio as "ours / JAX" for times, "ours / JAX" for rates; the reader knows which is better.
-                    ratios[f.key] = f.value / jax
+                    guard let x = a[f.key], let y = b[f.key] else { continue }
+                    let mean = (x + y) / 2
+                    // "ours / peer" for times and for rates alike; the unit says which way is better.
+                    out[f.key] = f.value / mean
                     if !json {
                         print("ratio " + f.key.padding(toLength: 27, withPad: " ", startingAt: 0)
-                              + String(format: "ours %10.2f / peer %10.2f (peer runs %.2f, %.2f) = %.2f  %@", f.value, jax, a, b,
-                                       f.value / jax, f.unit as NSString))
+                              + String(format: "ours %10.2f / %@ %10.2f (runs %.2f, %.2f) = %.2f  %@", f.value, peer as NSString, mean, x, y,
+                                       f.value / mean, f.unit as NSString))
                     }
                 }
+                return out
             }
+            let jaxRatios = ratios(ref1, ref2, "JAX"), torchRatios = ratios(t1, t2, "PyTorch")
             if json {
                 var obj: [String: Any] = ["threads": Engine.threads]
                 for f in figures { obj[f.key] = f.value }
-                if !ratios.isEmpty { obj["ratio_to_peer"] = ratios; obj["peer"] = ref1.merging(ref2) { ($0 + $1) / 2 } }
+                if !jaxRatios.isEmpty { obj["ratio_to_peer"] = jaxRatios; obj["peer"] = ref1.merging(ref2) { ($0 + $1) / 2 } }
+                if !torchRatios.isEmpty { obj["ratio_to_torch"] = torchRatios; obj["torch"] = t1.merging(t2) { ($0 + $1) / 2 } }
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }
@@ -70,9 +79,92 @@ struct BenchEngine: ParsableCommand {
         print(f"REF {name} {2 * m * n * k * reps / sorted(ts)[2] / 1e9:.2f} GFLOP/s (numpy {np.__version__})")
     """
 
+    /// PyTorch (CPU) peer: the same MLP (training epoch on 60,000 random samples, batch 128, SGD; inference at
+    /// batch 1 and 256) and the same full-width VGG-19 forward (random weights, 32×32×3), same thread count.
+    static let torchReference = #"""
+    import sys, time, torch, torch.nn as nn
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    what = sys.argv[3] if len(sys.argv) > 3 else "all"
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    def med(fn, reps):
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+        return sorted(ts)[len(ts) // 2]
+    print(f"REF info torch={torch.__version__} threads={torch.get_num_threads()}")
+    if what in ("mlp", "all"):
+        sizes = [784, 900, 600, 300, 100, 10]
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        mlp = nn.Sequential(*layers[:-1])
+        x = torch.rand(60000, 784); y = torch.randint(0, 10, (60000,))
+        opt = torch.optim.SGD(mlp.parameters(), lr=0.05)
+        lossf = nn.CrossEntropyLoss()
+        def epoch():
+            for i in range(0, 60000, 128):
+                opt.zero_grad(set_to_none=True)
+                lossf(mlp(x[i:i+128]), y[i:i+128]).backward()
+                opt.step()
+        epoch()
+        print(f"REF mlp_train_epoch_s {med(epoch, repeats):.3f} s")
+        with torch.inference_mode():
+            for bs, iters in ((1, 2000), (256, 100)):
+                xb = x[:bs].clone()
+                mlp(xb)
+                def go():
+                    for _ in range(iters): mlp(xb)
+                t = med(go, repeats)
+                print(f"REF mlp_infer_b{bs}_us {t / iters * 1e6:.1f} us")
+                print(f"REF mlp_infer_b{bs}_img_per_s {bs * iters / t:.0f} img/s")
+    if what in ("vgg", "all"):
+        cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+        layers, cin = [], 3
+        for c in cfg:
+            if c == "M": layers.append(nn.MaxPool2d(2)); continue
+            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU()]; cin = c
+        vgg = nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 10)).eval()
+        with torch.inference_mode():
+            for bs, iters in ((1, 10), (64, 2)):
+                xb = torch.rand(bs, 3, 32, 32)
+                vgg(xb)
+                def go():
+                    for _ in range(iters): vgg(xb)
+                t = med(go, repeats)
+                print(f"REF vgg19_infer_b{bs}_ms {t / iters * 1e3:.1f} ms")
+                print(f"REF vgg19_infer_b{bs}_img_per_s {bs * iters / t:.1f} img/s")
+    """#
+
+    func runTorch(_ python: String) throws -> [String: Double] {
+        try runPython(python, ["-c", BenchEngine.torchReference, "\(Engine.threads)", "\(repeats)", peerPart])
+    }
+
+    /// What the peers run: their scripts know "mlp", "vgg" and "all".
+    var peerPart: String {
+        let p = (try? parts()) ?? []
+        return p.contains(.vgg) ? (p.contains(.mlp) ? "all" : "vgg") : "mlp"
+    }
+
+    func parts() throws -> Set<EngineBenchmark.Part> {
+        var p = Set(EngineBenchmark.Part.allCases)
+        if let only {
+            p = []
+            for name in only.split(separator: ",") {
+                guard let part = EngineBenchmark.Part(rawValue: name.trimmingCharacters(in: .whitespaces).lowercased()) else {
+                    throw ValidationError("--only: unknown part '\(name)' (expected gemm, mlp or vgg)")
+                }
+                p.insert(part)
+            }
+        }
+        if noVgg { p.remove(.vgg) }
+        return p
+    }
+
     func runReference(_ python: String) throws -> [String: Double] {
         var out = try runPython(python, ["-c", BenchEngine.numpyGEMM])
-        out.merge(try runPython(python, [referenceScript, noVgg ? "mlp" : "all", "--repeats", "\(repeats)"])) { a, _ in a }
+        out.merge(try runPython(python, [referenceScript, peerPart, "--repeats", "\(repeats)"])) { a, _ in a }
         return out
     }
 
@@ -91,7 +183,7 @@ struct BenchEngine: ParsableCommand {
             let parts = line.split(separator: " ")
             if parts.count >= 3, parts[0] == "REF", let v = Double(parts[2]) { out[String(parts[1])] = v }
         }
-        guard p.terminationStatus == 0 else { throw ValidationError("the JAX reference failed (exit \(p.terminationStatus))") }
+        guard p.terminationStatus == 0 else { throw ValidationError("the reference \(python) failed (exit \(p.terminationStatus))") }
         return out
     }
 }

@@ -48,6 +48,30 @@ import Testing
         for i in 0..<(m * n) { #expect(abs(Double(c[i]) - (Double(c0[i]) + r[i])) < 1e-4) }
     }
 
+    /// Every parallel path (threads over columns; threads over rows sharing one packed B) and both ways of
+    /// reading A (in place when row-major, packed when transposed) give the same bits as one thread.
+    @Test(arguments: [(203, 37, 301), (130, 300, 520), (61, 16, 1000), (7, 64, 4608)])
+    func everyPathIsBitIdenticalToOneThread(_ shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+            for accumulate in [false, true] {
+                let a = randomFloats(m * k, seed: UInt64(m + k)), b = randomFloats(k * n, seed: UInt64(n + k))
+                let c0 = randomFloats(m * n, seed: 5)
+                var one = c0
+                GEMM.multiply(a, b, m: m, n: n, k: k, transA: ta, transB: tb, into: &one, accumulate: accumulate, threads: 1)
+                let r = reference(a, b, m: m, n: n, k: k, transA: ta, transB: tb)
+                var worst = 0.0
+                for i in 0..<(m * n) { worst = max(worst, abs(Double(one[i]) - ((accumulate ? Double(c0[i]) : 0) + r[i]))) }
+                #expect(worst <= Double(k) * 2.4e-7 + 1e-5, "m=\(m) n=\(n) k=\(k): error \(worst)")
+                for t in [2, 3, 4] {
+                    var c = c0
+                    GEMM.multiply(a, b, m: m, n: n, k: k, transA: ta, transB: tb, into: &c, accumulate: accumulate, threads: t)
+                    #expect(c.map(\.bitPattern) == one.map(\.bitPattern), "m=\(m) n=\(n) k=\(k) threads=\(t) transA=\(ta) transB=\(tb)")
+                }
+            }
+        }
+    }
+
     @Test func zeroInnerDimensionGivesZeros() {
         var c = [Float](repeating: 5, count: 6)
         GEMM.multiply([], [], m: 2, n: 3, k: 0, into: &c)
