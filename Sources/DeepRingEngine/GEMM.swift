@@ -341,6 +341,8 @@ public enum GEMM {
 
     /// The 6×16 micro-kernel reading A in place: six rows `a`, `a + lda`, … with unit column stride. The same
     /// FMA chain per element as `kernel` (bit-identical results); it saves packing A when A is row-major.
+    /// (A twin of `kernel` on purpose: one kernel taking both layouts through a stride compiled to register
+    /// spills in the inner loop and halved the GEMM's speed.)
     @inline(__always)
     static func kernelDirect(_ kc: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {

@@ -93,6 +93,16 @@ struct BenchEngine: ParsableCommand {
         for _ in range(reps):
             t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
         return sorted(ts)[len(ts) // 2]
+    def infer(net, name, batch_of, sizes, unit, scale):
+        with torch.inference_mode():
+            for bs, iters in sizes:
+                xb = batch_of(bs)
+                net(xb)
+                def go():
+                    for _ in range(iters): net(xb)
+                t = med(go, repeats)
+                print(f"REF {name}_infer_b{bs}_{unit} {t / iters * scale:.1f} {unit}")
+                print(f"REF {name}_infer_b{bs}_img_per_s {bs * iters / t:.1f} img/s")
     print(f"REF info torch={torch.__version__} threads={torch.get_num_threads()}")
     if what in ("mlp", "all"):
         sizes = [784, 900, 600, 300, 100, 10]
@@ -110,15 +120,7 @@ struct BenchEngine: ParsableCommand {
                 opt.step()
         epoch()
         print(f"REF mlp_train_epoch_s {med(epoch, repeats):.3f} s")
-        with torch.inference_mode():
-            for bs, iters in ((1, 2000), (256, 100)):
-                xb = x[:bs].clone()
-                mlp(xb)
-                def go():
-                    for _ in range(iters): mlp(xb)
-                t = med(go, repeats)
-                print(f"REF mlp_infer_b{bs}_us {t / iters * 1e6:.1f} us")
-                print(f"REF mlp_infer_b{bs}_img_per_s {bs * iters / t:.0f} img/s")
+        infer(mlp, "mlp", lambda bs: x[:bs].clone(), ((1, 2000), (256, 100)), "us", 1e6)
     if what in ("vgg", "all"):
         cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
         layers, cin = [], 3
@@ -126,15 +128,7 @@ struct BenchEngine: ParsableCommand {
             if c == "M": layers.append(nn.MaxPool2d(2)); continue
             layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU()]; cin = c
         vgg = nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 10)).eval()
-        with torch.inference_mode():
-            for bs, iters in ((1, 10), (64, 2)):
-                xb = torch.rand(bs, 3, 32, 32)
-                vgg(xb)
-                def go():
-                    for _ in range(iters): vgg(xb)
-                t = med(go, repeats)
-                print(f"REF vgg19_infer_b{bs}_ms {t / iters * 1e3:.1f} ms")
-                print(f"REF vgg19_infer_b{bs}_img_per_s {bs * iters / t:.1f} img/s")
+        infer(vgg, "vgg19", lambda bs: torch.rand(bs, 3, 32, 32), ((1, 10), (64, 2)), "ms", 1e3)
     """#
 
     func runTorch(_ python: String) throws -> [String: Double] {
