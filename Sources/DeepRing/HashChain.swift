@@ -33,6 +33,20 @@ public enum HashChain {
         return out
     }
 
+    /// The same hashes from the layers each holder has (element 0: the ouroboros), hashing the parameters in
+    /// place rather than building their encodings.
+    public static func hashes(holders: [(own: RingLayer, next: RingLayer)]) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        for (j, h) in holders.enumerated() {
+            var sha = SHA256()
+            if j > 0 { sha.update(data: out[j - 1]) }
+            ParamsEncoding.hash(h.own, into: &sha)
+            ParamsEncoding.hash(h.next, into: &sha)
+            out.append(Array(sha.finalize()))
+        }
+        return out
+    }
+
     /// Holdings of an untampered ring: block j holds layer j and layer j+1 (the last holds the ouroboros).
     public static func holdings(ouroboros: RingLayer, layers: [RingLayer]) -> (ouroboros: Holding, blocks: [Holding]) {
         let o = ParamsEncoding.encode(ouroboros)

@@ -1,3 +1,4 @@
+import Crypto
 import DeepRingEngine
 import Foundation
 
@@ -88,16 +89,29 @@ public enum ParamsEncoding {
     public static let domainTag = Array("DeepRing params v1".utf8)
 
     public static func encode(_ layer: RingLayer) -> [UInt8] {
-        var b = domainTag
-        b.reserveCapacity(b.count + 256 + layer.tensors.reduce(0) { $0 + 4 * $1.count + 64 })
+        var b: [UInt8] = []
+        b.reserveCapacity(domainTag.count + 256 + layer.tensors.reduce(0) { $0 + 4 * $1.count + 64 })
+        walk(layer) { b.append(contentsOf: $0) }
+        return b
+    }
+
+    /// Feeds `enc(layer)` to a SHA-256 without building it (megabytes of weights are hashed in place).
+    public static func hash(_ layer: RingLayer, into sha: inout SHA256) {
+        walk(layer) { sha.update(bufferPointer: $0) }
+    }
+
+    /// The encoding, piece by piece: domain tag, layer specs, input shape, then each tensor's name, shape and
+    /// little-endian float32 values.
+    static func walk(_ layer: RingLayer, _ emit: (UnsafeRawBufferPointer) -> Void) {
+        var head = domainTag
         func u32(_ v: Int?) {
             let x = v.map { UInt32(truncatingIfNeeded: $0) } ?? 0xFFFF_FFFF
-            b += [UInt8(x & 255), UInt8((x >> 8) & 255), UInt8((x >> 16) & 255), UInt8(x >> 24)]
+            head += [UInt8(x & 255), UInt8((x >> 8) & 255), UInt8((x >> 16) & 255), UInt8(x >> 24)]
         }
         u32(layer.specs.count)
         for s in layer.specs {
             let k = Array(s.type.rawValue.utf8)
-            b.append(UInt8(k.count)); b += k
+            head.append(UInt8(k.count)); head += k
             u32(s.units); u32(s.filters); u32(s.kernel); u32(s.stride); u32(s.padding)
             u32(s.rate.map { Int($0.bitPattern) })
         }
@@ -105,10 +119,12 @@ public enum ParamsEncoding {
         u32(layer.tensors.count)
         for (t, name) in zip(layer.tensors, layer.tensorNames) {
             let n = Array(name.utf8)
-            u32(n.count); b += n
+            u32(n.count); head += n
             u32(t.shape.count); t.shape.forEach { u32($0) }
-            t.data.withUnsafeBytes { b.append(contentsOf: $0) }   // little-endian hosts only
+            head.withUnsafeBytes(emit)
+            head.removeAll(keepingCapacity: true)
+            t.data.withUnsafeBytes(emit)   // little-endian hosts only
         }
-        return b
+        head.withUnsafeBytes(emit)
     }
 }

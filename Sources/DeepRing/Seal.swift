@@ -160,29 +160,31 @@ public final class SealedRing {
     // MARK: authenticity and tracking
 
     /// What holder `position` currently holds, or nil when its file cannot be read as a block file.
-    func currentHolding(_ position: Int) -> (HashChain.Holding, String)? {
+    func currentHolding(_ position: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
         let path = holderPath(position)
-        guard let d = FileManager.default.contents(atPath: path) else { return nil }
+        guard let d = readWholeFile(path) else { return nil }
         let digest = hex(Array(SHA256.hash(data: d)))
-        guard let ls = try? BlockFile.parse([UInt8](d), prefixes: ["own", "next"], path: path) else { return nil }
-        return (HashChain.Holding(own: ParamsEncoding.encode(ls[0]), next: ParamsEncoding.encode(ls[1])), digest)
+        guard let ls = try? BlockFile.parse(d, prefixes: ["own", "next"], path: path) else { return nil }
+        return (ls[0], ls[1], digest)
     }
 
     /// Recomputes the chain from every holder's current parameters (§3.3) and compares it with the record.
     public func checkAuthenticity() -> AuthenticityReport {
         let n = manifest.blockCount
-        var holdings: [HashChain.Holding] = []
-        var firstBadFile: Int?
-        for p in 0...n {
-            if let (h, digest) = currentHolding(p) {
-                holdings.append(h)
-                if digest != record.fileDigests[p], firstBadFile == nil { firstBadFile = p }
-            } else {
-                holdings.append(HashChain.Holding(own: [], next: []))
-                if firstBadFile == nil { firstBadFile = p }
-            }
+        // Reading, file digests and parsing are independent per holder: spread over the engine's threads. The
+        // chain itself (Eq. 1) is sequential: each hash starts from the previous one.
+        var loaded = [(own: RingLayer, next: RingLayer, digest: String)?](repeating: nil, count: n + 1)
+        loaded.withUnsafeMutableBufferPointer { out in
+            let box = UnsafeSendableBox(out.baseAddress!)
+            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p) }
         }
-        let current = HashChain.hashes(ouroboros: holdings[0], blocks: Array(holdings[1...]))
+        let empty = RingLayer(specs: [], inputShape: [], tensors: [], tensorNames: [])
+        var firstBadFile: Int?
+        for p in 0...n where loaded[p]?.digest != record.fileDigests[p] {
+            firstBadFile = p
+            break
+        }
+        let current = HashChain.hashes(holders: loaded.map { ($0?.own ?? empty, $0?.next ?? empty) })
         let chainBad = HashChain.firstMismatch(current, record: recordedHashes)
         let first = [chainBad, firstBadFile].compactMap { $0 }.min()
         guard let f = first else { return AuthenticityReport(authentic: true, firstTampered: nil, position: nil) }
@@ -311,4 +313,26 @@ func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
         return true
     }
     guard ok else { throw RingError.restoreFailed("cannot write \(path)") }
+}
+
+/// A whole file's bytes, read straight into an array (no intermediate `Data`); nil when it cannot be read.
+/// Files over 4 GiB are refused.
+func readWholeFile(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_size >= 0, st.st_size <= 1 << 32 else { return nil }
+    let size = Int(st.st_size)
+    var failed = false
+    let bytes = [UInt8](unsafeUninitializedCapacity: size) { buf, count in
+        var off = 0
+        while off < size {
+            let r = read(fd, buf.baseAddress! + off, size - off)
+            if r <= 0 { failed = r < 0; break }
+            off += r
+        }
+        count = off
+    }
+    return failed || bytes.count != size ? nil : bytes
 }

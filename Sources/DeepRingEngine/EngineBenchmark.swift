@@ -62,7 +62,8 @@ public enum EngineBenchmark {
         let arch = Architecture.mlp(inputShape: [784], classes: 10)
         let model = try Model(arch, seed: 1)
         var cfg = TrainingConfig()
-        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.learningRate = 0.01; cfg.schedule = .constant
+        // Plain SGD (no momentum), as the JAX and PyTorch peers run it.
+        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.momentum = 0; cfg.learningRate = 0.01; cfg.schedule = .constant
         let trainer = Trainer(model: model, config: cfg)
         let xs = randomArray(samples * 784, seed: 3).map { $0 + 0.5 }
         var lr = SeededRandom(seed: 4)

@@ -35,7 +35,8 @@ struct Train: ParsableCommand {
     @Option(help: "Training epochs (default: 20 for mlp, 8 for vgg19).") var epochs: Int?
     @Option(help: "Batch size.") var batch: Int = 128
     @Option(help: "Base learning rate (default: 0.05 for sgd, 0.001 for adam).") var lr: Float?
-    @Option(help: "Optimizer: sgd (momentum 0.9) or adam.") var optimizer: String = "sgd"
+    @Option(help: "Optimizer: sgd (with --momentum) or adam.") var optimizer: String = "sgd"
+    @Option(help: "SGD momentum (0 = plain SGD).") var momentum: Float = 0.9
     @Option(help: "Learning-rate schedule: cosine, step or constant.") var schedule: String = "cosine"
     @Option(help: "L2 weight decay on weights.") var weightDecay: Float = 5e-4
     @Option(help: "Random image shifts of up to N pixels during training (0 = off).") var augmentShift: Int = 0
@@ -48,6 +49,7 @@ struct Train: ParsableCommand {
     func validate() throws {
         guard OptimizerKind(rawValue: optimizer) != nil else { throw ValidationError("--optimizer must be sgd or adam") }
         guard Schedule(rawValue: schedule) != nil else { throw ValidationError("--schedule must be cosine, step or constant") }
+        guard momentum >= 0 && momentum < 1 else { throw ValidationError("--momentum must be in [0, 1)") }
         if let e = epochs, e < 1 || e > 10_000 { throw ValidationError("--epochs must be between 1 and 10000") }
         guard batch >= 1 && batch <= 65536 else { throw ValidationError("--batch must be between 1 and 65536") }
         guard widthDivisor >= 1 && widthDivisor <= 64 else { throw ValidationError("--width-divisor must be between 1 and 64") }
@@ -68,6 +70,7 @@ struct Train: ParsableCommand {
             cfg.batchSize = batch
             cfg.learningRate = lr ?? (cfg.optimizer == .sgd ? 0.05 : 0.001)
             cfg.weightDecay = weightDecay
+            cfg.momentum = momentum
             cfg.seed = seed
             cfg.shiftAugment = augmentShift
             let result = try trainAndSave(kind: model, splits: splits, config: cfg, widthDivisor: widthDivisor, out: out)

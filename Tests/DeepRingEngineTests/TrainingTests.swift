@@ -41,6 +41,28 @@ import Testing
         #expect(acc >= 0.8, "small CNN reached only \(acc)")
     }
 
+    /// Plain SGD (momentum 0, no weight decay) takes its fast path: w ← w − lr·g, bit for bit, and the same
+    /// values as the momentum formula with momentum 0.
+    @Test func plainSGDIsWMinusLrTimesG() throws {
+        let data = SyntheticDigits.generate(count: 64, seed: 2)
+        let arch = Architecture.mlp(inputShape: data.imageShape, classes: 10)
+        let (x, y) = data.batch(0..<64)
+        var cfg = TrainingConfig()
+        cfg.momentum = 0; cfg.weightDecay = 0; cfg.optimizer = .sgd
+        let model = try Model(arch, seed: 4)
+        let before = model.parameters.values
+        let trainer = Trainer(model: model, config: cfg)
+        _ = trainer.step(x, y, lr: 0.05)
+        let g = model.parameters.gradients
+        let expected = zip(before, g).map { $0 - 0.05 * $1 }
+        #expect(model.parameters.values.map(\.bitPattern) == expected.map(\.bitPattern))
+        // The general (momentum) path agrees on a first step, where the velocity is exactly g.
+        var cfg2 = cfg; cfg2.momentum = 0.5
+        let m2 = try Model(arch, seed: 4)
+        _ = Trainer(model: m2, config: cfg2).step(x, y, lr: 0.05)
+        #expect(m2.parameters.values.map(\.bitPattern) == expected.map(\.bitPattern), "first step: velocity = g")
+    }
+
     @Test func evaluationScoresAndConfusion() {
         let r = Evaluation.score(predictions: [0, 1, 1, 2], labels: [0, 1, 2, 2], classes: 3)
         #expect(r.correct == 3 && r.accuracy == 0.75)

@@ -1,3 +1,4 @@
+import Crypto
 import DeepRing
 import DeepRingEngine
 import Testing
@@ -77,6 +78,12 @@ import Testing
         #expect(hb[0].next == hb[1].own)
         #expect(HashChain.firstMismatch(h, record: h) == nil)
         #expect(Set(h).count == h.count)
+        // Hashing the layers in place gives the same chain as hashing their encodings.
+        let holders = [(own: o, next: layers[0])] + layers.indices.map { (own: layers[$0], next: $0 + 1 < layers.count ? layers[$0 + 1] : o) }
+        #expect(HashChain.hashes(holders: holders) == h)
+        var sha = SHA256()
+        ParamsEncoding.hash(layers[1], into: &sha)
+        #expect(Array(sha.finalize()) == Array(SHA256.hash(data: ParamsEncoding.encode(layers[1]))))
     }
 
     /// A random bit flip in any block's holding (own layer or next-layer copy) is located at that block.

@@ -47,6 +47,10 @@ public final class Optimizer {
                             let (w, g, m, v) = box.value
                             let (range, wd) = runs[r]
                             switch kind {
+                            case .sgd where mom == 0 && wd == 0:
+                                // Plain SGD: the same values as the general case (m = g), without the velocity
+                                // buffer's read and write.
+                                for i in range { w[i] -= lr * g[i] }
                             case .sgd:
                                 for i in range {
                                     let mi = mom * m[i] + (g[i] + wd * w[i])

@@ -6,6 +6,8 @@ public struct TrainingConfig: Sendable {
     public var learningRate: Float = 0.05
     public var optimizer: OptimizerKind = .sgd
     public var weightDecay: Float = 0
+    /// SGD momentum (0 = plain SGD, w −= lr·g).
+    public var momentum: Float = 0.9
     public var schedule: Schedule = .cosine
     public var seed: UInt64 = 1
     /// Random shifts of up to this many pixels (0 = off), a cheap augmentation for images.
@@ -46,6 +48,7 @@ public final class Trainer {
         self.model = model
         self.config = config
         optimizer = Optimizer(config.optimizer, store: model.parameters, weightDecay: config.weightDecay)
+        optimizer.momentum = config.momentum
     }
 
     /// One SGD step on a batch; returns (loss, correct).
