@@ -86,8 +86,8 @@ public final class RingRuntime {
         }
         o.rekey(name: o.name, keys: o.keys, predecessor: placed.last!.keys.publicKeys, successor: placed[0].keys.publicKeys)
         queriesSinceReshuffle = 0
-        // Big batches are throughput-bound: the next placement is built while the next batch computes (on an
-        // idle-priority thread). Small queries are latency-bound: that background work would slow the answer
+        // Big batches are throughput-bound: the next placement is built while the next batch computes (on a
+        // background thread). Small queries are latency-bound: that background work would slow the answer
         // (measured: batch-1 latency +1.5 ms), so their reshuffle builds the placement after the answer instead.
         if reshuffleEvery > 0 && lastBatch >= RingRuntime.backgroundReshuffleBatch { ring.prepareReshuffle() }
     }

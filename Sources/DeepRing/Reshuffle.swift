@@ -25,7 +25,7 @@ import Glibc
 /// record names the folders in `blocks.next/`, the swap is completed; otherwise `blocks.next/` is discarded and the
 /// old placement (whose keys are still valid) stays.
 ///
-/// Speed: after a big batch the runtime has the next placement built in `blocks.next/` by an idle-priority thread
+/// Speed: after a big batch the runtime has the next placement built in `blocks.next/` by a background thread
 /// while the next query computes (`prepareReshuffle`); the reshuffle then only announces and commits it (≈ 1 ms
 /// instead of 3–5). A parameter file restored in between is a new file: it is linked again before the commit.
 /// A placement being built in `blocks.next/` by a background thread.
@@ -51,11 +51,9 @@ extension SealedRing {
         let pending = PendingPlacement(generation: record.generation ?? 0, order: record.order)
         pendingPlacement = pending
         let hashes = record.hashes, dir = directory
-        // An idle-priority thread: it runs on a core the query leaves free and yields at once to the query's
-        // compute threads (a busy core would stall a parallel GEMM waiting for its slowest worker).
+        // A normal-priority thread: at idle priority it starved whenever the machine was busy, and the reshuffle
+        // then waited for it (265 ms instead of 1 ms per query in a run beside a compiler).
         let thread = Thread {
-            var param = sched_param()
-            _ = sched_setscheduler(0, 5 /* SCHED_IDLE */, &param)
             pending.finish(Result { try SealedRing.buildPlacement(directory: dir, order: pending.order, hashes: hashes) })
         }
         thread.start()
