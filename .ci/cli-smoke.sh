@@ -64,8 +64,8 @@ assert o["plain_agreement"] == 1.0 and o["alarms"] == 0 and len(o["predictions"]
 PY
 expect_exit 1 "query with the wrong input size" "$bin" query --ring "$tmp/ring" --dataset cifar10 --data "$tmp/empty"
 # kill -9 in the middle of a query: the ledger stays intact, the query is reported incomplete, the next works.
-# A kill can land between two queries; try until the last ledger entry shows a query in flight (≤ 5 tries).
-for attempt in 1 2 3 4 5; do
+# A kill can land between two queries; try until the last ledger entry shows a query in flight (≤ 25 tries).
+for attempt in $(seq 1 25); do
   before=$("$bin" ledger show --ring "$tmp/ring" | wc -l)
   # (--verify-every 1000: otherwise most of the time goes to the authenticity check between queries)
   "$bin" query --ring "$tmp/ring" --dataset synthetic --batch 1 --verify-every 1000 >/dev/null 2>&1 &

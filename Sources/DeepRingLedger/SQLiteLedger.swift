@@ -17,14 +17,13 @@ import GRDB
 public final class SQLiteLedger: Ledger, @unchecked Sendable {
     let pool: DatabasePool
     public let path: String
-    /// The background checkpointer's connection, opened on first use, and whether a checkpoint is queued.
-    private var checkpointer: DatabaseQueue?
-    private let checkpointLock = NSLock()
-    private var checkpointQueued = false
-    private let checkpointQueue = DispatchQueue(label: "deepring.ledger.checkpoint", qos: .utility)
+    /// The background checkpointer (its own connection and queue). Its jobs capture it, never the ledger: a job
+    /// holding the last reference to the ledger would run the ledger's deinit on the checkpoint queue.
+    private let checkpointer: Checkpointer
 
     public init(path: String) throws {
         self.path = path
+        checkpointer = Checkpointer(path: path)
         var config = Configuration()
         config.busyMode = .timeout(10)
         let full = ProcessInfo.processInfo.environment["DEEPRING_LEDGER_SYNC"]?.lowercased() == "full"
@@ -64,29 +63,11 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     public func checkpointInBackground(minimumWALBytes: Int = 16 << 20) {
         var st = stat()
         guard stat(path + "-wal", &st) == 0, Int(st.st_size) >= minimumWALBytes else { return }
-        checkpointLock.lock()
-        defer { checkpointLock.unlock() }
-        if checkpointQueued { return }
-        checkpointQueued = true
-        checkpointQueue.async { [self] in
-            checkpointLock.lock(); checkpointQueued = false; checkpointLock.unlock()
-            do {
-                if checkpointer == nil {
-                    var c = Configuration()
-                    c.prepareDatabase { db in try db.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
-                    checkpointer = try DatabaseQueue(path: path, configuration: c)
-                }
-                try checkpointer?.writeWithoutTransaction { db in _ = try db.checkpoint(.passive) }
-            } catch {
-                // A failed passive checkpoint loses nothing: the WAL keeps the entries and SQLite's backstop runs.
-            }
-        }
+        checkpointer.schedule()
     }
 
     /// Waits for a queued background checkpoint (tests, and before closing).
-    public func waitForCheckpoint() { checkpointQueue.sync {} }
-
-    deinit { checkpointQueue.sync {} }
+    public func waitForCheckpoint() { checkpointer.queue.sync {} }
 
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
@@ -254,5 +235,37 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
                            payload: try payload(row, seq),
                            hash: try blob(row, "hash", seq, size: 32),
                            signature: try blob(row, "signature", seq, size: 64))
+    }
+}
+
+/// Runs PASSIVE checkpoints of one database file on a dedicated connection and serial queue, coalesced: at most
+/// one checkpoint runs and one waits.
+final class Checkpointer: @unchecked Sendable {
+    let path: String
+    let queue = DispatchQueue(label: "deepring.ledger.checkpoint", qos: .utility)
+    private let lock = NSLock()
+    private var queued = false
+    private var connection: DatabaseQueue?   // used on `queue` only
+
+    init(path: String) { self.path = path }
+
+    func schedule() {
+        lock.lock()
+        defer { lock.unlock() }
+        if queued { return }
+        queued = true
+        queue.async { [self] in
+            lock.lock(); queued = false; lock.unlock()
+            do {
+                if connection == nil {
+                    var c = Configuration()
+                    c.prepareDatabase { db in try db.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+                    connection = try DatabaseQueue(path: path, configuration: c)
+                }
+                try connection?.writeWithoutTransaction { db in _ = try db.checkpoint(.passive) }
+            } catch {
+                // A failed passive checkpoint loses nothing: the WAL keeps the entries and SQLite's backstop runs.
+            }
+        }
     }
 }

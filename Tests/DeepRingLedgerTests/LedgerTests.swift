@@ -199,6 +199,21 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         try l.append(kind: .layer, queryID: "q", payload: [1, 2, 3], signer: signer)
         #expect(try SQLiteLedger(path: l.path).allEntries().count == 13)
     }
+
+    /// A ledger released while its background checkpoint is queued or running (the demo's rings are dropped
+    /// right after their last query) must not be torn down on the checkpoint's own queue: that had crashed.
+    @Test func aLedgerDroppedDuringABackgroundCheckpointIsSafe() throws {
+        let path = tempLedgerPath()
+        let signer = LedgerSigner()
+        for round in 0..<5 {
+            var l: SQLiteLedger? = try SQLiteLedger(path: path)
+            try l!.append(kind: .layer, queryID: "q\(round)", payload: [UInt8](repeating: 7, count: 300_000), signer: signer)
+            l!.checkpointInBackground(minimumWALBytes: 0)
+            l = nil
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        #expect(try SQLiteLedger(path: path).allEntries().count == 5)
+    }
 }
 
 /// The blocks' shared snapshot answers reads exactly as the database would, sees other connections' appends after
