@@ -19,29 +19,26 @@ public enum HashChain {
 
     /// Hashes in ring order: element 0 is HASH_O, element j is HASH_j.
     public static func hashes(ouroboros: Holding, blocks: [Holding]) -> [[UInt8]] {
-        var sha = SHA256()
-        sha.update(data: ouroboros.own)
-        sha.update(data: ouroboros.next)
-        var out = [Array(sha.finalize())]
-        for b in blocks {
-            var h = SHA256()
-            h.update(data: out[out.count - 1])
-            h.update(data: b.own)
-            h.update(data: b.next)
-            out.append(Array(h.finalize()))
-        }
-        return out
+        let all = [ouroboros] + blocks
+        return chain(all.count) { j, sha in sha.update(data: all[j].own); sha.update(data: all[j].next) }
     }
 
     /// The same hashes from the layers each holder has (element 0: the ouroboros), hashing the parameters in
     /// place rather than building their encodings.
     public static func hashes(holders: [(own: RingLayer, next: RingLayer)]) -> [[UInt8]] {
+        chain(holders.count) { j, sha in
+            ParamsEncoding.hash(holders[j].own, into: &sha)
+            ParamsEncoding.hash(holders[j].next, into: &sha)
+        }
+    }
+
+    /// Eqs. 1–2: HASH_0 = SHA256(holding 0), HASH_j = SHA256(HASH_{j−1} ‖ holding j), `feed` adding holding j.
+    static func chain(_ count: Int, feed: (Int, inout SHA256) -> Void) -> [[UInt8]] {
         var out: [[UInt8]] = []
-        for (j, h) in holders.enumerated() {
+        for j in 0..<count {
             var sha = SHA256()
             if j > 0 { sha.update(data: out[j - 1]) }
-            ParamsEncoding.hash(h.own, into: &sha)
-            ParamsEncoding.hash(h.next, into: &sha)
+            feed(j, &sha)
             out.append(Array(sha.finalize()))
         }
         return out

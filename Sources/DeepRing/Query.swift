@@ -92,11 +92,11 @@ public final class RingRuntime {
         if reshuffleEvery > 0 && lastBatch >= RingRuntime.backgroundReshuffleBatch { ring.prepareReshuffle() }
     }
 
-    /// After each query: reshuffle when due, and let the ledger checkpoint its WAL in the background.
     /// Batch size of the latest query, and the size from which the next placement is prepared in the background.
     var lastBatch = 0
     static let backgroundReshuffleBatch = 32
 
+    /// After each query: reshuffle when due, and let the ledger checkpoint its WAL in the background.
     func reshuffleIfDue() throws {
         defer { ledger.checkpointInBackground() }
         queriesSinceReshuffle += 1

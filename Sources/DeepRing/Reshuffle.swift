@@ -28,19 +28,6 @@ import Glibc
 /// Speed: after a big batch the runtime has the next placement built in `blocks.next/` by a background thread
 /// while the next query computes (`prepareReshuffle`); the reshuffle then only announces and commits it (≈ 1 ms
 /// instead of 3–5). A parameter file restored in between is a new file: it is linked again before the commit.
-/// A placement being built in `blocks.next/` by a background thread.
-final class PendingPlacement: @unchecked Sendable {
-    struct Built { var ids: [String]; var keys: [BlockKeys]; var linkedInodes: [UInt64] }
-    let generation: Int
-    let order: [String]
-    private let done = DispatchSemaphore(value: 0)
-    private var waited = false
-    var result: Result<Built, Error> = .failure(RingError.restoreFailed("placement not built"))
-    init(generation: Int, order: [String]) { self.generation = generation; self.order = order }
-    func finish(_ r: Result<Built, Error>) { result = r; done.signal() }
-    func wait() { if !waited { done.wait(); waited = true } }
-}
-
 extension SealedRing {
     var nextBlocksDir: String { directory + "/blocks.next" }
 
@@ -48,7 +35,7 @@ extension SealedRing {
     /// background, so that the reshuffle after the next query only has to announce and commit it. Idempotent.
     public func prepareReshuffle() {
         guard pendingPlacement == nil else { return }
-        let pending = PendingPlacement(generation: record.generation ?? 0, order: record.order)
+        let pending = PendingPlacement(order: record.order)
         pendingPlacement = pending
         let hashes = record.hashes, dir = directory
         // A normal-priority thread: at idle priority it starved whenever the machine was busy, and the reshuffle
@@ -90,12 +77,17 @@ extension SealedRing {
     /// inode of the file linked.
     private static func linkParams(from oldDir: String, to newDir: String) throws -> UInt64 {
         let src = oldDir + "/params.safetensors", dst = newDir + "/params.safetensors"
-        var st = stat()
-        guard stat(src, &st) == 0 else { throw RingError.restoreFailed("cannot read \(src)") }
+        let ino = try inode(src)
         if link(src, dst) != 0 {
             unlink(dst)
             try FileManager.default.copyItem(atPath: src, toPath: dst)
         }
+        return ino
+    }
+
+    private static func inode(_ path: String) throws -> UInt64 {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw RingError.restoreFailed("cannot read \(path)") }
         return UInt64(st.st_ino)
     }
 
@@ -109,15 +101,12 @@ extension SealedRing {
         if let p = pendingPlacement {
             p.wait()
             pendingPlacement = nil
-            if p.generation == generation && p.order == record.order, case .success(let b) = p.result { built = b }
+            if p.order == record.order, case .success(let b) = p.result { built = b }
         }
         let placement = try built ?? SealedRing.buildPlacement(directory: directory, order: record.order, hashes: record.hashes)
         // Restored since the placement was built? Then the link points at the old file: link the current one.
         for j in 0..<placement.ids.count {
-            var st = stat()
-            let src = blockDir(record.order[j]) + "/params.safetensors"
-            guard stat(src, &st) == 0 else { throw RingError.restoreFailed("cannot read \(src)") }
-            if UInt64(st.st_ino) != placement.linkedInodes[j] {
+            if try SealedRing.inode(blockDir(record.order[j]) + "/params.safetensors") != placement.linkedInodes[j] {
                 let dir = nextBlocksDir + "/" + placement.ids[j]
                 unlink(dir + "/params.safetensors")
                 _ = try SealedRing.linkParams(from: blockDir(record.order[j]), to: dir)
@@ -227,4 +216,17 @@ func fsyncPath(_ path: String) throws {
     guard fd >= 0 else { throw RingError.restoreFailed("cannot open \(path)") }
     defer { close(fd) }
     guard fsync(fd) == 0 else { throw RingError.restoreFailed("cannot sync \(path)") }
+}
+
+/// A placement being built in `blocks.next/` by a background thread, for the placement `order` it replaces (the
+/// ids are random, so an unchanged order means no reshuffle happened since).
+final class PendingPlacement: @unchecked Sendable {
+    struct Built { var ids: [String]; var keys: [BlockKeys]; var linkedInodes: [UInt64] }
+    let order: [String]
+    private let done = DispatchSemaphore(value: 0)
+    private var waited = false
+    var result: Result<Built, Error> = .failure(RingError.restoreFailed("placement not built"))
+    init(order: [String]) { self.order = order }
+    func finish(_ r: Result<Built, Error>) { result = r; done.signal() }
+    func wait() { if !waited { done.wait(); waited = true } }
 }

@@ -303,16 +303,7 @@ func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode_t(permissions))
     guard fd >= 0 else { throw RingError.restoreFailed("cannot create \(path)") }
     defer { close(fd) }
-    let ok = bytes.withUnsafeBytes { raw -> Bool in
-        var off = 0
-        while off < raw.count {
-            let w = write(fd, raw.baseAddress! + off, raw.count - off)
-            if w <= 0 { return false }
-            off += w
-        }
-        return true
-    }
-    guard ok else { throw RingError.restoreFailed("cannot write \(path)") }
+    guard writeAll(fd, bytes) else { throw RingError.restoreFailed("cannot write \(path)") }
 }
 
 /// A whole file's bytes, read straight into an array (no intermediate `Data`); nil when it cannot be read.

@@ -8,19 +8,23 @@ struct WireWriter {
     var bytes: [UInt8] = []
     init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
     mutating func field<C: Collection>(_ b: C) where C.Element == UInt8 {
-        let n = UInt32(b.count)
-        bytes += [UInt8(n & 255), UInt8((n >> 8) & 255), UInt8((n >> 16) & 255), UInt8(n >> 24)]
+        length(b.count)
         bytes.append(contentsOf: b)
+    }
+    /// A field's u32 length prefix alone (its bytes follow elsewhere).
+    mutating func length(_ count: Int) {
+        let n = UInt32(count)
+        bytes += [UInt8(n & 255), UInt8((n >> 8) & 255), UInt8((n >> 16) & 255), UInt8(n >> 24)]
     }
     mutating func u64(_ v: Int64) { field((0..<8).map { UInt8(truncatingIfNeeded: UInt64(bitPattern: v) >> (8 * UInt64($0))) }) }
 }
 
-struct WireReader {
-    /// The bytes read; ranges returned are indices of the array (or slice) given to `init`.
-    let bytes: ArraySlice<UInt8>
+/// Reads fields from an array, a slice of one, or raw bytes (a decrypted `Data`); ranges returned are indices
+/// of the bytes given to `init`.
+struct WireReader<Bytes: RandomAccessCollection> where Bytes.Element == UInt8, Bytes.Index == Int {
+    let bytes: Bytes
     var i: Int
-    init(_ b: [UInt8]) { bytes = b[...]; i = bytes.startIndex }
-    init(_ b: ArraySlice<UInt8>) { bytes = b; i = b.startIndex }
+    init(_ b: Bytes) { bytes = b; i = b.startIndex }
 
     mutating func field(max: Int = 1 << 28) throws -> [UInt8] { Array(bytes[try fieldRange(max: max)]) }
 
@@ -53,8 +57,16 @@ struct WireReader {
 enum TensorWire {
     static func encode(_ t: Tensor) -> [UInt8] {
         var w = WireWriter(capacity: 8 + 4 * t.shape.count + 4 * t.count)
+        w.bytes += header(t)
+        t.data.withUnsafeBytes { w.bytes.append(contentsOf: $0) }
+        return w.bytes
+    }
+
+    /// Everything before the values: the dims field and the values field's length.
+    static func header(_ t: Tensor) -> [UInt8] {
+        var w = WireWriter()
         w.field(t.shape.flatMap { d in (0..<4).map { UInt8(truncatingIfNeeded: UInt32(d) >> (8 * UInt32($0))) } })
-        t.data.withUnsafeBytes { w.field($0) }
+        w.length(4 * t.count)
         return w.bytes
     }
 
@@ -64,18 +76,10 @@ enum TensorWire {
     static func decode(_ data: Data) throws -> Tensor { try data.withUnsafeBytes { try decode($0) } }
 
     static func decode(_ b: UnsafeRawBufferPointer) throws -> Tensor {
-        func u32(_ at: Int) throws -> Int {
-            guard at >= 0, at + 4 <= b.count else { throw QueryError.malformedPayload("truncated tensor") }
-            return Int(b[at]) | Int(b[at + 1]) << 8 | Int(b[at + 2]) << 16 | Int(b[at + 3]) << 24
-        }
-        let dimsLength = try u32(0)
-        guard dimsLength <= 32, 4 + dimsLength <= b.count else { throw QueryError.malformedPayload("bad tensor shape") }
-        let dims = Array(b[4..<(4 + dimsLength)])
-        let valuesLength = try u32(4 + dimsLength)
-        let valuesStart = 8 + dimsLength
-        guard valuesLength <= b.count - valuesStart else { throw QueryError.malformedPayload("field of \(valuesLength) bytes exceeds the payload") }
-        guard valuesStart + valuesLength == b.count else { throw QueryError.malformedPayload("trailing bytes") }
-        let values = UnsafeRawBufferPointer(rebasing: b[valuesStart..<(valuesStart + valuesLength)])
+        var r = WireReader(b)
+        let dims = try r.field(max: 32)
+        let values = UnsafeRawBufferPointer(rebasing: b[try r.fieldRange()])
+        try r.end()
         guard dims.count % 4 == 0, !dims.isEmpty else { throw QueryError.malformedPayload("bad tensor shape") }
         var shape: [Int] = []
         var count = 1
@@ -96,9 +100,7 @@ enum TensorWire {
     /// SHA-256 of `encode(t)`, without building the encoding.
     static func hash(_ t: Tensor) -> [UInt8] {
         var h = SHA256()
-        let dims = t.shape.flatMap { d in (0..<4).map { UInt8(truncatingIfNeeded: UInt32(d) >> (8 * UInt32($0))) } }
-        func len(_ n: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: UInt32(n) >> (8 * UInt32($0))) } }
-        h.update(data: len(dims.count) + dims + len(t.count * 4))
+        h.update(data: header(t))
         t.data.withUnsafeBytes { h.update(bufferPointer: $0) }
         return Array(h.finalize())
     }

@@ -36,32 +36,35 @@ public struct LedgerEntry: Sendable, Equatable {
     /// kind, query id, author and payload (lengths as big-endian u32).
     public static func canonicalBytes(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
                                       author: [UInt8], payload: [UInt8]) -> [UInt8] {
+        canonicalHead(sequence: sequence, previousHash: previousHash, kind: kind, queryID: queryID, author: author,
+                      payloadCount: payload.count) + payload
+    }
+
+    /// The canonical encoding up to and including the payload's length prefix.
+    static func canonicalHead(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
+                              author: [UInt8], payloadCount: Int) -> [UInt8] {
         var b = domainTag
-        b.reserveCapacity(b.count + 8 + 32 + 16 + author.count + payload.count + 64)
+        b.reserveCapacity(b.count + 8 + 32 + 16 + author.count + 64)
         for k in (0..<8).reversed() { b.append(UInt8(truncatingIfNeeded: UInt64(bitPattern: sequence) >> (8 * UInt64(k)))) }
         b += previousHash
-        func field(_ f: [UInt8]) {
-            let n = UInt32(f.count)
+        func length(_ count: Int) {
+            let n = UInt32(count)
             b += [UInt8(n >> 24), UInt8((n >> 16) & 255), UInt8((n >> 8) & 255), UInt8(n & 255)]
-            b += f
         }
+        func field(_ f: [UInt8]) { length(f.count); b += f }
         field(Array(kind.rawValue.utf8))
         field(queryID.map { [1] + Array($0.utf8) } ?? [0])
         field(author)
-        field(payload)
+        length(payloadCount)
         return b
     }
 
     /// SHA-256 of `canonicalBytes(…)`, computed incrementally (the payload, often megabytes, is not copied).
     public static func computeHash(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
                                    author: [UInt8], payload: [UInt8]) -> [UInt8] {
-        var head = canonicalBytes(sequence: sequence, previousHash: previousHash, kind: kind, queryID: queryID,
-                                  author: author, payload: [])
-        // canonicalBytes ends with the payload's 4-byte length prefix (0 here): patch in the real length.
-        let n = UInt32(payload.count)
-        head.replaceSubrange((head.count - 4)..., with: [UInt8(n >> 24), UInt8((n >> 16) & 255), UInt8((n >> 8) & 255), UInt8(n & 255)])
         var h = SHA256()
-        h.update(data: head)
+        h.update(data: canonicalHead(sequence: sequence, previousHash: previousHash, kind: kind, queryID: queryID,
+                                     author: author, payloadCount: payload.count))
         payload.withUnsafeBytes { h.update(bufferPointer: $0) }
         return Array(h.finalize())
     }

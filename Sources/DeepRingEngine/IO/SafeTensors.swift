@@ -183,19 +183,24 @@ public func writeFileAtomically(_ bytes: [UInt8], to path: String, permissions: 
     let tmp = (dir as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode_t(permissions ?? 0o644))
     guard fd >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: tmp]) }
-    var ok = true
-    bytes.withUnsafeBytes { raw in
-        var off = 0
-        while off < raw.count {
-            let w = write(fd, raw.baseAddress! + off, raw.count - off)
-            if w <= 0 { ok = false; break }
-            off += w
-        }
-    }
+    var ok = writeAll(fd, bytes)
     if fsync(fd) != 0 { ok = false }
     close(fd)
     guard ok, rename(tmp, path) == 0 else {
         unlink(tmp)
         throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
+    }
+}
+
+/// Writes all of `bytes` to `fd` (retrying short writes); false on an error.
+public func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    bytes.withUnsafeBytes { raw -> Bool in
+        var off = 0
+        while off < raw.count {
+            let w = write(fd, raw.baseAddress! + off, raw.count - off)
+            if w <= 0 { return false }
+            off += w
+        }
+        return true
     }
 }
