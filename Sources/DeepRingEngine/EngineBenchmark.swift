@@ -100,4 +100,32 @@ public enum EngineBenchmark {
             add("vgg19_infer_b64_img_per_s", 64 / tv64, "img/s")
         }
     }
+
+    /// Per-layer forward times of full-width VGG-19 at `batch` (median of `repeats` passes after a warm-up):
+    /// one line per layer with milliseconds and, for convolutions and dense layers, GFLOP/s.
+    public static func vggLayers(batch: Int = 64, repeats: Int = 3) throws -> [String] {
+        let vgg = try Model(Architecture.vgg19(inputShape: [32, 32, 3], classes: 10, widthDivisor: 1, batchNorm: false), seed: 5)
+        let x = Tensor(shape: [batch, 32, 32, 3], data: randomArray(batch * 3072, seed: 7))
+        _ = vgg.forward(x)
+        var runs: [[Double]] = []
+        for _ in 0..<max(1, repeats) { runs.append(vgg.profiledForward(x).seconds) }
+        var lines: [String] = [], total = 0.0, totalFlops = 0.0
+        for (i, layer) in vgg.layers.enumerated() {
+            let t = median(runs.map { $0[i] })
+            if t == 0 { continue }   // a ReLU fused into the layer before
+            var flops = 0.0
+            if let c = layer as? Conv2D {
+                flops = 2 * Double(batch * c.outH * c.outW * c.outC * c.patchSize)
+            } else if let d = layer as? Dense {
+                flops = 2 * Double(batch * d.inFeatures * d.outFeatures)
+            }
+            total += t; totalFlops += flops
+            let rate = flops > 0 ? String(format: "%8.1f GFLOP/s", flops / t / 1e9) : ""
+            lines.append(String(format: "%2d %-10@ %-16@ %9.3f ms ", i, "\(layer.spec.type.rawValue)" as NSString,
+                                "\(layer.outputShape)" as NSString, t * 1e3) + rate)
+        }
+        lines.append(String(format: "total %.1f ms, %.1f img/s, %.1f GFLOP/s over the whole pass", total * 1e3,
+                            Double(batch) / total, totalFlops / total / 1e9))
+        return lines
+    }
 }

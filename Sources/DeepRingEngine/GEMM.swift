@@ -88,6 +88,117 @@ public enum GEMM {
         }
     }
 
+    // MARK: - Pre-packed B
+
+    /// B[k×n] packed once, every column block and K block, in the layout the micro-kernel reads: a layer's
+    /// weights between two updates. Reusing it drops the packing of B from every call (and from every im2col
+    /// block of a convolution). The same K blocks as `multiply(a:b:)`, so results are bit-identical to it.
+    public final class PackedB: @unchecked Sendable {
+        public let k: Int, n: Int
+        let step: Int
+        let kBlocks: Int
+        let storage: UnsafeMutablePointer<Float>
+        /// Start of the packed (column block `j`, K block `p`) at index `j * kBlocks + p`.
+        let offsets: [Int]
+
+        /// Packs `b` (any strides) using up to `threads` threads.
+        public init(k: Int, n: Int, b: Operand, threads: Int = Engine.threads) {
+            self.k = k; self.n = n
+            step = k > 0 ? GEMM.kStep(k) : 1
+            kBlocks = k > 0 ? (k + step - 1) / step : 0
+            var offs: [Int] = [], total = 0
+            var jc = 0
+            while jc < n {
+                let padded = (min(nc, n - jc) + nr - 1) / nr * nr
+                var pc = 0
+                while pc < k { offs.append(total); total += padded * min(step, k - pc); pc += step }
+                jc += nc
+            }
+            offsets = offs
+            storage = .allocate(capacity: max(total, 1) + 16)
+            let strips = (n + nr - 1) / nr
+            let t = k * n < 65536 ? 1 : threads
+            let box = UnsafeSendableBox(storage)
+            let (kc, kb, offsets) = (step, kBlocks, offs)
+            // Threads take column ranges (whole strips) through every block.
+            Parallel.ranges(strips, threads: t) { r in
+                var jc = 0, jb = 0
+                while jc < n {
+                    let ncur = min(nc, n - jc)
+                    let lo = max(r.lowerBound * nr, jc) - jc, hi = min(r.upperBound * nr, jc + ncur) - jc
+                    if lo < hi {
+                        var pc = 0, pb = 0
+                        while pc < k {
+                            let kcur = min(kc, k - pc)
+                            packB(b, row0: pc, col0: jc + lo, kc: kcur, nc: hi - lo,
+                                  into: box.value + offsets[jb * kb + pb] + lo * kcur)
+                            pc += kc; pb += 1
+                        }
+                    }
+                    jc += nc; jb += 1
+                }
+            }
+        }
+
+        deinit { storage.deallocate() }
+    }
+
+    /// C[m×n] (+)= A[m×k] · B with B pre-packed. Threads split the rows of C when there are enough of them,
+    /// else its columns; either way they run independently to the end (no barrier per K block).
+    public static func multiply(m: Int, a: Operand, packed b: PackedB, c: UnsafeMutablePointer<Float>, ldc: Int,
+                                accumulate: Bool = false, threads: Int = Engine.threads) {
+        let n = b.n, k = b.k
+        if m == 0 || n == 0 { return }
+        _ = GEMM.allocatorTuned
+        if k == 0 {
+            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            return
+        }
+        let mTiles = (m + mr - 1) / mr, nTiles = (n + nr - 1) / nr
+        let t = 2 * m * n * k < 200_000 ? 1 : min(threads, max(mTiles, nTiles))
+        if t == 1 {
+            packedWorker(rows: 0..<m, cols: 0..<n, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate)
+            return
+        }
+        let cBox = UnsafeSendableBox(c)
+        if mTiles >= 2 * t {
+            let rowsPer = (mTiles + t - 1) / t * mr
+            Parallel.forEach(t, threads: t) { w in
+                let lo = w * rowsPer, hi = min(m, lo + rowsPer)
+                if lo < hi {
+                    packedWorker(rows: lo..<hi, cols: 0..<n, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate)
+                }
+            }
+        } else {
+            Parallel.ranges(n, granule: nr, threads: t) { r in
+                packedWorker(rows: 0..<m, cols: r, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate)
+            }
+        }
+    }
+
+    /// Rows `rows` × columns `cols` (starting on a strip boundary) of C against a pre-packed B.
+    static func packedWorker(rows: Range<Int>, cols: Range<Int>, a: Operand, b: PackedB,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+        let scratch = Scratch(kc: b.step)
+        defer { scratch.free() }
+        var jc = 0, jb = 0
+        while jc < b.n {
+            let ncur = min(nc, b.n - jc)
+            let lo = max(cols.lowerBound, jc), hi = min(cols.upperBound, jc + ncur)
+            if lo < hi {
+                var pc = 0, pb = 0
+                while pc < b.k {
+                    let kcur = min(b.step, b.k - pc)
+                    block(rows: rows, jc: lo, ncur: hi - lo, pc: pc, kcur: kcur, a: a,
+                          bPack: b.storage + b.offsets[jb * b.kBlocks + pb] + (lo - jc) * kcur,
+                          c: c, ldc: ldc, load: accumulate || pc > 0, scratch: scratch)
+                    pc += b.step; pb += 1
+                }
+            }
+            jc += nc; jb += 1
+        }
+    }
+
     // MARK: - Blocked GEMM
 
     /// K blocks of (nearly) equal length ≤ kc: 784 → 4 × 196 rather than 3 × 256 + 16. Depends on k only, so

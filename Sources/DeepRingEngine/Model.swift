@@ -185,9 +185,23 @@ public final class Model: @unchecked Sendable {
 
     /// Forward pass over a batch ([N] + inputShape), returning logits [N, classes].
     public func forward(_ x: Tensor, training: Bool = false) -> Tensor {
+        forward(x, training: training, timing: nil)
+    }
+
+    /// Inference forward pass that also reports each layer's wall time (seconds, by layer index; a ReLU fused
+    /// into the layer before it counts with that layer).
+    public func profiledForward(_ x: Tensor) -> (output: Tensor, seconds: [Double]) {
+        var t = [Double](repeating: 0, count: layers.count)
+        let y = forward(x, training: false) { t[$0] += $1 }
+        return (y, t)
+    }
+
+    private func forward(_ x: Tensor, training: Bool, timing: ((Int, Double) -> Void)?) -> Tensor {
         var h = x
         var i = 0
         while i < layers.count {
+            let layer = i, start = timing == nil ? 0 : now()
+            defer { timing?(layer, now() - start) }
             h = layers[i].forward(h, training: training)
             // Inference: apply a following ReLU in place on the fresh output (same values, one pass and copy fewer).
             if !training, i + 1 < layers.count, layers[i] is Dense || layers[i] is Conv2D, layers[i + 1] is ReLU {

@@ -16,6 +16,9 @@ public final class ParameterStore: @unchecked Sendable {
 
     public private(set) var views: [View] = []
     public private(set) var values: [Float] = []
+    /// Changes whenever the values may have changed (every mutable access). Layers key caches derived from
+    /// their weights — the packed GEMM operands — on it, so a cache never outlives the values it was made from.
+    public private(set) var generation: UInt64 = 0
     public var gradients: [Float] = []
 
     public init() {}
@@ -29,6 +32,7 @@ public final class ParameterStore: @unchecked Sendable {
         let v = View(name: name, offset: values.count, shape: shape, trainable: trainable, decays: decays)
         views.append(v)
         values.append(contentsOf: [Float](repeating: 0, count: v.count))
+        generation &+= 1
         gradients.append(contentsOf: [Float](repeating: 0, count: v.count))
         return v
     }
@@ -45,18 +49,28 @@ public final class ParameterStore: @unchecked Sendable {
     public func set(_ v: View, _ data: [Float]) {
         precondition(data.count == v.count)
         values.replaceSubrange(v.range, with: data)
+        generation &+= 1
     }
 
     /// Replaces every value (same layout).
     public func setAll(_ data: [Float]) {
         precondition(data.count == values.count)
         values = data
+        generation &+= 1
     }
 
-    /// Direct access for kernels.
+    /// Direct mutable access (optimizer steps, tampering, running statistics). Counts as a change: caches
+    /// keyed on `generation` are dropped.
     @inline(__always)
     public func withValues<R>(_ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
-        try values.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+        defer { generation &+= 1 }
+        return try values.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+    }
+
+    /// Read-only access for kernels; leaves `generation` alone.
+    @inline(__always)
+    public func withReadOnlyValues<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
+        try values.withUnsafeBufferPointer { try body($0.baseAddress!) }
     }
 
     @inline(__always)

@@ -26,10 +26,16 @@ struct BenchEngine: ParsableCommand {
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
     @Option(help: "Path of jax_reference.py.") var referenceScript: String = "../shared/bench/jax_reference.py"
     @Option(help: "Python with torch installed, to run the same figures in PyTorch (CPU) in the same run.") var torch: String?
+    @Flag(help: "Print per-layer forward times of full-width VGG-19 at batch 64 instead (where the time goes).")
+    var layers = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
         threadOptions.apply()
+        if layers {
+            for line in try EngineBenchmark.vggLayers(batch: 64, repeats: repeats) { print(line) }
+            return
+        }
         do {
             // Peers run before and after ours (the mean of the two is compared): drifts of a shared machine show.
             var ref1: [String: Double] = [:], ref2: [String: Double] = [:], t1: [String: Double] = [:], t2: [String: Double] = [:]

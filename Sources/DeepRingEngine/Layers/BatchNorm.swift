@@ -35,7 +35,8 @@ public final class BatchNorm: Layer {
         let c = channels
         let rows = x.count / c
         var y = Tensor(uninitialized: x.shape)
-        store.withValues { p in
+        // Training updates the running statistics (a mutable access); inference only reads.
+        func run(_ p: UnsafeMutablePointer<Float>) {
             x.data.withUnsafeBufferPointer { xp in
                 y.data.withUnsafeMutableBufferPointer { yp in
                     let g = p + gamma.offset, bt = p + beta.offset
@@ -77,6 +78,7 @@ public final class BatchNorm: Layer {
                 }
             }
         }
+        if training { store.withValues(run) } else { store.withReadOnlyValues { run(UnsafeMutablePointer(mutating: $0)) } }
         return y
     }
 
@@ -84,7 +86,7 @@ public final class BatchNorm: Layer {
         let c = channels
         let rows = dy.count / c
         var dx = Tensor(uninitialized: dy.shape)
-        store.withValues { p in
+        store.withReadOnlyValues { p in
             store.withGradients { gr in
                 var sumDy = [Float](repeating: 0, count: c), sumDyX = [Float](repeating: 0, count: c)
                 for r in 0..<rows {

@@ -8,6 +8,8 @@ public final class Conv2D: Layer {
     let store: ParameterStore
     let w: ParameterStore.View, b: ParameterStore.View
     private var input: Tensor?
+    /// The weights as the GEMM's packed B ([k·k·Cin, Cout]), kept while the parameters are unchanged.
+    private let weights = PackedCache()
 
     /// Values per row of the im2col matrix.
     var patchSize: Int { kernel * kernel * inC }
@@ -49,19 +51,51 @@ public final class Conv2D: Layer {
                 let pix = r % rowsPerImage
                 let oy = pix / outW, ox = pix % outW
                 var dst = colsBox.value + r * ps
+                let ix0 = ox * stride - padding
+                let wholeRow = ix0 >= 0 && ix0 + kernel <= inW
                 for ky in 0..<kernel {
                     let iy = oy * stride - padding + ky
-                    for kx in 0..<kernel {
-                        let ix = ox * stride - padding + kx
-                        if iy >= 0 && iy < inH && ix >= 0 && ix < inW {
-                            dst.update(from: x + ((n * inH + iy) * inW + ix) * inC, count: inC)
-                        } else {
-                            dst.update(repeating: 0, count: inC)
+                    if iy < 0 || iy >= inH {
+                        dst.update(repeating: 0, count: kernel * inC)
+                        dst += kernel * inC
+                    } else if wholeRow {
+                        // In NHWC the kernel's row of pixels is one contiguous run of kernel·Cin values.
+                        Conv2D.copy(x + ((n * inH + iy) * inW + ix0) * inC, to: dst, count: kernel * inC)
+                        dst += kernel * inC
+                    } else {
+                        for kx in 0..<kernel {
+                            let ix = ix0 + kx
+                            if ix >= 0 && ix < inW {
+                                Conv2D.copy(x + ((n * inH + iy) * inW + ix) * inC, to: dst, count: inC)
+                            } else {
+                                dst.update(repeating: 0, count: inC)
+                            }
+                            dst += inC
                         }
-                        dst += inC
                     }
                 }
             }
+        }
+    }
+
+    /// A short copy inline (the first layer's 3-channel pixels made a library call per 12 bytes), a long one
+    /// by memmove.
+    @inline(__always)
+    static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
+        if count < 4 {
+            if count > 0 { dst[0] = src[0] }
+            if count > 1 { dst[1] = src[1] }
+            if count > 2 { dst[2] = src[2] }
+        } else if count <= 32 {
+            // 4-wide pieces, the last one overlapping the one before (written twice with the same values).
+            var i = 0
+            while i + 4 < count {
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+                i += 4
+            }
+            UnsafeMutableRawPointer(dst + count - 4).storeBytes(of: UnsafeRawPointer(src + count - 4).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+        } else {
+            dst.update(from: src, count: count)
         }
     }
 
@@ -73,7 +107,10 @@ public final class Conv2D: Layer {
         let ps = patchSize, rowsPerImage = outH * outW
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, n) * rowsPerImage * ps)
         defer { scratch.deallocate() }
-        store.withValues { p in
+        store.withReadOnlyValues { p in
+            let packed = weights.get(store, p) {
+                GEMM.PackedB(k: ps, n: outC, b: .init($0 + w.offset, rowStride: outC, colStride: 1))
+            }
             x.data.withUnsafeBufferPointer { xp in
                 y.data.withUnsafeMutableBufferPointer { yp in
                     var n0 = 0
@@ -82,18 +119,14 @@ public final class Conv2D: Layer {
                         let rows = (n1 - n0) * rowsPerImage
                         let yc = yp.baseAddress! + n0 * rowsPerImage * outC
                         Elementwise.broadcastRows(p + b.offset, rows: rows, cols: outC, into: yc)
+                        let a: GEMM.Operand
                         if kernel == 1 && stride == 1 && padding == 0 {
-                            GEMM.multiply(m: rows, n: outC, k: ps,
-                                          a: .init(xp.baseAddress! + n0 * rowsPerImage * inC, rowStride: ps, colStride: 1),
-                                          b: .init(p + w.offset, rowStride: outC, colStride: 1),
-                                          c: yc, ldc: outC, accumulate: true)
+                            a = .init(xp.baseAddress! + n0 * rowsPerImage * inC, rowStride: ps, colStride: 1)
                         } else {
                             im2col(xp.baseAddress!, images: n0, n1, into: scratch)
-                            GEMM.multiply(m: rows, n: outC, k: ps,
-                                          a: .init(scratch, rowStride: ps, colStride: 1),
-                                          b: .init(p + w.offset, rowStride: outC, colStride: 1),
-                                          c: yc, ldc: outC, accumulate: true)
+                            a = .init(scratch, rowStride: ps, colStride: 1)
                         }
+                        GEMM.multiply(m: rows, a: a, packed: packed, c: yc, ldc: outC, accumulate: true)
                         n0 = n1
                     }
                 }
@@ -112,7 +145,10 @@ public final class Conv2D: Layer {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, n) * rowsPerImage * ps)
         let dcols = UnsafeMutablePointer<Float>.allocate(capacity: needsInputGradient ? min(chunk, n) * rowsPerImage * ps : 1)
         defer { scratch.deallocate(); dcols.deallocate() }
-        store.withValues { p in
+        store.withReadOnlyValues { p in
+            // Wᵀ packed once for every block's ∂cols = dy·Wᵀ.
+            let wT = needsInputGradient
+                ? GEMM.PackedB(k: outC, n: ps, b: .init(p + w.offset, rowStride: 1, colStride: outC)) : nil
             store.withGradients { g in
                 x.data.withUnsafeBufferPointer { xp in
                     dy.data.withUnsafeBufferPointer { dyp in
@@ -131,10 +167,8 @@ public final class Conv2D: Layer {
                                 Elementwise.sumRows(dyc, rows: rows, cols: outC, into: g + b.offset, accumulate: n0 > 0)
                                 if needsInputGradient {
                                     // ∂cols = dy·Wᵀ, then scatter-add back to the image (col2im).
-                                    GEMM.multiply(m: rows, n: ps, k: outC,
-                                                  a: .init(dyc, rowStride: outC, colStride: 1),
-                                                  b: .init(p + w.offset, rowStride: 1, colStride: outC),
-                                                  c: dcols, ldc: ps)
+                                    GEMM.multiply(m: rows, a: .init(dyc, rowStride: outC, colStride: 1),
+                                                  packed: wT!, c: dcols, ldc: ps)
                                     col2im(dcols, images: n0, n1, into: dxp.baseAddress!)
                                 }
                                 n0 = n1
@@ -208,7 +242,25 @@ public final class MaxPool2D: Layer {
                         for oy in 0..<outH {
                             for ox in 0..<outW {
                                 let o = ((img * outH + oy) * outW + ox) * c
-                                for ch in 0..<c {
+                                var first = 0
+                                if !keep {
+                                    // Inference: 16 channels at a time, the same comparisons as the scalar loop
+                                    // (a value replaces the best only when greater: same result bits, NaN included).
+                                    typealias V = SIMD16<Float>
+                                    while first + 16 <= c {
+                                        let base = UnsafeRawPointer(xp + ((img * inH + oy * stride) * inW + ox * stride) * c + first)
+                                        var best = base.loadUnaligned(as: V.self)
+                                        for ky in 0..<size {
+                                            for kx in 0..<size {
+                                                let v = base.loadUnaligned(fromByteOffset: 4 * (ky * inW + kx) * c, as: V.self)
+                                                best.replace(with: v, where: v .> best)
+                                            }
+                                        }
+                                        UnsafeMutableRawPointer(yp + o + first).storeBytes(of: best, as: V.self)
+                                        first += 16
+                                    }
+                                }
+                                for ch in first..<c {
                                     var bi = ((img * inH + oy * stride) * inW + ox * stride) * c + ch
                                     var best = xp[bi]
                                     for ky in 0..<size {

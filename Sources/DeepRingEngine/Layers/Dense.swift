@@ -8,6 +8,8 @@ public final class Dense: Layer {
     let store: ParameterStore
     let w: ParameterStore.View, b: ParameterStore.View
     private var input: Tensor?
+    /// W packed for the GEMM, kept while the parameters are unchanged.
+    private let weights = PackedCache()
 
     init(spec: LayerSpec, inFeatures: Int, store: ParameterStore, index: Int) {
         self.spec = spec
@@ -24,33 +26,34 @@ public final class Dense: Layer {
         let n = x.batch
         precondition(x.itemSize == inFeatures, "dense layer expects \(inFeatures) inputs, got \(x.itemSize)")
         var y = Tensor(uninitialized: [n, outFeatures])
-        Dense.apply(x: x.data, rows: n, inFeatures: inFeatures, outFeatures: outFeatures,
-                    store: store, w: w, b: b, into: &y.data)
-        if training { input = x }
-        return y
-    }
-
-    /// y = x·W + b. Each output starts from its bias and accumulates one FMA chain over the inputs in order.
-    static func apply(x: [Float], rows n: Int, inFeatures: Int, outFeatures: Int,
-                      store: ParameterStore, w: ParameterStore.View, b: ParameterStore.View, into y: inout [Float]) {
-        store.withValues { p in
-            x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer { yp in
+        store.withReadOnlyValues { p in
+            x.data.withUnsafeBufferPointer { xp in
+                y.data.withUnsafeMutableBufferPointer { yp in
+                    // y = x·W + b: each output starts from its bias and accumulates one FMA chain over the inputs
+                    // in order (the GEMV path for one row, else the GEMM against the cached packed W).
                     Elementwise.broadcastRows(p + b.offset, rows: n, cols: outFeatures, into: yp.baseAddress!)
-                    GEMM.multiply(m: n, n: outFeatures, k: inFeatures,
-                                  a: .init(xp.baseAddress!, rowStride: inFeatures, colStride: 1),
-                                  b: .init(p + w.offset, rowStride: outFeatures, colStride: 1),
-                                  c: yp.baseAddress!, ldc: outFeatures, accumulate: true)
+                    let a = GEMM.Operand(xp.baseAddress!, rowStride: inFeatures, colStride: 1)
+                    if n == 1 {
+                        GEMM.multiply(m: n, n: outFeatures, k: inFeatures, a: a,
+                                      b: .init(p + w.offset, rowStride: outFeatures, colStride: 1),
+                                      c: yp.baseAddress!, ldc: outFeatures, accumulate: true)
+                    } else {
+                        GEMM.multiply(m: n, a: a, packed: weights.get(store, p) {
+                            GEMM.PackedB(k: inFeatures, n: outFeatures, b: .init($0 + w.offset, rowStride: outFeatures, colStride: 1))
+                        }, c: yp.baseAddress!, ldc: outFeatures, accumulate: true)
+                    }
                 }
             }
         }
+        if training { input = x }
+        return y
     }
 
     public func backward(_ dy: Tensor) -> Tensor {
         guard let x = input else { preconditionFailure("backward before a training forward") }
         let n = x.batch
         var dx = needsInputGradient ? Tensor(uninitialized: [n, inFeatures]) : Tensor(zeros: [0])
-        store.withValues { p in
+        store.withReadOnlyValues { p in
             store.withGradients { g in
                 x.data.withUnsafeBufferPointer { xp in
                     dy.data.withUnsafeBufferPointer { dyp in
