@@ -203,9 +203,11 @@ public final class Model: @unchecked Sendable {
             let layer = i, start = timing == nil ? 0 : now()
             defer { timing?(layer, now() - start) }
             h = layers[i].forward(h, training: training)
-            // Inference: apply a following ReLU in place on the fresh output (same values, one pass and copy fewer).
-            if !training, i + 1 < layers.count, layers[i] is Dense || layers[i] is Conv2D, layers[i + 1] is ReLU {
+            // A ReLU after a dense or convolution layer runs in place on its fresh output (same values, one pass
+            // and one copy fewer); in training the ReLU keeps that output for its backward pass.
+            if i + 1 < layers.count, layers[i] is Dense || layers[i] is Conv2D, let relu = layers[i + 1] as? ReLU {
                 ReLU.applyInPlace(&h)
+                if training { relu.keep(output: h) }
                 i += 1
             }
             i += 1
@@ -217,12 +219,33 @@ public final class Model: @unchecked Sendable {
     /// `layers[0].needsInputGradient` is set (an empty tensor otherwise).
     @discardableResult
     public func backward(_ dlogits: Tensor) -> Tensor {
+        backward(dlogits, parametersDone: nil)
+    }
+
+    /// Backward pass that reports, right after each layer's backward, the parameter range whose gradients are
+    /// now final (`Trainer` updates them there, while they are still in cache). Ranges of layers that the pass
+    /// stops before (no input gradient needed further down) are reported at the end.
+    public func backward(_ dlogits: Tensor, parametersDone: ((Range<Int>) -> Void)?) -> Tensor {
         var g = dlogits
-        for l in layers.reversed() {
-            g = l.backward(g)
-            if !l.needsInputGradient { return Tensor(zeros: [0]) }
+        var i = layers.count - 1
+        while i >= 0 {
+            let l = layers[i]
+            if let relu = l as? ReLU { relu.backward(inPlace: &g) } else { g = l.backward(g) }
+            if let done = parametersDone, let r = parameterRanges[i] { done(r) }
+            if !l.needsInputGradient {
+                if let done = parametersDone { for j in 0..<i { if let r = parameterRanges[j] { done(r) } } }
+                return Tensor(zeros: [0])
+            }
+            i -= 1
         }
         return g
+    }
+
+    /// Each layer's span of the parameter buffer (nil for layers without parameters).
+    public private(set) lazy var parameterRanges: [Range<Int>?] = layers.indices.map { i in
+        let views = parameters.views.filter { $0.name.hasPrefix("layers.\(i).") }
+        guard let lo = views.map(\.offset).min(), let hi = views.map({ $0.offset + $0.count }).max() else { return nil }
+        return lo..<hi
     }
 
     /// Logits for many inputs, computed `batchSize` at a time (results do not depend on the batch size).

@@ -27,6 +27,30 @@ import Testing
         #expect(summaries[1].trainLoss < summaries[0].trainLoss)
     }
 
+    /// `Trainer.step` updates each layer right after its backward pass (and runs ReLU in place); the values
+    /// must equal the plain sequence: forward, backward, one optimizer update over every parameter.
+    @Test(arguments: [OptimizerKind.sgd, .adam])
+    func fusedStepEqualsBackwardThenUpdate(_ kind: OptimizerKind) throws {
+        let arch = Architecture(name: "t", inputShape: [6, 6, 2], classes: 4,
+                                layers: [.conv(5), .batchNorm, .relu, .maxPool(2), .flatten, .dense(7), .relu, .dense(4)])
+        let fused = try Model(arch, seed: 3), plain = try Model(arch, seed: 3)
+        var cfg = TrainingConfig()
+        cfg.optimizer = kind; cfg.momentum = 0.9; cfg.weightDecay = 1e-3
+        let trainer = Trainer(model: fused, config: cfg)
+        let opt = Optimizer(kind, store: plain.parameters, weightDecay: 1e-3)
+        opt.momentum = 0.9
+        for step in 0..<3 {
+            let x = Tensor(shape: [5, 6, 6, 2], data: randomFloats(5 * 72, seed: UInt64(10 + step)))
+            let y = (0..<5).map { ($0 + step) % 4 }
+            trainer.step(x, y, lr: 0.05)
+            let (_, g, _) = softmaxCrossEntropy(logits: plain.forward(x, training: true), labels: y)
+            _ = plain.backward(g)
+            opt.update(lr: 0.05)
+            let same = fused.parameters.values.map(\.bitPattern) == plain.parameters.values.map(\.bitPattern)
+            #expect(same, "\(kind) step \(step): fused update differs")
+        }
+    }
+
     @Test func adamAndStepScheduleTrainASmallConvNet() throws {
         let s = try DatasetLoader.load(name: "synthetic", seed: 5, syntheticCounts: (1200, 300))
         let arch = Architecture(name: "cnn", inputShape: [28, 28, 1], classes: 10,

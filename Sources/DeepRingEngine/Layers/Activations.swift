@@ -29,9 +29,18 @@ public final class ReLU: Layer {
         }
     }
 
+    /// Keeps `y` (this layer's output, computed in place by the caller) for the backward pass.
+    func keep(output y: Tensor) { output = y }
+
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let y = output else { preconditionFailure("backward before a training forward") }
         var dx = dy
+        backward(inPlace: &dx)
+        return dx
+    }
+
+    /// ∂x = ∂y where the output was positive, else 0, overwriting `dx` (holding ∂y) in place.
+    public func backward(inPlace dx: inout Tensor) {
+        guard let y = output else { preconditionFailure("backward before a training forward") }
         dx.data.withUnsafeMutableBufferPointer { d in
             y.data.withUnsafeBufferPointer { yp in
                 let n = d.count
@@ -46,7 +55,6 @@ public final class ReLU: Layer {
             }
         }
         output = nil
-        return dx
     }
 }
 

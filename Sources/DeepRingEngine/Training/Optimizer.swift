@@ -25,15 +25,25 @@ public final class Optimizer {
     /// One update with learning rate `lr` from the gradients currently in the store. Element-wise, so it is
     /// split over threads by contiguous chunks (results do not depend on the split).
     public func update(lr: Float) {
-        step += 1
+        beginStep()
+        update(lr: lr, within: 0..<store.count)
+    }
+
+    /// Starts a step: call once per step before `update(lr:within:)` on its parts.
+    public func beginStep() { step += 1 }
+
+    /// Updates the trainable parameters inside `span` (part of a step begun with `beginStep`). Element-wise,
+    /// so updating a step's parts one by one gives the same values as `update(lr:)`.
+    public func update(lr: Float, within span: Range<Int>) {
         let kind = self.kind, mom = momentum, b1 = beta1, b2 = beta2, eps = self.eps
         let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
         // Contiguous runs of (range, decay) for trainable views, cut into chunks of at most 64k values.
         var runs: [(Range<Int>, Float)] = []
         for view in store.views where view.trainable {
-            var lo = view.range.lowerBound
-            while lo < view.range.upperBound {
-                let hi = min(view.range.upperBound, lo + 65536)
+            let range = view.range.clamped(to: span)
+            var lo = range.lowerBound
+            while lo < range.upperBound {
+                let hi = min(range.upperBound, lo + 65536)
                 runs.append((lo..<hi, view.decays ? weightDecay : 0))
                 lo = hi
             }
@@ -43,7 +53,7 @@ public final class Optimizer {
                 m.withUnsafeMutableBufferPointer { mp in
                     v.withUnsafeMutableBufferPointer { vp in
                         let box = UnsafeSendableBox((w, g, mp.baseAddress!, vp.baseAddress))
-                        Parallel.forEach(runs.count, threads: store.count > 100_000 ? Engine.threads : 1) { r in
+                        Parallel.forEach(runs.count, threads: span.count > 100_000 ? Engine.threads : 1) { r in
                             let (w, g, m, v) = box.value
                             let (range, wd) = runs[r]
                             switch kind {

@@ -56,8 +56,10 @@ public final class Trainer {
     public func step(_ x: Tensor, _ labels: [Int], lr: Float) -> (Float, Int) {
         let logits = model.forward(x, training: true)
         let (loss, grad, correct) = softmaxCrossEntropy(logits: logits, labels: labels)
-        model.backward(grad)
-        optimizer.update(lr: lr)
+        // Each layer's parameters are updated as soon as its gradients are final (same values as one update
+        // after the whole backward pass; the weights and gradients are still in cache).
+        optimizer.beginStep()
+        _ = model.backward(grad) { self.optimizer.update(lr: lr, within: $0) }
         return (loss, correct)
     }
 
