@@ -90,8 +90,6 @@ public enum GEMM {
 
     // MARK: - Pre-packed B
 
-    nonisolated(unsafe) public static var preferColumns = true
-
     /// B[k×n] packed once, every column block and K block, in the layout the micro-kernel reads: a layer's
     /// weights between two updates. Reusing it drops the packing of B from every call (and from every im2col
     /// block of a convolution). The same K blocks as `multiply(a:b:)`, so results are bit-identical to it.
@@ -163,7 +161,9 @@ public enum GEMM {
             return
         }
         let cBox = UnsafeSendableBox(c)
-        if mTiles >= 2 * t && !(nTiles >= 4 * t && GEMM.preferColumns) {
+        // Wide C (a dense layer's batch × outputs): threads take columns, each packing (when B was just packed)
+        // and streaming only its half of B. Tall C (a convolution's pixels × filters): threads take rows.
+        if mTiles >= 2 * t && !(nTiles >= 4 * t && n >= m) {
             let rowsPer = (mTiles + t - 1) / t * mr
             Parallel.forEach(t, threads: t) { w in
                 let lo = w * rowsPer, hi = min(m, lo + rowsPer)
