@@ -30,10 +30,13 @@ public final class Dense: Layer {
             x.data.withUnsafeBufferPointer { xp in
                 y.data.withUnsafeMutableBufferPointer { yp in
                     // y = x·W + b: each output starts from its bias and accumulates one FMA chain over the inputs
-                    // in order (the GEMV path for one row, else the GEMM against the cached packed W).
+                    // in order (the same values on the GEMV path, the GEMM path and against a cached packed W).
                     Elementwise.broadcastRows(p + b.offset, rows: n, cols: outFeatures, into: yp.baseAddress!)
                     let a = GEMM.Operand(xp.baseAddress!, rowStride: inFeatures, colStride: 1)
-                    if n == 1 {
+                    // Weights used once (training: they change after this step) are packed block by block inside
+                    // the GEMM, each block used while it is in cache (measured ~9% faster at 128×784×900 than
+                    // packing all of W first); weights that stay (inference) are packed once and reused.
+                    if n == 1 || training {
                         GEMM.multiply(m: n, n: outFeatures, k: inFeatures, a: a,
                                       b: .init(p + w.offset, rowStride: outFeatures, colStride: 1),
                                       c: yp.baseAddress!, ldc: outFeatures, accumulate: true)
