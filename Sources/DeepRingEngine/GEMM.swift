@@ -93,6 +93,14 @@ public enum GEMM {
         }
     }
 
+    /// Packing buffers start on a cache line (malloc guarantees 16 bytes), so no 32-byte load of a packed strip
+    /// straddles two lines whatever the allocation history. Freed with `deallocate()`.
+    @inline(__always)
+    static func allocateAligned(_ count: Int) -> UnsafeMutablePointer<Float> {
+        UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Float>.stride, alignment: 64)
+            .bindMemory(to: Float.self, capacity: count)
+    }
+
     // MARK: - Pre-packed B
 
     /// B[k×n] packed once, every column block and K block, in the layout the micro-kernel reads: a layer's
@@ -120,7 +128,7 @@ public enum GEMM {
                 jc += nc
             }
             offsets = offs
-            storage = .allocate(capacity: max(total, 1) + 16)
+            storage = GEMM.allocateAligned(max(total, 1) + 16)
             let strips = (n + nr - 1) / nr
             let t = k * n < 65536 ? 1 : threads
             let box = UnsafeSendableBox(storage)
@@ -249,9 +257,9 @@ public enum GEMM {
         let aEdge: UnsafeMutablePointer<Float>
         let edge: UnsafeMutablePointer<Float>
         init(kc: Int) {
-            aPack = .allocate(capacity: mc * kc + 16)
-            aEdge = .allocate(capacity: mr * kc + 16)
-            edge = .allocate(capacity: mr * nr)
+            aPack = GEMM.allocateAligned(mc * kc + 16)
+            aEdge = GEMM.allocateAligned(mr * kc + 16)
+            edge = GEMM.allocateAligned(mr * nr)
         }
         func free() { aPack.deallocate(); aEdge.deallocate(); edge.deallocate() }
     }
@@ -260,7 +268,7 @@ public enum GEMM {
                        c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
         let step = kStep(k)
-        let bPack = UnsafeMutablePointer<Float>.allocate(capacity: ncMax * step + 16)
+        let bPack = GEMM.allocateAligned(ncMax * step + 16)
         let scratch = Scratch(kc: step)
         defer { bPack.deallocate(); scratch.free() }
         var jc = 0
@@ -285,7 +293,7 @@ public enum GEMM {
                         c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, threads t: Int) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
         let step = kStep(k)
-        let bPack = UnsafeMutablePointer<Float>.allocate(capacity: ncMax * step + 16)
+        let bPack = GEMM.allocateAligned(ncMax * step + 16)
         let scratches = (0..<t).map { _ in Scratch(kc: step) }
         defer { bPack.deallocate(); for s in scratches { s.free() } }
         let box = UnsafeSendableBox((bPack, c))

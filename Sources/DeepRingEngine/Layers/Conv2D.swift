@@ -105,7 +105,7 @@ public final class Conv2D: Layer {
         var y = Tensor(uninitialized: [n, outH, outW, outC])
         let chunk = imagesPerChunk()
         let ps = patchSize, rowsPerImage = outH * outW
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, n) * rowsPerImage * ps)
+        let scratch = GEMM.allocateAligned(min(chunk, n) * rowsPerImage * ps)
         defer { scratch.deallocate() }
         store.withReadOnlyValues { p in
             let packed = weights.get(store, p) {
@@ -142,8 +142,8 @@ public final class Conv2D: Layer {
         var dx = Tensor(zeros: needsInputGradient ? x.shape : [0])
         let chunk = imagesPerChunk()
         let ps = patchSize, rowsPerImage = outH * outW
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, n) * rowsPerImage * ps)
-        let dcols = UnsafeMutablePointer<Float>.allocate(capacity: needsInputGradient ? min(chunk, n) * rowsPerImage * ps : 1)
+        let scratch = GEMM.allocateAligned(min(chunk, n) * rowsPerImage * ps)
+        let dcols = GEMM.allocateAligned(needsInputGradient ? min(chunk, n) * rowsPerImage * ps : 1)
         defer { scratch.deallocate(); dcols.deallocate() }
         store.withReadOnlyValues { p in
             // Wᵀ packed once for every block's ∂cols = dy·Wᵀ.
