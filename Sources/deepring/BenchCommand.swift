@@ -37,13 +37,19 @@ struct BenchEngine: ParsableCommand {
             return
         }
         do {
-            // Peers run before and after ours (the mean of the two is compared): drifts of a shared machine show.
+            // Part by part, the peers run right before and right after ours (the mean of the two is compared), so
+            // that both sides of a ratio see the same minutes of a shared machine, whose speed drifts.
             var ref1: [String: Double] = [:], ref2: [String: Double] = [:], t1: [String: Double] = [:], t2: [String: Double] = [:]
-            if let py = reference { ref1 = try runReference(py) }
-            if let py = torch { t1 = try runTorch(py) }
-            let figures = try EngineBenchmark.run(repeats: repeats, parts: try parts()) { if !json { print($0) } }
-            if let py = torch { t2 = try runTorch(py) }
-            if let py = reference { ref2 = try runReference(py) }
+            var figures: [EngineBenchmark.Figure] = []
+            let selected = try parts()
+            func merge(_ into: inout [String: Double], _ new: [String: Double]) { into.merge(new) { a, _ in a } }
+            for part in EngineBenchmark.Part.allCases where selected.contains(part) {
+                if let py = reference { merge(&ref1, try runReference(py, part)) }
+                if let py = torch, part != .gemm { merge(&t1, try runTorch(py, part)) }
+                figures += try EngineBenchmark.run(repeats: repeats, parts: [part]) { if !json { print($0) } }
+                if let py = torch, part != .gemm { merge(&t2, try runTorch(py, part)) }
+                if let py = reference { merge(&ref2, try runReference(py, part)) }
+            }
             func ratios(_ a: [String: Double], _ b: [String: Double], _ peer: String) -> [String: Double] {
                 var out: [String: Double] = [:]
                 for f in figures {
@@ -137,14 +143,8 @@ struct BenchEngine: ParsableCommand {
         infer(vgg, "vgg19", lambda bs: torch.rand(bs, 3, 32, 32), ((1, 10), (64, 2)), "ms", 1e3)
     """#
 
-    func runTorch(_ python: String) throws -> [String: Double] {
-        try runPython(python, ["-c", BenchEngine.torchReference, "\(Engine.threads)", "\(repeats)", peerPart])
-    }
-
-    /// What the peers run: their scripts know "mlp", "vgg" and "all".
-    var peerPart: String {
-        let p = (try? parts()) ?? []
-        return p.contains(.vgg) ? (p.contains(.mlp) ? "all" : "vgg") : "mlp"
+    func runTorch(_ python: String, _ part: EngineBenchmark.Part) throws -> [String: Double] {
+        try runPython(python, ["-c", BenchEngine.torchReference, "\(Engine.threads)", "\(repeats)", part.rawValue])
     }
 
     func parts() throws -> Set<EngineBenchmark.Part> {
@@ -162,10 +162,10 @@ struct BenchEngine: ParsableCommand {
         return p
     }
 
-    func runReference(_ python: String) throws -> [String: Double] {
-        var out = try runPython(python, ["-c", BenchEngine.numpyGEMM])
-        out.merge(try runPython(python, [referenceScript, peerPart, "--repeats", "\(repeats)"])) { a, _ in a }
-        return out
+    /// numpy's GEMM for the gemm part, the JAX reference script for mlp and vgg.
+    func runReference(_ python: String, _ part: EngineBenchmark.Part) throws -> [String: Double] {
+        part == .gemm ? try runPython(python, ["-c", BenchEngine.numpyGEMM])
+                      : try runPython(python, [referenceScript, part.rawValue, "--repeats", "\(repeats)"])
     }
 
     func runPython(_ python: String, _ arguments: [String]) throws -> [String: Double] {
