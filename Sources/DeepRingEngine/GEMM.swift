@@ -37,18 +37,47 @@ public enum GEMM {
         }
     }
 
-    /// C[m×n] (row stride ldc) = A[m×k] · B[k×n], or C += A·B when `accumulate`.
+    /// What the GEMM does to C around the product: `bias` (one value per column) starts every row's chains —
+    /// C = bias + A·B —, and `relu` clamps C at zero afterwards. Both are applied tile by tile by the thread that
+    /// computes the tile, while it is in that core's cache (a separate pass on the calling thread had left the
+    /// other thread fetching its C tiles, and the next layer's input, from the caller's cache).
+    public struct Epilogue: @unchecked Sendable {
+        public var bias: UnsafePointer<Float>?
+        public var relu: Bool
+        public init(bias: UnsafePointer<Float>? = nil, relu: Bool = false) { self.bias = bias; self.relu = relu }
+        public static let none = Epilogue()
+
+        /// Fills C[rows, cols] with the bias (before the product).
+        @inline(__always)
+        func prepare(rows: Range<Int>, cols: Range<Int>, c: UnsafeMutablePointer<Float>, ldc: Int) {
+            guard let bias else { return }
+            for i in rows { (c + i * ldc + cols.lowerBound).update(from: bias + cols.lowerBound, count: cols.count) }
+        }
+
+        /// Clamps C[rows, cols] at zero (after the product).
+        @inline(__always)
+        func finish(rows: Range<Int>, cols: Range<Int>, c: UnsafeMutablePointer<Float>, ldc: Int) {
+            guard relu else { return }
+            for i in rows { ReLU.clamp(c + i * ldc + cols.lowerBound, count: cols.count) }
+        }
+    }
+
+    /// C[m×n] (row stride ldc) = A[m×k] · B[k×n], or C += A·B when `accumulate`; with an epilogue's bias,
+    /// C = bias + A·B (then `accumulate` is ignored), and its ReLU clamps the result.
     public static func multiply(m: Int, n: Int, k: Int, a: Operand, b: Operand,
                                 c: UnsafeMutablePointer<Float>, ldc: Int,
-                                accumulate: Bool = false, threads: Int = Engine.threads) {
+                                accumulate: Bool = false, epilogue: Epilogue = .none, threads: Int = Engine.threads) {
         if m == 0 || n == 0 { return }
         _ = GEMM.allocatorTuned
-        if k == 0 {
-            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
-            return
-        }
-        if m == 1 && a.colStride == 1 && b.colStride == 1 {
-            gemv(n: n, k: k, x: a.base, w: b.base, ldw: b.rowStride, y: c, accumulate: accumulate, threads: threads)
+        let accumulate = accumulate || epilogue.bias != nil
+        if k == 0 || (m == 1 && a.colStride == 1 && b.colStride == 1) {
+            epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
+            if k == 0 {
+                if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            } else {
+                gemv(n: n, k: k, x: a.base, w: b.base, ldw: b.rowStride, y: c, accumulate: accumulate, threads: threads)
+            }
+            epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
             return
         }
         // Split the larger tile dimension across threads (output tiles only).
@@ -57,7 +86,9 @@ public enum GEMM {
         let t = flops < 200_000 ? 1 : threads
         let cBox = UnsafeSendableBox(c)
         if t == 1 {
+            epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
             serial(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate)
+            epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
         } else if nTiles >= 4 * t || mTiles < t {
             // Threads take balanced shares of tiles, mostly whole column strips, each packing its own part of B.
             Parallel.forEach(t, threads: t) { w in
@@ -65,12 +96,14 @@ public enum GEMM {
                     var aa = a, bb = b
                     aa.base = a.base + rows.lowerBound * a.rowStride
                     bb.base = b.base + cols.lowerBound * b.colStride
+                    epilogue.prepare(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
                     serial(m: rows.count, n: cols.count, k: k, a: aa, b: bb,
                            c: cBox.value + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc, accumulate: accumulate)
+                    epilogue.finish(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
                 }
             }
         } else {
-            sharedB(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, threads: t)
+            sharedB(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue, threads: t)
         }
     }
 
@@ -159,18 +192,21 @@ public enum GEMM {
     /// C[m×n] (+)= A[m×k] · B with B pre-packed. Threads split the rows of C when there are enough of them,
     /// else its columns; either way they run independently to the end (no barrier per K block).
     public static func multiply(m: Int, a: Operand, packed b: PackedB, c: UnsafeMutablePointer<Float>, ldc: Int,
-                                accumulate: Bool = false, threads: Int = Engine.threads) {
+                                accumulate: Bool = false, epilogue: Epilogue = .none, threads: Int = Engine.threads) {
         let n = b.n, k = b.k
         if m == 0 || n == 0 { return }
         _ = GEMM.allocatorTuned
+        let accumulate = accumulate || epilogue.bias != nil
         if k == 0 {
+            epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
             if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
             return
         }
         let mTiles = (m + mr - 1) / mr, nTiles = (n + nr - 1) / nr
         let t = 2 * m * n * k < 200_000 ? 1 : min(threads, max(mTiles, nTiles))
         if t == 1 {
-            packedWorker(rows: 0..<m, cols: 0..<n, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate)
+            packedWorker(rows: 0..<m, cols: 0..<n, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue)
             return
         }
         let cBox = UnsafeSendableBox(c)
@@ -180,14 +216,16 @@ public enum GEMM {
             Parallel.forEach(t, threads: t) { w in
                 let lo = w * rowsPer, hi = min(m, lo + rowsPer)
                 if lo < hi {
-                    packedWorker(rows: lo..<hi, cols: 0..<n, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate)
+                    packedWorker(rows: lo..<hi, cols: 0..<n, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate,
+                                 epilogue: epilogue)
                 }
             }
         } else {
             // Wide C (a dense layer's batch × outputs): balanced shares of tiles (see `share`).
             Parallel.forEach(t, threads: t) { w in
                 share(w, of: t, m: m, n: n) { rows, cols in
-                    packedWorker(rows: rows, cols: cols, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate)
+                    packedWorker(rows: rows, cols: cols, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate,
+                                 epilogue: epilogue)
                 }
             }
         }
@@ -220,9 +258,10 @@ public enum GEMM {
 
     /// Rows `rows` × columns `cols` (starting on a strip boundary) of C against a pre-packed B.
     static func packedWorker(rows: Range<Int>, cols: Range<Int>, a: Operand, b: PackedB,
-                             c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+                             c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, epilogue: Epilogue) {
         let scratch = Scratch(kc: b.step)
-        defer { scratch.free() }
+        epilogue.prepare(rows: rows, cols: cols, c: c, ldc: ldc)
+        defer { epilogue.finish(rows: rows, cols: cols, c: c, ldc: ldc); scratch.free() }
         var jc = 0, jb = 0
         while jc < b.n {
             let ncur = min(nc, b.n - jc)
@@ -290,7 +329,7 @@ public enum GEMM {
     /// all of them together: when B is a big weight matrix and M is small (VGG's late layers), packing B once
     /// instead of once per thread halves the weight traffic.
     static func sharedB(m: Int, n: Int, k: Int, a: Operand, b: Operand,
-                        c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, threads t: Int) {
+                        c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, epilogue: Epilogue, threads t: Int) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
         let step = kStep(k)
         let bPack = GEMM.allocateAligned(ncMax * step + 16)
@@ -298,6 +337,11 @@ public enum GEMM {
         defer { bPack.deallocate(); for s in scratches { s.free() } }
         let box = UnsafeSendableBox((bPack, c))
         let rowsPer = ((m + mr - 1) / mr + t - 1) / t * mr
+        // Participant w owns rows w·rowsPer ..< (w+1)·rowsPer throughout (prologue, every block, epilogue).
+        func rowsOf(_ w: Int) -> Range<Int> { min(m, w * rowsPer)..<min(m, (w + 1) * rowsPer) }
+        if epilogue.bias != nil {
+            Parallel.forEach(t, threads: t) { w in epilogue.prepare(rows: rowsOf(w), cols: 0..<n, c: box.value.1, ldc: ldc) }
+        }
         var jc = 0
         while jc < n {
             let ncur = min(nc, n - jc)
@@ -311,10 +355,13 @@ public enum GEMM {
                           into: box.value.0 + col0 * kcur)
                 }
                 Parallel.forEach(t, threads: t) { w in
-                    let lo = w * rowsPer, hi = min(m, lo + rowsPer)
-                    if lo < hi {
-                        block(rows: lo..<hi, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: box.value.0,
+                    let rows = rowsOf(w)
+                    if !rows.isEmpty {
+                        block(rows: rows, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: box.value.0,
                               c: box.value.1, ldc: ldc, load: accumulate || pc > 0, scratch: scratches[w])
+                    }
+                    if epilogue.relu && jc + nc >= n && pc + step >= k {
+                        epilogue.finish(rows: rows, cols: 0..<n, c: box.value.1, ldc: ldc)
                     }
                 }
                 pc += step

@@ -166,6 +166,11 @@ public final class Model: @unchecked Sendable {
             l.needsInputGradient = false
             if l is Dense || l is Conv2D || l is BatchNorm { break }
         }
+        // Dense and convolution layers followed by a ReLU apply it inside their GEMM (see `forward`).
+        for (l, next) in zip(built, built.dropFirst()) where next is ReLU {
+            (l as? Dense)?.fusedReLU = true
+            (l as? Conv2D)?.fusedReLU = true
+        }
         layers = built
         if initialise { self.initialise(seed: seed) }
     }
@@ -203,10 +208,9 @@ public final class Model: @unchecked Sendable {
             let layer = i, start = timing == nil ? 0 : now()
             defer { timing?(layer, now() - start) }
             h = layers[i].forward(h, training: training)
-            // A ReLU after a dense or convolution layer runs in place on its fresh output (same values, one pass
-            // and one copy fewer); in training the ReLU keeps that output for its backward pass.
+            // A ReLU after a dense or convolution layer has been applied by that layer's GEMM, tile by tile (same
+            // values, no separate pass or copy); in training the ReLU keeps the output for its backward pass.
             if i + 1 < layers.count, layers[i] is Dense || layers[i] is Conv2D, let relu = layers[i + 1] as? ReLU {
-                ReLU.applyInPlace(&h)
                 if training { relu.keep(output: h) }
                 i += 1
             }

@@ -92,6 +92,47 @@ import Testing
         } } } }
     }
 
+    /// The GEMM's epilogue (bias before, ReLU after, tile by tile in the computing thread) gives the same bits as
+    /// the layer without a ReLU followed by a separate ReLU pass — on the GEMV path (batch 1), the per-call
+    /// packing paths (training: column shares, and rows sharing one packed B) and the cached packed path
+    /// (inference), with 1–3 threads.
+    @Test(arguments: [(1, 900), (60, 100), (37, 900), (128, 300)])
+    func fusedBiasAndReLUEqualSeparatePasses(_ shape: (Int, Int)) throws {
+        let (batch, units) = shape
+        let fused = try Model(Architecture(name: "t", inputShape: [784], classes: 0, layers: [.dense(units), .relu]),
+                              seed: 5, segment: true)
+        let plain = try Model(Architecture(name: "t", inputShape: [784], classes: 0, layers: [.dense(units)]),
+                              segment: true, initialise: false)
+        let bv = fused.parameters.view(named: "layers.0.bias")!
+        fused.parameters.set(bv, randomFloats(units, seed: 6))
+        plain.parameters.setAll(fused.parameters.values)
+        let x = Tensor(shape: [batch, 784], data: randomFloats(batch * 784, seed: 7))
+        for threads in [1, 2, 3] {
+            for training in [false, true] {
+                try withThreads(threads) {
+                    var expected = plain.forward(x, training: training)
+                    ReLU.applyInPlace(&expected)
+                    let got = fused.forward(x, training: training)
+                    let same = bitPatterns(got) == bitPatterns(expected)
+                    #expect(same, "batch \(batch), \(units) units, \(threads) threads, training \(training)")
+                    if training { _ = fused.backward(Tensor(zeros: [batch, units])); _ = plain.backward(Tensor(zeros: [batch, units])) }
+                }
+            }
+        }
+        // A convolution (cached packed weights, rows split) likewise.
+        let conv = try Model(Architecture(name: "t", inputShape: [9, 9, 4], classes: 0, layers: [.conv(20), .relu]),
+                             seed: 8, segment: true)
+        let convPlain = try Model(Architecture(name: "t", inputShape: [9, 9, 4], classes: 0, layers: [.conv(20)]),
+                                  segment: true, initialise: false)
+        conv.parameters.set(conv.parameters.view(named: "layers.0.bias")!, randomFloats(20, seed: 9))
+        convPlain.parameters.setAll(conv.parameters.values)
+        let xi = Tensor(shape: [6, 9, 9, 4], data: randomFloats(6 * 324, seed: 10))
+        var expected = convPlain.forward(xi)
+        ReLU.applyInPlace(&expected)
+        let same = bitPatterns(conv.forward(xi)) == bitPatterns(expected)
+        #expect(same, "convolution with a fused ReLU")
+    }
+
     /// A layer's packed weights are rebuilt after any change to the parameters: through `withValues`
     /// (tampering, optimizer steps), `set` and `setAll` — a stale cache would compute with the old weights.
     @Test func packedWeightsFollowEveryParameterChange() throws {

@@ -14,19 +14,21 @@ public final class ReLU: Layer {
         return y
     }
 
-    /// max(0, z) in place, 16 lanes at a time.
+    /// max(0, z) in place.
     public static func applyInPlace(_ y: inout Tensor) {
-        y.data.withUnsafeMutableBufferPointer { p in
-            let n = p.count
-            let base = p.baseAddress!
-            var i = 0
-            while i + 16 <= n {
-                let v = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(base + i).storeBytes(of: v.replacing(with: 0, where: v .< 0), as: SIMD16<Float>.self)
-                i += 16
-            }
-            while i < n { if base[i] < 0 { base[i] = 0 }; i += 1 }
+        y.data.withUnsafeMutableBufferPointer { p in clamp(p.baseAddress!, count: p.count) }
+    }
+
+    /// max(0, z) on `count` values in place, 16 lanes at a time (negative values become +0; −0 and NaN stay).
+    @inline(__always)
+    public static func clamp(_ base: UnsafeMutablePointer<Float>, count n: Int) {
+        var i = 0
+        while i + 16 <= n {
+            let v = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(base + i).storeBytes(of: v.replacing(with: 0, where: v .< 0), as: SIMD16<Float>.self)
+            i += 16
         }
+        while i < n { if base[i] < 0 { base[i] = 0 }; i += 1 }
     }
 
     /// Keeps `y` (this layer's output, computed in place by the caller) for the backward pass.

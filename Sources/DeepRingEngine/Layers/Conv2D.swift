@@ -10,6 +10,8 @@ public final class Conv2D: Layer {
     private var input: Tensor?
     /// The weights as the GEMM's packed B ([k·k·Cin, Cout]), kept while the parameters are unchanged.
     private let weights = PackedCache()
+    /// Set by `Model` when a ReLU follows: the GEMM then clamps the output itself, tile by tile.
+    var fusedReLU = false
 
     /// Values per row of the im2col matrix.
     var patchSize: Int { kernel * kernel * inC }
@@ -118,7 +120,6 @@ public final class Conv2D: Layer {
                         let n1 = min(n, n0 + chunk)
                         let rows = (n1 - n0) * rowsPerImage
                         let yc = yp.baseAddress! + n0 * rowsPerImage * outC
-                        Elementwise.broadcastRows(p + b.offset, rows: rows, cols: outC, into: yc)
                         let a: GEMM.Operand
                         if kernel == 1 && stride == 1 && padding == 0 {
                             a = .init(xp.baseAddress! + n0 * rowsPerImage * inC, rowStride: ps, colStride: 1)
@@ -126,7 +127,8 @@ public final class Conv2D: Layer {
                             im2col(xp.baseAddress!, images: n0, n1, into: scratch)
                             a = .init(scratch, rowStride: ps, colStride: 1)
                         }
-                        GEMM.multiply(m: rows, a: a, packed: packed, c: yc, ldc: outC, accumulate: true)
+                        GEMM.multiply(m: rows, a: a, packed: packed, c: yc, ldc: outC,
+                                      epilogue: GEMM.Epilogue(bias: p + b.offset, relu: fusedReLU))
                         n0 = n1
                     }
                 }

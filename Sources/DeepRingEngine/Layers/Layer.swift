@@ -14,12 +14,6 @@ public protocol Layer: AnyObject {
 
 /// Element-wise helpers shared by the layers.
 enum Elementwise {
-    /// y[r, :] = bias for every row.
-    @inline(__always)
-    static func broadcastRows(_ bias: UnsafePointer<Float>, rows: Int, cols: Int, into y: UnsafeMutablePointer<Float>) {
-        for r in 0..<rows { (y + r * cols).update(from: bias, count: cols) }
-    }
-
     /// db[c] (+)= Σ_r dy[r, c], rows summed in order 0, 1, … (deterministic).
     @inline(__always)
     static func sumRows(_ dy: UnsafePointer<Float>, rows: Int, cols: Int, into db: UnsafeMutablePointer<Float>,
