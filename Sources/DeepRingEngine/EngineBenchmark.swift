@@ -36,10 +36,6 @@ public enum EngineBenchmark {
     /// Parts of the benchmark: GEMM, the MLP (training and inference), VGG-19 forward.
     public enum Part: String, CaseIterable, Sendable { case gemm, mlp, vgg }
 
-    public static func run(repeats: Int = 3, includeVGG: Bool = true, log: (String) -> Void = { _ in }) throws -> [Figure] {
-        try run(repeats: repeats, parts: includeVGG ? Set(Part.allCases) : [.gemm, .mlp], log: log)
-    }
-
     public static func run(repeats: Int = 3, parts: Set<Part>, log: (String) -> Void = { _ in }) throws -> [Figure] {
         var out: [Figure] = []
         func add(_ k: String, _ v: Double, _ u: String) { out.append(Figure(key: k, value: v, unit: u)); log(k.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%12.2f ", v) + u) }
@@ -90,22 +86,25 @@ public enum EngineBenchmark {
         add("mlp_infer_b256_img_per_s", Double(256 * it256) / t256, "img/s")
     }
 
+    /// Full-width VGG-19 without BatchNorm, random weights (as the peers run it).
+    static func benchVGG() throws -> Model {
+        try Model(Architecture.vgg19(inputShape: [32, 32, 3], classes: 10, widthDivisor: 1, batchNorm: false), seed: 5)
+    }
+
     static func vgg(repeats: Int, _ add: (String, Double, String) -> Void) throws {
-        do {
-            let vgg = try Model(Architecture.vgg19(inputShape: [32, 32, 3], classes: 10, widthDivisor: 1, batchNorm: false), seed: 5)
-            let v1 = Tensor(shape: [1, 32, 32, 3], data: randomArray(3072, seed: 6))
-            let tv1 = timed(repeats: repeats) { for _ in 0..<10 { _ = vgg.forward(v1) } }
-            add("vgg19_infer_b1_ms", tv1 / 10 * 1e3, "ms")
-            let v64 = Tensor(shape: [64, 32, 32, 3], data: randomArray(64 * 3072, seed: 7))
-            let tv64 = timed(repeats: repeats) { _ = vgg.forward(v64) }
-            add("vgg19_infer_b64_img_per_s", 64 / tv64, "img/s")
-        }
+        let vgg = try benchVGG()
+        let v1 = Tensor(shape: [1, 32, 32, 3], data: randomArray(3072, seed: 6))
+        let tv1 = timed(repeats: repeats) { for _ in 0..<10 { _ = vgg.forward(v1) } }
+        add("vgg19_infer_b1_ms", tv1 / 10 * 1e3, "ms")
+        let v64 = Tensor(shape: [64, 32, 32, 3], data: randomArray(64 * 3072, seed: 7))
+        let tv64 = timed(repeats: repeats) { _ = vgg.forward(v64) }
+        add("vgg19_infer_b64_img_per_s", 64 / tv64, "img/s")
     }
 
     /// Per-layer forward times of full-width VGG-19 at `batch` (median of `repeats` passes after a warm-up):
     /// one line per layer with milliseconds and, for convolutions and dense layers, GFLOP/s.
     public static func vggLayers(batch: Int = 64, repeats: Int = 3) throws -> [String] {
-        let vgg = try Model(Architecture.vgg19(inputShape: [32, 32, 3], classes: 10, widthDivisor: 1, batchNorm: false), seed: 5)
+        let vgg = try benchVGG()
         let x = Tensor(shape: [batch, 32, 32, 3], data: randomArray(batch * 3072, seed: 7))
         _ = vgg.forward(x)
         var runs: [[Double]] = []

@@ -85,23 +85,21 @@ public enum GEMM {
         let flops = 2 * m * n * k
         let t = flops < 200_000 ? 1 : threads
         let cBox = UnsafeSendableBox(c)
+        /// C[rows, cols] by one thread, packing its own part of B: the bias, the product, the ReLU.
+        func piece(_ rows: Range<Int>, _ cols: Range<Int>) {
+            var aa = a, bb = b
+            aa.base = a.base + rows.lowerBound * a.rowStride
+            bb.base = b.base + cols.lowerBound * b.colStride
+            epilogue.prepare(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
+            serial(m: rows.count, n: cols.count, k: k, a: aa, b: bb,
+                   c: cBox.value + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc, accumulate: accumulate)
+            epilogue.finish(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
+        }
         if t == 1 {
-            epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
-            serial(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate)
-            epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
+            piece(0..<m, 0..<n)
         } else if nTiles >= 4 * t || mTiles < t {
-            // Threads take balanced shares of tiles, mostly whole column strips, each packing its own part of B.
-            Parallel.forEach(t, threads: t) { w in
-                share(w, of: t, m: m, n: n) { rows, cols in
-                    var aa = a, bb = b
-                    aa.base = a.base + rows.lowerBound * a.rowStride
-                    bb.base = b.base + cols.lowerBound * b.colStride
-                    epilogue.prepare(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
-                    serial(m: rows.count, n: cols.count, k: k, a: aa, b: bb,
-                           c: cBox.value + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc, accumulate: accumulate)
-                    epilogue.finish(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
-                }
-            }
+            // Threads take balanced shares of tiles, mostly whole column strips.
+            Parallel.forEach(t, threads: t) { w in share(w, of: t, m: m, n: n, piece) }
         } else {
             sharedB(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue, threads: t)
         }
@@ -441,13 +439,9 @@ public enum GEMM {
         while j < nc {
             let w = min(nr, nc - j)
             let src = b.base + row0 * b.rowStride + (col0 + j) * b.colStride
-            if w == nr && b.colStride == 1 {
-                for p in 0..<kc {
-                    let s = UnsafeRawPointer(src + p * b.rowStride)
-                    let d = UnsafeMutableRawPointer(out + p * nr)
-                    d.storeBytes(of: s.loadUnaligned(as: SIMD16<Float>.self), as: SIMD16<Float>.self)
-                }
-            } else if b.rowStride == 1 && w == nr {
+            // (Full strips of a row-major B were all packed above; what is left here is a partial strip, or B
+            // with another layout.)
+            if b.rowStride == 1 && w == nr {
                 packTransposedStrip(src, ld: b.colStride, kc: kc, into: out)
             } else if b.rowStride == 1 {
                 // Transposed B: read each column contiguously.
@@ -531,23 +525,40 @@ public enum GEMM {
         }
     }
 
+    /// A 6×16 tile of C in twelve 8-lane accumulators: row r is (c_r0, c_r1).
+    typealias Tile = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
+                      SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+
+    /// The tile's starting values: C's (when `load`) or zeros. Shared by both micro-kernels.
+    @inline(__always)
+    static func loadTile(_ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) -> Tile {
+        typealias V = SIMD8<Float>
+        guard load else { return (V(), V(), V(), V(), V(), V(), V(), V(), V(), V(), V(), V()) }
+        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        return (ld(c), ld(c + 8), ld(c + ldc), ld(c + ldc + 8), ld(c + 2 * ldc), ld(c + 2 * ldc + 8),
+                ld(c + 3 * ldc), ld(c + 3 * ldc + 8), ld(c + 4 * ldc), ld(c + 4 * ldc + 8), ld(c + 5 * ldc), ld(c + 5 * ldc + 8))
+    }
+
+    /// Stores a tile into C. Shared by both micro-kernels.
+    @inline(__always)
+    static func storeTile(_ t: Tile, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        @inline(__always) func st(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+            UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+        }
+        st(t.0, c); st(t.1, c + 8)
+        st(t.2, c + ldc); st(t.3, c + ldc + 8)
+        st(t.4, c + 2 * ldc); st(t.5, c + 2 * ldc + 8)
+        st(t.6, c + 3 * ldc); st(t.7, c + 3 * ldc + 8)
+        st(t.8, c + 4 * ldc); st(t.9, c + 4 * ldc + 8)
+        st(t.10, c + 5 * ldc); st(t.11, c + 5 * ldc + 8)
+    }
+
     /// The 6×16 micro-kernel: C[6×16] (+)= Ap[kc×6]ᵀ-packed · Bp[kc×16]-packed, one FMA chain per element.
     @inline(__always)
     static func kernel(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
         typealias V = SIMD8<Float>
-        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
-        if load {
-            c00 = ld(c); c01 = ld(c + 8)
-            c10 = ld(c + ldc); c11 = ld(c + ldc + 8)
-            c20 = ld(c + 2 * ldc); c21 = ld(c + 2 * ldc + 8)
-            c30 = ld(c + 3 * ldc); c31 = ld(c + 3 * ldc + 8)
-            c40 = ld(c + 4 * ldc); c41 = ld(c + 4 * ldc + 8)
-            c50 = ld(c + 5 * ldc); c51 = ld(c + 5 * ldc + 8)
-        }
+        var (c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51) = loadTile(c, ldc, load)
         var ap = a, bp = b
         for _ in 0..<kc {
             let b0 = UnsafeRawPointer(bp).load(as: V.self)
@@ -566,12 +577,7 @@ public enum GEMM {
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
             ap += 6; bp += 16
         }
-        st(c00, c); st(c01, c + 8)
-        st(c10, c + ldc); st(c11, c + ldc + 8)
-        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 8)
-        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 8)
-        st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 8)
-        st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 8)
+        storeTile((c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51), c, ldc)
     }
 
     /// The 6×16 micro-kernel reading A in place: six rows `a`, `a + lda`, … with unit column stride. The same
@@ -582,18 +588,7 @@ public enum GEMM {
     static func kernelDirect(_ kc: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
         typealias V = SIMD8<Float>
-        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
-        if load {
-            c00 = ld(c); c01 = ld(c + 8)
-            c10 = ld(c + ldc); c11 = ld(c + ldc + 8)
-            c20 = ld(c + 2 * ldc); c21 = ld(c + 2 * ldc + 8)
-            c30 = ld(c + 3 * ldc); c31 = ld(c + 3 * ldc + 8)
-            c40 = ld(c + 4 * ldc); c41 = ld(c + 4 * ldc + 8)
-            c50 = ld(c + 5 * ldc); c51 = ld(c + 5 * ldc + 8)
-        }
+        var (c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51) = loadTile(c, ldc, load)
         let a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda
         var bp = b
         for p in 0..<kc {
@@ -613,12 +608,7 @@ public enum GEMM {
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
             bp += 16
         }
-        st(c00, c); st(c01, c + 8)
-        st(c10, c + ldc); st(c11, c + ldc + 8)
-        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 8)
-        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 8)
-        st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 8)
-        st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 8)
+        storeTile((c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51), c, ldc)
     }
 
     // MARK: - GEMV (batch 1)

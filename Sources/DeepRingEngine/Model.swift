@@ -96,6 +96,8 @@ public final class Model: @unchecked Sendable {
     public let architecture: Architecture
     public let parameters: ParameterStore
     public let layers: [Layer]
+    /// `reluFusedAfter[i]`: layer i (dense or convolution) applies the ReLU at i + 1 inside its GEMM.
+    private let reluFusedAfter: [Bool]
 
     /// Largest parameter count accepted from a file (guards against hostile architectures).
     public static let maxParameters = 1 << 30
@@ -167,7 +169,10 @@ public final class Model: @unchecked Sendable {
             if l is Dense || l is Conv2D || l is BatchNorm { break }
         }
         // Dense and convolution layers followed by a ReLU apply it inside their GEMM (see `forward`).
-        for (l, next) in zip(built, built.dropFirst()) where next is ReLU {
+        reluFusedAfter = built.indices.map { i in
+            i + 1 < built.count && (built[i] is Dense || built[i] is Conv2D) && built[i + 1] is ReLU
+        }
+        for (l, fused) in zip(built, reluFusedAfter) where fused {
             (l as? Dense)?.fusedReLU = true
             (l as? Conv2D)?.fusedReLU = true
         }
@@ -210,8 +215,8 @@ public final class Model: @unchecked Sendable {
             h = layers[i].forward(h, training: training)
             // A ReLU after a dense or convolution layer has been applied by that layer's GEMM, tile by tile (same
             // values, no separate pass or copy); in training the ReLU keeps the output for its backward pass.
-            if i + 1 < layers.count, layers[i] is Dense || layers[i] is Conv2D, let relu = layers[i + 1] as? ReLU {
-                if training { relu.keep(output: h) }
+            if reluFusedAfter[i] {
+                if training { (layers[i + 1] as! ReLU).keep(output: h) }
                 i += 1
             }
             i += 1

@@ -31,8 +31,8 @@ public final class Conv2D: Layer {
 
     public var outputShape: [Int] { [outH, outW, outC] }
 
-    /// Images per im2col block: enough for ≥ 512 GEMM rows (packing the weights once per block is then
-    /// negligible), and otherwise as many as fit in 2 MB, so the block is still in cache when the GEMM reads it
+    /// Images per im2col block: enough for ≥ 512 GEMM rows (each block streams all of the packed weights, so
+    /// their reading is then negligible), and otherwise as many as fit in 2 MB, so the block is still in cache when the GEMM reads it
     /// (with 32 MB blocks, VGG's 32×32 layers ran at a third of the GEMM's speed, waiting on memory). The result
     /// does not depend on the blocking: rows are independent, and ∂W continues one FMA chain across blocks.
     private func imagesPerChunk() -> Int {
@@ -167,10 +167,10 @@ public final class Conv2D: Layer {
                                               b: .init(dyc, rowStride: outC, colStride: 1),
                                               c: g + w.offset, ldc: outC, accumulate: n0 > 0)
                                 Elementwise.sumRows(dyc, rows: rows, cols: outC, into: g + b.offset, accumulate: n0 > 0)
-                                if needsInputGradient {
+                                if let wT {
                                     // ∂cols = dy·Wᵀ, then scatter-add back to the image (col2im).
                                     GEMM.multiply(m: rows, a: .init(dyc, rowStride: outC, colStride: 1),
-                                                  packed: wT!, c: dcols, ldc: ps)
+                                                  packed: wT, c: dcols, ldc: ps)
                                     col2im(dcols, images: n0, n1, into: dxp.baseAddress!)
                                 }
                                 n0 = n1
