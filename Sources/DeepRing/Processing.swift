@@ -98,6 +98,12 @@ final class RingNode {
         return LayerPost(consumed: c, k: k, x: e.payload[x], h: h)
     }
 
+    /// Only the sequence number of the entry a layer post consumed.
+    static func consumedSequence(_ e: LedgerEntry) throws -> Int64 {
+        var r = WireReader(e.payload)
+        return try r.u64()
+    }
+
     /// Only the H of a layer post (validation needs nothing else; X, often megabytes, is skipped, not copied).
     static func parseH(_ e: LedgerEntry) throws -> [UInt8] {
         var r = WireReader(e.payload)
@@ -118,15 +124,22 @@ final class RingNode {
     static func parallel(_ floats: Int) -> Int { floats >= 16_384 ? 2 : 1 }
 
     /// Checks a layer post's entry (stored hash against its fields, and the signature) and decrypts its X — two
-    /// independent passes over the payload, run side by side for big payloads. Nil when the entry is not authentic.
-    func authenticateAndReceive(_ e: LedgerEntry) throws -> (LayerPost, Tensor)? {
+    /// independent passes over the payload, run side by side for big payloads. With `hashInput`, the thread that
+    /// decrypts (AES-GCM, several times faster than SHA-256 here) then hashes the plaintext for validation (Eq. 13)
+    /// while the other still hashes the entry: nothing is acted on before both checks are done. Nil when the entry
+    /// is not authentic.
+    func authenticateAndReceive(_ e: LedgerEntry, hashInput: Bool) throws -> (LayerPost, Tensor, inputHash: [UInt8]?)? {
         let p = try RingNode.parseLayer(e)
         return try timing.time(\.crypto) {
             var authentic = false, input: Result<Tensor, Error> = .failure(QueryError.decryptionFailed)
+            var inputHash: [UInt8]?
             Parallel.forEach(2, threads: RingNode.parallel(p.x.count / 4)) { i in
-                if i == 0 { authentic = e.isAuthentic } else { input = Result { try receiveUntimed(e, p) } }
+                if i == 0 { authentic = e.isAuthentic } else {
+                    input = Result { try receiveUntimed(e, p) }
+                    if hashInput, case .success(let t) = input { inputHash = TensorWire.hash(t) }
+                }
             }
-            return authentic ? (p, try input.get()) : nil
+            return authentic ? (p, try input.get(), inputHash) : nil
         }
     }
 
@@ -168,17 +181,21 @@ final class RingNode {
                 try post(output: x, queryID: q, consumed: e.sequence, ledger: ledger)
                 acted = true
             case .layer where e.author == predecessor.signing:
-                guard let (p, input) = try authenticateAndReceive(e) else { continue }
                 // Validation (Eq. 13): the entry this output was computed from carries H_{i−1}, the hash that the
                 // block before computed for this very output with its copy of the layer.
-                if let prior = try ledger.entries(from: p.consumed, limit: 1).first, prior.sequence == p.consumed,
+                var expected: [UInt8]?, hashFrom: [UInt8] = []
+                if let consumed = try? RingNode.consumedSequence(e),
+                   let prior = try ledger.entries(from: consumed, limit: 1).first, prior.sequence == consumed,
                    prior.kind == .layer, prior.queryID == q {
-                    let expected = try RingNode.parseH(prior)
-                    if expected != TensorWire.hash(input) {
+                    expected = try RingNode.parseH(prior); hashFrom = prior.author
+                }
+                guard let (p, input, inputHash) = try authenticateAndReceive(e, hashInput: expected != nil) else { continue }
+                if let expected {
+                    if expected != inputHash {
                         let key = "\(q)/\(p.consumed)"
                         failures[key, default: 0] += 1
                         let retry = failures[key]! <= RingNode.maxRetries
-                        let msg = "{\"suspect\":\"\(hex(e.author))\",\"hash_from\":\"\(hex(prior.author))\",\"entry\":\(e.sequence),\"retry_of\":\(p.consumed),\"final\":\(!retry)}"
+                        let msg = "{\"suspect\":\"\(hex(e.author))\",\"hash_from\":\"\(hex(hashFrom))\",\"entry\":\(e.sequence),\"retry_of\":\(p.consumed),\"final\":\(!retry)}"
                         try ledger.append(kind: .alarm, queryID: q, payload: Array(msg.utf8), signer: signer)
                         acted = true
                         continue

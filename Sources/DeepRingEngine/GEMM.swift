@@ -288,17 +288,15 @@ public enum GEMM {
         return (k + kBlocks - 1) / kBlocks
     }
 
-    /// Per-thread scratch: a packed A block, a packed A strip for edge tiles, and an edge tile of C.
+    /// Per-thread scratch: a packed A block and an edge tile of C.
     struct Scratch {
         let aPack: UnsafeMutablePointer<Float>
-        let aEdge: UnsafeMutablePointer<Float>
         let edge: UnsafeMutablePointer<Float>
         init(kc: Int) {
             aPack = GEMM.allocateAligned(mc * kc + 16)
-            aEdge = GEMM.allocateAligned(mr * kc + 16)
             edge = GEMM.allocateAligned(mr * nr)
         }
-        func free() { aPack.deallocate(); aEdge.deallocate(); edge.deallocate() }
+        func free() { aPack.deallocate(); edge.deallocate() }
     }
 
     static func serial(m: Int, n: Int, k: Int, a: Operand, b: Operand,
@@ -368,17 +366,18 @@ public enum GEMM {
         }
     }
 
-    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · packed B block. A with unit column stride
-    /// is read in place by the micro-kernel (no packing); other layouts are packed mc rows at a time.
+    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · packed B block. A is packed mc rows at a
+    /// time, whatever its layout: reading a row-major A in place instead (six row streams per micro-kernel call,
+    /// re-read for every strip of B, and edge tiles packed one by one) was measured 4–6 % slower on one thread at
+    /// the MLP's shapes (e.g. 128×900×600: 1374 → 1303 µs against the same packed B).
     @inline(__always)
     static func block(rows: Range<Int>, jc: Int, ncur: Int, pc: Int, kcur: Int, a: Operand,
                       bPack: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool,
                       scratch: Scratch) {
-        let direct = a.colStride == 1
         var ic = rows.lowerBound
         while ic < rows.upperBound {
             let mcur = min(mc, rows.upperBound - ic)
-            if !direct { packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: scratch.aPack) }
+            packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: scratch.aPack)
             var jr = 0
             while jr < ncur {
                 let nrCur = min(nr, ncur - jr)
@@ -387,20 +386,11 @@ public enum GEMM {
                 while ir < mcur {
                     let mrCur = min(mr, mcur - ir)
                     let cp = c + (ic + ir) * ldc + (jc + jr)
+                    let ap = scratch.aPack + ir * kcur
                     if mrCur == mr && nrCur == nr {
-                        if direct {
-                            kernelDirect(kcur, a.base + (ic + ir) * a.rowStride + pc, a.rowStride, bp, cp, ldc, load)
-                        } else {
-                            kernel(kcur, scratch.aPack + ir * kcur, bp, cp, ldc, load)
-                        }
+                        kernel(kcur, ap, bp, cp, ldc, load)
                     } else {
-                        let ap: UnsafeMutablePointer<Float>
-                        if direct {
-                            packA(a, row0: ic + ir, col0: pc, mc: mrCur, kc: kcur, into: scratch.aEdge)
-                            ap = scratch.aEdge
-                        } else {
-                            ap = scratch.aPack + ir * kcur
-                        }
+                        // Edge tile: computed whole in a scratch tile (A and B are zero-padded), then copied out.
                         let ep = scratch.edge
                         if load {
                             for i in 0..<mrCur { for j in 0..<nrCur { ep[i * nr + j] = cp[i * ldc + j] } }
@@ -529,7 +519,7 @@ public enum GEMM {
     typealias Tile = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
                       SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
 
-    /// The tile's starting values: C's (when `load`) or zeros. Shared by both micro-kernels.
+    /// The tile's starting values: C's (when `load`) or zeros.
     @inline(__always)
     static func loadTile(_ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) -> Tile {
         typealias V = SIMD8<Float>
@@ -539,7 +529,7 @@ public enum GEMM {
                 ld(c + 3 * ldc), ld(c + 3 * ldc + 8), ld(c + 4 * ldc), ld(c + 4 * ldc + 8), ld(c + 5 * ldc), ld(c + 5 * ldc + 8))
     }
 
-    /// Stores a tile into C. Shared by both micro-kernels.
+    /// Stores a tile into C.
     @inline(__always)
     static func storeTile(_ t: Tile, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
         @inline(__always) func st(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
@@ -576,37 +566,6 @@ public enum GEMM {
             av = V(repeating: ap[5])
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
             ap += 6; bp += 16
-        }
-        storeTile((c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51), c, ldc)
-    }
-
-    /// The 6×16 micro-kernel reading A in place: six rows `a`, `a + lda`, … with unit column stride. The same
-    /// FMA chain per element as `kernel` (bit-identical results); it saves packing A when A is row-major.
-    /// (A twin of `kernel` on purpose: one kernel taking both layouts through a stride compiled to register
-    /// spills in the inner loop and halved the GEMM's speed.)
-    @inline(__always)
-    static func kernelDirect(_ kc: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>,
-                             _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
-        typealias V = SIMD8<Float>
-        var (c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51) = loadTile(c, ldc, load)
-        let a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda
-        var bp = b
-        for p in 0..<kc {
-            let b0 = UnsafeRawPointer(bp).load(as: V.self)
-            let b1 = UnsafeRawPointer(bp + 8).load(as: V.self)
-            var av = V(repeating: a0[p])
-            c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-            av = V(repeating: a1[p])
-            c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-            av = V(repeating: a2[p])
-            c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-            av = V(repeating: a3[p])
-            c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-            av = V(repeating: a4[p])
-            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-            av = V(repeating: a5[p])
-            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-            bp += 16
         }
         storeTile((c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51), c, ldc)
     }
