@@ -64,7 +64,13 @@ public final class RingRuntime {
             ring = try SealedRing.open(directory)
             ledger = try SQLiteLedger(path: ring.ledgerPath)
             view = try LedgerView(ledger)
-            try loadNodes()
+            do { try loadNodes() } catch {
+                // A block file that cannot even be loaded (a tampered header, truncated, oversized) is tampered with:
+                // tracking mode restores it before anything runs — unless the chain is intact and the fault is elsewhere.
+                guard !ring.checkAuthenticity().authentic else { throw error }
+                try track(signer: LedgerSigner(try KeyFile.read(directory + "/owner/keys.json").signing))
+                try loadNodes()
+            }
         } catch { close(fd); throw error }
     }
 
@@ -126,7 +132,7 @@ public final class RingRuntime {
     func loadNodes() throws {
         let dir = ring.directory
         let oKeys = try KeyFile.read(dir + "/owner/keys.json")
-        let oLayers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/owner/ouroboros.safetensors"))),
+        let oLayers = try BlockFile.parse(try SealedRing.readHolderFile(dir + "/owner/ouroboros.safetensors", directory: dir),
                                           prefixes: ["own", "next"], path: "ouroboros")
         var blocks: [RingNode] = []
         var firstPublic: PublicKeys?, lastPublic: PublicKeys?
@@ -134,7 +140,7 @@ public final class RingRuntime {
             let b = dir + "/blocks/" + id
             let keys = try KeyFile.read(b + "/keys.json")
             let info = try BlockInfo.read(blockDirectory: b)
-            let layers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: b + "/params.safetensors"))),
+            let layers = try BlockFile.parse(try SealedRing.readHolderFile(b + "/params.safetensors", directory: dir),
                                              prefixes: ["own", "next"], path: b + "/params.safetensors")
             blocks.append(try RingNode(name: id, keys: keys, predecessor: info.predecessor, successor: info.successor,
                                        own: layers[0], next: layers[1], isOuroboros: false,
@@ -166,9 +172,16 @@ public final class RingRuntime {
 
     /// Authenticity check and, when it is off, tracking and restore (§3.3, §3.4.4).
     public func ensureAuthentic() throws {
+        if ring.checkAuthenticity().authentic { return }
+        try track(signer: ouroboros.signer)
+        try reloadBlocks()
+    }
+
+    /// Tracking mode (authenticity is off): an alarm entry, then the tampered holders restored one by one from the
+    /// checkpoint, each with a restore entry signed by the ouroboros.
+    func track(signer: LedgerSigner) throws {
         let report = ring.checkAuthenticity()
         if report.authentic { return }
-        let signer = ouroboros.signer
         try ledger.append(kind: .alarm, queryID: nil,
                           payload: Array("{\"authenticity\":false,\"first_tampered\":\"\(report.firstTampered ?? "")\"}".utf8), signer: signer)
         let t0 = now()
@@ -178,7 +191,6 @@ public final class RingRuntime {
             try ledger.append(kind: .restore, queryID: nil, payload: Array("{\"restored\":\"\(b)\"}".utf8), signer: signer)
         }
         restores += restored
-        try reloadBlocks()
     }
 
     /// Re-reads every block's files, as running blocks would see them (a compromised block keeps its perturbation:

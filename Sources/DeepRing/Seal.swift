@@ -131,7 +131,8 @@ public final class SealedRing {
     /// Opens a sealed ring as its owner.
     public static func open(_ directory: String) throws -> SealedRing {
         func load<T: Decodable>(_ t: T.Type, _ p: String) throws -> T {
-            guard let d = FileManager.default.contents(atPath: p), d.count < 16 << 20 else { throw RingError.notARing("\(p) is missing") }
+            guard FileManager.default.fileExists(atPath: p) else { throw RingError.notARing("\(p) is missing") }
+            let d = Data(try readWholeFile(p, limit: 16 << 20))
             do { return try JSONDecoder().decode(T.self, from: d) } catch { throw RingError.malformedFile(p, "invalid JSON") }
         }
         let m = try load(RingManifest.self, directory + "/ring.json")
@@ -160,9 +161,9 @@ public final class SealedRing {
     // MARK: authenticity and tracking
 
     /// What holder `position` currently holds, or nil when its file cannot be read as a block file.
-    func currentHolding(_ position: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
+    func currentHolding(_ position: Int, limit holderLimit: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
         let path = holderPath(position)
-        guard let d = readWholeFile(path) else { return nil }
+        guard let d = try? readWholeFile(path, limit: holderLimit) else { return nil }
         let digest = hex(Array(SHA256.hash(data: d)))
         guard let ls = try? BlockFile.parse(d, prefixes: ["own", "next"], path: path) else { return nil }
         return (ls[0], ls[1], digest)
@@ -173,10 +174,11 @@ public final class SealedRing {
         let n = manifest.blockCount
         // Reading, file digests and parsing are independent per holder: spread over the engine's threads. The
         // chain itself (Eq. 1) is sequential: each hash starts from the previous one.
+        let holderLimit = SealedRing.holderFileLimit(directory: directory)
         var loaded = [(own: RingLayer, next: RingLayer, digest: String)?](repeating: nil, count: n + 1)
         loaded.withUnsafeMutableBufferPointer { out in
             let box = UnsafeSendableBox(out.baseAddress!)
-            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p) }
+            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p, limit: holderLimit) }
         }
         let empty = RingLayer(specs: [], inputShape: [], tensors: [], tensorNames: [])
         var firstBadFile: Int?
@@ -244,7 +246,7 @@ extension SealedRing {
     /// Reads every block's public files (block.json and the layer descriptions in params.safetensors), in
     /// directory order — not ring order, which only the owner's record holds.
     public static func inspect(_ directory: String) throws -> (RingManifest, [BlockSummary]) {
-        guard let d = FileManager.default.contents(atPath: directory + "/ring.json"),
+        guard let d = (try? readWholeFile(directory + "/ring.json", limit: 1 << 20)).map({ Data($0) }),
               let manifest = try? JSONDecoder().decode(RingManifest.self, from: d) else {
             throw RingError.notARing("\(directory)/ring.json is missing or invalid")
         }
@@ -252,7 +254,7 @@ extension SealedRing {
         for id in try FileManager.default.contentsOfDirectory(atPath: directory + "/blocks").sorted() {
             let b = directory + "/blocks/" + id
             let info = try BlockInfo.read(blockDirectory: b)
-            let layers = try BlockFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: b + "/params.safetensors"))),
+            let layers = try BlockFile.parse(try readHolderFile(b + "/params.safetensors", directory: directory),
                                              prefixes: ["own", "next"], path: b + "/params.safetensors")
             func describe(_ l: RingLayer) -> String {
                 l.specs.map(\.type.rawValue).joined(separator: "+") + " " + l.tensors.map { "\($0.shape)" }.joined(separator: " ")
@@ -278,7 +280,7 @@ struct BlockInfo: Codable {
     /// Reads a block's `block.json` as hostile input: size-capped, every key 32 bytes.
     static func read(blockDirectory b: String) throws -> BlockInfo {
         let p = b + "/block.json"
-        guard let d = FileManager.default.contents(atPath: p), d.count < 1 << 20,
+        guard let d = (try? readWholeFile(p, limit: 1 << 20)).map({ Data($0) }),
               let info = try? JSONDecoder().decode(BlockInfo.self, from: d),
               [info.keys, info.predecessor, info.successor].allSatisfy({ $0.signing.count == 32 && $0.agreement.count == 32 }) else {
             throw RingError.malformedFile(p, "missing or invalid block description")
@@ -306,14 +308,17 @@ func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
     guard writeAll(fd, bytes) else { throw RingError.restoreFailed("cannot write \(path)") }
 }
 
-/// A whole file's bytes, read straight into an array (no intermediate `Data`); nil when it cannot be read.
-/// Files over 4 GiB are refused.
-func readWholeFile(_ path: String) -> [UInt8]? {
+/// A whole file's bytes, read straight into an array (no intermediate `Data`). Files over `limit` bytes are
+/// refused before anything is allocated.
+func readWholeFile(_ path: String, limit: Int) throws -> [UInt8] {
     let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
+    guard fd >= 0 else { throw RingError.malformedFile(path, "cannot be opened") }
     defer { close(fd) }
     var st = stat()
-    guard fstat(fd, &st) == 0, st.st_size >= 0, st.st_size <= 1 << 32 else { return nil }
+    guard fstat(fd, &st) == 0, st.st_size >= 0 else { throw RingError.malformedFile(path, "cannot be read") }
+    guard st.st_size <= limit else {
+        throw RingError.malformedFile(path, "is \(st.st_size) bytes; no file of this ring can be larger than \(limit) bytes")
+    }
     let size = Int(st.st_size)
     var failed = false
     let bytes = [UInt8](unsafeUninitializedCapacity: size) { buf, count in
@@ -325,5 +330,23 @@ func readWholeFile(_ path: String) -> [UInt8]? {
         }
         count = off
     }
-    return failed || bytes.count != size ? nil : bytes
+    guard !failed, bytes.count == size else { throw RingError.malformedFile(path, "cannot be read (changed while reading?)") }
+    return bytes
+}
+
+extension SealedRing {
+    /// The most bytes a block's parameter file (or the ouroboros's) can have in the ring at `directory`: the
+    /// owner's checkpoint holds every layer and a holder's file two of them, so nothing legitimate is larger
+    /// than the checkpoint (64 KiB of slack for the header's longer tensor names). Without the owner's folder
+    /// (a public copy of the ring): 2 GiB. A hostile file is refused by its size before it is read.
+    static func holderFileLimit(directory: String) -> Int {
+        var st = stat()
+        guard stat(directory + "/owner/checkpoint.safetensors", &st) == 0, st.st_size > 0 else { return 1 << 31 }
+        return Int(st.st_size) + (1 << 16)
+    }
+
+    /// A holder's parameter file, read only when its size is plausible (see `holderFileLimit`).
+    static func readHolderFile(_ path: String, directory: String) throws -> [UInt8] {
+        try readWholeFile(path, limit: holderFileLimit(directory: directory))
+    }
 }

@@ -89,6 +89,37 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
         #expect(kinds.contains(.restore) && kinds.contains(.alarm))
     }
 
+    /// Block files that cannot even be loaded — an 8 GiB (sparse) file, refused by its size before a byte is
+    /// allocated, and a file with a broken header — are tampered files: the runtime restores them (tracking mode)
+    /// when it starts, and the ring answers exactly as before.
+    @Test func unloadableBlockFilesAreRestoredWhenTheRuntimeStarts() throws {
+        let m = try smallModel(seed: 12)
+        let dir = try sealedRing(m)
+        let ring = try SealedRing.open(dir)
+        let blocks = ring.placement
+        let big = dir + "/blocks/\(blocks[0])/params.safetensors", broken = dir + "/blocks/\(blocks[2])/params.safetensors"
+        let (bigBytes, brokenBytes) = (try Data(contentsOf: URL(fileURLWithPath: big)), try Data(contentsOf: URL(fileURLWithPath: broken)))
+        #expect(truncate(big, 8 << 30) == 0)
+        var b = [UInt8](brokenBytes)
+        b[3] ^= 0x7f   // the header's length field
+        try Data(b).write(to: URL(fileURLWithPath: broken))
+        let report = ring.checkAuthenticity()
+        #expect(!report.authentic && report.firstTampered == blocks[0])
+        do {
+            _ = try ring.heldLayers(position: 1)
+            Issue.record("read an 8 GiB block file")
+        } catch let e as RingError {
+            #expect("\(e)".contains("no file of this ring can be larger than"))
+        }
+        let rt = try RingRuntime(directory: dir)
+        #expect(rt.restores == [blocks[0], blocks[2]])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: big)) == bigBytes)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: broken)) == brokenBytes)
+        let x = sampleInputs(3)
+        #expect(try rt.query(x).logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+        #expect(try rt.ledger.allEntries().filter { $0.kind == .restore }.count == 2)
+    }
+
     @Test func anInterruptedQueryIsReportedIncompleteAndTheNextOneWorks() throws {
         let m = try smallModel(seed: 12)
         let dir = try sealedRing(m)
