@@ -244,7 +244,9 @@ public final class RingRuntime {
         var cursor = posted.sequence
         while true {
             var acted = false
-            try timing.time(\.ledger) { try view.refresh() }
+            // Entries appended here reach the view at once; the database is read (one query) only when a round
+            // found nothing to do, for what other processes may have appended.
+            if idle > 0 { try timing.time(\.ledger) { try view.refresh() } }
             for n in nodes.shuffled() { if try n.step(ledger: view) { acted = true } }
             let tail = try view.lastSequence()
             let mine = tail > cursor ? try view.entries(in: (cursor + 1)...tail, matching: [
