@@ -27,6 +27,13 @@ import json, sys
 o = json.load(open(sys.argv[1]))
 assert 0 <= o["accuracy"] <= 1 and o["accuracy"] > 0.9, o["accuracy"]
 PY
+expect_exit 1 "bench engine: unknown part" "$bin" bench engine --only nope
+expect_exit 0 "bench engine --only step --json" "$bin" bench engine --only step --json
+python3 - "$tmp/out" <<'PY' || { echo "FAIL: bench engine --only step output"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert 0 < o["mlp_train_step_min_ms"] <= o["mlp_train_step_p25_ms"] <= o["mlp_train_step_median_ms"], o
+PY
 expect_exit 0 "train synthetic" "$bin" train --model mlp --dataset synthetic --epochs 1 --limit 2000 --out "$tmp/m.safetensors"
 
 printf 'garbage' >"$tmp/bad.safetensors"

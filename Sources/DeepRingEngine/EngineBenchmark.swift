@@ -33,8 +33,11 @@ public enum EngineBenchmark {
         return Double(2 * m * n * k * reps) / t / 1e9
     }
 
-    /// Parts of the benchmark: GEMM, the MLP (training and inference), VGG-19 forward.
-    public enum Part: String, CaseIterable, Sendable { case gemm, mlp, vgg }
+    /// Parts of the benchmark: GEMM, the MLP (training and inference), VGG-19 forward; and, on request only (no
+    /// peer has it), the distribution of one MLP training step's time.
+    public enum Part: String, CaseIterable, Sendable { case gemm, mlp, vgg, step }
+    /// The parts run when none are named.
+    public static let defaultParts: Set<Part> = [.gemm, .mlp, .vgg]
 
     public static func run(repeats: Int = 3, parts: Set<Part>, log: (String) -> Void = { _ in }) throws -> [Figure] {
         var out: [Figure] = []
@@ -49,7 +52,33 @@ public enum EngineBenchmark {
 
         if parts.contains(.mlp) { try mlp(repeats: repeats, add) }
         if parts.contains(.vgg) { try vgg(repeats: repeats, add) }
+        if parts.contains(.step) { try step(add) }
         return out
+    }
+
+    /// One MLP training step (batch 128, plain SGD, the same batch each time): minimum, first quartile and median
+    /// over 60 blocks of 20 steps. On a machine whose speed drifts for seconds at a time an epoch's median (3 s
+    /// each) scatters by a third between runs; the quartile of many short blocks is the figure to compare builds
+    /// with, run alternately.
+    static func step(_ add: (String, Double, String) -> Void) throws {
+        let model = try Model(Architecture.mlp(inputShape: [784], classes: 10), seed: 1)
+        var cfg = TrainingConfig()
+        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.momentum = 0; cfg.learningRate = 0.01; cfg.schedule = .constant
+        let trainer = Trainer(model: model, config: cfg)
+        let x = Tensor(shape: [128, 784], data: randomArray(128 * 784, seed: 3).map { $0 + 0.5 })
+        var r = SeededRandom(seed: 4)
+        let y = (0..<128).map { _ in r.int(below: 10) }
+        for _ in 0..<50 { trainer.step(x, y, lr: 0.01) }
+        var blocks: [Double] = []
+        for _ in 0..<60 {
+            let t0 = now()
+            for _ in 0..<20 { trainer.step(x, y, lr: 0.01) }
+            blocks.append((now() - t0) / 20)
+        }
+        blocks.sort()
+        add("mlp_train_step_min_ms", blocks[0] * 1e3, "ms")
+        add("mlp_train_step_p25_ms", blocks[15] * 1e3, "ms")
+        add("mlp_train_step_median_ms", blocks[30] * 1e3, "ms")
     }
 
     static func mlp(repeats: Int, _ add: (String, Double, String) -> Void) throws {

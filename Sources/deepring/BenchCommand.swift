@@ -22,7 +22,7 @@ struct BenchEngine: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Timed repetitions per figure (median reported).") var repeats: Int = 3
     @Flag(help: "Skip the VGG-19 figures.") var noVgg = false
-    @Option(help: "Run only these parts, comma-separated: gemm, mlp, vgg.") var only: String?
+    @Option(help: "Run only these parts, comma-separated: gemm, mlp, vgg, and step (the distribution of one MLP training step's time: min, quartile, median of 60 blocks of 20 steps; no peer runs it; only when named).") var only: String?
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
     @Option(help: "Path of jax_reference.py.") var referenceScript: String = "../shared/bench/jax_reference.py"
     @Option(help: "Python with torch installed, to run the same figures in PyTorch (CPU) in the same run.") var torch: String?
@@ -44,11 +44,12 @@ struct BenchEngine: ParsableCommand {
             let selected = try parts()
             func merge(_ into: inout [String: Double], _ new: [String: Double]) { into.merge(new) { a, _ in a } }
             for part in EngineBenchmark.Part.allCases where selected.contains(part) {
-                if let py = reference { merge(&ref1, try runReference(py, part)) }
-                if let py = torch, part != .gemm { merge(&t1, try runTorch(py, part)) }
+                let peers = part != .step
+                if let py = reference, peers { merge(&ref1, try runReference(py, part)) }
+                if let py = torch, peers, part != .gemm { merge(&t1, try runTorch(py, part)) }
                 figures += try EngineBenchmark.run(repeats: repeats, parts: [part]) { if !json { print($0) } }
-                if let py = torch, part != .gemm { merge(&t2, try runTorch(py, part)) }
-                if let py = reference { merge(&ref2, try runReference(py, part)) }
+                if let py = torch, peers, part != .gemm { merge(&t2, try runTorch(py, part)) }
+                if let py = reference, peers { merge(&ref2, try runReference(py, part)) }
             }
             func ratios(_ a: [String: Double], _ b: [String: Double], _ peer: String) -> [String: Double] {
                 var out: [String: Double] = [:]
@@ -148,12 +149,12 @@ struct BenchEngine: ParsableCommand {
     }
 
     func parts() throws -> Set<EngineBenchmark.Part> {
-        var p = Set(EngineBenchmark.Part.allCases)
+        var p = EngineBenchmark.defaultParts
         if let only {
             p = []
             for name in only.split(separator: ",") {
                 guard let part = EngineBenchmark.Part(rawValue: name.trimmingCharacters(in: .whitespaces).lowercased()) else {
-                    throw ValidationError("--only: unknown part '\(name)' (expected gemm, mlp or vgg)")
+                    throw ValidationError("--only: unknown part '\(name)' (expected gemm, mlp, vgg or step)")
                 }
                 p.insert(part)
             }
