@@ -494,6 +494,28 @@ public enum GEMM {
                     d.storeBytes(of: s.loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
                     (d + 16).storeBytes(of: (s + 16).loadUnaligned(as: SIMD2<Float>.self), as: SIMD2<Float>.self)
                 }
+            } else if h == mr && a.colStride == 1 {
+                // Row-major A (im2col rows, x in y = x·W): eight k at a time, one vector load per row, dealt out
+                // to the interleaved layout out[p·6 + r] (the scalar loop below was ~5 % of VGG-19's forward).
+                let r0 = src, r1 = src + a.rowStride, r2 = src + 2 * a.rowStride
+                let r3 = src + 3 * a.rowStride, r4 = src + 4 * a.rowStride, r5 = src + 5 * a.rowStride
+                typealias V = SIMD8<Float>
+                @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+                var p = 0
+                while p &+ 8 <= kc {
+                    let v0 = ld(r0 + p), v1 = ld(r1 + p), v2 = ld(r2 + p), v3 = ld(r3 + p), v4 = ld(r4 + p), v5 = ld(r5 + p)
+                    let d = out + p &* mr
+                    for q in 0..<8 {
+                        let e = d + q &* 6
+                        e[0] = v0[q]; e[1] = v1[q]; e[2] = v2[q]; e[3] = v3[q]; e[4] = v4[q]; e[5] = v5[q]
+                    }
+                    p &+= 8
+                }
+                while p < kc {
+                    let d = out + p &* mr
+                    d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]; d[3] = r3[p]; d[4] = r4[p]; d[5] = r5[p]
+                    p &+= 1
+                }
             } else if h == mr {
                 let r0 = src, r1 = src + a.rowStride, r2 = src + 2 * a.rowStride
                 let r3 = src + 3 * a.rowStride, r4 = src + 4 * a.rowStride, r5 = src + 5 * a.rowStride
