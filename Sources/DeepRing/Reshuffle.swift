@@ -141,7 +141,7 @@ extension SealedRing {
         let blocks = directory + "/blocks", next = directory + "/blocks.next"
         if fm.fileExists(atPath: next) {
             var committed = false
-            if let d = (try? readWholeFile(directory + "/owner/record.json", limit: 16 << 20)).map({ Data($0) }),
+            if let d = readSmallFile(directory + "/owner/record.json", limit: 16 << 20),
                let r = try? JSONDecoder().decode(OwnerRecord.self, from: d) {
                 committed = r.order.allSatisfy { fm.fileExists(atPath: next + "/" + $0 + "/block.json") }
             }

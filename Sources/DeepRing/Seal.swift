@@ -246,7 +246,7 @@ extension SealedRing {
     /// Reads every block's public files (block.json and the layer descriptions in params.safetensors), in
     /// directory order — not ring order, which only the owner's record holds.
     public static func inspect(_ directory: String) throws -> (RingManifest, [BlockSummary]) {
-        guard let d = (try? readWholeFile(directory + "/ring.json", limit: 1 << 20)).map({ Data($0) }),
+        guard let d = readSmallFile(directory + "/ring.json", limit: 1 << 20),
               let manifest = try? JSONDecoder().decode(RingManifest.self, from: d) else {
             throw RingError.notARing("\(directory)/ring.json is missing or invalid")
         }
@@ -280,7 +280,7 @@ struct BlockInfo: Codable {
     /// Reads a block's `block.json` as hostile input: size-capped, every key 32 bytes.
     static func read(blockDirectory b: String) throws -> BlockInfo {
         let p = b + "/block.json"
-        guard let d = (try? readWholeFile(p, limit: 1 << 20)).map({ Data($0) }),
+        guard let d = readSmallFile(p, limit: 1 << 20),
               let info = try? JSONDecoder().decode(BlockInfo.self, from: d),
               [info.keys, info.predecessor, info.successor].allSatisfy({ $0.signing.count == 32 && $0.agreement.count == 32 }) else {
             throw RingError.malformedFile(p, "missing or invalid block description")
@@ -333,6 +333,9 @@ func readWholeFile(_ path: String, limit: Int) throws -> [UInt8] {
     guard !failed, bytes.count == size else { throw RingError.malformedFile(path, "cannot be read (changed while reading?)") }
     return bytes
 }
+
+/// A small file (JSON) as `Data`; nil when it is missing, unreadable or over `limit` bytes.
+func readSmallFile(_ path: String, limit: Int) -> Data? { (try? readWholeFile(path, limit: limit)).map { Data($0) } }
 
 extension SealedRing {
     /// The most bytes a block's parameter file (or the ouroboros's) can have in the ring at `directory`: the

@@ -61,10 +61,7 @@ public enum EngineBenchmark {
     /// each) scatters by a third between runs; the quartile of many short blocks is the figure to compare builds
     /// with, run alternately.
     static func step(_ add: (String, Double, String) -> Void) throws {
-        let model = try Model(Architecture.mlp(inputShape: [784], classes: 10), seed: 1)
-        var cfg = TrainingConfig()
-        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.momentum = 0; cfg.learningRate = 0.01; cfg.schedule = .constant
-        let trainer = Trainer(model: model, config: cfg)
+        let (_, trainer) = try mlpTrainer()
         let x = Tensor(shape: [128, 784], data: randomArray(128 * 784, seed: 3).map { $0 + 0.5 })
         var r = SeededRandom(seed: 4)
         let y = (0..<128).map { _ in r.int(below: 10) }
@@ -81,15 +78,19 @@ public enum EngineBenchmark {
         add("mlp_train_step_median_ms", blocks[30] * 1e3, "ms")
     }
 
+    /// The paper's MLP (784 inputs, 10 classes) and its trainer: batch 128, plain SGD (no momentum), as the JAX
+    /// and PyTorch peers run it.
+    static func mlpTrainer() throws -> (Model, Trainer) {
+        let model = try Model(Architecture.mlp(inputShape: [784], classes: 10), seed: 1)
+        var cfg = TrainingConfig()
+        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.momentum = 0; cfg.learningRate = 0.01; cfg.schedule = .constant
+        return (model, Trainer(model: model, config: cfg))
+    }
+
     static func mlp(repeats: Int, _ add: (String, Double, String) -> Void) throws {
         // MLP training: 60,000 samples, batch 128, SGD — random data (speed does not depend on the values).
         let samples = 60_000
-        let arch = Architecture.mlp(inputShape: [784], classes: 10)
-        let model = try Model(arch, seed: 1)
-        var cfg = TrainingConfig()
-        // Plain SGD (no momentum), as the JAX and PyTorch peers run it.
-        cfg.batchSize = 128; cfg.optimizer = .sgd; cfg.momentum = 0; cfg.learningRate = 0.01; cfg.schedule = .constant
-        let trainer = Trainer(model: model, config: cfg)
+        let (model, trainer) = try mlpTrainer()
         let xs = randomArray(samples * 784, seed: 3).map { $0 + 0.5 }
         var lr = SeededRandom(seed: 4)
         let labels = (0..<samples).map { _ in lr.int(below: 10) }

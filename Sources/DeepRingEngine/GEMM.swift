@@ -70,13 +70,10 @@ public enum GEMM {
         if m == 0 || n == 0 { return }
         _ = GEMM.allocatorTuned
         let accumulate = accumulate || epilogue.bias != nil
-        if k == 0 || (m == 1 && a.colStride == 1 && b.colStride == 1) {
+        if k == 0 { emptyProduct(m: m, n: n, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue); return }
+        if m == 1 && a.colStride == 1 && b.colStride == 1 {
             epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
-            if k == 0 {
-                if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
-            } else {
-                gemv(n: n, k: k, x: a.base, w: b.base, ldw: b.rowStride, y: c, accumulate: accumulate, threads: threads)
-            }
+            gemv(n: n, k: k, x: a.base, w: b.base, ldw: b.rowStride, y: c, accumulate: accumulate, threads: threads)
             epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
             return
         }
@@ -103,6 +100,13 @@ public enum GEMM {
         } else {
             sharedB(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue, threads: t)
         }
+    }
+
+    /// C = bias (or 0, or unchanged when accumulating) when the product is empty (k = 0), then the ReLU.
+    static func emptyProduct(m: Int, n: Int, c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, epilogue: Epilogue) {
+        epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
+        if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+        epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
     }
 
     /// Convenience for row-major arrays: C = op(A) · op(B).
@@ -195,12 +199,7 @@ public enum GEMM {
         if m == 0 || n == 0 { return }
         _ = GEMM.allocatorTuned
         let accumulate = accumulate || epilogue.bias != nil
-        if k == 0 {
-            epilogue.prepare(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
-            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
-            epilogue.finish(rows: 0..<m, cols: 0..<n, c: c, ldc: ldc)
-            return
-        }
+        if k == 0 { emptyProduct(m: m, n: n, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue); return }
         let mTiles = (m + mr - 1) / mr, nTiles = (n + nr - 1) / nr
         let t = 2 * m * n * k < 200_000 ? 1 : min(threads, max(mTiles, nTiles))
         if t == 1 {
@@ -356,7 +355,7 @@ public enum GEMM {
                         block(rows: rows, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: box.value.0,
                               c: box.value.1, ldc: ldc, load: accumulate || pc > 0, scratch: scratches[w])
                     }
-                    if epilogue.relu && jc + nc >= n && pc + step >= k {
+                    if jc + nc >= n && pc + step >= k {
                         epilogue.finish(rows: rows, cols: 0..<n, c: box.value.1, ldc: ldc)
                     }
                 }
@@ -537,40 +536,23 @@ public enum GEMM {
         }
     }
 
-    /// A 6×16 tile of C in twelve 8-lane accumulators: row r is (c_r0, c_r1).
-    typealias Tile = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
-                      SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
-
-    /// The tile's starting values: C's (when `load`) or zeros.
-    @inline(__always)
-    static func loadTile(_ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) -> Tile {
-        typealias V = SIMD8<Float>
-        guard load else { return (V(), V(), V(), V(), V(), V(), V(), V(), V(), V(), V(), V()) }
-        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        return (ld(c), ld(c + 8), ld(c + ldc), ld(c + ldc + 8), ld(c + 2 * ldc), ld(c + 2 * ldc + 8),
-                ld(c + 3 * ldc), ld(c + 3 * ldc + 8), ld(c + 4 * ldc), ld(c + 4 * ldc + 8), ld(c + 5 * ldc), ld(c + 5 * ldc + 8))
-    }
-
-    /// Stores a tile into C.
-    @inline(__always)
-    static func storeTile(_ t: Tile, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-        @inline(__always) func st(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-            UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
-        }
-        st(t.0, c); st(t.1, c + 8)
-        st(t.2, c + ldc); st(t.3, c + ldc + 8)
-        st(t.4, c + 2 * ldc); st(t.5, c + 2 * ldc + 8)
-        st(t.6, c + 3 * ldc); st(t.7, c + 3 * ldc + 8)
-        st(t.8, c + 4 * ldc); st(t.9, c + 4 * ldc + 8)
-        st(t.10, c + 5 * ldc); st(t.11, c + 5 * ldc + 8)
-    }
-
     /// The 6×16 micro-kernel: C[6×16] (+)= Ap[kc×6]ᵀ-packed · Bp[kc×16]-packed, one FMA chain per element.
     @inline(__always)
     static func kernel(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
         typealias V = SIMD8<Float>
-        var (c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51) = loadTile(c, ldc, load)
+        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
+        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
+        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
+        if load {
+            c00 = ld(c); c01 = ld(c + 8)
+            c10 = ld(c + ldc); c11 = ld(c + ldc + 8)
+            c20 = ld(c + 2 * ldc); c21 = ld(c + 2 * ldc + 8)
+            c30 = ld(c + 3 * ldc); c31 = ld(c + 3 * ldc + 8)
+            c40 = ld(c + 4 * ldc); c41 = ld(c + 4 * ldc + 8)
+            c50 = ld(c + 5 * ldc); c51 = ld(c + 5 * ldc + 8)
+        }
         var ap = a, bp = b
         for _ in 0..<kc {
             let b0 = UnsafeRawPointer(bp).load(as: V.self)
@@ -589,7 +571,12 @@ public enum GEMM {
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
             ap += 6; bp += 16
         }
-        storeTile((c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51), c, ldc)
+        st(c00, c); st(c01, c + 8)
+        st(c10, c + ldc); st(c11, c + ldc + 8)
+        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 8)
+        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 8)
+        st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 8)
+        st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 8)
     }
 
     // MARK: - GEMV (batch 1)

@@ -35,12 +35,12 @@ public final class BatchNorm: Layer {
         let c = channels
         let rows = x.count / c
         var y = Tensor(uninitialized: x.shape)
-        // Training updates the running statistics (a mutable access); inference only reads.
-        func run(_ p: UnsafeMutablePointer<Float>) {
-            x.data.withUnsafeBufferPointer { xp in
-                y.data.withUnsafeMutableBufferPointer { yp in
-                    let g = p + gamma.offset, bt = p + beta.offset
-                    if !training {
+        if !training {
+            // Inference only reads the parameters (running statistics included).
+            store.withReadOnlyValues { p in
+                x.data.withUnsafeBufferPointer { xp in
+                    y.data.withUnsafeMutableBufferPointer { yp in
+                        let g = p + gamma.offset, bt = p + beta.offset
                         var scale = [Float](repeating: 0, count: c), shift = [Float](repeating: 0, count: c)
                         for j in 0..<c {
                             scale[j] = g[j] / (p[runVar.offset + j] + eps).squareRoot()
@@ -50,8 +50,16 @@ public final class BatchNorm: Layer {
                             let xr = xp.baseAddress! + r * c, yr = yp.baseAddress! + r * c
                             for j in 0..<c { yr[j] = xr[j] * scale[j] + shift[j] }
                         }
-                        return
                     }
+                }
+            }
+            return y
+        }
+        // Training updates the running statistics: a mutable access.
+        store.withValues { p in
+            x.data.withUnsafeBufferPointer { xp in
+                y.data.withUnsafeMutableBufferPointer { yp in
+                    let g = p + gamma.offset, bt = p + beta.offset
                     var mean = [Double](repeating: 0, count: c), vr = [Double](repeating: 0, count: c)
                     for r in 0..<rows { let xr = xp.baseAddress! + r * c; for j in 0..<c { mean[j] += Double(xr[j]) } }
                     for j in 0..<c { mean[j] /= Double(rows) }
@@ -78,7 +86,6 @@ public final class BatchNorm: Layer {
                 }
             }
         }
-        if training { store.withValues(run) } else { store.withReadOnlyValues { run(UnsafeMutablePointer(mutating: $0)) } }
         return y
     }
 
