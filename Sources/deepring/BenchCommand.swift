@@ -26,7 +26,7 @@ struct BenchEngine: ParsableCommand {
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
     @Option(help: "Path of jax_reference.py.") var referenceScript: String = "../shared/bench/jax_reference.py"
     @Option(help: "Python with torch installed, to run the same figures in PyTorch (CPU) in the same run.") var torch: String?
-    @Flag(help: "Print per-layer forward times of full-width VGG-19 at batch 64 instead (where the time goes).")
+    @Flag(help: "Print per-layer forward times of full-width VGG-19 at batch 64 instead (where the time goes; GFLOP/s counted as direct convolution, so Winograd layers, marked wino, show more than the peak).")
     var layers = false
     @OptionGroup var threadOptions: ThreadOptions
 

@@ -69,6 +69,60 @@ import Testing
         #expect(worst < 1e-4, "inC=\(inC) kernel=\(kernel) stride=\(stride) padding=\(padding): error \(worst)")
     }
 
+    /// Winograd F(2×2, 3×3) convolutions (3×3, stride 1, padding 1, ≥ 16 channels in and out) against a float64
+    /// loop: odd and even sizes (edge tiles cut by the image border), channel counts with and without a remainder
+    /// of 8 lanes or 16 GEMM columns, a single pixel, and a fused ReLU.
+    @Test(arguments: [(16, 16, 7, 9), (20, 37, 6, 5), (64, 70, 4, 4), (17, 16, 1, 1), (16, 24, 2, 3), (24, 16, 5, 1)])
+    func winogradConvolutionMatchesANaiveLoop(_ c: (Int, Int, Int, Int)) throws {
+        let (inC, outC, h, w) = c
+        let batch = 3
+        for relu in [false, true] {
+            let m = try Model(Architecture(name: "t", inputShape: [h, w, inC], classes: 0,
+                                           layers: relu ? [.conv(outC), .relu] : [.conv(outC)]), seed: 3, segment: true)
+            #expect((m.layers[0] as? Conv2D)?.usesWinograd == true)
+            let bv = m.parameters.view(named: "layers.0.bias")!
+            m.parameters.set(bv, randomFloats(outC, seed: 4))
+            let x = Tensor(shape: [batch, h, w, inC], data: randomFloats(batch * h * w * inC, seed: 5))
+            let y = m.forward(x)
+            #expect(y.shape == [batch, h, w, outC])
+            let wt = m.parameters.tensor(m.parameters.view(named: "layers.0.weight")!).data
+            let bias = m.parameters.tensor(bv).data
+            var worst = 0.0
+            for n in 0..<batch { for oy in 0..<h { for ox in 0..<w { for o in 0..<outC {
+                var s = Double(bias[o])
+                for ky in 0..<3 { for kx in 0..<3 {
+                    let iy = oy - 1 + ky, ix = ox - 1 + kx
+                    guard iy >= 0, iy < h, ix >= 0, ix < w else { continue }
+                    for ci in 0..<inC {
+                        s += Double(x.data[((n * h + iy) * w + ix) * inC + ci]) * Double(wt[((ky * 3 + kx) * inC + ci) * outC + o])
+                    }
+                } }
+                if relu { s = max(0, s) }
+                worst = max(worst, abs(s - Double(y.data[((n * h + oy) * w + ox) * outC + o])))
+            } } } }
+            #expect(worst < 1e-4, "inC=\(inC) outC=\(outC) \(h)×\(w) relu=\(relu): error \(worst)")
+        }
+    }
+
+    /// The same convolution over many tiles (several tile blocks, rows split between threads) equals the images
+    /// one at a time (one block each), bit for bit, whatever the thread count; a 3×3 layer with too few channels
+    /// (or another stride or padding) stays on im2col.
+    @Test func winogradTileBlocksAndThreadsDoNotChangeABit() throws {
+        let m = try Model(Architecture(name: "t", inputShape: [32, 32, 16], classes: 0, layers: [.conv(16), .relu]),
+                          seed: 6, segment: true)
+        let x = Tensor(shape: [7, 32, 32, 16], data: randomFloats(7 * 32 * 32 * 16, seed: 7))
+        let whole = try withThreads(1) { bitPatterns(try m.logits(x, batchSize: 7)) }
+        for (t, b) in [(2, 7), (4, 7), (2, 1), (3, 2)] {
+            let same = try withThreads(t) { bitPatterns(try m.logits(x, batchSize: b)) } == whole
+            #expect(same, "threads \(t), batch \(b)")
+        }
+        for (inC, layer) in [(15, LayerSpec.conv(16)), (16, .conv(15)), (16, .conv(16, stride: 2)), (16, .conv(16, kernel: 3, stride: 1, padding: 0)),
+                             (16, .conv(16, kernel: 5, stride: 1, padding: 2))] {
+            let other = try Model(Architecture(name: "t", inputShape: [8, 8, inC], classes: 0, layers: [layer]), segment: true)
+            #expect((other.layers[0] as? Conv2D)?.usesWinograd == false, "\(inC) channels in, \(layer)")
+        }
+    }
+
     /// Inference max-pooling (16 channels at a time) returns the same bits as the training path, NaN and
     /// signed zeros included, for channel counts with and without a remainder.
     @Test(arguments: [3, 16, 35])
@@ -109,7 +163,7 @@ import Testing
         let x = Tensor(shape: [batch, 784], data: randomFloats(batch * 784, seed: 7))
         for threads in [1, 2, 3] {
             for training in [false, true] {
-                try withThreads(threads) {
+                withThreads(threads) {
                     var expected = plain.forward(x, training: training)
                     ReLU.applyInPlace(&expected)
                     let got = fused.forward(x, training: training)
@@ -119,25 +173,28 @@ import Testing
                 }
             }
         }
-        // A convolution (cached packed weights, rows split) likewise.
-        let conv = try Model(Architecture(name: "t", inputShape: [9, 9, 4], classes: 0, layers: [.conv(20), .relu]),
-                             seed: 8, segment: true)
-        let convPlain = try Model(Architecture(name: "t", inputShape: [9, 9, 4], classes: 0, layers: [.conv(20)]),
-                                  segment: true, initialise: false)
-        conv.parameters.set(conv.parameters.view(named: "layers.0.bias")!, randomFloats(20, seed: 9))
-        convPlain.parameters.setAll(conv.parameters.values)
-        let xi = Tensor(shape: [6, 9, 9, 4], data: randomFloats(6 * 324, seed: 10))
-        var expected = convPlain.forward(xi)
-        ReLU.applyInPlace(&expected)
-        let same = bitPatterns(conv.forward(xi)) == bitPatterns(expected)
-        #expect(same, "convolution with a fused ReLU")
+        // A convolution (cached packed weights, rows split; 16 channels in: Winograd) likewise.
+        for inC in [4, 16] {
+            let conv = try Model(Architecture(name: "t", inputShape: [9, 9, inC], classes: 0, layers: [.conv(20), .relu]),
+                                 seed: 8, segment: true)
+            let convPlain = try Model(Architecture(name: "t", inputShape: [9, 9, inC], classes: 0, layers: [.conv(20)]),
+                                      segment: true, initialise: false)
+            conv.parameters.set(conv.parameters.view(named: "layers.0.bias")!, randomFloats(20, seed: 9))
+            convPlain.parameters.setAll(conv.parameters.values)
+            let xi = Tensor(shape: [6, 9, 9, inC], data: randomFloats(6 * 81 * inC, seed: 10))
+            var expected = convPlain.forward(xi)
+            ReLU.applyInPlace(&expected)
+            let same = bitPatterns(conv.forward(xi)) == bitPatterns(expected)
+            #expect(same, "convolution (\(inC) channels in) with a fused ReLU")
+        }
     }
 
     /// A layer's packed weights are rebuilt after any change to the parameters: through `withValues`
     /// (tampering, optimizer steps), `set` and `setAll` — a stale cache would compute with the old weights.
     @Test func packedWeightsFollowEveryParameterChange() throws {
         for arch in [Architecture(name: "t", inputShape: [20], classes: 0, layers: [.dense(33)]),
-                     Architecture(name: "t", inputShape: [5, 5, 4], classes: 0, layers: [.conv(18)])] {
+                     Architecture(name: "t", inputShape: [5, 5, 4], classes: 0, layers: [.conv(18)]),
+                     Architecture(name: "t", inputShape: [5, 5, 16], classes: 0, layers: [.conv(18)])] {
             let m = try Model(arch, seed: 1, segment: true)
             let x = Tensor(shape: [8] + arch.inputShape, data: randomFloats(8 * arch.inputShape.reduce(1, *), seed: 2))
             func fresh() throws -> [UInt32] {

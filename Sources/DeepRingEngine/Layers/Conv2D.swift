@@ -1,4 +1,5 @@
-/// 2-D convolution on NHWC tensors by im2col + GEMM. Weights [k, k, Cin, Cout] (HWIO), bias [Cout].
+/// 2-D convolution on NHWC tensors by im2col + GEMM — in the forward pass Winograd F(2×2, 3×3) where it applies
+/// (see `Winograd`). Weights [k, k, Cin, Cout] (HWIO), bias [Cout].
 public final class Conv2D: Layer {
     public let spec: LayerSpec
     public var needsInputGradient = true
@@ -9,9 +10,16 @@ public final class Conv2D: Layer {
     let w: ParameterStore.View, b: ParameterStore.View
     private var input: Tensor?
     /// The weights as the GEMM's packed B ([k·k·Cin, Cout]), kept while the parameters are unchanged.
-    private let weights = PackedCache()
+    private let weights = PackedCache<GEMM.PackedB>()
+    /// The weights transformed for Winograd F(2×2, 3×3) (when `usesWinograd`), kept while the parameters are unchanged.
+    private let winogradFilters = PackedCache<Winograd.Filters>()
     /// Set by `Model` when a ReLU follows: the GEMM then clamps the output itself, tile by tile.
     var fusedReLU = false
+    /// The forward pass uses Winograd F(2×2, 3×3) (3×3, stride 1, padding 1, ≥ 16 channels in and out) rather than
+    /// im2col + GEMM: 2.25× fewer multiply-adds. A property of the layer's shape, never of the batch.
+    public var usesWinograd: Bool {
+        Winograd.applies(kernel: kernel, stride: stride, padding: padding, inC: inC, outC: outC)
+    }
 
     /// Values per row of the im2col matrix.
     var patchSize: Int { kernel * kernel * inC }
@@ -105,6 +113,19 @@ public final class Conv2D: Layer {
         let n = x.batch
         precondition(x.itemSize == inH * inW * inC, "conv2d expects \([inH, inW, inC]) inputs")
         var y = Tensor(uninitialized: [n, outH, outW, outC])
+        if usesWinograd {
+            store.withReadOnlyValues { p in
+                let filters = winogradFilters.get(store, p) { Winograd.Filters(weights: $0 + w.offset, inC: inC, outC: outC) }
+                x.data.withUnsafeBufferPointer { xp in
+                    y.data.withUnsafeMutableBufferPointer { yp in
+                        Winograd.forward(x: xp.baseAddress!, images: n, h: inH, w: inW, inC: inC, outC: outC,
+                                         filters: filters, bias: p + b.offset, relu: fusedReLU, y: yp.baseAddress!)
+                    }
+                }
+            }
+            if training { input = x }
+            return y
+        }
         let chunk = imagesPerChunk()
         let ps = patchSize, rowsPerImage = outH * outW
         let scratch = GEMM.allocateAligned(min(chunk, n) * rowsPerImage * ps)

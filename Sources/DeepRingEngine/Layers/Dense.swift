@@ -11,7 +11,7 @@ public final class Dense: Layer {
     /// Set by `Model` when a ReLU follows: the GEMM then clamps the output itself, tile by tile.
     var fusedReLU = false
     /// W packed for the GEMM, kept while the parameters are unchanged.
-    private let weights = PackedCache()
+    private let weights = PackedCache<GEMM.PackedB>()
 
     init(spec: LayerSpec, inFeatures: Int, store: ParameterStore, index: Int) {
         self.spec = spec

@@ -28,12 +28,12 @@ enum Elementwise {
 
 /// A GEMM operand packed from a layer's parameters, valid while the parameter store's generation is unchanged
 /// (any mutable access — an optimizer step, a tampered value, a restore — makes it stale and it is packed anew).
-final class PackedCache: @unchecked Sendable {
-    private var packed: GEMM.PackedB?
+final class PackedCache<Packed>: @unchecked Sendable {
+    private var packed: Packed?
     private var generation: UInt64 = 0
 
     func get(_ store: ParameterStore, _ values: UnsafePointer<Float>,
-             make: (UnsafePointer<Float>) -> GEMM.PackedB) -> GEMM.PackedB {
+             make: (UnsafePointer<Float>) -> Packed) -> Packed {
         if let p = packed, generation == store.generation { return p }
         packed = nil
         let p = make(values)
