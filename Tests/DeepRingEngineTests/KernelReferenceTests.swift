@@ -69,10 +69,10 @@ import Testing
         #expect(worst < 1e-4, "inC=\(inC) kernel=\(kernel) stride=\(stride) padding=\(padding): error \(worst)")
     }
 
-    /// Winograd F(2×2, 3×3) convolutions (3×3, stride 1, padding 1, ≥ 16 channels in and out) against a float64
-    /// loop: odd and even sizes (edge tiles cut by the image border), channel counts with and without a remainder
-    /// of 8 lanes or 16 GEMM columns, a single pixel, and a fused ReLU.
-    @Test(arguments: [(16, 16, 7, 9), (20, 37, 6, 5), (64, 70, 4, 4), (17, 16, 1, 1), (16, 24, 2, 3), (24, 16, 5, 1)])
+    /// Winograd F(2×2, 3×3) convolutions (3×3, stride 1, padding 1, ≥ 16 channels in and out, ≥ 4×4) against a
+    /// float64 loop: odd and even sizes (edge tiles cut by the image border), channel counts with and without a
+    /// remainder of 8 lanes or 16 GEMM columns, and a fused ReLU.
+    @Test(arguments: [(16, 16, 7, 9), (20, 37, 6, 5), (64, 70, 4, 4), (17, 16, 5, 4), (16, 24, 4, 7), (24, 16, 9, 5)])
     func winogradConvolutionMatchesANaiveLoop(_ c: (Int, Int, Int, Int)) throws {
         let (inC, outC, h, w) = c
         let batch = 3
@@ -116,10 +116,12 @@ import Testing
             let same = try withThreads(t) { bitPatterns(try m.logits(x, batchSize: b)) } == whole
             #expect(same, "threads \(t), batch \(b)")
         }
-        for (inC, layer) in [(15, LayerSpec.conv(16)), (16, .conv(15)), (16, .conv(16, stride: 2)), (16, .conv(16, kernel: 3, stride: 1, padding: 0)),
-                             (16, .conv(16, kernel: 5, stride: 1, padding: 2))] {
-            let other = try Model(Architecture(name: "t", inputShape: [8, 8, inC], classes: 0, layers: [layer]), segment: true)
-            #expect((other.layers[0] as? Conv2D)?.usesWinograd == false, "\(inC) channels in, \(layer)")
+        for (side, inC, layer) in [(8, 15, LayerSpec.conv(16)), (8, 16, .conv(15)), (8, 16, .conv(16, stride: 2)),
+                                   (8, 16, .conv(16, kernel: 3, stride: 1, padding: 0)),
+                                   (8, 16, .conv(16, kernel: 5, stride: 1, padding: 2)), (2, 16, .conv(16)), (3, 16, .conv(16))] {
+            let other = try Model(Architecture(name: "t", inputShape: [side, side + 1, inC], classes: 0, layers: [layer]),
+                                  segment: true)
+            #expect((other.layers[0] as? Conv2D)?.usesWinograd == false, "\(side)×\(side + 1), \(inC) channels in, \(layer)")
         }
     }
 

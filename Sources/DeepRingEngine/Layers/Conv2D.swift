@@ -15,10 +15,11 @@ public final class Conv2D: Layer {
     private let winogradFilters = PackedCache<Winograd.Filters>()
     /// Set by `Model` when a ReLU follows: the GEMM then clamps the output itself, tile by tile.
     var fusedReLU = false
-    /// The forward pass uses Winograd F(2×2, 3×3) (3×3, stride 1, padding 1, ≥ 16 channels in and out) rather than
-    /// im2col + GEMM: 2.25× fewer multiply-adds. A property of the layer's shape, never of the batch.
+    /// The forward pass uses Winograd F(2×2, 3×3) (3×3, stride 1, padding 1, ≥ 16 channels in and out, images at
+    /// least 4×4) rather than im2col + GEMM: 2.25× fewer multiply-adds. A property of the layer's shape, never of the
+    /// batch.
     public var usesWinograd: Bool {
-        Winograd.applies(kernel: kernel, stride: stride, padding: padding, inC: inC, outC: outC)
+        Winograd.applies(kernel: kernel, stride: stride, padding: padding, inC: inC, outC: outC, height: inH, width: inW)
     }
 
     /// Values per row of the im2col matrix.
