@@ -200,31 +200,30 @@ public enum GEMM {
         _ = GEMM.allocatorTuned
         let accumulate = accumulate || epilogue.bias != nil
         if k == 0 { emptyProduct(m: m, n: n, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue); return }
+        let cBox = UnsafeSendableBox(c)
+        forEachPiece(m: m, n: n, k: k, threads: threads) { rows, cols in
+            packedWorker(rows: rows, cols: cols, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate,
+                         epilogue: epilogue)
+        }
+    }
+
+    /// Splits C[m×n] (a product of depth k) between threads, output tiles only, and runs `body` on every piece —
+    /// pieces independent to the end (no barrier per K block). Tall C (a convolution's pixels × filters): threads
+    /// take rows; wide C (a dense layer's batch × outputs): balanced shares of tiles (see `share`); small
+    /// products: one piece on the calling thread.
+    static func forEachPiece(m: Int, n: Int, k: Int, threads: Int, _ body: (Range<Int>, Range<Int>) -> Void) {
         let mTiles = (m + mr - 1) / mr, nTiles = (n + nr - 1) / nr
         let t = 2 * m * n * k < 200_000 ? 1 : min(threads, max(mTiles, nTiles))
         if t == 1 {
-            packedWorker(rows: 0..<m, cols: 0..<n, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue)
-            return
-        }
-        let cBox = UnsafeSendableBox(c)
-        if mTiles >= 2 * t && !(nTiles >= 4 * t && n >= m) {
-            // Tall C (a convolution's pixels × filters): threads take rows.
+            body(0..<m, 0..<n)
+        } else if mTiles >= 2 * t && !(nTiles >= 4 * t && n >= m) {
             let rowsPer = (mTiles + t - 1) / t * mr
             Parallel.forEach(t, threads: t) { w in
                 let lo = w * rowsPer, hi = min(m, lo + rowsPer)
-                if lo < hi {
-                    packedWorker(rows: lo..<hi, cols: 0..<n, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate,
-                                 epilogue: epilogue)
-                }
+                if lo < hi { body(lo..<hi, 0..<n) }
             }
         } else {
-            // Wide C (a dense layer's batch × outputs): balanced shares of tiles (see `share`).
-            Parallel.forEach(t, threads: t) { w in
-                share(w, of: t, m: m, n: n) { rows, cols in
-                    packedWorker(rows: rows, cols: cols, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate,
-                                 epilogue: epilogue)
-                }
-            }
+            Parallel.forEach(t, threads: t) { w in share(w, of: t, m: m, n: n, body) }
         }
     }
 

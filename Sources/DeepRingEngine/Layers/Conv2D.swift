@@ -114,19 +114,27 @@ public final class Conv2D: Layer {
         let n = x.batch
         precondition(x.itemSize == inH * inW * inC, "conv2d expects \([inH, inW, inC]) inputs")
         var y = Tensor(uninitialized: [n, outH, outW, outC])
-        if usesWinograd {
-            store.withReadOnlyValues { p in
-                let filters = winogradFilters.get(store, p) { Winograd.Filters(weights: $0 + w.offset, inC: inC, outC: outC) }
-                x.data.withUnsafeBufferPointer { xp in
-                    y.data.withUnsafeMutableBufferPointer { yp in
-                        Winograd.forward(x: xp.baseAddress!, images: n, h: inH, w: inW, inC: inC, outC: outC,
-                                         filters: filters, bias: p + b.offset, relu: fusedReLU, y: yp.baseAddress!)
-                    }
+        if usesWinograd { winogradForward(x, into: &y) } else { im2colForward(x, into: &y) }
+        if training { input = x }
+        return y
+    }
+
+    /// y = conv(x) + b (then the fused ReLU) by Winograd F(2×2, 3×3), with the transformed filters kept.
+    private func winogradForward(_ x: Tensor, into y: inout Tensor) {
+        store.withReadOnlyValues { p in
+            let filters = winogradFilters.get(store, p) { Winograd.Filters(weights: $0 + w.offset, inC: inC, outC: outC) }
+            x.data.withUnsafeBufferPointer { xp in
+                y.data.withUnsafeMutableBufferPointer { yp in
+                    Winograd.forward(x: xp.baseAddress!, images: x.batch, h: inH, w: inW, inC: inC, outC: outC,
+                                     filters: filters, bias: p + b.offset, relu: fusedReLU, y: yp.baseAddress!)
                 }
             }
-            if training { input = x }
-            return y
         }
+    }
+
+    /// y = conv(x) + b (then the fused ReLU) by im2col blocks and a GEMM against the packed weights.
+    private func im2colForward(_ x: Tensor, into y: inout Tensor) {
+        let n = x.batch
         let chunk = imagesPerChunk()
         let ps = patchSize, rowsPerImage = outH * outW
         let scratch = GEMM.allocateAligned(min(chunk, n) * rowsPerImage * ps)
@@ -156,8 +164,6 @@ public final class Conv2D: Layer {
                 }
             }
         }
-        if training { input = x }
-        return y
     }
 
     public func backward(_ dy: Tensor) -> Tensor {

@@ -115,6 +115,10 @@ enum Winograd {
         let vBuf = GEMM.allocateAligned(chunk * ldv), mBuf = GEMM.allocateAligned(chunk * ldm)
         defer { vBuf.deallocate(); mBuf.deallocate() }
         let box = UnsafeSendableBox((x, y, vBuf, mBuf, bias))
+        /// Tile `g` (counted over the batch): its image and tile row and column.
+        @inline(__always) func place(_ g: Int) -> (img: Int, ty: Int, tx: Int) {
+            (g / perImage, (g % perImage) / tW, g % tW)
+        }
         var t0 = 0
         while t0 < total {
             let tc = min(chunk, total - t0)
@@ -123,41 +127,25 @@ enum Winograd {
             Parallel.ranges(tc, threads: tc * inC >= 4096 ? threads : 1) { r in
                 let (x, _, v, _, _) = box.value
                 for tile in r {
-                    let g = first + tile
-                    let img = g / perImage, ty = (g % perImage) / tW, tx = g % tW
+                    let (img, ty, tx) = place(first + tile)
                     inputTransform(x: x, img: img, y0: 2 * ty - 1, x0: 2 * tx - 1, h: h, w: w, inC: inC,
                                    into: v + tile * ldv)
                 }
             }
-            // 2. M_ξ = V_ξ · U_ξ and 3. Y = Aᵀ M A, piece by piece (tiles × output channels): each thread
-            // transforms the outputs of the pieces it multiplied.
-            let m = tc, mTiles = (m + GEMM.mr - 1) / GEMM.mr, nTiles = (outC + GEMM.nr - 1) / GEMM.nr
-            let t = 2 * 16 * m * outC * inC < 200_000 ? 1 : min(threads, max(mTiles, nTiles))
-            func piece(_ rows: Range<Int>, _ cols: Range<Int>) {
+            // 2. M_ξ = V_ξ · U_ξ and 3. Y = Aᵀ M A, piece by piece (tiles × output channels, split as the GEMM
+            // splits its output: the depth of the 16 products is 16·Cin): each thread transforms the outputs of the
+            // pieces it multiplied.
+            GEMM.forEachPiece(m: tc, n: outC, k: 16 * inC, threads: threads) { rows, cols in
                 let (_, y, v, mm, bias) = box.value
                 for xi in 0..<16 {
                     GEMM.packedWorker(rows: rows, cols: cols, a: .init(v + xi * inC, rowStride: ldv, colStride: 1),
                                       b: filters.u[xi], c: mm + xi * outC, ldc: ldm, accumulate: false, epilogue: .none)
                 }
                 for tile in rows {
-                    let g = first + tile
-                    let img = g / perImage, ty = (g % perImage) / tW, tx = g % tW
+                    let (img, ty, tx) = place(first + tile)
                     outputTransform(mm + tile * ldm, outC: outC, cols: cols, bias: bias, relu: relu,
                                     y: y, img: img, oy: 2 * ty, ox: 2 * tx, h: h, w: w)
                 }
-            }
-            if t == 1 {
-                piece(0..<m, 0..<outC)
-            } else if mTiles >= 2 * t && !(nTiles >= 4 * t && outC >= m) {
-                // Many tiles: threads take rows (each streams every U_ξ).
-                let rowsPer = (mTiles + t - 1) / t * GEMM.mr
-                Parallel.forEach(t, threads: t) { wk in
-                    let lo = wk * rowsPer, hi = min(m, lo + rowsPer)
-                    if lo < hi { piece(lo..<hi, 0..<outC) }
-                }
-            } else {
-                // Few tiles, many channels: balanced shares, mostly whole column strips (each streams part of U).
-                Parallel.forEach(t, threads: t) { wk in GEMM.share(wk, of: t, m: m, n: outC, piece) }
             }
             t0 += tc
         }
