@@ -200,6 +200,12 @@ public enum GEMM {
         _ = GEMM.allocatorTuned
         let accumulate = accumulate || epilogue.bias != nil
         if k == 0 { emptyProduct(m: m, n: n, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue); return }
+        if m == 1 && a.colStride == 1 {
+            epilogue.prepare(rows: 0..<1, cols: 0..<n, c: c, ldc: ldc)
+            gemv(x: a.base, packed: b, y: c, accumulate: accumulate, threads: threads)
+            epilogue.finish(rows: 0..<1, cols: 0..<n, c: c, ldc: ldc)
+            return
+        }
         let cBox = UnsafeSendableBox(c)
         forEachPiece(m: m, n: n, k: k, threads: threads) { rows, cols in
             packedWorker(rows: rows, cols: cols, a: a, b: b, c: cBox.value, ldc: ldc, accumulate: accumulate,
@@ -579,6 +585,66 @@ public enum GEMM {
     }
 
     // MARK: - GEMV (batch 1)
+
+    /// y[n] (+)= x[k] · B with B pre-packed: batch-1 inference against a layer's kept weights. Every 16-column
+    /// strip of B is contiguous over each K block, so a thread reads its strips as four sequential streams (the
+    /// row-major W is read 256 bytes per row, rows `ldw` apart). Same per-element FMA chain as every other path:
+    /// one chain over k = 0, 1, …, K−1 per column, kept in registers across the K blocks.
+    static func gemv(x: UnsafePointer<Float>, packed b: PackedB, y: UnsafeMutablePointer<Float>,
+                     accumulate: Bool, threads: Int) {
+        let n = b.n, k = b.k
+        let strips = (n + nr - 1) / nr, stripsPerBlock = nc / nr
+        let t = n * k < 100_000 ? 1 : threads
+        let yBox = UnsafeSendableBox(y)
+        typealias V = SIMD16<Float>
+        /// Strip `s`'s part of K block `pb` (which starts at row `pc` and has `kcur` rows).
+        @inline(__always) func strip(_ s: Int, _ pb: Int, _ kcur: Int) -> UnsafePointer<Float> {
+            let jb = s / stripsPerBlock
+            return UnsafePointer(b.storage + b.offsets[jb * b.kBlocks + pb] + (s - jb * stripsPerBlock) * nr * kcur)
+        }
+        @inline(__always) func load(_ s: Int) -> V {
+            let y = yBox.value, j = s * nr
+            if !accumulate { return V() }
+            if j + nr <= n { return UnsafeRawPointer(y + j).loadUnaligned(as: V.self) }
+            var v = V(); for q in 0..<(n - j) { v[q] = y[j + q] }; return v
+        }
+        @inline(__always) func store(_ v: V, _ s: Int) {
+            let y = yBox.value, j = s * nr
+            if j + nr <= n { UnsafeMutableRawPointer(y + j).storeBytes(of: v, as: V.self); return }
+            for q in 0..<(n - j) { y[j + q] = v[q] }
+        }
+        Parallel.ranges(strips, threads: t) { r in
+            var s = r.lowerBound
+            // Four strips at a time (eight independent vector chains hide the FMA latency), all in one column
+            // block. A group of g < 4 strips at the end reads its last strip again in the spare chains (a
+            // strip on its own would be bound by the FMA latency) and stores only its g strips.
+            while s < r.upperBound {
+                let g = min(4, r.upperBound - s, (s / stripsPerBlock + 1) * stripsPerBlock - s)
+                let i1 = s + min(1, g - 1), i2 = s + min(2, g - 1), i3 = s + min(3, g - 1)
+                var s0 = load(s), s1 = load(i1), s2 = load(i2), s3 = load(i3)
+                var pc = 0, pb = 0
+                while pc < k {
+                    let kcur = min(b.step, k - pc)
+                    let p0 = UnsafeRawPointer(strip(s, pb, kcur)), p1 = UnsafeRawPointer(strip(i1, pb, kcur))
+                    let p2 = UnsafeRawPointer(strip(i2, pb, kcur)), p3 = UnsafeRawPointer(strip(i3, pb, kcur))
+                    let xp = x + pc
+                    for p in 0..<kcur {
+                        let xv = V(repeating: xp[p]), o = p * nr * 4
+                        s0 = s0.addingProduct(xv, (p0 + o).load(as: V.self))
+                        s1 = s1.addingProduct(xv, (p1 + o).load(as: V.self))
+                        s2 = s2.addingProduct(xv, (p2 + o).load(as: V.self))
+                        s3 = s3.addingProduct(xv, (p3 + o).load(as: V.self))
+                    }
+                    pc += b.step; pb += 1
+                }
+                store(s0, s)
+                if g > 1 { store(s1, i1) }
+                if g > 2 { store(s2, i2) }
+                if g > 3 { store(s3, i3) }
+                s += g
+            }
+        }
+    }
 
     /// y[n] (+)= x[k] · W[k×n] (row stride ldw). Same per-element FMA chain as the GEMM path.
     static func gemv(n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,

@@ -5,8 +5,10 @@ import Testing
 /// cache against stale weights.
 @Suite struct KernelReferenceTests {
     /// A pre-packed B gives the same bits as packing per call, for every split (rows, columns, one thread),
-    /// several column blocks (n > 2048) and K blocks, accumulate or not, row-major or transposed B.
-    @Test(arguments: [(203, 37, 301), (130, 300, 520), (5, 2100, 70), (7, 64, 4608), (1, 40, 30), (64, 16, 27)])
+    /// several column blocks (n > 2048) and K blocks, accumulate or not, row-major or transposed B; and one row
+    /// (the packed GEMV: groups of four strips, short groups, a group cut by a column block, partial strips).
+    @Test(arguments: [(203, 37, 301), (130, 300, 520), (5, 2100, 70), (7, 64, 4608), (1, 40, 30), (64, 16, 27),
+                      (1, 2100, 600), (1, 900, 784), (1, 37, 301), (1, 100, 300)])
     func packedBIsBitIdenticalToPackingPerCall(_ shape: (Int, Int, Int)) {
         let (m, n, k) = shape
         let a = randomFloats(m * k, seed: UInt64(m * 7 + k)), b = randomFloats(k * n, seed: UInt64(n + 3 * k))
