@@ -161,3 +161,23 @@ extension Array {
         count < n ? [] : (0...(count - n)).map { self[$0..<($0 + n)] }
     }
 }
+
+/// The throughput bound of `bench ring`: what it counts for the paper's MLP, and its formula.
+@Suite struct ThroughputBoundTests {
+    @Test func countsEveryPostedTensorAndEveryLayerOutput() throws {
+        let m = try Model(.mlp(inputShape: [784], classes: 10), seed: 1)
+        let b = try RingThroughputBound.measure(m, batch: 4, plainSeconds: 1e-3, threads: 2)
+        #expect(b.outputBytes == 4 * (900 + 600 + 300 + 100 + 10) * 4)
+        #expect(b.postedBytes == b.outputBytes + 4 * 784 * 4)
+        #expect(b.sha256BytesPerSecond > 0 && b.aesGCMBytesPerSecond > 0)
+    }
+
+    @Test func boundIsTwiceThePlainPassPlusTheCryptoSpreadOverTheThreads() {
+        let b = RingThroughputBound(plainSeconds: 0.004, postedBytes: 3_000_000, outputBytes: 2_000_000,
+                                    sha256BytesPerSecond: 2e9, aesGCMBytesPerSecond: 1e10, threads: 2)
+        // hashing (2·2 MB + 3 MB) / 2 GB/s = 3.5 ms, encryption 2·3 MB / 10 GB/s = 0.6 ms, over two threads.
+        #expect(abs(b.seconds - (0.008 + 0.00205)) < 1e-12)
+        #expect(abs(b.ratioToPlain - 0.004 / 0.01005) < 1e-12)
+        #expect(b.ratioToPlain < 0.5)
+    }
+}
