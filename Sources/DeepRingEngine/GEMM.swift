@@ -597,7 +597,7 @@ public enum GEMM {
         let t = n * k < 100_000 ? 1 : threads
         let yBox = UnsafeSendableBox(y)
         typealias V = SIMD16<Float>
-        /// Strip `s`'s part of K block `pb` (which starts at row `pc` and has `kcur` rows).
+        /// Strip `s`'s part of K block `pb` (`kcur` rows of 16 values).
         @inline(__always) func strip(_ s: Int, _ pb: Int, _ kcur: Int) -> UnsafePointer<Float> {
             let jb = s / stripsPerBlock
             return UnsafePointer(b.storage + b.offsets[jb * b.kBlocks + pb] + (s - jb * stripsPerBlock) * nr * kcur)
