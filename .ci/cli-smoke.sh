@@ -28,6 +28,7 @@ o = json.load(open(sys.argv[1]))
 assert 0 <= o["accuracy"] <= 1 and o["accuracy"] > 0.9, o["accuracy"]
 PY
 expect_exit 1 "bench engine: unknown part" "$bin" bench engine --only nope
+expect_exit 64 "bench engine: no rounds" "$bin" bench engine --rounds 0
 expect_exit 0 "bench engine --only step --json" "$bin" bench engine --only step --json
 python3 - "$tmp/out" <<'PY' || { echo "FAIL: bench engine --only step output"; fail=$((fail + 1)); }
 import json, sys

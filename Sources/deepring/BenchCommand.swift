@@ -16,11 +16,13 @@ struct BenchEngine: ParsableCommand {
         discussion: """
         With --reference PYTHON, the JAX peer (../shared/bench/jax_reference.py) runs before and after ours in the \
         same run and the ratios are printed; with --torch PYTHON, PyTorch (CPU) runs the same figures likewise. \
-        Shared machines are noisy: compare only figures from one run.
+        Shared machines are noisy: compare only figures from one run. With --rounds N the whole sequence runs N \
+        times and each ratio is the median of the N same-round ratios.
         """)
 
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Timed repetitions per figure (median reported).") var repeats: Int = 3
+    @Option(help: "Rounds of ours-between-the-peers; each figure's ratio is the median of the rounds' ratios (a slow phase of the machine, which lasts seconds, then spoils one round, not the figure).") var rounds: Int = 1
     @Flag(help: "Skip the VGG-19 figures.") var noVgg = false
     @Option(help: "Run only these parts, comma-separated: gemm, mlp, vgg, and step (the distribution of one MLP training step's time: min, quartile, median of 60 blocks of 20 steps; no peer runs it; only when named).") var only: String?
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
@@ -30,6 +32,10 @@ struct BenchEngine: ParsableCommand {
     var layers = false
     @OptionGroup var threadOptions: ThreadOptions
 
+    func validate() throws {
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+    }
+
     func run() throws {
         threadOptions.apply()
         if layers {
@@ -37,47 +43,93 @@ struct BenchEngine: ParsableCommand {
             return
         }
         do {
-            // Part by part, the peers run right before and right after ours (the mean of the two is compared), so
-            // that both sides of a ratio see the same minutes of a shared machine, whose speed drifts.
-            var ref1: [String: Double] = [:], ref2: [String: Double] = [:], t1: [String: Double] = [:], t2: [String: Double] = [:]
-            var figures: [EngineBenchmark.Figure] = []
             let selected = try parts()
-            func merge(_ into: inout [String: Double], _ new: [String: Double]) { into.merge(new) { a, _ in a } }
-            for part in EngineBenchmark.Part.allCases where selected.contains(part) {
-                let peers = part != .step
-                if let py = reference, peers { merge(&ref1, try runReference(py, part)) }
-                if let py = torch, peers, part != .gemm { merge(&t1, try runTorch(py, part)) }
-                figures += try EngineBenchmark.run(repeats: repeats, parts: [part]) { if !json { print($0) } }
-                if let py = torch, peers, part != .gemm { merge(&t2, try runTorch(py, part)) }
-                if let py = reference, peers { merge(&ref2, try runReference(py, part)) }
+            var results: [Round] = []
+            for r in 1...rounds {
+                if rounds > 1 && !json { print("round \(r) of \(rounds)") }
+                results.append(try round(selected))
             }
-            func ratios(_ a: [String: Double], _ b: [String: Double], _ peer: String) -> [String: Double] {
+            // Per figure: the ratio of each round, then their median (one round: its ratio).
+            func ratios(_ peer: KeyPath<Round, PeerRuns>, _ name: String) -> [String: Double] {
                 var out: [String: Double] = [:]
-                for f in figures {
-                    guard let x = a[f.key], let y = b[f.key] else { continue }
-                    let mean = (x + y) / 2
-                    // "ours / peer" for times and for rates alike; the unit says which way is better.
-                    out[f.key] = f.value / mean
+                for f in results[0].figures {
+                    let each = results.compactMap { $0.ratio(f.key, $0[keyPath: peer]) }
+                    guard each.count == results.count else { continue }
+                    let median = BenchEngine.median(each)
+                    out[f.key] = median
+                    if json { continue }
                     // The reference Python runs numpy's matmul (OpenBLAS) for the GEMM figures, JAX for the rest.
-                    let who = f.key.hasPrefix("gemm_") && peer == "JAX" ? "numpy" : peer
-                    if !json {
-                        print("ratio " + f.key.padding(toLength: 27, withPad: " ", startingAt: 0)
-                              + String(format: "ours %10.2f / %@ %10.2f (runs %.2f, %.2f) = %.2f  %@", f.value, who as NSString, mean, x, y,
-                                       f.value / mean, f.unit as NSString))
+                    let who = (f.key.hasPrefix("gemm_") && name == "JAX" ? "numpy" : name) as NSString
+                    let label = "ratio " + f.key.padding(toLength: 27, withPad: " ", startingAt: 0)
+                    if results.count == 1 {
+                        let runs = results[0][keyPath: peer]
+                        print(label + String(format: "ours %10.2f / %@ %10.2f (runs %.2f, %.2f) = %.2f  %@", f.value, who,
+                                             runs.mean[f.key]!, runs.before[f.key]!, runs.after[f.key]!, median, f.unit as NSString))
+                    } else {
+                        print(label + String(format: "ours / %@ per round %@ → median %.2f  (%@)", who,
+                                             each.map { String(format: "%.2f", $0) }.joined(separator: ", ") as NSString, median,
+                                             f.unit as NSString))
                     }
                 }
                 return out
             }
-            let jaxRatios = ratios(ref1, ref2, "JAX"), torchRatios = ratios(t1, t2, "PyTorch")
+            let jaxRatios = ratios(\.jax, "JAX"), torchRatios = ratios(\.torch, "PyTorch")
             if json {
-                var obj: [String: Any] = ["threads": Engine.threads]
-                for f in figures { obj[f.key] = f.value }
-                if !jaxRatios.isEmpty { obj["ratio_to_peer"] = jaxRatios; obj["peer"] = ref1.merging(ref2) { ($0 + $1) / 2 } }
-                if !torchRatios.isEmpty { obj["ratio_to_torch"] = torchRatios; obj["torch"] = t1.merging(t2) { ($0 + $1) / 2 } }
+                var obj: [String: Any] = ["threads": Engine.threads, "rounds": rounds]
+                // Our figures: the median over the rounds.
+                for f in results[0].figures {
+                    obj[f.key] = BenchEngine.median(results.compactMap { r in r.figures.first { $0.key == f.key }?.value })
+                }
+                if !jaxRatios.isEmpty { obj["ratio_to_peer"] = jaxRatios; obj["peer"] = results.last!.jax.mean }
+                if !torchRatios.isEmpty { obj["ratio_to_torch"] = torchRatios; obj["torch"] = results.last!.torch.mean }
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
+    }
+
+    /// The median (the mean of the middle two for an even count).
+    static func median(_ xs: [Double]) -> Double {
+        let s = xs.sorted(), h = s.count / 2
+        return s.count % 2 == 1 ? s[h] : (s[h - 1] + s[h]) / 2
+    }
+
+    /// A peer's figures from its run right before ours and right after.
+    struct PeerRuns {
+        var before: [String: Double] = [:], after: [String: Double] = [:]
+        /// The mean of the two runs, for figures both have.
+        var mean: [String: Double] {
+            var out: [String: Double] = [:]
+            for (k, v) in before { if let w = after[k] { out[k] = (v + w) / 2 } }
+            return out
+        }
+    }
+
+    /// One round: our figures, and each peer's runs around ours.
+    struct Round {
+        var figures: [EngineBenchmark.Figure] = []
+        var jax = PeerRuns(), torch = PeerRuns()
+        /// Ours / the peer's mean, for times and rates alike (the unit says which way is better).
+        func ratio(_ key: String, _ peer: PeerRuns) -> Double? {
+            guard let mine = figures.first(where: { $0.key == key })?.value, let p = peer.mean[key] else { return nil }
+            return mine / p
+        }
+    }
+
+    /// Part by part, the peers run right before and right after ours (the mean of the two is compared), so that
+    /// both sides of a ratio see the same minutes of a shared machine, whose speed drifts.
+    func round(_ selected: Set<EngineBenchmark.Part>) throws -> Round {
+        var r = Round()
+        func merge(_ into: inout [String: Double], _ new: [String: Double]) { into.merge(new) { a, _ in a } }
+        for part in EngineBenchmark.Part.allCases where selected.contains(part) {
+            let peers = part != .step
+            if let py = reference, peers { merge(&r.jax.before, try runReference(py, part)) }
+            if let py = torch, peers, part != .gemm { merge(&r.torch.before, try runTorch(py, part)) }
+            r.figures += try EngineBenchmark.run(repeats: repeats, parts: [part]) { if !json { print($0) } }
+            if let py = torch, peers, part != .gemm { merge(&r.torch.after, try runTorch(py, part)) }
+            if let py = reference, peers { merge(&r.jax.after, try runReference(py, part)) }
+        }
+        return r
     }
 
     /// numpy's matmul (OpenBLAS) at the same GEMM shapes, printed in the reference's `REF name value unit` form.
