@@ -48,10 +48,9 @@ public struct RingThroughputBound: Sendable {
     /// compared with); SHA-256 and AES-256-GCM are timed over a buffer of the posted tensors' size, best of ten.
     public static func measure(_ model: Model, batch: Int, plainSeconds: Double,
                                threads: Int = Engine.threads) throws -> RingThroughputBound {
-        var outputs = 0
-        for layer in RingLayer.split(model) {
-            outputs += batch * (try layer.model().layers.last?.outputShape.reduce(1, *) ?? 0) * 4
-        }
+        // Each ring layer's output is the next one's input; the last one's is the model's output.
+        let shapes = RingLayer.split(model).dropFirst().map(\.inputShape) + [model.layers.last?.outputShape ?? []]
+        let outputs = shapes.reduce(0) { $0 + batch * $1.reduce(1, *) * 4 }
         let posted = batch * model.inputShape.reduce(1, *) * 4 + outputs
         func best(_ body: () throws -> Void) rethrows -> Double {
             try body()

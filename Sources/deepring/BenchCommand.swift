@@ -3,6 +3,12 @@ import DeepRing
 import DeepRingEngine
 import Foundation
 
+/// The median of the benchmarks' samples (the mean of the middle two for an even count).
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted(), h = s.count / 2
+    return s.count % 2 == 1 ? s[h] : (s[h - 1] + s[h]) / 2
+}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print figures.",
@@ -55,8 +61,8 @@ struct BenchEngine: ParsableCommand {
                 for f in results[0].figures {
                     let each = results.compactMap { $0.ratio(f.key, $0[keyPath: peer]) }
                     guard each.count == results.count else { continue }
-                    let median = BenchEngine.median(each)
-                    out[f.key] = median
+                    let mid = median(each)
+                    out[f.key] = mid
                     if json { continue }
                     // The reference Python runs numpy's matmul (OpenBLAS) for the GEMM figures, JAX for the rest.
                     let who = (f.key.hasPrefix("gemm_") && name == "JAX" ? "numpy" : name) as NSString
@@ -64,10 +70,10 @@ struct BenchEngine: ParsableCommand {
                     if results.count == 1 {
                         let runs = results[0][keyPath: peer]
                         print(label + String(format: "ours %10.2f / %@ %10.2f (runs %.2f, %.2f) = %.2f  %@", f.value, who,
-                                             runs.mean[f.key]!, runs.before[f.key]!, runs.after[f.key]!, median, f.unit as NSString))
+                                             runs.mean[f.key]!, runs.before[f.key]!, runs.after[f.key]!, mid, f.unit as NSString))
                     } else {
                         print(label + String(format: "ours / %@ per round %@ → median %.2f  (%@)", who,
-                                             each.map { String(format: "%.2f", $0) }.joined(separator: ", ") as NSString, median,
+                                             each.map { String(format: "%.2f", $0) }.joined(separator: ", ") as NSString, mid,
                                              f.unit as NSString))
                     }
                 }
@@ -76,22 +82,23 @@ struct BenchEngine: ParsableCommand {
             let jaxRatios = ratios(\.jax, "JAX"), torchRatios = ratios(\.torch, "PyTorch")
             if json {
                 var obj: [String: Any] = ["threads": Engine.threads, "rounds": rounds]
-                // Our figures: the median over the rounds.
+                // Our figures and the peers' (each the mean of its two runs in a round): the median over the rounds.
                 for f in results[0].figures {
-                    obj[f.key] = BenchEngine.median(results.compactMap { r in r.figures.first { $0.key == f.key }?.value })
+                    obj[f.key] = median(results.compactMap { r in r.figures.first { $0.key == f.key }?.value })
                 }
-                if !jaxRatios.isEmpty { obj["ratio_to_peer"] = jaxRatios; obj["peer"] = results.last!.jax.mean }
-                if !torchRatios.isEmpty { obj["ratio_to_torch"] = torchRatios; obj["torch"] = results.last!.torch.mean }
+                func peerMedians(_ peer: KeyPath<Round, PeerRuns>) -> [String: Double] {
+                    let means = results.map { $0[keyPath: peer].mean }
+                    return means[0].keys.reduce(into: [:]) { out, k in
+                        let vs = means.compactMap { $0[k] }
+                        if vs.count == means.count { out[k] = median(vs) }
+                    }
+                }
+                if !jaxRatios.isEmpty { obj["ratio_to_peer"] = jaxRatios; obj["peer"] = peerMedians(\.jax) }
+                if !torchRatios.isEmpty { obj["ratio_to_torch"] = torchRatios; obj["torch"] = peerMedians(\.torch) }
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
-    }
-
-    /// The median (the mean of the middle two for an even count).
-    static func median(_ xs: [Double]) -> Double {
-        let s = xs.sorted(), h = s.count / 2
-        return s.count % 2 == 1 ? s[h] : (s[h - 1] + s[h]) / 2
     }
 
     /// A peer's figures from its run right before ours and right after.
@@ -277,7 +284,6 @@ struct BenchRing: ParsableCommand {
             var r = SeededRandom(seed: 3)
             let x1 = Tensor(shape: [1] + m.inputShape, data: (0..<n).map { _ in r.uniform() })
             let x256 = Tensor(shape: [256] + m.inputShape, data: (0..<(256 * n)).map { _ in r.uniform() })
-            func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
             _ = try rt.query(x1); _ = try rt.query(x256)
             var plain1: [Double] = []
             for _ in 0..<max(20, queries) { let t0 = now(); _ = m.forward(x1); plain1.append(now() - t0) }
