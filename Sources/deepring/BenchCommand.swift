@@ -23,12 +23,15 @@ struct BenchEngine: ParsableCommand {
         With --reference PYTHON, the JAX peer (../shared/bench/jax_reference.py) runs before and after ours in the \
         same run and the ratios are printed; with --torch PYTHON, PyTorch (CPU) runs the same figures likewise. \
         Shared machines are noisy: compare only figures from one run. With --rounds N the whole sequence runs N \
-        times and each ratio is the median of the N same-round ratios.
+        times and each ratio is the median of the N same-round ratios; with a peer the default is 3 rounds (about \
+        8 minutes with both peers), without one a single round.
         """)
 
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Timed repetitions per figure (median reported).") var repeats: Int = 3
-    @Option(help: "Rounds of ours-between-the-peers; each figure's ratio is the median of the rounds' ratios (a slow phase of the machine, which lasts seconds, then spoils one round, not the figure).") var rounds: Int = 1
+    @Option(name: .customLong("rounds"), help: "Rounds of ours-between-the-peers; each figure's ratio is the median of the rounds' ratios (a slow phase of the machine, which lasts seconds, then spoils one round, not the figure). Default: 3 with --reference or --torch, else 1.") var roundsOption: Int?
+    /// Three rounds when a peer runs (a single round's ratio is at the mercy of the machine's slow phases).
+    var rounds: Int { roundsOption ?? (reference != nil || torch != nil ? 3 : 1) }
     @Flag(help: "Skip the VGG-19 figures.") var noVgg = false
     @Option(help: "Run only these parts, comma-separated: gemm, mlp, vgg, and step (the distribution of one MLP training step's time: min, quartile, median of 60 blocks of 20 steps; no peer runs it; only when named).") var only: String?
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
@@ -39,7 +42,7 @@ struct BenchEngine: ParsableCommand {
     @OptionGroup var threadOptions: ThreadOptions
 
     func validate() throws {
-        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+        guard roundsOption.map({ $0 >= 1 }) ?? true else { throw ValidationError("--rounds must be at least 1") }
     }
 
     func run() throws {
