@@ -414,11 +414,6 @@ public enum GEMM {
                 ir += mr
             }
         }
-        /// Strip s's edge rows as an edge tile.
-        @inline(__always) func edgeRows(_ s: Int) {
-            let jr = s * nr
-            edgeTile(rows: rest, cols: min(nr, ncur - jr), kcur: kcur, ar, bPack + jr * kcur, cr + jr, ldc, load, edge)
-        }
         // Each strip's edge rows right after its whole tiles, while the strip of B is in L1 (two strips at a time
         // for 2 edge rows).
         var s = 0
@@ -429,11 +424,19 @@ public enum GEMM {
                 s += 2
             }
         } else if rest == 4 {
-            while s < fullStrips { wholeTiles(s); kernel(kcur, ar, bPack + s * nr * kcur, cr + s * nr, ldc, load, rows: 4); s += 1 }
+            while s < fullStrips {
+                wholeTiles(s)
+                kernel(kcur, ar, bPack + s * nr * kcur, cr + s * nr, ldc, load, rows: 4)
+                s += 1
+            }
         }
+        // What is left (other edge-row counts, an odd strip, a partial strip): edge rows as an edge tile.
         while s < strips {
             wholeTiles(s)
-            if rest > 0 { edgeRows(s) }
+            if rest > 0 {
+                edgeTile(rows: rest, cols: min(nr, ncur - s * nr), kcur: kcur, ar, bPack + s * nr * kcur, cr + s * nr,
+                         ldc, load, edge)
+            }
             s += 1
         }
     }

@@ -42,7 +42,7 @@ struct BenchEngine: ParsableCommand {
     @OptionGroup var threadOptions: ThreadOptions
 
     func validate() throws {
-        guard roundsOption.map({ $0 >= 1 }) ?? true else { throw ValidationError("--rounds must be at least 1") }
+        if let r = roundsOption, r < 1 { throw ValidationError("--rounds must be at least 1") }
     }
 
     func run() throws {
