@@ -6,7 +6,8 @@ import Testing
     static let shapes: [(Int, Int, Int)] = [
         (1, 1, 1), (1, 7, 17), (7, 1, 33), (17, 33, 7), (33, 17, 1), (6, 16, 256), (7, 17, 257),
         (13, 100, 300), (128, 90, 78), (65, 129, 513), (1, 900, 784), (2, 33, 600),
-        // Edge rows (m mod 6 = 2 or 4) with even, odd and partial strip counts: the 2×32 and 4×16 kernels.
+        // Edge rows (m mod 6 = 2 or 4) with even, odd and partial strip counts: the 2×32 kernel and the
+        // 6×16 kernel cut to 4 rows.
         (8, 64, 40), (8, 48, 9), (10, 40, 50), (128, 900, 20), (4, 33, 9), (2, 64, 5),
     ]
 
