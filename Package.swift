@@ -23,6 +23,7 @@ let package = Package(
     products: [
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
         .library(name: "DeepRingLedger", targets: ["DeepRingLedger"]),
+        .library(name: "DeepRingProtocol", targets: ["DeepRingProtocol"]),
         .library(name: "DeepRing", targets: ["DeepRing"]),
         .library(name: "DeepRingAttacks", targets: ["DeepRingAttacks"]),
         .executable(name: "deepring", targets: ["deepring"]),
@@ -47,21 +48,28 @@ let package = Package(
             ]
         ),
         .target(
-            name: "DeepRing",
+            name: "DeepRingProtocol",
             dependencies: [
                 "DeepRingEngine", "DeepRingLedger",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .target(
+            name: "DeepRing",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
             name: "DeepRingAttacks",
-            dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRing"],
+            dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing"],
             swiftSettings: engineSettings
         ),
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRing", "DeepRingAttacks",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing", "DeepRingAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.unsafeFlags(cpuFlags)]
@@ -74,11 +82,12 @@ let package = Package(
         ),
         .testTarget(
             name: "DeepRingTests",
-            dependencies: ["DeepRing", "DeepRingEngine"]
+            dependencies: ["DeepRing", "DeepRingProtocol", "DeepRingLedger", "DeepRingEngine",
+                           .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "DeepRingAttacksTests",
-            dependencies: ["DeepRingAttacks", "DeepRing", "DeepRingEngine"]
+            dependencies: ["DeepRingAttacks", "DeepRing", "DeepRingProtocol", "DeepRingEngine"]
         ),
         .testTarget(
             name: "DeepRingLedgerTests",

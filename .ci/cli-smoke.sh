@@ -5,6 +5,7 @@ set -uo pipefail
 bin=${1:-.build/release/deepring}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+export DEEPRING_HOME="$tmp/home"   # owner pins (known_rings) of this run only
 fail=0
 pass=0
 
@@ -97,7 +98,9 @@ if grep -q "$secret" "$tmp/out"; then echo "FAIL: ring inspect printed a secret"
 expect_exit 1 "seal over an existing ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring"
 expect_exit 1 "verify a non-ring" "$bin" verify --ring "$tmp/empty"
 chmod 644 "$tmp/ring/owner/keys.json"
-expect_exit 1 "world-readable secrets" "$bin" verify --ring "$tmp/ring"
+expect_exit 3 "world-readable secrets" "$bin" verify --ring "$tmp/ring"
+grep -q "owner/keys.json" "$tmp/out" || { echo "FAIL: verify did not name the world-readable key file"; fail=$((fail + 1)); }
+chmod 600 "$tmp/ring/owner/keys.json"
 # Attacks and the paper's tables (small: the synthetic model trained above, 500 test images).
 expect_exit 0 "attack tamper --json" "$bin" attack tamper --model "$tmp/demo/mlp.safetensors" --dataset synthetic --count 500 --json
 python3 - "$tmp/out" <<'PY' || { echo "FAIL: attack tamper --json output"; fail=$((fail + 1)); }

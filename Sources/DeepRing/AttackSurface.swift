@@ -1,4 +1,7 @@
+import Crypto
 import DeepRingEngine
+import DeepRingLedger
+import DeepRingProtocol
 import Foundation
 
 /// What an attacker with write access to one block's files can do — used by the attack experiments and tests to
@@ -8,12 +11,12 @@ extension SealedRing {
     public func heldLayers(position: Int) throws -> (own: RingLayer, next: RingLayer) {
         guard position >= 1 && position <= manifest.blockCount else { throw RingError.notARing("no block at position \(position)") }
         let path = holderPath(position)
-        let ls = try BlockFile.parse(try SealedRing.readHolderFile(path, directory: directory), prefixes: ["own", "next"], path: path)
+        let ls = try BlockFile.parse(try InputFile.read(path, limit: RingFileLimits.holder(paths)), prefixes: ["own", "next"], path: path)
         return (ls[0], ls[1])
     }
 
     /// Overwrites the parameters of the block at `position` in place (its file, as an attacker would); the hashes
-    /// and the owner's record are left alone. A running ring sees the change after `RingRuntime.reloadBlocks()`.
+    /// and the owner's record are left alone. A running ring runs on the change after `RingRuntime.adoptTamperedFiles()`.
     public func overwriteHeldLayers(position: Int, own: RingLayer, next: RingLayer? = nil) throws {
         let current = try heldLayers(position: position)
         guard own.specs == current.own.specs, own.tensors.map(\.shape) == current.own.tensors.map(\.shape) else {
@@ -21,5 +24,89 @@ extension SealedRing {
         }
         let bytes = BlockFile.serialize(layers: [("own", own), ("next", next ?? current.next)])
         try Data(bytes).write(to: URL(fileURLWithPath: holderPath(position)))
+    }
+}
+
+extension RingRuntime {
+    /// Attack hook: every block re-reads its parameter file without checking it against its descriptor, as a
+    /// compromised block would (an honest block refuses a file whose digest its descriptor does not name). The
+    /// owner's check before the next query then finds the change and restores the file.
+    public func adoptTamperedFiles() throws { try reloadBlocks(dropping: [], checkDigests: false) }
+}
+
+/// How a compromised block that holds valid keys forges its posts, by each route a receiver must refuse (issue:
+/// "a post that cannot be validated is an alarm naming its author, never a skip"). Attack experiments and tests
+/// only: off unless set with `RingRuntime.setForgery`.
+public enum ForgeryRoute: String, CaseIterable, Sendable {
+    /// Its forged output's post names the query row as its input (there is then no H to compare with).
+    case consumeQueryRow
+    /// Names an entry that does not exist.
+    case consumeMissingEntry
+    /// Names a layer post of another query.
+    case consumeOtherQuery
+    /// Posts the honest output, then a forged one for the same input.
+    case secondPost
+    /// Names a fake post, signed by a key outside the ring and addressed to it, whose H matches the forged output.
+    case hashFromOutsider
+    /// Names a fake post of its own, addressed to itself, whose H matches the forged output.
+    case consumeOwnPost
+    /// Posts the honest output with a forged H: the next block's honest output then fails (Prop. 1's pair).
+    case forgedHash
+    /// Posts its forged output with K sealed to a key of its own (the successor cannot open it).
+    case undecryptable
+    /// Never posts.
+    case silent
+}
+
+struct Forgery {
+    let route: ForgeryRoute
+    /// The output the forger wants to be delivered instead of its honest one (same shape).
+    let forge: @Sendable (Tensor) -> Tensor
+
+    enum Action { case post(Tensor, consumed: LedgerEntry), skip }
+
+    /// Decides what to post in place of `output`, computed from `consumed`.
+    func prepare(output: Tensor, queryID q: String, consumed: LedgerEntry, node: RingNode, ledger: any Ledger) throws -> Action {
+        let forged = forge(output)
+        let tail = try ledger.lastSequence()
+        switch route {
+        case .consumeQueryRow:
+            guard let query = try ledger.entries(in: 1...tail, matching: [EntryFilter(kind: .query, queryID: q)]).first else { return .skip }
+            return .post(forged, consumed: query)
+        case .consumeMissingEntry:
+            var ghost = consumed
+            ghost.sequence = tail + 10_000
+            ghost.hash = [UInt8](repeating: 0xA5, count: 32)
+            return .post(forged, consumed: ghost)
+        case .consumeOtherQuery:
+            let others = try ledger.entries(in: 1...tail, matching: [EntryFilter(kind: .layer)]).filter { $0.queryID != q }
+            guard let other = others.last else { return .post(forged, consumed: consumed) }
+            return .post(forged, consumed: other)
+        case .secondPost, .forgedHash, .silent:
+            return route == .silent ? .skip : .post(output, consumed: consumed)
+        case .hashFromOutsider, .consumeOwnPost:
+            let author = route == .consumeOwnPost ? node.signer : LedgerSigner()
+            let fake = LayerPost(consumed: consumed.sequence, consumedHash: consumed.hash, recipient: node.publicKeys.signing,
+                                 sealedKey: [], ciphertext: [], nextHash: TensorWire.hash(forged))
+            let e = try ledger.append(kind: .layer, queryID: q, payload: fake.encoded(), signer: author)
+            return .post(forged, consumed: e)
+        case .undecryptable:
+            return .post(forged, consumed: consumed)
+        }
+    }
+
+    func adjust(hash h: [UInt8]) -> [UInt8] { route == .forgedHash ? h.map { $0 ^ 0x5A } : h }
+
+    /// The HPKE key K is sealed to: a stranger's for `undecryptable`.
+    func keyRecipient(_ successor: [UInt8]) -> [UInt8] {
+        route == .undecryptable ? Array(Curve25519.KeyAgreement.PrivateKey().publicKey.rawRepresentation) : successor
+    }
+
+    /// After the first post: the forged second post of `secondPost`.
+    func after(output: Tensor, queryID q: String, consumed: LedgerEntry, node: RingNode, ledger: any Ledger) throws {
+        guard route == .secondPost else { return }
+        node.forgery = nil
+        defer { node.forgery = self }
+        try node.post(output: forge(output), queryID: q, consumed: consumed, ledger: ledger)
     }
 }

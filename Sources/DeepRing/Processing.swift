@@ -1,16 +1,9 @@
 import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingProtocol
 import Foundation
 
-/// A ring member at work: a block, or the ouroboros. It knows its own keys, its neighbours' public keys, its
-/// layer and its copy of the next layer — never its position — and talks only through the ledger.
-///
-/// Processing (Eqs. 4–11): on a `layer` entry signed by its predecessor (author key compared first, then the
-/// signature verified), it unwraps K with its HPKE key, decrypts X (AES-256-GCM, query id and keys bound as
-/// associated data), validates it (Eq. 13), computes its layer and posts S (the entry signature), K (a fresh
-/// AES-256 key sealed to its successor), X (its output under K) and H (SHA-256 of the next layer's output,
-/// computed with its copy of the next layer).
 /// Time spent per phase while answering queries (seconds), for `bench ring`.
 public final class PhaseTiming: @unchecked Sendable {
     public var compute = 0.0, crypto = 0.0, ledger = 0.0
@@ -25,6 +18,22 @@ public final class PhaseTiming: @unchecked Sendable {
     }
 }
 
+/// A ring member at work: a block, or the ouroboros. It knows its own keys, its neighbours' public keys, the ring's
+/// member signing keys, its layer and its copy of the next layer — never its position — and talks only through the
+/// ledger.
+///
+/// Processing (Eqs. 4–11): on a `layer` entry signed by its predecessor it establishes the H to validate against
+/// (below), unwraps K with its HPKE key, decrypts X (AES-256-GCM, query id and keys bound as associated data),
+/// validates the output (Eq. 13), computes its layer and posts S (the entry signature), K (a fresh AES-256 key
+/// sealed to its successor), X (its output under K) and H (SHA-256 of the next layer's output, computed with its
+/// copy of the next layer), naming the entry it consumed and its recipient.
+///
+/// Validation fails closed. The H for the predecessor's output is in the entry the predecessor consumed, so that
+/// entry must be: on the ledger, with the hash the post names, authentic, of the same query, a layer post addressed
+/// to the predecessor by a ring member other than the predecessor — or, only when the predecessor is the ouroboros,
+/// the query itself (the ouroboros's output is the querent's input: there is nothing to validate). A post that
+/// fails any of this, that cannot be decrypted, has the wrong shape, or is a second post for the same input that
+/// nobody asked for, is an alarm naming its author (Prop. 1), never a skip. Only a hash mismatch may be retried.
 final class RingNode {
     var timing = PhaseTiming()
     // Identity and neighbours change at every reshuffle; the layers never do.
@@ -33,29 +42,41 @@ final class RingNode {
     private(set) var signer: LedgerSigner
     private(set) var predecessor: PublicKeys
     private(set) var successor: PublicKeys
+    private(set) var publicKeys: PublicKeys
+    /// Signing keys of the ring's current members, the ouroboros included: whose H a receiver accepts.
+    var members: Set<[UInt8]> = []
+    /// The ouroboros's signing key: the only author whose post may consume a query row.
+    let ouroborosKey: [UInt8]
     let own: Model
     let next: Model
     let isOuroboros: Bool
     /// The successor is the ouroboros, whose layer is the identity: H is then the hash of this node's own output.
     let nextIsOuroboros: Bool
-    /// Attack hook (off unless set): perturbs the input before this node computes its layer.
+    /// The shape (without batch) of what this node receives: its layer's input, or for the ouroboros the last
+    /// layer's output.
+    let inputShape: [Int]
+    /// Attack hooks (off unless set): a block that perturbs its input, or that forges its posts.
     var perturbInput: ((Tensor) -> Tensor)?
+    var forgery: Forgery?
     var cursor: Int64 = 0
-    /// Pending queries at the ouroboros: query id → querent's HPKE key.
+    /// Pending queries at the ouroboros: query id → querent's HPKE key; and every query id seen (a second query
+    /// with the same id is ignored: the first one's querent gets the answer).
     var querents: [String: [UInt8]] = [:]
-    /// Retries requested per (query, entry) — bounded by the receiver.
-    var failures: [String: Int] = [:]
+    private var seenQueries = BoundedSet<String>(capacity: 1 << 16)
+    /// Per query: the input accepted from the predecessor, and whether this node asked for a retry of it.
+    private var accepted = BoundedMap<String, Acceptance>(capacity: 1 << 12)
+    struct Acceptance { var input: Int64; var retryAsked: Bool; var failures: Int }
     static let maxRetries = 2
+    static let maxBatch = 1 << 16
 
     init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, own: RingLayer, next: RingLayer,
-         isOuroboros: Bool, nextIsOuroboros: Bool) throws {
+         isOuroboros: Bool, nextIsOuroboros: Bool, ouroborosKey: [UInt8], inputShape: [Int]) throws {
         self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing); self.publicKeys = keys.publicKeys
-        self.nextIsOuroboros = nextIsOuroboros
         self.predecessor = predecessor; self.successor = successor
-        self.own = try own.model(); self.next = try next.model(); self.isOuroboros = isOuroboros
+        self.own = try own.model(); self.next = try next.model()
+        self.isOuroboros = isOuroboros; self.nextIsOuroboros = nextIsOuroboros
+        self.ouroborosKey = ouroborosKey; self.inputShape = inputShape
     }
-
-    private(set) var publicKeys: PublicKeys
 
     /// Takes on a new placement after a reshuffle: new id, new key pairs, new neighbours' public keys.
     func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys) {
@@ -63,95 +84,169 @@ final class RingNode {
         self.predecessor = predecessor; self.successor = successor; self.publicKeys = keys.publicKeys
     }
 
-    static func aad(_ queryID: String, _ from: [UInt8], _ to: [UInt8]) -> [UInt8] { Array(queryID.utf8) + from + to }
+    // MARK: posting
 
-    /// Posts this node's output for `queryID`, consuming entry `consumed`.
-    func post(output: Tensor, queryID: String, consumed: Int64, ledger: any Ledger) throws {
-        let nextOutput = timing.time(\.compute) { nextIsOuroboros ? output : next.forward(output) }
-        let (k, x, h) = try timing.time(\.crypto) { () throws -> ([UInt8], Data, [UInt8]) in
+    /// Posts this node's output for `queryID`, computed from entry `consumed`.
+    func post(output: Tensor, queryID: String, consumed: LedgerEntry, ledger: any Ledger) throws {
+        var out = output, input = consumed
+        if let f = forgery {
+            switch try f.prepare(output: output, queryID: queryID, consumed: consumed, node: self, ledger: ledger) {
+            case .post(let o, let c): out = o; input = c
+            case .skip: return
+            }
+        }
+        let nextOutput = try timing.time(\.compute) { nextIsOuroboros ? out : try next.checkedForward(out) }
+        var h: [UInt8] = []
+        let (k, x) = try timing.time(\.crypto) { () throws -> ([UInt8], Data) in
             let aesKey = SymmetricKey(size: .bits256)     // fresh for every message: never reused
-            let a = RingNode.aad(queryID, publicKeys.signing, successor.signing)
+            let a = LayerPost.aad(queryID: queryID, from: publicKeys.signing, to: successor.signing)
             // H (a SHA-256 pass over the next output) and X (AES-GCM over this output) are independent: for
             // big tensors they run on two threads.
-            var h: [UInt8] = [], x: Result<Data, Error> = .failure(QueryError.decryptionFailed)
-            Parallel.forEach(2, threads: RingNode.parallel(output.count + nextOutput.count)) { i in
+            var x: Result<Data, Error> = .failure(ProtocolError.decryptionFailed)
+            Parallel.forEach(2, threads: RingNode.parallel(out.count + nextOutput.count)) { i in
                 if i == 0 { h = TensorWire.hash(nextOutput) } else {
-                    x = Result { try AES.GCM.seal(TensorWire.encode(output), using: aesKey, authenticating: a).combined! }
+                    x = Result {
+                        guard let c = try AES.GCM.seal(TensorWire.encode(out), using: aesKey, authenticating: a).combined else {
+                            throw ProtocolError.decryptionFailed
+                        }
+                        return c
+                    }
                 }
             }
-            let k = try aesKey.withUnsafeBytes { try Sealing.seal(Array($0), to: successor.agreement, aad: a) }
-            return (k, try x.get(), h)
+            let to = forgery?.keyRecipient(successor.agreement) ?? successor.agreement
+            let k = try aesKey.withUnsafeBytes { try HPKEBox.seal(Array($0), to: to, aad: a) }
+            return (k, try x.get())
         }
-        var w = WireWriter(capacity: 8 + k.count + x.count + h.count + 16)
-        w.u64(consumed); w.field(k); w.field(x); w.field(h)
-        try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: w.bytes, signer: signer) }
-    }
-
-    /// A parsed layer post; X stays in the entry's payload (megabytes at batch 256: not copied).
-    struct LayerPost { var consumed: Int64; var k: [UInt8]; var x: ArraySlice<UInt8>; var h: [UInt8] }
-
-    static func parseLayer(_ e: LedgerEntry) throws -> LayerPost {
-        var r = WireReader(e.payload)
-        let c = try r.u64(), k = try r.field(max: 4096), x = try r.fieldRange(), h = try r.field(max: 32)
-        try r.end()
-        guard h.count == 32 else { throw QueryError.malformedPayload("H must be 32 bytes") }
-        return LayerPost(consumed: c, k: k, x: e.payload[x], h: h)
-    }
-
-    /// Only the sequence number of the entry a layer post consumed.
-    static func consumedSequence(_ e: LedgerEntry) throws -> Int64 {
-        var r = WireReader(e.payload)
-        return try r.u64()
-    }
-
-    /// Only the H of a layer post (validation needs nothing else; X, often megabytes, is skipped, not copied).
-    static func parseH(_ e: LedgerEntry) throws -> [UInt8] {
-        var r = WireReader(e.payload)
-        _ = try r.u64(); try r.skipField(max: 4096); try r.skipField()
-        let h = try r.field(max: 32)
-        try r.end()
-        guard h.count == 32 else { throw QueryError.malformedPayload("H must be 32 bytes") }
-        return h
-    }
-
-    /// Decrypts a layer post addressed to this node.
-    func receive(_ e: LedgerEntry, _ p: LayerPost) throws -> Tensor {
-        try timing.time(\.crypto) { try receiveUntimed(e, p) }
+        if let f = forgery { h = f.adjust(hash: h) }
+        let payload = LayerPost(consumed: input.sequence, consumedHash: input.hash, recipient: successor.signing,
+                                sealedKey: k, ciphertext: ArraySlice(x), nextHash: h).encoded()
+        try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: payload, signer: signer) }
+        try forgery?.after(output: output, queryID: queryID, consumed: consumed, node: self, ledger: ledger)
     }
 
     /// Threads for a pair of independent crypto passes over `floats` values: two when it is big enough to repay
     /// the hand-off (≈ 64 KB), else one.
     static func parallel(_ floats: Int) -> Int { floats >= 16_384 ? 2 : 1 }
 
-    /// Checks a layer post's entry (stored hash against its fields, and the signature) and decrypts its X — two
-    /// independent passes over the payload, run side by side for big payloads. With `hashInput`, the thread that
-    /// decrypts (AES-GCM, several times faster than SHA-256 here) then hashes the plaintext for validation (Eq. 13)
-    /// while the other still hashes the entry: nothing is acted on before both checks are done. Nil when the entry
-    /// is not authentic.
-    func authenticateAndReceive(_ e: LedgerEntry, hashInput: Bool) throws -> (LayerPost, Tensor, inputHash: [UInt8]?)? {
-        let p = try RingNode.parseLayer(e)
-        return try timing.time(\.crypto) {
-            var authentic = false, input: Result<Tensor, Error> = .failure(QueryError.decryptionFailed)
-            var inputHash: [UInt8]?
-            Parallel.forEach(2, threads: RingNode.parallel(p.x.count / 4)) { i in
-                if i == 0 { authentic = e.isAuthentic } else {
-                    input = Result { try receiveUntimed(e, p) }
-                    if hashInput, case .success(let t) = input { inputHash = TensorWire.hash(t) }
-                }
-            }
-            return authentic ? (p, try input.get(), inputHash) : nil
+    // MARK: receiving
+
+    /// What a layer post from the predecessor turned out to be.
+    enum Received {
+        case input(Tensor, post: LayerPost)
+        case rejected(ValidationFailure, hashFrom: [UInt8]?, input: Int64?)
+    }
+
+    /// Establishes the reference for a post from the predecessor: the entry it consumed must be its input for this
+    /// query. Returns the H to validate against (nil only for the ouroboros's post, which consumed the query) and the
+    /// author of that H, or the failure.
+    func reference(for post: LayerPost, of e: LedgerEntry, ledger: any Ledger) throws -> Result<(h: [UInt8]?, from: [UInt8]?), ValidationFailure> {
+        guard post.recipient == publicKeys.signing else { return .failure(.misaddressed) }
+        guard let c = try ledger.entry(at: post.consumed), c.hash == post.consumedHash else { return .failure(.missingInput) }
+        guard c.sequence < e.sequence else { return .failure(.missingInput) }
+        guard timing.time(\.crypto, { c.isAuthentic }) else { return .failure(.inputNotAuthentic) }
+        guard c.queryID == e.queryID else { return .failure(.inputOfAnotherQuery) }
+        switch c.kind {
+        case .query:
+            return e.author == ouroborosKey ? .success((nil, nil)) : .failure(.queryRowConsumed)
+        case .layer:
+            // The ouroboros's own post starts the ring from the query, never from a layer post.
+            guard e.author != ouroborosKey else { return .failure(.unexpectedInput) }
+            guard let prior = try? LayerPost.decode(c) else { return .failure(.unexpectedInput) }
+            guard prior.recipient == e.author, c.author != e.author else { return .failure(.inputNotAddressedToSender) }
+            guard members.contains(c.author) else { return .failure(.hashFromNonMember) }
+            return .success((prior.nextHash, c.author))
+        default:
+            return .failure(.unexpectedInput)
         }
     }
 
-    func receiveUntimed(_ e: LedgerEntry, _ p: LayerPost) throws -> Tensor {
-        let a = RingNode.aad(e.queryID ?? "", e.author, publicKeys.signing)
-        let keyBytes = try Sealing.open(p.k, with: keys.agreement, aad: a)
-        guard keyBytes.count == 32 else { throw QueryError.malformedPayload("K is not an AES-256 key") }
-        do {
-            let box = try AES.GCM.SealedBox(combined: p.x)
-            return try TensorWire.decode(try AES.GCM.open(box, using: SymmetricKey(data: keyBytes), authenticating: a))
-        } catch let e as QueryError { throw e } catch { throw QueryError.decryptionFailed }
+    /// Checks and opens a layer post from the predecessor: the reference H (see `reference`), then — side by side for
+    /// big payloads — the entry's stored hash and signature on one thread, and on the other K and X decrypted and the
+    /// plaintext hashed for Eq. 13; then the shape and the hash. Nil when the entry is not authentic (not the
+    /// predecessor's at all: skipped, and `ledger audit` names it).
+    func receive(_ e: LedgerEntry, ledger: any Ledger) throws -> Received? {
+        guard let post = try? LayerPost.decode(e) else {
+            return timing.time(\.crypto, { e.isAuthentic }) ? .rejected(.malformedPost, hashFrom: nil, input: nil) : nil
+        }
+        let ref: (h: [UInt8]?, from: [UInt8]?)
+        switch try reference(for: post, of: e, ledger: ledger) {
+        case .failure(let f): return timing.time(\.crypto, { e.isAuthentic }) ? .rejected(f, hashFrom: nil, input: post.consumed) : nil
+        case .success(let r): ref = r
+        }
+        return try timing.time(\.crypto) { () throws -> Received? in
+            var authentic = false, opened: Result<Tensor, Error> = .failure(ProtocolError.decryptionFailed)
+            var inputHash: [UInt8]?
+            Parallel.forEach(2, threads: RingNode.parallel(post.ciphertext.count / 4)) { i in
+                if i == 0 { authentic = e.isAuthentic } else {
+                    opened = Result { try open(post, from: e) }
+                    if ref.h != nil, case .success(let t) = opened { inputHash = TensorWire.hash(t) }
+                }
+            }
+            guard authentic else { return nil }
+            guard case .success(let x) = opened else { return .rejected(.undecryptable, hashFrom: nil, input: post.consumed) }
+            guard x.shape.count == inputShape.count + 1, x.batch >= 1, x.batch <= RingNode.maxBatch,
+                  Array(x.shape.dropFirst()) == inputShape else {
+                return .rejected(.wrongShape, hashFrom: nil, input: post.consumed)
+            }
+            if let h = ref.h, h != inputHash { return .rejected(.hashMismatch, hashFrom: ref.from, input: post.consumed) }
+            return .input(x, post: post)
+        }
     }
+
+    /// Opens K and X of a post addressed to this node.
+    func open(_ p: LayerPost, from e: LedgerEntry) throws -> Tensor {
+        let a = LayerPost.aad(queryID: e.queryID ?? "", from: e.author, to: publicKeys.signing)
+        let keyBytes = try HPKEBox.open(p.sealedKey[...], with: keys.agreement, aad: a)
+        guard keyBytes.count == 32 else { throw ProtocolError.malformed("K is not an AES-256 key") }
+        do {
+            let box = try AES.GCM.SealedBox(combined: p.ciphertext)
+            return try TensorWire.decode(try AES.GCM.open(box, using: SymmetricKey(data: keyBytes), authenticating: a))
+        } catch let e as ProtocolError { throw e } catch { throw ProtocolError.decryptionFailed }
+    }
+
+    /// Posts an alarm naming the author of `e` for `failure`.
+    func alarm(_ e: LedgerEntry, _ failure: ValidationFailure, hashFrom: [UInt8]?, input: Int64?, final: Bool, ledger: any Ledger) throws {
+        let a = ValidationAlarm(suspect: e.author, hashFrom: hashFrom, entry: e.sequence, input: input, reason: failure, final: final)
+        try ledger.append(kind: .alarm, queryID: e.queryID, payload: Alarm(.validation(a)).encoded(), signer: signer)
+    }
+
+    // MARK: the ouroboros's duties
+
+    /// Query phase (Eq. 3) at the ouroboros: anyone may post a query, so everything is checked, and a query that
+    /// cannot be answered gets a refusal (never a crash of the ring, never silence).
+    func startQuery(_ e: LedgerEntry, ledger: any Ledger) throws {
+        guard let q = e.queryID, timing.time(\.crypto, { e.isAuthentic }) else { return }
+        guard seenQueries.insert(q) else { return }
+        func refuse(_ r: RefusalReason, _ detail: String) throws {
+            try ledger.append(kind: .delivery, queryID: q, payload: Delivery(.refusal(r, detail: detail)).encoded(), signer: signer)
+        }
+        guard let request = try? QueryRequest.decode(e) else { return try refuse(.badInput, "the query payload does not decode") }
+        guard let plain = try? timing.time(\.crypto, {
+            try HPKEBox.open(request.sealedInput[...], with: keys.agreement, aad: QueryRequest.aad(queryID: q, querent: request.querent))
+        }) else {
+            return try refuse(.undecryptable, "the input is not sealed to this ring's ouroboros key")
+        }
+        guard let x = try? TensorWire.decode(plain) else { return try refuse(.badInput, "the input tensor does not decode") }
+        guard x.shape.count == own.inputShape.count + 1, x.batch >= 1, x.batch <= RingNode.maxBatch,
+              Array(x.shape.dropFirst()) == own.inputShape else {
+            return try refuse(.badInput, "expected inputs of shape [N] + \(own.inputShape) with 1 ≤ N ≤ \(RingNode.maxBatch), got \(x.shape)")
+        }
+        guard x.data.allSatisfy({ $0.isFinite }) else { return try refuse(.badInput, "the input contains NaN or infinite values") }
+        querents[q] = request.querent
+        // The ouroboros's layer is the identity (W = I, b = 0): its output is its input, not recomputed.
+        try post(output: x, queryID: q, consumed: e, ledger: ledger)
+    }
+
+    /// Delivery (Eq. 12): the validated last output, sealed to the querent.
+    func deliver(_ output: Tensor, queryID q: String, ledger: any Ledger) throws {
+        guard let querent = querents.removeValue(forKey: q) else { return }
+        let sealed = try timing.time(\.crypto) {
+            try HPKEBox.seal(TensorWire.encode(output), to: querent, aad: QueryRequest.aad(queryID: q, querent: querent))
+        }
+        try ledger.append(kind: .delivery, queryID: q, payload: Delivery(.answer(sealed: sealed)).encoded(), signer: signer)
+    }
+
+    // MARK: the loop
 
     /// Handles the ledger entries that appeared since the last call. Returns true if it posted anything.
     @discardableResult
@@ -159,7 +254,7 @@ final class RingNode {
         let (entries, tail) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             let tail = try ledger.lastSequence()
             guard tail > cursor else { return ([], tail) }
-            var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm)]
+            var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm, author: successor.signing)]
             if isOuroboros { filters.append(EntryFilter(kind: .query)) }
             return (try ledger.entries(in: (cursor + 1)...tail, matching: filters), tail)
         }
@@ -169,64 +264,111 @@ final class RingNode {
             guard let q = e.queryID else { continue }
             switch e.kind {
             case .query where isOuroboros:
-                // Eq. 3: (sealed query, Pub_Q). Decrypt and start the ring with the identity layer.
-                // Anyone may post a query: a malformed or undecryptable one is skipped, never fatal to the ring.
-                var r = WireReader(e.payload)
-                guard let querent = try? r.field(max: 32), let sealed = try? r.fieldRange(), (try? r.end()) != nil,
-                      querent.count == 32, timing.time(\.crypto, { e.isAuthentic }),
-                      let plain = try? timing.time(\.crypto, { try Sealing.openData(e.payload[sealed], with: keys.agreement, aad: Array(q.utf8) + querent) }),
-                      let x = try? TensorWire.decode(plain), x.data.allSatisfy({ $0.isFinite }) else { continue }
-                querents[q] = querent
-                // The ouroboros's layer is the identity (W = I, b = 0): its output is its input, not recomputed.
-                try post(output: x, queryID: q, consumed: e.sequence, ledger: ledger)
-                acted = true
-            case .layer where e.author == predecessor.signing:
-                // Validation (Eq. 13): the entry this output was computed from carries H_{i−1}, the hash that the
-                // block before computed for this very output with its copy of the layer.
-                var expected: [UInt8]?, hashFrom: [UInt8] = []
-                if let consumed = try? RingNode.consumedSequence(e),
-                   let prior = try ledger.entries(from: consumed, limit: 1).first, prior.sequence == consumed,
-                   prior.kind == .layer, prior.queryID == q {
-                    expected = try RingNode.parseH(prior); hashFrom = prior.author
-                }
-                guard let (p, input, inputHash) = try authenticateAndReceive(e, hashInput: expected != nil) else { continue }
-                if let expected {
-                    if expected != inputHash {
-                        let key = "\(q)/\(p.consumed)"
-                        failures[key, default: 0] += 1
-                        let retry = failures[key]! <= RingNode.maxRetries
-                        let msg = "{\"suspect\":\"\(hex(e.author))\",\"hash_from\":\"\(hex(hashFrom))\",\"entry\":\(e.sequence),\"retry_of\":\(p.consumed),\"final\":\(!retry)}"
-                        try ledger.append(kind: .alarm, queryID: q, payload: Array(msg.utf8), signer: signer)
-                        acted = true
-                        continue
-                    }
-                }
-                if isOuroboros {
-                    // Delivery (Eq. 12): seal the output to the querent.
-                    guard let querent = querents.removeValue(forKey: q) else { continue }
-                    let sealed = try Sealing.seal(TensorWire.encode(input), to: querent, aad: Array(q.utf8) + querent)
-                    try ledger.append(kind: .delivery, queryID: q, payload: sealed, signer: signer)
-                } else {
-                    let x = perturbInput?(input) ?? input
-                    try post(output: timing.time(\.compute) { own.forward(x) }, queryID: q, consumed: e.sequence, ledger: ledger)
-                }
-                acted = true
+                let before = try ledger.lastSequence()
+                try startQuery(e, ledger: ledger)
+                if try ledger.lastSequence() != before { acted = true }
+            case .layer:
+                if try process(e, queryID: q, ledger: ledger) { acted = true }
             case .alarm:
-                // A receiver asks for a retry of the output this node computed from entry `retry_of`.
-                guard e.author == successor.signing, e.isAuthentic,
-                      let v = try? StrictJSONParser.parse(e.payload), case .string(let suspect)? = v["suspect"],
-                      suspect == hex(publicKeys.signing), case .bool(false)? = v["final"],
-                      case .int(let consumed)? = v["retry_of"],
-                      let src = try ledger.entries(from: Int64(consumed), limit: 1).first, src.queryID == q,
-                      src.kind == .layer, src.author == predecessor.signing else { continue }
-                let input = try receive(src, try RingNode.parseLayer(src))
-                let x = perturbInput?(input) ?? input
-                try post(output: own.forward(x), queryID: q, consumed: src.sequence, ledger: ledger)
-                acted = true
+                if try retry(e, queryID: q, ledger: ledger) { acted = true }
             default:
                 continue
             }
         }
         return acted
+    }
+
+    /// A layer post from the predecessor: validate, then compute and post (or deliver, at the ouroboros).
+    func process(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws -> Bool {
+        guard let received = try receive(e, ledger: ledger) else { return false }
+        // One accepted input per query, unless this node asked for a retry of it.
+        let consumed: Int64?
+        switch received {
+        case .input(_, let p): consumed = p.consumed
+        case .rejected(_, _, let i): consumed = i
+        }
+        if var a = accepted[q] {
+            guard a.retryAsked, consumed == a.input else {
+                try alarm(e, .secondPost, hashFrom: nil, input: consumed, final: true, ledger: ledger)
+                return true
+            }
+            a.retryAsked = false
+            accepted[q] = a
+        } else if let c = consumed {
+            accepted[q] = Acceptance(input: c, retryAsked: false, failures: 0)
+        }
+        switch received {
+        case .rejected(let failure, let hashFrom, let input):
+            var final = !failure.retryable
+            if failure.retryable, var a = accepted[q] {
+                a.failures += 1
+                final = a.failures > RingNode.maxRetries
+                a.retryAsked = !final
+                accepted[q] = a
+            }
+            try alarm(e, failure, hashFrom: hashFrom, input: input, final: final, ledger: ledger)
+            return true
+        case .input(let x, _):
+            if isOuroboros {
+                try deliver(x, queryID: q, ledger: ledger)
+            } else {
+                let input = perturbInput?(x) ?? x
+                let y = try timing.time(\.compute) { try own.checkedForward(input) }
+                try post(output: y, queryID: q, consumed: e, ledger: ledger)
+            }
+            return true
+        }
+    }
+
+    /// A receiver's alarm naming this node, not final: post again from the same input (the paper's retry).
+    func retry(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws -> Bool {
+        guard e.isAuthentic, let alarm = try? Alarm.decode(e), case .validation(let a) = alarm.body,
+              a.suspect == publicKeys.signing, !a.final, let inputSeq = a.input,
+              let src = try ledger.entry(at: inputSeq), src.queryID == q,
+              let mine = try ledger.entry(at: a.entry), mine.author == publicKeys.signing, mine.queryID == q else { return false }
+        // Only a hash mismatch is retried, and the ouroboros's post (the querent's input) carries no H to fail.
+        guard !isOuroboros, src.kind == .layer, src.author == predecessor.signing, let p = try? LayerPost.decode(src),
+              let t = try? timing.time(\.crypto, { try open(p, from: src) }), Array(t.shape.dropFirst()) == inputShape else { return false }
+        let input = perturbInput?(t) ?? t
+        let x = try timing.time(\.compute) { try own.checkedForward(input) }
+        try post(output: x, queryID: q, consumed: src, ledger: ledger)
+        return true
+    }
+}
+
+/// A set that remembers at most `capacity` elements (the oldest are forgotten first).
+struct BoundedSet<T: Hashable> {
+    let capacity: Int
+    private var set: Set<T> = []
+    private var order: [T] = []
+    private var head = 0
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// Inserts `x`; false when it was already there.
+    mutating func insert(_ x: T) -> Bool {
+        guard set.insert(x).inserted else { return false }
+        order.append(x)
+        if order.count - head > capacity { set.remove(order[head]); head += 1 }
+        if head > capacity { order.removeFirst(head); head = 0 }
+        return true
+    }
+}
+
+/// A dictionary that remembers at most `capacity` keys (the oldest are forgotten first).
+struct BoundedMap<K: Hashable, V> {
+    let capacity: Int
+    private var dict: [K: V] = [:]
+    private var order: [K] = []
+    init(capacity: Int) { self.capacity = capacity }
+
+    subscript(key: K) -> V? {
+        get { dict[key] }
+        set {
+            if dict[key] == nil, newValue != nil {
+                order.append(key)
+                if order.count > capacity { dict[order.removeFirst()] = nil }
+            }
+            dict[key] = newValue
+        }
     }
 }

@@ -1,6 +1,7 @@
 import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingProtocol
 import Foundation
 
 /// The result of a query.
@@ -15,34 +16,96 @@ public struct QueryResult: Sendable {
     public var seconds: Double
 }
 
-/// Runs a sealed ring on one host: loads every member from its own files, and answers queries through the
-/// ledger only (Query phase, Eq. 3; Processing, Eqs. 4–11; Validation, Eq. 13; Delivery, Eq. 12). Before a
-/// query (every `verifyEvery` queries) the ouroboros checks authenticity and, if it is off, enters tracking
-/// mode: queries wait while tampered blocks are restored, with `alarm` and `restore` entries on the ledger.
+public enum QueryError: Error, CustomStringConvertible, Equatable {
+    /// The input cannot be asked (refused before anything is written).
+    case badInput(String)
+    /// Validation failed for good: never a wrong answer, but no answer.
+    case failed(String)
+    /// The ouroboros refused the query.
+    case refused(RefusalReason, String)
+    /// The ring did not answer in time; the message names the silent member when it is known.
+    case timeout(String)
+
+    public var description: String {
+        switch self {
+        case .badInput(let m): return "bad query input: \(m)"
+        case .failed(let m): return "query refused: \(m)"
+        case .refused(let r, let m): return "query refused by the ring (\(r)): \(m)"
+        case .timeout(let m): return "query timed out: \(m)"
+        }
+    }
+}
+
+/// The querent's side of a query (Eq. 3 and the end of Eq. 12): it knows only the ring's public, authenticated
+/// manifest. It seals the input to the ouroboros's HPKE key under a fresh key pair of its own, and accepts as the
+/// answer only a delivery signed by the ouroboros key the manifest names, sealed to its own key.
+public struct Querent: Sendable {
+    public let manifest: RingManifest
+
+    public init(manifest: RingManifest) { self.manifest = manifest }
+
+    /// A new query for `x` ([N] + input shape): its id, the querent's one-time keys and the `query` payload.
+    public func ask(_ x: Tensor) throws -> (queryID: String, keys: BlockKeys, payload: [UInt8]) {
+        let keys = BlockKeys()
+        let queryID = randomID()
+        let sealed = try HPKEBox.seal(TensorWire.encode(x), to: manifest.ouroboros.agreement,
+                                      aad: QueryRequest.aad(queryID: queryID, querent: keys.publicKeys.agreement))
+        return (queryID, keys, QueryRequest(querent: keys.publicKeys.agreement, sealedInput: sealed).encoded(capacity: sealed.count + 64))
+    }
+
+    /// The outcome of a delivery entry for `queryID`: nil when it is not the ouroboros's (anyone may append).
+    public func outcome(_ e: LedgerEntry, queryID: String, keys: BlockKeys) throws -> Result<Tensor, QueryError>? {
+        guard e.kind == .delivery, e.queryID == queryID, e.author == manifest.ouroboros.signing, e.isAuthentic else { return nil }
+        let d = try Delivery.decode(e)
+        switch d.outcome {
+        case .answer(let sealed):
+            let plain = try HPKEBox.open(sealed[...], with: keys.agreement,
+                                         aad: QueryRequest.aad(queryID: queryID, querent: keys.publicKeys.agreement))
+            let t = try TensorWire.decode(plain)
+            guard t.shape.count == 2, t.shape[1] == manifest.classes || manifest.classes == 0 else {
+                throw ProtocolError.malformed("the answer has shape \(t.shape)")
+            }
+            return .success(t)
+        case .refusal(let reason, let detail):
+            return .failure(.refused(reason, detail))
+        }
+    }
+}
+
+/// Runs a sealed ring on one host — the embedded deployment: every member loaded from its own folder, answering
+/// queries through the ledger only (Query phase, Eq. 3; Processing, Eqs. 4–11; Validation, Eq. 13; Delivery,
+/// Eq. 12). Before it serves, and before every `verifyEvery`-th query, the owner checks everything the ring depends
+/// on (`RingCheck`) and repairs what it can — tracking mode: queries wait while tampered blocks are restored and
+/// broken ones re-provisioned, with `alarm` and `restore` entries on the ledger. One runtime per ring at a time.
 public final class RingRuntime {
-    public let ring: SealedRing
+    public private(set) var ring: SealedRing
     public let ledger: SQLiteLedger
     /// The blocks' shared read snapshot of the ledger (one database read per scheduling round, not one per block).
     let view: LedgerView
     var nodes: [RingNode] = []
     var ouroboros: RingNode { nodes[0] }
+    /// The querent's side: the manifest it trusts (by default the owner's; `deepring query` sets the one it pinned).
+    public var querent: Querent
     public var verifyEvery: Int = 1
     /// Reshuffle the placement and rotate block keys after every `reshuffleEvery` queries (1 = after each, as in
     /// the paper; 0 = never, for measurements).
     public var reshuffleEvery: Int = 1
+    /// Seconds a query may take before it is given up, naming the member that went silent.
+    public var queryTimeout: Double = 120
     var queriesSinceReshuffle = 0
-    /// Held for the runtime's life: one runtime per ring at a time (`flock` on `owner/runtime.lock`).
-    private let lockFD: Int32
+    /// Held for the runtime's life: one runtime per ring at a time.
+    private let lock: RingLock
     var queriesSinceCheck = Int.max / 2
     public private(set) var restores: [String] = []
+    public private(set) var reprovisioned: [String] = []
     /// Time spent in tracking mode (restoring tampered blocks) while queries waited.
     public private(set) var trackingSeconds = 0.0
-    /// What to do when validation keeps failing for a query (a block computes or perturbs wrongly every time).
+    /// What to do when validation fails for good for a query (a block computes, perturbs or forges wrongly).
     public enum CompromisePolicy: Sendable {
         /// Refuse the query (the paper's behaviour after its retries): never a wrong answer, but no answer.
         case refuse
-        /// Evict both suspects of Proposition 1 — the block whose output failed validation and the block holding
-        /// the copy of its layer — re-provision them from their (authenticated) files with fresh keys, and answer
+        /// Evict the suspects of Proposition 1 — the block whose post failed validation and, for a hash mismatch,
+        /// the block holding the copy of its layer — re-provision them from the checkpoint with fresh keys, and answer
         /// the query again from the start. Our addition: a persistent attacker makes a plain retry fail forever.
         case evictAndRetry
     }
@@ -52,36 +115,51 @@ public final class RingRuntime {
     /// Per-phase time of all nodes (compute, crypto, ledger).
     public let timing = PhaseTiming()
 
-    public init(directory: String) throws {
-        let fd = open(directory + "/owner/runtime.lock", O_RDWR | O_CREAT, 0o600)
-        guard fd >= 0 else { throw RingError.notARing("\(directory)/owner is missing or not writable") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            close(fd)
-            throw RingError.busy("another deepring process is running this ring (\(directory)); wait for it to finish")
+    /// Opens the ring at `directory` as its one writer: waits up to `lockTimeout` seconds for another process
+    /// running it (telling `onWait` once), completes an interrupted reshuffle, checks everything and repairs what can
+    /// be repaired, and refuses to serve a ring it cannot trust.
+    public init(directory: String, lockTimeout: Double = 30, onWait: ((String) -> Void)? = nil) throws {
+        let paths = RingPaths(directory)
+        lock = try paths.runtimeLock(timeout: lockTimeout, onWait: onWait)
+        var (report, trusted) = try RingCheck.examine(directory)
+        guard let checked = trusted else { throw RingError.notAuthentic(RingRuntime.summary(report)) }
+        if FileManager.default.fileExists(atPath: paths.nextBlocks) {
+            try SealedRing.completeReshuffle(paths, record: checked.record)
+            (report, trusted) = try RingCheck.examine(directory)
         }
-        lockFD = fd
-        do {
-            ring = try SealedRing.open(directory)
-            ledger = try SQLiteLedger(path: ring.ledgerPath)
-            view = try LedgerView(ledger)
-            do { try loadNodes() } catch {
-                // A block file that cannot even be loaded (a tampered header, truncated, oversized) is tampered with:
-                // tracking mode restores it before anything runs — unless the chain is intact and the fault is elsewhere.
-                guard !ring.checkAuthenticity().authentic else { throw error }
-                try track(signer: LedgerSigner(try KeyFile.read(directory + "/owner/keys.json").signing))
-                try loadNodes()
-            }
-        } catch { close(fd); throw error }
+        guard let r = trusted else { throw RingError.notAuthentic(RingRuntime.summary(report)) }
+        ring = r
+        ledger = try SQLiteLedger(path: paths.ledger)
+        view = try LedgerView(ledger)
+        querent = Querent(manifest: r.manifest)
+        if !report.authentic { try track(report) }
+        try loadNodes()
+        queriesSinceCheck = 0
     }
 
-    deinit { close(lockFD) }
+    static func summary(_ r: RingCheckReport) -> String {
+        "the ring cannot be trusted: " + r.findings.prefix(5).map(\.description).joined(separator: "; ")
+            + (r.findings.count > 5 ? "; and \(r.findings.count - 5) more (run `deepring verify`)" : "")
+    }
+
+    /// Tracking mode: repairs what `report` found, or refuses when something cannot be repaired.
+    func track(_ report: RingCheckReport) throws {
+        guard report.repairable else { throw RingError.notAuthentic(RingRuntime.summary(report)) }
+        let t0 = now()
+        defer { trackingSeconds += now() - t0 }
+        let done = try RingCheck.repair(ring, report: report, ledger: view)
+        restores += done.restored + done.reprovisioned
+        reprovisioned += done.reprovisioned
+        let after = try RingCheck.run(ring.directory)
+        guard after.authentic else { throw RingError.notAuthentic(RingRuntime.summary(after)) }
+    }
 
     /// Reshuffle (after delivery): new placement and fresh key pairs for every block; the nodes take them on.
     public func reshuffle() throws {
         let t0 = now()
         defer { timing.reshuffle += now() - t0 }
         let oldOrder = ring.record.order
-        let placed = try ring.reshuffle(ledger: ledger)
+        let placed = try ring.reshuffle(ledger: view)
         let byName = Dictionary(uniqueKeysWithValues: nodes.dropFirst().map { ($0.name, $0) })
         let o = ouroboros
         for (j, p) in placed.enumerated() {
@@ -90,12 +168,21 @@ public final class RingRuntime {
                        predecessor: j == 0 ? o.publicKeys : placed[j - 1].keys.publicKeys,
                        successor: j + 1 < placed.count ? placed[j + 1].keys.publicKeys : o.publicKeys)
         }
-        o.rekey(name: o.name, keys: o.keys, predecessor: placed.last!.keys.publicKeys, successor: placed[0].keys.publicKeys)
+        if let last = placed.last, let first = placed.first {
+            o.rekey(name: o.name, keys: o.keys, predecessor: last.keys.publicKeys, successor: first.keys.publicKeys)
+        }
+        let members = Set(nodes.map(\.publicKeys.signing))
+        for n in nodes { n.members = members }
         queriesSinceReshuffle = 0
         // Big batches are throughput-bound: the next placement is built while the next batch computes (on a
         // background thread). Small queries are latency-bound: that background work would slow the answer
         // (measured: batch-1 latency +1.5 ms), so their reshuffle builds the placement after the answer instead.
         if reshuffleEvery > 0 && lastBatch >= RingRuntime.backgroundReshuffleBatch { ring.prepareReshuffle() }
+    }
+
+    /// Waits for the placement being built in the background (before the ring folder is replaced or removed).
+    public func finishBackgroundWork() {
+        ring.pendingPlacement?.wait()
     }
 
     /// Batch size of the latest query, and the size from which the next placement is prepared in the background.
@@ -120,40 +207,71 @@ public final class RingRuntime {
             guard let q = e.queryID else { continue }
             switch e.kind {
             case .query: open.append(q)
-            case .delivery: ended.insert(q)
+            case .delivery where e.author == ring.manifest.ouroboros.signing: ended.insert(q)
             case .alarm:
-                if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] { ended.insert(q) }
+                if let a = try? Alarm.decode(e), case .validation(let v) = a.body, v.final { ended.insert(q) }
             default: break
             }
         }
         return open.filter { !ended.contains($0) }
     }
 
-    func loadNodes() throws {
-        let dir = ring.directory
-        let oKeys = try KeyFile.read(dir + "/owner/keys.json")
-        let oLayers = try BlockFile.parse(try SealedRing.readHolderFile(dir + "/owner/ouroboros.safetensors", directory: dir),
-                                          prefixes: ["own", "next"], path: "ouroboros")
-        var blocks: [RingNode] = []
-        var firstPublic: PublicKeys?, lastPublic: PublicKeys?
-        for id in try FileManager.default.contentsOfDirectory(atPath: dir + "/blocks").sorted() {
-            let b = dir + "/blocks/" + id
-            let keys = try KeyFile.read(b + "/keys.json")
-            let info = try BlockInfo.read(blockDirectory: b)
-            let layers = try BlockFile.parse(try SealedRing.readHolderFile(b + "/params.safetensors", directory: dir),
-                                             prefixes: ["own", "next"], path: b + "/params.safetensors")
-            blocks.append(try RingNode(name: id, keys: keys, predecessor: info.predecessor, successor: info.successor,
-                                       own: layers[0], next: layers[1], isOuroboros: false,
-                                       nextIsOuroboros: info.successor == oKeys.publicKeys))
-            if info.predecessor == oKeys.publicKeys { firstPublic = keys.publicKeys }
-            if info.successor == oKeys.publicKeys { lastPublic = keys.publicKeys }
+    /// Loads every member from its own folder (`BlockBundle`: descriptor signed by the owner, keys and parameters
+    /// as it names), checks that the members form the ring the owner recorded — each one's neighbours' keys, and
+    /// each layer's input shape the previous layer's output shape — and gives them the member set.
+    func loadNodes(checkDigests: Bool = true) throws {
+        let p = ring.paths
+        guard let oKeys = try KeyFile.read(p.ouroborosKeys).memberKeys, oKeys.publicKeys == ring.manifest.ouroboros else {
+            throw RingError.notAuthentic("owner/keys.json does not hold the ouroboros keys named in the manifest")
         }
-        guard let first = firstPublic, let last = lastPublic else { throw RingError.notARing("the ring is not closed") }
-        let o = try RingNode(name: "ouroboros", keys: oKeys, predecessor: last, successor: first, own: oLayers[0], next: oLayers[1],
-                             isOuroboros: true, nextIsOuroboros: false)
-        let cursor = (try ledger.last()?.sequence) ?? 0
-        nodes = [o] + blocks
-        for n in nodes { n.cursor = cursor; n.timing = timing }
+        let limit = RingFileLimits.holder(p)
+        let oBytes = try InputFile.read(p.ouroborosParams, limit: limit)
+        guard hex(SHA256.hash(data: oBytes)) == ring.record.fileDigests[0] else {
+            throw RingError.notAuthentic("owner/ouroboros.safetensors differs from the sealed file")
+        }
+        let oLayers = try BlockFile.parse(oBytes, prefixes: ["own", "next"], path: p.ouroborosParams)
+        var bundles: [BlockBundle] = []
+        for id in ring.placement {
+            let b = try BlockBundle.load(ring.blockDirectory(id), paramsLimit: limit, checkDigest: checkDigests)
+            guard b.owner == ring.ownerKey, b.descriptor.generation == ring.record.generation, b.descriptor.ringID == ring.manifest.ringID else {
+                throw RingError.notAuthentic("block \(id) belongs to another owner, ring or placement")
+            }
+            bundles.append(b)
+        }
+        let o = oKeys.publicKeys
+        var blocks: [RingNode] = []
+        var shape = ring.manifest.inputShape
+        for (j, b) in bundles.enumerated() {
+            let prev = j == 0 ? o : bundles[j - 1].keys.publicKeys
+            let succ = j + 1 < bundles.count ? bundles[j + 1].keys.publicKeys : o
+            guard b.descriptor.predecessor == prev, b.descriptor.successor == succ else {
+                throw RingError.notAuthentic("block \(b.id)'s descriptor names other neighbours than the ring holds")
+            }
+            let node = try RingNode(name: b.id, keys: b.keys, predecessor: prev, successor: succ, own: b.own, next: b.next,
+                                    isOuroboros: false, nextIsOuroboros: j + 1 == bundles.count, ouroborosKey: o.signing,
+                                    inputShape: b.own.inputShape)
+            guard node.own.inputShape == shape else {
+                throw RingError.notAuthentic("block \(b.id)'s layer takes \(node.own.inputShape), but receives \(shape)")
+            }
+            // The last block's copy of the next layer is the ouroboros's identity layer, never run (its H is the hash
+            // of its own output).
+            guard node.nextIsOuroboros || node.next.inputShape == node.own.outputShape else {
+                throw RingError.notAuthentic("block \(b.id)'s copy of the next layer takes \(node.next.inputShape), but its layer gives \(node.own.outputShape)")
+            }
+            shape = node.own.outputShape
+            blocks.append(node)
+        }
+        guard let last = bundles.last, let first = bundles.first else { throw RingError.notARing("the ring has no blocks") }
+        let ouroNode = try RingNode(name: "ouroboros", keys: oKeys, predecessor: last.keys.publicKeys, successor: first.keys.publicKeys,
+                                    own: oLayers[0], next: oLayers[1], isOuroboros: true, nextIsOuroboros: false,
+                                    ouroborosKey: o.signing, inputShape: shape)
+        guard ouroNode.own.inputShape == ring.manifest.inputShape, ouroNode.next.inputShape == ring.manifest.inputShape else {
+            throw RingError.notAuthentic("the ouroboros's holding does not fit the manifest's input shape")
+        }
+        let cursor = try view.lastSequence()
+        nodes = [ouroNode] + blocks
+        let members = Set(nodes.map(\.publicKeys.signing))
+        for n in nodes { n.cursor = cursor; n.timing = timing; n.members = members }
     }
 
     /// Attack hook: the named block perturbs its input before computing (off unless set).
@@ -163,45 +281,54 @@ public final class RingRuntime {
 
     /// Attack hook by ring position (1 = the block computing the first layer; only the owner knows positions).
     /// The perturbation follows the block through reshuffles.
-    public func setPerturbation(position: Int, _ f: ((Tensor) -> Tensor)?) {
-        precondition(position >= 1 && position <= ring.placement.count, "no block at position \(position)")
-        setPerturbation(block: ring.placement[position - 1], f)
+    public func setPerturbation(position: Int, _ f: ((Tensor) -> Tensor)?) throws {
+        setPerturbation(block: try blockName(position: position), f)
+    }
+
+    /// Attack hook: the block at `position` holds valid keys and forges its posts by `route`, wanting `forge(honest)`
+    /// delivered instead of its honest output (same shape). Nil turns it off.
+    public func setForgery(position: Int, _ route: ForgeryRoute?, forge: @escaping @Sendable (Tensor) -> Tensor = { $0 }) throws {
+        let name = try blockName(position: position)
+        nodes.first { $0.name == name }?.forgery = route.map { Forgery(route: $0, forge: forge) }
+    }
+
+    func blockName(position: Int) throws -> String {
+        guard position >= 1 && position <= ring.placement.count else {
+            throw RingError.notARing("no block at ring position \(position): the ring has \(ring.placement.count) blocks")
+        }
+        return ring.placement[position - 1]
+    }
+
+    /// The signing key the block at `position` holds now (it changes at every reshuffle).
+    public func signingKey(position: Int) throws -> [UInt8] {
+        let name = try blockName(position: position)
+        guard let n = nodes.first(where: { $0.name == name }) else { throw RingError.notARing("block \(name) is not loaded") }
+        return n.publicKeys.signing
     }
 
     public var blockNames: [String] { nodes.dropFirst().map(\.name) }
 
-    /// Authenticity check and, when it is off, tracking and restore (§3.3, §3.4.4).
+    /// The check and, when anything is off, tracking (§3.3, §3.4.4): repair, then reload the blocks.
     public func ensureAuthentic() throws {
-        if ring.checkAuthenticity().authentic { return }
-        try track(signer: ouroboros.signer)
+        let report = try RingCheck.run(ring.directory)
+        if report.authentic { return }
+        try track(report)
         try reloadBlocks()
     }
 
-    /// Tracking mode (authenticity is off): an alarm entry, then the tampered holders restored one by one from the
-    /// checkpoint, each with a restore entry signed by the ouroboros.
-    func track(signer: LedgerSigner) throws {
-        let report = ring.checkAuthenticity()
-        if report.authentic { return }
-        try ledger.append(kind: .alarm, queryID: nil,
-                          payload: Array("{\"authenticity\":false,\"first_tampered\":\"\(report.firstTampered ?? "")\"}".utf8), signer: signer)
-        let t0 = now()
-        defer { trackingSeconds += now() - t0 }
-        let restored = try ring.restore()
-        for b in restored {
-            try ledger.append(kind: .restore, queryID: nil, payload: Array("{\"restored\":\"\(b)\"}".utf8), signer: signer)
-        }
-        restores += restored
-    }
-
-    /// Re-reads every block's files, as running blocks would see them (a compromised block keeps its perturbation:
-    /// it is the block's behaviour, not its files).
+    /// Re-reads every block's files, as running blocks would see them (a compromised block keeps its perturbation
+    /// and forgery: they are the block's behaviour, not its files).
     public func reloadBlocks() throws { try reloadBlocks(dropping: []) }
 
-    /// Reloads every node from its files; perturbations stay with their blocks except those of `dropping`.
-    func reloadBlocks(dropping: Set<String>) throws {
-        let perturb = nodes.compactMap { n in n.perturbInput.map { (n.name, $0) } }
-        try loadNodes()
-        for (k, f) in perturb where !dropping.contains(k) { setPerturbation(block: k, f) }
+    /// Reloads every node from its files; attack hooks stay with their blocks except those of `dropping`.
+    func reloadBlocks(dropping: Set<String>, checkDigests: Bool = true) throws {
+        let hooks = nodes.compactMap { n in (n.perturbInput != nil || n.forgery != nil) ? (n.name, n.perturbInput, n.forgery) : nil }
+        try loadNodes(checkDigests: checkDigests)
+        for (k, f, g) in hooks where !dropping.contains(k) {
+            let n = nodes.first { $0.name == k }
+            n?.perturbInput = f
+            n?.forgery = g
+        }
     }
 
     /// Evicts the blocks at `positions` and re-provisions them: tampered files are restored, every key rotates
@@ -209,39 +336,48 @@ public final class RingRuntime {
     func evict(positions: [Int]) throws {
         try ensureAuthentic()
         try reshuffle()
+        // Positions are stable across a reshuffle; names are not: the evicted blocks' names are the new ones.
         try reloadBlocks(dropping: Set(positions.map { ring.placement[$0 - 1] }))
         evictions += positions
     }
 
-    /// Answers one (batched) query. Throws `QueryError.failed` — never a wrong answer — when validation keeps failing.
+    /// Answers one (batched) query. Throws — never a wrong answer — when validation fails for good, the ring
+    /// refuses, or a member goes silent.
     public func query(_ x: Tensor) throws -> QueryResult { try query(x, attempt: 1) }
+
+    /// The ring position of the block holding signing key `key` now (nil for the ouroboros or a non-member).
+    func position(ofKey key: [UInt8]?) -> Int? {
+        guard let key, let name = nodes.dropFirst().first(where: { $0.publicKeys.signing == key })?.name,
+              let i = ring.placement.firstIndex(of: name) else { return nil }
+        return i + 1
+    }
+
+    func describe(position p: Int?) -> String {
+        guard let p else { return "a key outside the ring" }
+        return "block \(ring.placement[p - 1]) (ring position \(p))"
+    }
 
     func query(_ x: Tensor, attempt: Int) throws -> QueryResult {
         let t0 = now()
-        guard Array(x.shape.dropFirst()) == ring.manifest.inputShape || x.itemSize == ring.manifest.inputShape.reduce(1, *),
-              x.batch > 0 else {
-            throw QueryError.badInput("expected inputs of shape \(ring.manifest.inputShape), got \(Array(x.shape.dropFirst()))")
+        let shape = ring.manifest.inputShape
+        guard x.shape.count >= 1, x.batch > 0, x.batch <= RingNode.maxBatch,
+              Array(x.shape.dropFirst()) == shape || x.itemSize == shape.reduce(1, *) else {
+            throw QueryError.badInput("expected inputs of shape [N] + \(shape) with 1 ≤ N ≤ \(RingNode.maxBatch), got \(x.shape)")
         }
         guard x.data.allSatisfy({ $0.isFinite }) else { throw QueryError.badInput("the input contains NaN or infinite values") }
         lastBatch = x.batch
         queriesSinceCheck += 1
         if queriesSinceCheck >= verifyEvery { try ensureAuthentic(); queriesSinceCheck = 0 }
         // Query phase (Eq. 3): a fresh querent key pair; the input sealed to the ouroboros's public key.
-        let querent = BlockKeys()
-        let queryID = hex((0..<16).map { _ in UInt8.random(in: 0...255) })
-        let input = x.reshaped([x.batch] + ring.manifest.inputShape)
-        let sealed = try timing.time(\.crypto) {
-            try Sealing.seal(TensorWire.encode(input), to: ring.manifest.ouroboros.agreement,
-                             aad: Array(queryID.utf8) + querent.publicKeys.agreement)
-        }
-        var w = WireWriter(capacity: 8 + 32 + sealed.count)
-        w.field(querent.publicKeys.agreement); w.field(sealed)
+        let (queryID, keys, payload) = try timing.time(\.crypto) { try querent.ask(x.reshaped([x.batch] + shape)) }
         let posted = try timing.time(\.ledger) {
-            try view.append(kind: .query, queryID: queryID, payload: w.bytes, signer: LedgerSigner(querent.signing))
+            try view.append(kind: .query, queryID: queryID, payload: payload, signer: LedgerSigner(keys.signing))
         }
         var alarms = 0
         var idle = 0
         var cursor = posted.sequence
+        let deadline = t0 + queryTimeout
+        let members = Set(nodes.map(\.publicKeys.signing))
         while true {
             var acted = false
             // Entries appended here reach the view at once; the database is read (one query) only when a round
@@ -252,41 +388,68 @@ public final class RingRuntime {
             let mine = tail > cursor ? try view.entries(in: (cursor + 1)...tail, matching: [
                 EntryFilter(kind: .alarm, queryID: queryID), EntryFilter(kind: .delivery, queryID: queryID)]) : []
             cursor = tail
-            // Only ring members' entries count: anyone may append, and a forged alarm must not end a query.
-            for e in mine where nodes.contains(where: { $0.publicKeys.signing == e.author }) && e.isAuthentic {
-                if e.kind == .alarm {
-                    alarms += 1
-                    if let v = try? StrictJSONParser.parse(e.payload), case .bool(true)? = v["final"] {
-                        var suspect = "?"
-                        func position(_ key: JSONValue?) -> Int? {
-                            guard case .string(let s)? = key, let name = nodes.dropFirst().first(where: { hex($0.publicKeys.signing) == s })?.name,
-                                  let i = ring.placement.firstIndex(of: name) else { return nil }
-                            return i + 1
-                        }
-                        if let p = position(v["suspect"]) { suspect = "\(ring.placement[p - 1]) (ring position \(p))" }
-                        if onCompromisedBlock == .evictAndRetry && attempt == 1 {
-                            let suspects = [position(v["suspect"]), position(v["hash_from"])].compactMap { $0 }
-                            try evict(positions: suspects)
-                            var again = try query(x, attempt: 2)
-                            again.alarms += alarms
-                            again.evicted = suspects + again.evicted
-                            again.seconds = now() - t0
-                            return again
-                        }
+            for e in mine {
+                if e.kind == .delivery, let outcome = try querent.outcome(e, queryID: queryID, keys: keys) {
+                    switch outcome {
+                    case .success(let out):
+                        let answered = now() - t0
                         try reshuffleIfDue()
-                        throw QueryError.failed("validation failed \(alarms) times; block \(suspect), or the block holding the copy of its layer, is compromised")
+                        return QueryResult(queryID: queryID, logits: out, alarms: alarms, seconds: answered)
+                    case .failure(let refusal):
+                        try reshuffleIfDue()
+                        throw refusal
                     }
                 }
-                if e.kind == .delivery && e.author == ring.manifest.ouroboros.signing {
-                    let out = try TensorWire.decode(try Sealing.openData(e.payload[...], with: querent.agreement,
-                                                                      aad: Array(queryID.utf8) + querent.publicKeys.agreement))
-                    let answered = now() - t0
-                    try reshuffleIfDue()
-                    return QueryResult(queryID: queryID, logits: out, alarms: alarms, seconds: answered)
+                // Only ring members' alarms count: anyone may append, and a forged alarm must not end a query.
+                guard e.kind == .alarm, members.contains(e.author), e.isAuthentic, let a = try? Alarm.decode(e),
+                      case .validation(let v) = a.body else { continue }
+                alarms += 1
+                guard v.final else { continue }
+                let suspect = position(ofKey: v.suspect), hashFrom = position(ofKey: v.hashFrom)
+                if onCompromisedBlock == .evictAndRetry && attempt == 1 {
+                    let suspects = [suspect, hashFrom].compactMap { $0 }
+                    try evict(positions: suspects)
+                    var again = try query(x, attempt: 2)
+                    again.alarms += alarms
+                    again.evicted = suspects + again.evicted
+                    again.seconds = now() - t0
+                    return again
                 }
+                var why = "\(describe(position: suspect)): \(v.reason)"
+                if v.reason == .hashMismatch {
+                    why = "validation failed \(alarms) times; \(describe(position: suspect)), or \(hashFrom.map { describe(position: $0) } ?? "the block holding the copy of its layer"), is compromised"
+                }
+                try refuse(queryID, .compromised, why)
+                try reshuffleIfDue()
+                throw QueryError.failed(why)
             }
             idle = acted ? 0 : idle + 1
-            if idle > 3 { throw QueryError.timeout }
+            if idle > 3 || now() > deadline {
+                let why = try silence(queryID)
+                try reshuffleIfDue()
+                throw QueryError.timeout(why)
+            }
         }
+    }
+
+    /// The ouroboros's refusal of a query (the querent's answer: no answer, and why).
+    func refuse(_ queryID: String, _ reason: RefusalReason, _ detail: String) throws {
+        try view.append(kind: .delivery, queryID: queryID, payload: Delivery(.refusal(reason, detail: detail)).encoded(), signer: ouroboros.signer)
+    }
+
+    /// A query that stopped moving: the member that was to act next never did. Names it in an alarm and refuses.
+    func silence(_ queryID: String) throws -> String {
+        let tail = try view.lastSequence()
+        let posts = try view.entries(in: 1...max(1, tail), matching: [EntryFilter(kind: .layer, queryID: queryID)])
+        var silent: [UInt8]? = nodes.count > 1 ? nodes[1].publicKeys.signing : nil
+        if let last = posts.last, let p = try? LayerPost.decode(last) { silent = p.recipient }
+        let who: String
+        if let s = silent, s == ouroboros.publicKeys.signing { who = "the ouroboros" } else { who = describe(position: position(ofKey: silent)) }
+        let detail = "\(who) never answered (\(posts.count) layer posts for the query)"
+        if let s = silent {
+            try view.append(kind: .alarm, queryID: queryID, payload: Alarm(.silent(member: s)).encoded(), signer: ouroboros.signer)
+        }
+        try refuse(queryID, .timeout, detail)
+        return detail
     }
 }

@@ -1,82 +1,58 @@
+import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingProtocol
 import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 
-@_silgen_name("syncfs") private func c_syncfs(_ fd: Int32) -> Int32
+/// One placement of the blocks: for each ring position a folder with a fresh random id, fresh Ed25519 and X25519 key
+/// pairs (`keys.json`, 0600, with the owner's public key as the block's trust anchor), its parameter file, and a
+/// descriptor signed by the owner that names its neighbours' public keys and its hashes. Sealing builds the first
+/// placement; every reshuffle and every re-provisioning builds a new one the same way.
+enum Placement {
+    /// Where a block's parameter file comes from: hard-linked from the current placement (or copied across file
+    /// systems), or written from bytes (sealing, or restored from the checkpoint).
+    enum Source { case link(String), bytes([UInt8]) }
 
-/// Reshuffle (paper §3.4, after delivery): "the placement of the blocks is reshuffled". After every query each
-/// block gets a new random id (its folder is renamed) and fresh signing and HPKE key pairs; its neighbours learn
-/// the new public keys. The ouroboros — the one publicly known member — keeps its keys and announces the new
-/// member signing keys, in random order, in a signed `reshuffle` entry so that `ledger audit` can still tell ring
-/// members from outsiders.
-///
-/// What this buys: an observer of the ledger sees, within one query, the order in which keys post (that is how
-/// the ring works), but a key never appears in two queries, so it cannot follow a block from query to query or
-/// aim at "the block that computed layer 3 last time" through the ledger. What it does not hide: the length of
-/// each X ciphertext reveals the width of the layer output (900, 600, … floats × batch), and anyone who can read
-/// the block folders sees tensor shapes in `params.safetensors`.
-///
-/// Crash safety: the new placement is built beside the old one in `blocks.next/` (parameter files hard-linked,
-/// new keys and descriptions written, then one `syncfs`), announced on the ledger, and committed by atomically
-/// replacing `owner/record.json`. `SealedRing.open` finishes or rolls back an interrupted reshuffle: if the
-/// record names the folders in `blocks.next/`, the swap is completed; otherwise `blocks.next/` is discarded and the
-/// old placement (whose keys are still valid) stays.
-///
-/// Speed: after a big batch the runtime has the next placement built in `blocks.next/` by a background thread
-/// while the next query computes (`prepareReshuffle`); the reshuffle then only announces and commits it (≈ 1 ms
-/// instead of 3–5). A parameter file restored in between is a new file: it is linked again before the commit.
-extension SealedRing {
-    var nextBlocksDir: String { directory + "/blocks.next" }
-
-    /// Starts building the next placement (new ids, fresh key pairs, hard-linked parameter files, synced) in the
-    /// background, so that the reshuffle after the next query only has to announce and commit it. Idempotent.
-    public func prepareReshuffle() {
-        guard pendingPlacement == nil else { return }
-        let pending = PendingPlacement(order: record.order)
-        pendingPlacement = pending
-        let hashes = record.hashes, dir = directory
-        // A normal-priority thread: at idle priority it starved whenever the machine was busy, and the reshuffle
-        // then waited for it (265 ms instead of 1 ms per query in a run beside a compiler).
-        let thread = Thread {
-            pending.finish(Result { try SealedRing.buildPlacement(directory: dir, order: pending.order, hashes: hashes) })
-        }
-        thread.start()
+    struct Built {
+        var ids: [String]
+        var keys: [BlockKeys]
+        /// The inode of each linked file (nil for written ones): a file restored after the build is linked again.
+        var linkedInodes: [UInt64?]
     }
 
-    /// Builds a new placement in `blocks.next/` and syncs it (the work before the commit point).
-    private static func buildPlacement(directory: String, order: [String], hashes: [String]) throws -> PendingPlacement.Built {
-        let fm = FileManager.default
-        let nextBlocksDir = directory + "/blocks.next"
-        let n = order.count
-        let ouroboros = try KeyFile.read(directory + "/owner/keys.json").publicKeys
-        let ids = (0..<n).map { _ in hex((0..<16).map { _ in UInt8.random(in: 0...255) }) }
+    /// Builds a placement for generation `record.generation` (the caller sets it) into `folder`, which must exist
+    /// and be empty or new. Nothing is synced here: the caller syncs the folder before committing it.
+    static func build(paths: RingPaths, record: OwnerRecord, ouroboros: PublicKeys, identity: Curve25519.Signing.PrivateKey,
+                      into folder: String, sources: [Source]) throws -> Built {
+        let n = sources.count
+        let ids = (0..<n).map { _ in randomID() }
         let keys = (0..<n).map { _ in BlockKeys() }
-        var inodes: [UInt64] = []
-        SealedRing.removeTree(nextBlocksDir)
-        try fm.createDirectory(atPath: nextBlocksDir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let owner = Array(identity.publicKey.rawRepresentation)
+        var inodes: [UInt64?] = []
         for j in 0..<n {
-            let dir = nextBlocksDir + "/" + ids[j]
-            try fm.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-            inodes.append(try linkParams(from: directory + "/blocks/" + order[j], to: dir))
-            try writeNewFile(KeyFile.serialize(keys[j]), to: dir + "/keys.json", permissions: 0o600)
-            let prev = j == 0 ? ouroboros : keys[j - 1].publicKeys
-            let succ = j + 1 < n ? keys[j + 1].publicKeys : ouroboros
-            try writeNewFile(try jsonBytes(BlockInfo(id: ids[j], keys: keys[j].publicKeys, predecessor: prev, successor: succ,
-                                                     previousHash: hashes[j], hash: hashes[j + 1])),
-                             to: dir + "/block.json", permissions: 0o644)
+            let dir = folder + "/" + ids[j]
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+            switch sources[j] {
+            case .link(let src): inodes.append(try linkParams(src, into: dir))
+            case .bytes(let b): try writeNewFile(b, to: dir + "/params.safetensors", permissions: 0o644); inodes.append(nil)
+            }
+            try writeNewFile(KeyFile.serialize(keys[j], owner: owner), to: dir + "/keys.json", permissions: 0o600)
+            var d = BlockDescriptor(ringID: record.ringID, id: ids[j], generation: record.generation, keys: keys[j].publicKeys,
+                                    predecessor: j == 0 ? ouroboros : keys[j - 1].publicKeys,
+                                    successor: j + 1 < n ? keys[j + 1].publicKeys : ouroboros,
+                                    previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1])
+            try d.sign(with: identity)
+            try writeNewFile(try encodeJSON(d), to: dir + "/block.json", permissions: 0o644)
         }
-        let fd = Glibc.open(nextBlocksDir, O_RDONLY)
-        if fd >= 0 { _ = c_syncfs(fd); close(fd) }
-        return .init(ids: ids, keys: keys, linkedInodes: inodes)
+        return Built(ids: ids, keys: keys, linkedInodes: inodes)
     }
 
-    /// Hard-links (or, across file systems, copies) a block's parameter file into a new block folder; returns the
-    /// inode of the file linked.
-    private static func linkParams(from oldDir: String, to newDir: String) throws -> UInt64 {
-        let src = oldDir + "/params.safetensors", dst = newDir + "/params.safetensors"
+    /// Hard-links (or, across file systems, copies) a parameter file into a new block folder; returns its inode.
+    static func linkParams(_ src: String, into dir: String) throws -> UInt64 {
+        let dst = dir + "/params.safetensors"
         let ino = try inode(src)
         if link(src, dst) != 0 {
             unlink(dst)
@@ -85,78 +61,149 @@ extension SealedRing {
         return ino
     }
 
-    private static func inode(_ path: String) throws -> UInt64 {
+    static func inode(_ path: String) throws -> UInt64 {
         var st = stat()
         guard stat(path, &st) == 0 else { throw RingError.restoreFailed("cannot read \(path)") }
         return UInt64(st.st_ino)
     }
+}
 
-    /// Reshuffles the ring's placement and rotates every block's key pairs. Returns the new ids and key pairs in
-    /// ring order (for a runtime that hosts the blocks in memory). Uses the placement `prepareReshuffle` built when
-    /// it is still current; a parameter file replaced since (a restore) is linked again before the commit.
+/// Reshuffle (paper §3.4, after delivery): "the placement of the blocks is reshuffled". After every query each
+/// block gets a new random id (folder) and fresh signing and HPKE key pairs; its neighbours learn the new public keys
+/// from their new owner-signed descriptors. The ouroboros — the one publicly known member — keeps its keys and
+/// announces the new member signing keys, in random order, in a signed `reshuffle` entry so that `ledger audit` can
+/// still tell ring members from outsiders.
+///
+/// What this buys: an observer of the ledger sees, within one query, the order in which keys post (that is how
+/// the ring works), but a key never appears in two queries, so it cannot follow a block from query to query or
+/// aim at "the block that computed layer 3 last time" through the ledger. What it does not hide: the length of
+/// each X ciphertext reveals the width of the layer output (900, 600, … floats × batch), and anyone who can read
+/// the block folders sees tensor shapes in `params.safetensors`.
+///
+/// Crash safety: the new placement is built beside the old one in `blocks.next/` (parameter files hard-linked,
+/// new keys and descriptors written, then one `syncfs`), announced on the ledger, and committed by atomically
+/// replacing the signed `owner/record.json`; the folders are then swapped. All of it happens under the runtime lock,
+/// and the commit and swap under the state lock, so readers see the old placement or the new one. A writer that
+/// opens the ring after a crash finishes the swap if the record names the folders in `blocks.next/`, and discards
+/// `blocks.next/` otherwise (the old placement's keys are still valid).
+///
+/// Speed: after a big batch the runtime has the next placement built in `blocks.next/` by a background thread while
+/// the next query computes (`prepareReshuffle`); the reshuffle then only announces and commits it (≈ 1 ms instead of
+/// 3–5). A parameter file restored in between is a new file: it is linked again before the commit.
+extension SealedRing {
+    /// Sources for a new placement: every block's current file, linked.
+    func currentSources() -> [Placement.Source] {
+        record.order.map { .link(blockDirectory($0) + "/params.safetensors") }
+    }
+
+    private func nextRecord() -> OwnerRecord {
+        var r = record
+        r.generation = record.generation + 1
+        return r
+    }
+
+    /// Starts building the next placement in the background, so that the reshuffle after the next query only has to
+    /// announce and commit it. Idempotent.
+    public func prepareReshuffle() {
+        guard pendingPlacement == nil else { return }
+        let pending = PendingPlacement(order: record.order)
+        pendingPlacement = pending
+        let paths = self.paths, next = nextRecord(), identity = self.identity, ouroboros = manifest.ouroboros
+        let sources = currentSources()
+        // A normal-priority thread: at idle priority it starved whenever the machine was busy, and the reshuffle
+        // then waited for it (265 ms instead of 1 ms per query in a run beside a compiler).
+        let thread = Thread {
+            pending.finish(Result { try SealedRing.buildNext(paths: paths, record: next, ouroboros: ouroboros, identity: identity, sources: sources) })
+        }
+        thread.start()
+    }
+
+    /// Builds a new placement in `blocks.next/` and syncs it (the work before the commit point).
+    private static func buildNext(paths: RingPaths, record: OwnerRecord, ouroboros: PublicKeys, identity: Curve25519.Signing.PrivateKey,
+                                  sources: [Placement.Source]) throws -> Placement.Built {
+        removeTree(paths.nextBlocks)
+        try FileManager.default.createDirectory(atPath: paths.nextBlocks, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o755])
+        let built = try Placement.build(paths: paths, record: record, ouroboros: ouroboros, identity: identity,
+                                        into: paths.nextBlocks, sources: sources)
+        syncFileSystem(paths.nextBlocks)
+        return built
+    }
+
+    /// Reshuffles the placement and rotates every block's key pairs; `sources` replaces parameter files (a block
+    /// re-provisioned from the checkpoint). Returns the new ids and key pairs in ring order. The caller holds the
+    /// runtime lock.
     @discardableResult
-    public func reshuffle(ledger: any Ledger) throws -> [(id: String, keys: BlockKeys)] {
-        let generation = record.generation ?? 0
-        var built: PendingPlacement.Built?
+    public func reshuffle(ledger: any Ledger) throws -> [(id: String, keys: BlockKeys)] { try reshuffle(ledger: ledger, sources: nil) }
+
+    @discardableResult
+    func reshuffle(ledger: any Ledger, sources explicit: [Placement.Source]?) throws -> [(id: String, keys: BlockKeys)] {
+        var built: Placement.Built?
         if let p = pendingPlacement {
             p.wait()
             pendingPlacement = nil
-            if p.order == record.order, case .success(let b) = p.result { built = b }
+            if explicit == nil, p.order == record.order, case .success(let b) = p.result { built = b }
         }
-        let placement = try built ?? SealedRing.buildPlacement(directory: directory, order: record.order, hashes: record.hashes)
+        let next = nextRecord()
+        let sources = explicit ?? currentSources()
+        let placement = try built ?? SealedRing.buildNext(paths: paths, record: next, ouroboros: manifest.ouroboros,
+                                                          identity: identity, sources: sources)
         // Restored since the placement was built? Then the link points at the old file: link the current one.
         for j in 0..<placement.ids.count {
-            if try SealedRing.inode(blockDir(record.order[j]) + "/params.safetensors") != placement.linkedInodes[j] {
-                let dir = nextBlocksDir + "/" + placement.ids[j]
-                unlink(dir + "/params.safetensors")
-                _ = try SealedRing.linkParams(from: blockDir(record.order[j]), to: dir)
-                try fsyncPath(dir + "/params.safetensors")
-                try fsyncPath(dir)
-            }
+            guard let linked = placement.linkedInodes[j], case .link(let src) = sources[j], try Placement.inode(src) != linked else { continue }
+            let dir = paths.nextBlocks + "/" + placement.ids[j]
+            unlink(dir + "/params.safetensors")
+            _ = try Placement.linkParams(src, into: dir)
+            try fsyncPath(dir + "/params.safetensors")
+            try fsyncPath(dir)
         }
-        let ouroboros = try KeyFile.read(ownerDir + "/keys.json")
+        let ouroboros = try ouroborosSigner()
         // Announce before committing: the new keys must be known members before they sign anything.
         try ledger.append(kind: .reshuffle, queryID: nil,
-                          payload: SealedRing.membersPayload(placement.keys.map(\.publicKeys.signing),
-                                                             extra: "\"generation\":\(generation + 1)"),
-                          signer: LedgerSigner(ouroboros.signing))
-        var newRecord = record
+                          payload: MembersAnnouncement(ringID: manifest.ringID, generation: UInt64(next.generation),
+                                                       members: placement.keys.map(\.publicKeys.signing).shuffled()).encoded(),
+                          signer: ouroboros)
+        var newRecord = next
         newRecord.order = placement.ids
-        newRecord.generation = generation + 1
-        try writeJSON(newRecord, to: ownerDir + "/record.json", permissions: 0o600)   // the commit point
-        record = newRecord
-        try SealedRing.completeReshuffle(directory, background: true)
+        do {
+            let lock = try paths.stateLockExclusive()
+            try commit(newRecord)   // the commit point
+            try SealedRing.swapPlacement(paths, record: record)
+            _ = lock
+        }
+        SealedRing.removeRetired(paths, background: true)
         return Array(zip(placement.ids, placement.keys)).map { (id: $0.0, keys: $0.1) }
     }
 
-    /// A ledger payload announcing ring members' signing keys, in random order (the order is a secret).
-    static func membersPayload(_ signingKeys: [[UInt8]], extra: String) -> [UInt8] {
-        Array("{\(extra),\"members\":[\(signingKeys.shuffled().map { "\"\(hex($0))\"" }.joined(separator: ","))]}".utf8)
+    func ouroborosSigner() throws -> LedgerSigner { LedgerSigner(try KeyFile.read(paths.ouroborosKeys).signing) }
+
+    /// Finishes or rolls back a reshuffle interrupted by a crash (see the type's documentation). Writers only: the
+    /// caller holds the runtime lock; the swap itself happens under the state lock. Idempotent.
+    static func completeReshuffle(_ paths: RingPaths, record: OwnerRecord) throws {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: paths.nextBlocks) {
+            let lock = try paths.stateLockExclusive()
+            let committed = record.order.allSatisfy { fm.fileExists(atPath: paths.nextBlocks + "/" + $0 + "/block.json") }
+            if committed { try swapPlacement(paths, record: record) } else { removeTree(paths.nextBlocks) }
+            _ = lock
+        }
+        removeRetired(paths, background: false)
     }
 
-    /// Finishes or rolls back a reshuffle interrupted by a crash (see the type's documentation). Idempotent.
-    /// Retired placements (`blocks.old-*`) are deleted — in the background when `background` is set.
-    static func completeReshuffle(_ directory: String, background: Bool = false) throws {
+    /// Puts the committed placement in `blocks.next/` in place of `blocks/` (two renames, under the state lock).
+    private static func swapPlacement(_ paths: RingPaths, record: OwnerRecord) throws {
         let fm = FileManager.default
-        let blocks = directory + "/blocks", next = directory + "/blocks.next"
-        if fm.fileExists(atPath: next) {
-            var committed = false
-            if let d = readSmallFile(directory + "/owner/record.json", limit: 16 << 20),
-               let r = try? JSONDecoder().decode(OwnerRecord.self, from: d) {
-                committed = r.order.allSatisfy { fm.fileExists(atPath: next + "/" + $0 + "/block.json") }
-            }
-            if committed {
-                if fm.fileExists(atPath: blocks) {
-                    let retired = directory + "/blocks.old-" + hex((0..<8).map { _ in UInt8.random(in: 0...255) })
-                    guard rename(blocks, retired) == 0 else { throw RingError.restoreFailed("cannot retire the old block placement") }
-                }
-                guard rename(next, blocks) == 0 else { throw RingError.restoreFailed("cannot install the new block placement") }
-            } else {
-                removeTree(next)
-            }
+        if fm.fileExists(atPath: paths.blocks) {
+            let retired = paths.root + "/blocks.old-" + randomID().prefix(16)
+            guard rename(paths.blocks, retired) == 0 else { throw RingError.restoreFailed("cannot retire the old block placement") }
         }
-        guard fm.fileExists(atPath: blocks) else { return }
-        let retired = ((try? fm.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("blocks.old") }.map { directory + "/" + $0 }
+        guard rename(paths.nextBlocks, paths.blocks) == 0 else { throw RingError.restoreFailed("cannot install the new block placement") }
+    }
+
+    /// Deletes retired placements (`blocks.old-*`).
+    static func removeRetired(_ paths: RingPaths, background: Bool) {
+        let retired = ((try? FileManager.default.contentsOfDirectory(atPath: paths.root)) ?? [])
+            .filter { $0.hasPrefix("blocks.old") }.map { paths.root + "/" + $0 }
         if retired.isEmpty { return }
         if background {
             DispatchQueue.global(qos: .utility).async { for r in retired { removeTree(r) } }
@@ -164,69 +211,16 @@ extension SealedRing {
             for r in retired { removeTree(r) }
         }
     }
-
-    /// Removes a placement folder (two levels: block folders holding files) with plain unlink/rmdir calls.
-    static func removeTree(_ path: String) {
-        if let subs = try? FileManager.default.contentsOfDirectory(atPath: path) {
-            for sub in subs {
-                let p = path + "/" + sub
-                if let files = try? FileManager.default.contentsOfDirectory(atPath: p) {
-                    for f in files { unlink(p + "/" + f) }
-                    rmdir(p)
-                } else {
-                    unlink(p)
-                }
-            }
-        }
-        rmdir(path)
-        if FileManager.default.fileExists(atPath: path) { try? FileManager.default.removeItem(atPath: path) }
-    }
-
-    /// Every key the ouroboros has announced as a ring member (seal and reshuffle entries it signed), plus its own
-    /// and the current members' keys: the authors `ledger audit` accepts.
-    public func ledgerAuthors(_ ledger: any Ledger) throws -> Set<[UInt8]> {
-        var keys = Set(try memberSigningKeys())
-        let owner = manifest.ouroboros.signing
-        let tail = try ledger.lastSequence()
-        guard tail > 0 else { return keys }
-        let announcements = try ledger.entries(in: 1...tail, matching: [EntryFilter(kind: .seal, author: owner),
-                                                                        EntryFilter(kind: .reshuffle, author: owner)])
-        for e in announcements where e.isAuthentic {
-            guard let v = try? StrictJSONParser.parse(e.payload), case .array(let members)? = v["members"] else { continue }
-            for m in members {
-                if case .string(let s) = m, let k = unhex(s), k.count == 32 { keys.insert(k) }
-            }
-        }
-        return keys
-    }
-
-    /// Audits the ring's ledger: chain, hashes, signatures, replays, and that every non-query entry was signed by a
-    /// key the ouroboros announced. Reads the ledger a few entries at a time.
-    public func auditLedger() throws -> AuditReport {
-        let ledger = try SQLiteLedger(path: ledgerPath)
-        let authors: Set<[UInt8]>
-        do { authors = try ledgerAuthors(ledger) } catch { return LedgerAudit.audit(ledger) }
-        return LedgerAudit.audit(ledger, ringKeys: authors)
-    }
-}
-
-/// fsync of one file or folder.
-func fsyncPath(_ path: String) throws {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { throw RingError.restoreFailed("cannot open \(path)") }
-    defer { close(fd) }
-    guard fsync(fd) == 0 else { throw RingError.restoreFailed("cannot sync \(path)") }
 }
 
 /// A placement being built in `blocks.next/` by a background thread, for the placement `order` it replaces (the
 /// ids are random, so an unchanged order means no reshuffle happened since).
 final class PendingPlacement: @unchecked Sendable {
-    struct Built { var ids: [String]; var keys: [BlockKeys]; var linkedInodes: [UInt64] }
     let order: [String]
     private let done = DispatchSemaphore(value: 0)
     private var waited = false
-    var result: Result<Built, Error> = .failure(RingError.restoreFailed("placement not built"))
+    var result: Result<Placement.Built, Error> = .failure(RingError.restoreFailed("placement not built"))
     init(order: [String]) { self.order = order }
-    func finish(_ r: Result<Built, Error>) { result = r; done.signal() }
+    func finish(_ r: Result<Placement.Built, Error>) { result = r; done.signal() }
     func wait() { if !waited { done.wait(); waited = true } }
 }

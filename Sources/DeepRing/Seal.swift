@@ -1,33 +1,49 @@
 import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingProtocol
 import Foundation
 
-/// `DIR/ring.json`: what anyone may know about a ring.
-public struct RingManifest: Codable, Equatable, Sendable {
-    public var format: String
-    public var ringID: String
-    public var ouroboros: PublicKeys
-    public var algorithms: [String: String]
-    public var blockCount: Int
-    public var inputShape: [Int]
-    public var classes: Int
-}
+/// `owner/record.json`: the owner's private record — ring order, original hashes (HASH_O, HASH_1 … HASH_n) and the
+/// digests that check the checkpoint and the holders' files — signed by the owner's identity key.
+struct OwnerRecord: Codable, Equatable, OwnerSigned {
+    static let currentFormat = "deepring-record-v2"
+    static let domain = "DeepRing owner record v2"
 
-/// `DIR/owner/record.json`: the owner's private record — ring order, original hashes (HASH_O, HASH_1 … HASH_n)
-/// and digests used to check the checkpoint and the block files.
-struct OwnerRecord: Codable, Equatable {
+    var format: String
+    var ringID: String
     var order: [String]
     var hashes: [String]
     var layerDigests: [String]
     var fileDigests: [String]
-    /// How many times the placement was reshuffled (absent in a freshly sealed ring).
-    var generation: Int?
+    /// The placement generation: 0 at sealing, +1 per reshuffle or re-provisioning.
+    var generation: Int
+    var signature: String
+
+    func canonicalFields(into w: inout BinaryWriter) {
+        w.string(format)
+        w.string(ringID)
+        for list in [order, hashes, layerDigests, fileDigests] { w.list(list) { w, s in w.string(s) } }
+        w.i64(Int64(generation))
+    }
+
+    /// Parses and checks the record's form for a ring of `blockCount` blocks (not its signature).
+    static func parse(_ bytes: [UInt8], path: String, blockCount: Int) throws -> OwnerRecord {
+        let r = try decodeStrictJSON(OwnerRecord.self, from: bytes, path: path)
+        func isHex(_ s: String, _ n: Int) -> Bool { s.utf8.count == 2 * n && unhex(s) != nil }
+        guard r.format == currentFormat, r.order.count == blockCount, r.hashes.count == blockCount + 1,
+              r.layerDigests.count == blockCount + 1, r.fileDigests.count == blockCount + 1, r.generation >= 0,
+              r.order.allSatisfy({ isHex($0, 16) }), Set(r.order).count == r.order.count,
+              (r.hashes + r.layerDigests + r.fileDigests).allSatisfy({ isHex($0, 32) }) else {
+            throw RingError.malformedFile(path, "not a valid owner record for \(blockCount) blocks")
+        }
+        return r
+    }
 }
 
 /// Outcome of an authenticity check (§3.3).
 public struct AuthenticityReport: Sendable, Equatable {
-    /// `origHASH_last == HASH_last` and every block file is as sealed.
+    /// `origHASH_last == HASH_last` and every holder's file is as sealed.
     public var authentic: Bool
     /// The first tampered holder in ring order: nil when authentic; "ouroboros" or a block id otherwise.
     public var firstTampered: String?
@@ -35,173 +51,206 @@ public struct AuthenticityReport: Sendable, Equatable {
     public var position: Int?
 }
 
-/// Sealing (paper §3.2) and the owner's authenticity check and tracking (§3.3, §3.4.4) on a ring directory:
-///
-///     DIR/ring.json                   public manifest
-///     DIR/ledger.sqlite               the shared ledger
-///     DIR/owner/                      ouroboros secrets, record.json, checkpoint.safetensors, ouroboros.safetensors
-///     DIR/blocks/<random-id>/         params.safetensors (own + next layer), keys.json (0600), block.json (public)
+/// A sealed ring as its owner sees it (paper §3.2–3.4): sealing, the authenticity check and tracking. Opening a ring
+/// never changes a file: an interrupted reshuffle is resolved only by a writer holding the runtime lock.
 public final class SealedRing {
     public let directory: String
+    public let paths: RingPaths
     public let manifest: RingManifest
-    /// Updated in place by `reshuffle` (the hashes never change; the placement does).
+    /// Updated by reshuffles (the hashes never change; the placement does).
     var record: OwnerRecord
+    /// The owner's identity key: signs the record, the manifest and every block descriptor.
+    let identity: Curve25519.Signing.PrivateKey
     /// The next placement, being built in the background (`prepareReshuffle`).
     var pendingPlacement: PendingPlacement?
+    /// The record's hashes as bytes.
+    let recordedHashes: [[UInt8]]
 
     deinit { pendingPlacement?.wait() }
 
-    /// Block ids in ring order (position 1 … n). Owner-only knowledge: the blocks themselves do not have it.
-    public var placement: [String] { record.order }
-
-    var ownerDir: String { directory + "/owner" }
-    func blockDir(_ id: String) -> String { directory + "/blocks/" + id }
-    func holderPath(_ position: Int) -> String {
-        position == 0 ? ownerDir + "/ouroboros.safetensors" : blockDir(record.order[position - 1]) + "/params.safetensors"
-    }
-
-    /// The record's hashes as bytes (validated as hex by `open`, produced by `seal`).
-    let recordedHashes: [[UInt8]]
-
-    init(directory: String, manifest: RingManifest, record: OwnerRecord) {
-        self.directory = directory; self.manifest = manifest; self.record = record
+    init(directory: String, manifest: RingManifest, record: OwnerRecord, identity: Curve25519.Signing.PrivateKey) {
+        self.directory = directory; paths = RingPaths(directory)
+        self.manifest = manifest; self.record = record; self.identity = identity
         recordedHashes = record.hashes.map { unhex($0) ?? [] }
     }
 
+    /// Block ids in ring order (position 1 … n). Owner-only knowledge: the blocks themselves do not have it.
+    public var placement: [String] { record.order }
+    public var generation: Int { record.generation }
+    public var ownerKey: [UInt8] { Array(identity.publicKey.rawRepresentation) }
+    public var ledgerPath: String { paths.ledger }
+
+    /// The folder of block `id`: in `blocks/`, or in `blocks.next/` when a committed reshuffle was interrupted before
+    /// its folders were swapped (readers see it there; the next writer completes the swap).
+    func blockDirectory(_ id: String) -> String {
+        let current = paths.block(id)
+        if FileManager.default.fileExists(atPath: current) { return current }
+        let next = paths.nextBlocks + "/" + id
+        return FileManager.default.fileExists(atPath: next) ? next : current
+    }
+
+    func holderPath(_ position: Int) -> String {
+        position == 0 ? paths.ouroborosParams : blockDirectory(record.order[position - 1]) + "/params.safetensors"
+    }
+
+    static let algorithms = ["hash": "SHA-256", "signature": "Ed25519", "seal": "HPKE X25519-HKDF-SHA256 AES-256-GCM",
+                             "payload": "AES-256-GCM"]
+
     // MARK: seal
 
-    /// Seals a trained model into a new ring in `directory` (which must not exist or be empty).
+    /// Seals a trained model into a new ring in `directory`. The folder may not exist or must be empty; with `force`
+    /// it may be an existing ring, replaced once the new one is complete (never a file or another folder, and never a
+    /// folder holding one of `protecting`). The ring is written into a temporary sibling folder and renamed into
+    /// place: a crash or a signal never leaves a half-sealed ring, and the temporary folder (which holds private
+    /// keys) is removed on every exit path, or by the next `seal` if the process was killed outright.
     @discardableResult
-    public static func seal(_ model: Model, into directory: String) throws -> SealedRing {
+    public static func seal(_ model: Model, into directory: String, force: Bool = false, protecting: [String] = []) throws -> SealedRing {
+        let replacing = try RingTarget.check(directory, force: force, protected: protecting)
         let fm = FileManager.default
-        if let existing = try? fm.contentsOfDirectory(atPath: directory), !existing.isEmpty {
-            throw RingError.notARing("\(directory) exists and is not empty")
+        let url = URL(fileURLWithPath: directory)
+        let parent = url.deletingLastPathComponent().path, name = url.lastPathComponent
+        try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        TemporaryPaths.removeStale(in: parent, prefix: ".\(name).sealing-")
+        let tmp = parent + "/.\(name).sealing-\(getpid())-\(randomID().prefix(8))"
+        TemporaryPaths.register(tmp)
+        defer { TemporaryPaths.unregister(tmp); removeTree(tmp) }
+        let ring = try write(model, into: tmp)
+        if replacing {
+            let old = parent + "/.\(name).replaced-\(getpid())-\(randomID().prefix(8))"
+            guard rename(directory, old) == 0 else { throw RingError.restoreFailed("cannot move the old ring \(directory) aside") }
+            guard rename(tmp, directory) == 0 else {
+                _ = rename(old, directory)
+                throw RingError.restoreFailed("cannot move the sealed ring into \(directory)")
+            }
+            removeTree(old)
+        } else {
+            guard rename(tmp, directory) == 0 else { throw RingError.restoreFailed("cannot move the sealed ring into \(directory)") }
         }
+        return SealedRing(directory: directory, manifest: ring.manifest, record: ring.record, identity: ring.identity)
+    }
+
+    /// Writes a complete ring into the empty folder `dir`.
+    private static func write(_ model: Model, into dir: String) throws -> (manifest: RingManifest, record: OwnerRecord, identity: Curve25519.Signing.PrivateKey) {
+        let fm = FileManager.default
+        let p = RingPaths(dir)
         let layers = RingLayer.split(model)
         let ouroboros = RingLayer.identity(inputShape: model.inputShape)
         let all = [ouroboros] + layers
         let (ho, hb) = HashChain.holdings(ouroboros: ouroboros, layers: layers)
         let hashes = HashChain.hashes(ouroboros: ho, blocks: hb)
-        let ids = layers.map { _ in hex((0..<16).map { _ in UInt8.random(in: 0...255) }) }
-        let keys = layers.map { _ in BlockKeys() }
+        let identity = Curve25519.Signing.PrivateKey()
+        let owner = Array(identity.publicKey.rawRepresentation)
         let ouroKeys = BlockKeys()
-        // Write into a temporary folder, then rename: a crash never leaves a half-sealed ring.
-        let tmp = directory + ".sealing-\(getpid())"
-        try? fm.removeItem(atPath: tmp)
-        try fm.createDirectory(atPath: tmp + "/owner", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        var fileDigests: [String] = []
+        let ringID = UUID().uuidString.lowercased()
+        try fm.createDirectory(atPath: p.owner, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try fm.createDirectory(atPath: p.blocks, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        try writeNewFile(KeyFile.serialize(KeyFile.Contents(signing: identity)), to: p.identity, permissions: 0o600)
+        try writeNewFile(KeyFile.serialize(ouroKeys), to: p.ouroborosKeys, permissions: 0o600)
+        for lock in [p.runtimeLock, p.stateLock] { try writeNewFile([], to: lock, permissions: 0o600) }
         let ouroFile = BlockFile.serialize(layers: [("own", ouroboros), ("next", layers[0])])
-        try writeFileAtomically(ouroFile, to: tmp + "/owner/ouroboros.safetensors", permissions: 0o600)
-        fileDigests.append(hex(Array(SHA256.hash(data: ouroFile))))
-        for (j, l) in layers.enumerated() {
-            let dir = tmp + "/blocks/" + ids[j]
-            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            let next = j + 1 < layers.count ? layers[j + 1] : ouroboros
-            let file = BlockFile.serialize(layers: [("own", l), ("next", next)])
-            try writeFileAtomically(file, to: dir + "/params.safetensors")
-            fileDigests.append(hex(Array(SHA256.hash(data: file))))
-            try KeyFile.write(keys[j], to: dir + "/keys.json")
-            let prev = j == 0 ? ouroKeys.publicKeys : keys[j - 1].publicKeys
-            let succ = j + 1 < layers.count ? keys[j + 1].publicKeys : ouroKeys.publicKeys
-            let info = BlockInfo(id: ids[j], keys: keys[j].publicKeys, predecessor: prev, successor: succ,
-                                 previousHash: hex(hashes[j]), hash: hex(hashes[j + 1]))
-            try writeJSON(info, to: dir + "/block.json")
+        try writeNewFile(ouroFile, to: p.ouroborosParams, permissions: 0o600)
+        var fileDigests = [hex(SHA256.hash(data: ouroFile))]
+        let blockFiles = layers.indices.map { j in
+            BlockFile.serialize(layers: [("own", layers[j]), ("next", j + 1 < layers.count ? layers[j + 1] : ouroboros)])
         }
-        try KeyFile.write(ouroKeys, to: tmp + "/owner/keys.json")
-        let checkpoint = BlockFile.serialize(layers: all.enumerated().map { ("L\($0.offset)", $0.element) })
-        try writeFileAtomically(checkpoint, to: tmp + "/owner/checkpoint.safetensors", permissions: 0o600)
-        let record = OwnerRecord(order: ids, hashes: hashes.map(hex),
-                                 layerDigests: all.map { hex(Array(SHA256.hash(data: ParamsEncoding.encode($0)))) },
-                                 fileDigests: fileDigests)
-        try writeJSON(record, to: tmp + "/owner/record.json", permissions: 0o600)
-        let manifest = RingManifest(format: "deepring-ring-v1", ringID: UUID().uuidString.lowercased(), ouroboros: ouroKeys.publicKeys,
-                                    algorithms: ["hash": "SHA-256", "signature": "Ed25519", "seal": "HPKE X25519-HKDF-SHA256 AES-256-GCM",
-                                                 "payload": "AES-256-GCM"],
+        fileDigests += blockFiles.map { hex(SHA256.hash(data: $0)) }
+        var record = OwnerRecord(format: OwnerRecord.currentFormat, ringID: ringID, order: [], hashes: hashes.map { hex($0) },
+                                 layerDigests: all.map { hex(SHA256.hash(data: ParamsEncoding.encode($0))) },
+                                 fileDigests: fileDigests, generation: 0, signature: "")
+        // The first placement is built exactly as every later one (fresh ids and keys, signed descriptors).
+        let placement = try Placement.build(paths: p, record: record, ouroboros: ouroKeys.publicKeys, identity: identity,
+                                            into: p.blocks, sources: blockFiles.map { .bytes($0) })
+        record.order = placement.ids
+        try record.sign(with: identity)
+        try writeNewFile(try encodeJSON(record), to: p.record, permissions: 0o600)
+        try writeNewFile(BlockFile.serialize(layers: all.enumerated().map { ("L\($0.offset)", $0.element) }), to: p.checkpoint, permissions: 0o600)
+        var manifest = RingManifest(ringID: ringID, owner: owner, ouroboros: ouroKeys.publicKeys, algorithms: algorithms,
                                     blockCount: layers.count, inputShape: model.inputShape, classes: model.architecture.classes)
-        try writeJSON(manifest, to: tmp + "/ring.json")
-        let ledger = try SQLiteLedger(path: tmp + "/ledger.sqlite")
-        try ledger.append(kind: .seal, queryID: nil,
-                          payload: membersPayload(keys.map(\.publicKeys.signing), extra: "\"ring\":\"\(manifest.ringID)\",\"blocks\":\(layers.count)"),
-                          signer: LedgerSigner(ouroKeys.signing))
-        try? fm.removeItem(atPath: directory)
-        guard rename(tmp, directory) == 0 else { throw RingError.restoreFailed("cannot move the sealed ring into \(directory)") }
-        return SealedRing(directory: directory, manifest: manifest, record: record)
+        try manifest.sign(with: identity)
+        let manifestBytes = try encodeJSON(manifest)
+        try writeNewFile(manifestBytes, to: p.ownerManifest, permissions: 0o600)
+        try writeNewFile(manifestBytes, to: p.manifest, permissions: 0o644)
+        do {
+            let ledger = try SQLiteLedger(path: p.ledger)
+            try ledger.append(kind: .seal, queryID: nil,
+                              payload: MembersAnnouncement(ringID: ringID, generation: 0, members: placement.keys.map(\.publicKeys.signing).shuffled()).encoded(),
+                              signer: LedgerSigner(ouroKeys.signing))
+        }
+        syncFileSystem(dir)
+        return (manifest, record, identity)
     }
 
-    /// Opens a sealed ring as its owner.
+    // MARK: open
+
+    /// Opens a ring as its owner, read-only, and checks that what the owner's own files say agrees: the identity key
+    /// signs `ring.json` and the record, and the record fits the manifest. (`RingCheck` checks everything else.)
     public static func open(_ directory: String) throws -> SealedRing {
-        func load<T: Decodable>(_ t: T.Type, _ p: String) throws -> T {
-            guard FileManager.default.fileExists(atPath: p) else { throw RingError.notARing("\(p) is missing") }
-            let d = Data(try readWholeFile(p, limit: 16 << 20))
-            do { return try JSONDecoder().decode(T.self, from: d) } catch { throw RingError.malformedFile(p, "invalid JSON") }
+        let p = RingPaths(directory)
+        guard FileManager.default.fileExists(atPath: p.manifest) else { throw RingError.notARing("\(p.manifest) is missing") }
+        guard FileManager.default.fileExists(atPath: p.identity) else {
+            if FileManager.default.fileExists(atPath: p.owner + "/record.json") {
+                throw RingError.notARing("\(directory) was sealed by an older DeepRing (no owner identity key); seal the model again")
+            }
+            throw RingError.notARing("\(p.identity) is missing (not the owner's copy of the ring?)")
         }
-        let m = try load(RingManifest.self, directory + "/ring.json")
-        if FileManager.default.fileExists(atPath: directory + "/owner/record.json") { try completeReshuffle(directory) }
-        let r = try load(OwnerRecord.self, directory + "/owner/record.json")
-        func isHex(_ s: String, bytes: Int) -> Bool { s.utf8.count == 2 * bytes && unhex(s) != nil }
-        guard m.format == "deepring-ring-v1", r.order.count == m.blockCount, r.hashes.count == m.blockCount + 1,
-              r.layerDigests.count == m.blockCount + 1, r.fileDigests.count == m.blockCount + 1,
-              r.order.allSatisfy({ isHex($0, bytes: 16) }),
-              (r.hashes + r.layerDigests + r.fileDigests).allSatisfy({ isHex($0, bytes: 32) }) else {
-            throw RingError.notARing("ring.json and owner/record.json disagree")
+        let identity = try KeyFile.read(p.identity).signing
+        let owner = Array(identity.publicKey.rawRepresentation)
+        let manifest = try RingManifest.read(p.manifest)
+        guard manifest.ownerKey == owner else {
+            throw RingError.notAuthentic("\(p.manifest) names owner key \(manifest.ownerFingerprint), not this ring's owner \(KeyFingerprint.of(owner))")
         }
-        _ = try KeyFile.read(directory + "/owner/keys.json")   // refuses group/world-readable secrets
-        return SealedRing(directory: directory, manifest: m, record: r)
+        let record = try OwnerRecord.parse(try InputFile.read(p.record, limit: RingFileLimits.json), path: p.record,
+                                           blockCount: manifest.blockCount)
+        guard record.isSigned(by: owner) else { throw RingError.notAuthentic("\(p.record) is not signed by the owner") }
+        guard record.ringID == manifest.ringID else { throw RingError.notAuthentic("\(p.record) belongs to ring \(record.ringID)") }
+        return SealedRing(directory: directory, manifest: manifest, record: record, identity: identity)
     }
-
-    /// Signing keys of every ring member (ouroboros first, then blocks in ring order), from the public block files.
-    public func memberSigningKeys() throws -> [[UInt8]] {
-        var keys = [manifest.ouroboros.signing]
-        for id in record.order { keys.append(try BlockInfo.read(blockDirectory: blockDir(id)).keys.signing) }
-        return keys
-    }
-
-    public var ledgerPath: String { directory + "/ledger.sqlite" }
 
     // MARK: authenticity and tracking
 
     /// What holder `position` currently holds, or nil when its file cannot be read as a block file.
-    func currentHolding(_ position: Int, limit holderLimit: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
+    func currentHolding(_ position: Int, limit: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
         let path = holderPath(position)
-        guard let d = try? readWholeFile(path, limit: holderLimit) else { return nil }
-        let digest = hex(Array(SHA256.hash(data: d)))
+        guard let d = try? InputFile.read(path, limit: limit) else { return nil }
+        let digest = hex(SHA256.hash(data: d))
         guard let ls = try? BlockFile.parse(d, prefixes: ["own", "next"], path: path) else { return nil }
         return (ls[0], ls[1], digest)
     }
 
-    /// Recomputes the chain from every holder's current parameters (§3.3) and compares it with the record.
+    /// Recomputes the chain from every holder's current parameters (§3.3) and compares it with the record; a holder
+    /// whose file's digest differs from the record is tampered too.
     public func checkAuthenticity() -> AuthenticityReport {
         let n = manifest.blockCount
         // Reading, file digests and parsing are independent per holder: spread over the engine's threads. The
         // chain itself (Eq. 1) is sequential: each hash starts from the previous one.
-        let holderLimit = SealedRing.holderFileLimit(directory: directory)
+        let limit = RingFileLimits.holder(paths)
         var loaded = [(own: RingLayer, next: RingLayer, digest: String)?](repeating: nil, count: n + 1)
         loaded.withUnsafeMutableBufferPointer { out in
             let box = UnsafeSendableBox(out.baseAddress!)
-            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p, limit: holderLimit) }
+            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p, limit: limit) }
         }
         let empty = RingLayer(specs: [], inputShape: [], tensors: [], tensorNames: [])
-        var firstBadFile: Int?
-        for p in 0...n where loaded[p]?.digest != record.fileDigests[p] {
-            firstBadFile = p
-            break
-        }
+        let firstBadFile = (0...n).first { loaded[$0]?.digest != record.fileDigests[$0] }
         let current = HashChain.hashes(holders: loaded.map { ($0?.own ?? empty, $0?.next ?? empty) })
         let chainBad = HashChain.firstMismatch(current, record: recordedHashes)
-        let first = [chainBad, firstBadFile].compactMap { $0 }.min()
-        guard let f = first else { return AuthenticityReport(authentic: true, firstTampered: nil, position: nil) }
-        return AuthenticityReport(authentic: false, firstTampered: f == 0 ? "ouroboros" : record.order[f - 1], position: f)
+        guard let f = [chainBad, firstBadFile].compactMap({ $0 }).min() else {
+            return AuthenticityReport(authentic: true, firstTampered: nil, position: nil)
+        }
+        return AuthenticityReport(authentic: false, firstTampered: holderName(f), position: f)
     }
+
+    func holderName(_ position: Int) -> String { position == 0 ? "ouroboros" : record.order[position - 1] }
 
     /// The checkpoint's layers, each checked against its recorded digest before use.
     func checkpointLayers() throws -> [RingLayer] {
-        let path = ownerDir + "/checkpoint.safetensors"
-        guard let d = FileManager.default.contents(atPath: path) else { throw RingError.checkpointCorrupted(layer: -1) }
         let layers: [RingLayer]
-        do { layers = try BlockFile.parse([UInt8](d), prefixes: (0...manifest.blockCount).map { "L\($0)" }, path: path) } catch {
+        do {
+            layers = try BlockFile.parse(try InputFile.read(paths.checkpoint, limit: RingFileLimits.checkpoint),
+                                         prefixes: (0...manifest.blockCount).map { "L\($0)" }, path: paths.checkpoint)
+        } catch {
             throw RingError.checkpointCorrupted(layer: -1)
         }
-        for (j, l) in layers.enumerated() where hex(Array(SHA256.hash(data: ParamsEncoding.encode(l)))) != record.layerDigests[j] {
+        for (j, l) in layers.enumerated() where hex(SHA256.hash(data: ParamsEncoding.encode(l))) != record.layerDigests[j] {
             throw RingError.checkpointCorrupted(layer: j)
         }
         return layers
@@ -210,26 +259,43 @@ public final class SealedRing {
     /// The plain (unprotected) network rebuilt from the owner's verified checkpoint, as ring layers in order.
     public func plainLayers() throws -> [RingLayer] { Array(try checkpointLayers().dropFirst()) }
 
-    /// Tracking (§3.4.4): while authenticity is off, restore the first tampered holder (both its tensors) from
-    /// the checkpoint and check again. Returns the holders restored, in order.
+    /// The bytes holder `position` holds when untampered (its file as sealed), from the verified checkpoint.
+    func sealedHolderFile(_ position: Int, layers: [RingLayer]) -> [UInt8] {
+        let n = manifest.blockCount
+        let next = position + 1 <= n ? layers[position + 1] : layers[0]
+        return BlockFile.serialize(layers: [("own", layers[position]), ("next", next)])
+    }
+
+    /// Tracking (§3.4.4): while authenticity is off, restore the first tampered holder (both its tensors) from the
+    /// checkpoint and check again. Returns the holders restored, in order. The caller holds the runtime lock.
     @discardableResult
-    public func restore() throws -> [String] {
+    func restoreParameters() throws -> [String] {
         var restored: [String] = []
         var report = checkAuthenticity()
         if report.authentic { return [] }
         let layers = try checkpointLayers()
-        let n = manifest.blockCount
         var rounds = 0
         while let p = report.position {
             rounds += 1
-            guard rounds <= n + 2 else { throw RingError.restoreFailed("authenticity still off after restoring every holder") }
-            let next = p + 1 <= n ? layers[p + 1] : layers[0]
-            let file = BlockFile.serialize(layers: [("own", layers[p]), ("next", next)])
-            try writeFileAtomically(file, to: holderPath(p), permissions: p == 0 ? 0o600 : 0o644)
-            restored.append(report.firstTampered!)
+            guard rounds <= manifest.blockCount + 2 else { throw RingError.restoreFailed("authenticity still off after restoring every holder") }
+            let file = sealedHolderFile(p, layers: layers)
+            do {
+                let lock = try paths.stateLockExclusive()
+                try writeFileAtomically(file, to: holderPath(p), permissions: p == 0 ? 0o600 : 0o644)
+                _ = lock
+            }
+            restored.append(holderName(p))
             report = checkAuthenticity()
         }
         return restored
+    }
+
+    /// Signs and writes the record (the commit point of a new placement).
+    func commit(_ newRecord: OwnerRecord) throws {
+        var r = newRecord
+        try r.sign(with: identity)
+        try writeFileAtomically(try encodeJSON(r), to: paths.record, permissions: 0o600)
+        record = r
     }
 }
 
@@ -240,116 +306,34 @@ public struct BlockSummary: Sendable {
     public var predecessorSigningKey: String, successorSigningKey: String
     public var previousHash: String, hash: String
     public var ownLayer: String, nextLayer: String
+    /// Whether the descriptor carries the signature of the owner named in `ring.json`.
+    public var signedByOwner: Bool
 }
 
 extension SealedRing {
-    /// Reads every block's public files (block.json and the layer descriptions in params.safetensors), in
-    /// directory order — not ring order, which only the owner's record holds.
+    /// Reads every block's public files (block.json and the layer descriptions in params.safetensors), in folder
+    /// order — not ring order, which only the owner's record holds. A reader: changes nothing.
     public static func inspect(_ directory: String) throws -> (RingManifest, [BlockSummary]) {
-        guard let d = readSmallFile(directory + "/ring.json", limit: 1 << 20),
-              let manifest = try? JSONDecoder().decode(RingManifest.self, from: d) else {
-            throw RingError.notARing("\(directory)/ring.json is missing or invalid")
-        }
+        let p = RingPaths(directory)
+        let manifest = try RingManifest.read(p.manifest)
+        let lock = try p.stateLockShared()
+        defer { _ = lock }
         var out: [BlockSummary] = []
-        for id in try FileManager.default.contentsOfDirectory(atPath: directory + "/blocks").sorted() {
-            let b = directory + "/blocks/" + id
-            let info = try BlockInfo.read(blockDirectory: b)
-            let layers = try BlockFile.parse(try readHolderFile(b + "/params.safetensors", directory: directory),
+        let limit = RingFileLimits.holder(p)
+        for id in try FileManager.default.contentsOfDirectory(atPath: p.blocks).sorted() {
+            let b = p.block(id)
+            let d = try BlockDescriptor.read(b + "/block.json")
+            let layers = try BlockFile.parse(try InputFile.read(b + "/params.safetensors", limit: limit),
                                              prefixes: ["own", "next"], path: b + "/params.safetensors")
             func describe(_ l: RingLayer) -> String {
                 l.specs.map(\.type.rawValue).joined(separator: "+") + " " + l.tensors.map { "\($0.shape)" }.joined(separator: " ")
             }
-            out.append(BlockSummary(id: id, signingKey: hex(info.keys.signing), agreementKey: hex(info.keys.agreement),
-                                    predecessorSigningKey: hex(info.predecessor.signing), successorSigningKey: hex(info.successor.signing),
-                                    previousHash: info.previousHash, hash: info.hash,
-                                    ownLayer: describe(layers[0]), nextLayer: describe(layers[1])))
+            out.append(BlockSummary(id: id, signingKey: hex(d.keys.signing), agreementKey: hex(d.keys.agreement),
+                                    predecessorSigningKey: hex(d.predecessor.signing), successorSigningKey: hex(d.successor.signing),
+                                    previousHash: d.previousHash, hash: d.hash,
+                                    ownLayer: describe(layers[0]), nextLayer: describe(layers[1]),
+                                    signedByOwner: d.isSigned(by: manifest.ownerKey)))
         }
         return (manifest, out)
-    }
-}
-
-/// `blocks/<id>/block.json`: what a block knows besides its secrets (no layer index).
-struct BlockInfo: Codable {
-    var id: String
-    var keys: PublicKeys
-    var predecessor: PublicKeys
-    var successor: PublicKeys
-    var previousHash: String
-    var hash: String
-
-    /// Reads a block's `block.json` as hostile input: size-capped, every key 32 bytes.
-    static func read(blockDirectory b: String) throws -> BlockInfo {
-        let p = b + "/block.json"
-        guard let d = readSmallFile(p, limit: 1 << 20),
-              let info = try? JSONDecoder().decode(BlockInfo.self, from: d),
-              [info.keys, info.predecessor, info.successor].allSatisfy({ $0.signing.count == 32 && $0.agreement.count == 32 }) else {
-            throw RingError.malformedFile(p, "missing or invalid block description")
-        }
-        return info
-    }
-}
-
-func jsonBytes<T: Encodable>(_ v: T) throws -> [UInt8] {
-    let enc = JSONEncoder()
-    enc.outputFormatting = [.sortedKeys, .prettyPrinted]
-    return Array(try enc.encode(v)) + [10]
-}
-
-func writeJSON<T: Encodable>(_ v: T, to path: String, permissions: Int = 0o644) throws {
-    try writeFileAtomically(try jsonBytes(v), to: path, permissions: permissions)
-}
-
-/// Creates a new file (it must not exist) with `bytes`, without fsync: for files inside a folder that is synced and
-/// then committed as a whole (a new placement).
-func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode_t(permissions))
-    guard fd >= 0 else { throw RingError.restoreFailed("cannot create \(path)") }
-    defer { close(fd) }
-    guard writeAll(fd, bytes) else { throw RingError.restoreFailed("cannot write \(path)") }
-}
-
-/// A whole file's bytes, read straight into an array (no intermediate `Data`). Files over `limit` bytes are
-/// refused before anything is allocated.
-func readWholeFile(_ path: String, limit: Int) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { throw RingError.malformedFile(path, "cannot be opened") }
-    defer { close(fd) }
-    var st = stat()
-    guard fstat(fd, &st) == 0, st.st_size >= 0 else { throw RingError.malformedFile(path, "cannot be read") }
-    guard st.st_size <= limit else {
-        throw RingError.malformedFile(path, "is \(st.st_size) bytes; no file of this ring can be larger than \(limit) bytes")
-    }
-    let size = Int(st.st_size)
-    var failed = false
-    let bytes = [UInt8](unsafeUninitializedCapacity: size) { buf, count in
-        var off = 0
-        while off < size {
-            let r = read(fd, buf.baseAddress! + off, size - off)
-            if r <= 0 { failed = r < 0; break }
-            off += r
-        }
-        count = off
-    }
-    guard !failed, bytes.count == size else { throw RingError.malformedFile(path, "cannot be read (changed while reading?)") }
-    return bytes
-}
-
-/// A small file (JSON) as `Data`; nil when it is missing, unreadable or over `limit` bytes.
-func readSmallFile(_ path: String, limit: Int) -> Data? { (try? readWholeFile(path, limit: limit)).map { Data($0) } }
-
-extension SealedRing {
-    /// The most bytes a block's parameter file (or the ouroboros's) can have in the ring at `directory`: the
-    /// owner's checkpoint holds every layer and a holder's file two of them, so nothing legitimate is larger
-    /// than the checkpoint (64 KiB of slack for the header's longer tensor names). Without the owner's folder
-    /// (a public copy of the ring): 2 GiB. A hostile file is refused by its size before it is read.
-    static func holderFileLimit(directory: String) -> Int {
-        var st = stat()
-        guard stat(directory + "/owner/checkpoint.safetensors", &st) == 0, st.st_size > 0 else { return 1 << 31 }
-        return Int(st.st_size) + (1 << 16)
-    }
-
-    /// A holder's parameter file, read only when its size is plausible (see `holderFileLimit`).
-    static func readHolderFile(_ path: String, directory: String) throws -> [UInt8] {
-        try readWholeFile(path, limit: holderFileLimit(directory: directory))
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// A lower bound on the time of one batched query through a ring on this machine, from work the protocol cannot

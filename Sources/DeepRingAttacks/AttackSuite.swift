@@ -1,5 +1,6 @@
 import DeepRing
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// One row of an experiment table: an attack, the plain network's accuracy under it and DeepRing's.
@@ -199,9 +200,9 @@ public final class AttackSuite {
         for t in 0..<trials {
             plains.append(try perturbedAccuracy(try make(t), test))
             let e0 = rt.evictions.count
-            rt.setPerturbation(position: at, try make(t))
+            try rt.setPerturbation(position: at, try make(t))
             let p = try h.pass(test) { rt.evictions.count == e0 }
-            rt.setPerturbation(position: at, nil)
+            try rt.setPerturbation(position: at, nil)
             if p.evictions > 0 || p.alarms > 0 { detected += 1 }
             passes.append(p)
             log(String(format: "  %@ trial %d: plain %.2f%%, DeepRing %.2f%% (%@, %d alarms, evicted %d)", attack as NSString, t + 1,
@@ -282,9 +283,9 @@ public final class AttackSuite {
             let s = ps * m
             let plain = try perturbedAccuracy(InputPerturbation.gaussian(sigma: s, seed: config.seed), test)
             let rt = try freshRing().runtime
-            if m > 0 { rt.setPerturbation(position: at, InputPerturbation.gaussian(sigma: s, seed: config.seed)) }
+            if m > 0 { try rt.setPerturbation(position: at, InputPerturbation.gaussian(sigma: s, seed: config.seed)) }
             let p = try h.pass(test) { true }
-            rt.setPerturbation(position: at, nil)
+            try rt.setPerturbation(position: at, nil)
             out.append(SweepPoint(attack: "input perturbation (layer \(at))", sigma: Double(s), plain: plain, deepRing: p.accuracy(labels)))
         }
         return out

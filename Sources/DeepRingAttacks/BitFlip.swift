@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// Bit-flip attacks on the parameters' IEEE-754 float32 bits (beyond the paper): bit 31 is the sign, 30…23 the

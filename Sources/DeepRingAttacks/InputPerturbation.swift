@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// The paper's input perturbation attack: a compromised block perturbs its input before computing its layer

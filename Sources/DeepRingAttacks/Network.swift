@@ -1,5 +1,6 @@
 import DeepRing
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// Helpers the attacks share: copies of a model, its weight tensors in ring order, and evaluation of the plain

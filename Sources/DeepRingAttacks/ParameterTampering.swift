@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// The paper's parameter tampering attack (Algorithm 1, after Keshari et al.'s guided dropout):

@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 
 /// Table 1 of the paper: the chance that an attacker guesses the order of n blocks placed at random, 1/n!,

@@ -1,5 +1,6 @@
 import DeepRing
 import DeepRingEngine
+import DeepRingProtocol
 import DeepRingLedger
 import Foundation
 
@@ -12,7 +13,8 @@ public final class RingHarness {
     public let batchSize: Int
     public let directory: String
 
-    /// Seals `model` into `directory` (replacing what is there) and opens it with the evict-and-retry policy.
+    /// Seals `model` into `directory` and opens it with the evict-and-retry policy. The folder may not exist, be
+    /// empty, or hold a ring (which is replaced); anything else is refused.
     public init(model: Model, directory: String, batchSize: Int = 1000) throws {
         self.model = model
         self.batchSize = batchSize
@@ -21,17 +23,7 @@ public final class RingHarness {
     }
 
     static func sealAndOpen(_ model: Model, _ directory: String) throws -> RingRuntime {
-        // Move the old ring aside first (atomic), so that a background deletion still running inside it cannot
-        // race with the removal, then delete it.
-        if FileManager.default.fileExists(atPath: directory) {
-            let trash = directory + ".discarded-\(UUID().uuidString)"
-            if rename(directory, trash) == 0 {
-                for _ in 0..<5 where FileManager.default.fileExists(atPath: trash) { try? FileManager.default.removeItem(atPath: trash) }
-            } else {
-                try? FileManager.default.removeItem(atPath: directory)
-            }
-        }
-        try SealedRing.seal(model, into: directory)
+        try SealedRing.seal(model, into: directory, force: true)
         let rt = try RingRuntime(directory: directory)
         rt.onCompromisedBlock = .evictAndRetry
         rt.verifyEvery = 1
@@ -42,6 +34,7 @@ public final class RingHarness {
     /// keeps every activation ciphertext, so long experiments start a fresh ring per table row to bound disk use
     /// (about 110 MB per 10,000 MNIST images through the MLP ring; 1.5 GB through the VGG-19 ÷8 ring).
     public func reseal() throws {
+        runtime.finishBackgroundWork()
         runtime = try RingHarness.sealAndOpen(model, directory)
     }
 
@@ -111,7 +104,7 @@ public final class RingHarness {
             try runtime.ring.overwriteHeldLayers(position: j + 1, own: b)
             changed.append(j + 1)
         }
-        try runtime.reloadBlocks()
+        try runtime.adoptTamperedFiles()
         return changed
     }
 }

@@ -104,8 +104,12 @@ public final class Model: @unchecked Sendable {
 
     /// Builds a model. With `segment: true` the architecture may be a slice of a network (a DeepRing block's
     /// layer): its output need not be one value per class. With `initialise: false` the parameters stay zero — for
-    /// callers that overwrite every value right away (copies, layers loaded from files).
-    public init(_ arch: Architecture, seed: UInt64 = 0, segment: Bool = false, initialise: Bool = true) throws {
+    /// callers that overwrite every value right away (copies, layers loaded from files). `parameterLimit` bounds
+    /// the parameter count before anything is allocated: a loader passes what its file can actually hold, so that a
+    /// small hostile file cannot make it allocate gigabytes for an architecture it then fails to fill.
+    public init(_ arch: Architecture, seed: UInt64 = 0, segment: Bool = false, initialise: Bool = true,
+                parameterLimit: Int = Model.maxParameters) throws {
+        let maxParameters = min(parameterLimit, Model.maxParameters)
         architecture = arch
         let store = ParameterStore()
         parameters = store
@@ -127,9 +131,9 @@ public final class Model: @unchecked Sendable {
                 guard let u = s.units, u > 0, u <= 1 << 20 else { throw bad("layer \(i): dense needs 1…2²⁰ units") }
                 guard shape.count == 1 else { throw bad("layer \(i): dense needs a flat input, got \(shape) (add a flatten layer)") }
                 let (p, o) = size.multipliedReportingOverflow(by: u)
-                guard !o, p <= Model.maxParameters else { throw bad("layer \(i): too many parameters") }
-                total += p
-                guard total <= Model.maxParameters else { throw bad("more than \(Model.maxParameters) parameters") }
+                guard !o, p <= maxParameters else { throw bad("layer \(i): too many parameters") }
+                total += p + u
+                guard total <= maxParameters else { throw bad("more than \(maxParameters) parameters") }
                 layer = Dense(spec: s, inFeatures: size, store: store, index: i)
             case .conv2d:
                 guard shape.count == 3 else { throw bad("layer \(i): conv2d needs an [H, W, C] input, got \(shape)") }
@@ -140,7 +144,7 @@ public final class Model: @unchecked Sendable {
                     throw bad("layer \(i): conv2d kernel \(k), stride \(st), padding \(pd) do not fit input \(shape)")
                 }
                 total += k * k * shape[2] * f + f
-                guard total <= Model.maxParameters else { throw bad("more than \(Model.maxParameters) parameters") }
+                guard total <= maxParameters else { throw bad("more than \(maxParameters) parameters") }
                 layer = Conv2D(spec: s, inputShape: shape, store: store, index: i)
             case .maxpool:
                 let k = s.kernel ?? 2, st = s.stride ?? k
@@ -152,6 +156,7 @@ public final class Model: @unchecked Sendable {
             case .flatten: layer = Flatten(spec: s, shape: shape)
             case .batchnorm:
                 total += 4 * (shape.last ?? 1)
+                guard total <= maxParameters else { throw bad("more than \(maxParameters) parameters") }
                 layer = BatchNorm(spec: s, shape: shape, store: store, index: i)
             case .dropout:
                 guard let r = s.rate, r >= 0, r < 1 else { throw bad("layer \(i): dropout rate must be in [0, 1)") }
@@ -196,6 +201,15 @@ public final class Model: @unchecked Sendable {
     /// Forward pass over a batch ([N] + inputShape), returning logits [N, classes].
     public func forward(_ x: Tensor, training: Bool = false) -> Tensor {
         forward(x, training: training, timing: nil)
+    }
+
+    /// Inference on a batch that came from outside (a ring block's input off the ledger): the shape must be
+    /// [N] + `inputShape` with N ≥ 1, else a typed error — never a trap in a layer.
+    public func checkedForward(_ x: Tensor) throws -> Tensor {
+        guard x.shape.count == inputShape.count + 1, x.batch >= 1, Array(x.shape.dropFirst()) == inputShape else {
+            throw ModelError.inputMismatch(expected: inputShape, got: Array(x.shape.dropFirst()))
+        }
+        return forward(x)
     }
 
     /// Inference forward pass that also reports each layer's wall time (seconds, by layer index; a ReLU fused

@@ -1,7 +1,8 @@
 /// Re-verifies a ledger: the sequence numbers run 1, 2, 3, … without gaps, each entry's previous hash is the
 /// hash of the entry before it, each stored hash equals the hash recomputed from the fields, each signature
-/// verifies under its author's key, every author except a querent belongs to the ring, and no signature appears twice
-/// (a replayed entry). The first violation is reported with its row.
+/// verifies under its author's key, every author except a querent is authorised (a ring member, as the caller
+/// decides from owner-signed announcements), and no signature appears twice (a replayed entry). Every row must
+/// decode. The first violation is reported with its row.
 public struct AuditReport: Sendable, Equatable, CustomStringConvertible {
     public enum Problem: Sendable, Equatable {
         case unreadable(String)
@@ -32,7 +33,7 @@ public struct AuditReport: Sendable, Equatable, CustomStringConvertible {
         case .brokenChain: what = "previous-hash link broken (rows deleted, swapped or inserted)"
         case .hashMismatch: what = "stored hash does not match the entry's fields (a field was changed)"
         case .badSignature: what = "signature does not verify under the author's key"
-        case .unknownAuthor: what = "signed by a key outside the ring"
+        case .unknownAuthor: what = "signed by a key that was not an announced ring member at that point"
         case .replayed(let o): what = "replay of entry \(o)"
         }
         return "ledger compromised at row \(seq): \(what)"
@@ -43,13 +44,32 @@ public enum LedgerAudit {
     /// Incremental audit state: feed entries in stored order, one page at a time (memory stays bounded however
     /// long the ledger is).
     public struct Auditor {
-        public let ringKeys: Set<[UInt8]>?
+        /// Decides, entry by entry in stored order, whether a non-query entry's author may write it (nil = anyone).
+        let authorize: ((LedgerEntry) -> Bool)?
+        /// Sees every entry that passed the checks (for state the authorisation needs, such as when a query began).
+        let observe: ((LedgerEntry) -> Void)?
         public private(set) var report = AuditReport(entries: 0, firstProblem: nil)
         var expected: Int64 = 1
         var prev = LedgerEntry.genesisHash
         var signatures: [[UInt8]: Int64] = [:]
 
-        public init(ringKeys: Set<[UInt8]>?) { self.ringKeys = ringKeys }
+        public init(authorize: ((LedgerEntry) -> Bool)?, observe: ((LedgerEntry) -> Void)? = nil) {
+            self.authorize = authorize; self.observe = observe
+        }
+        public init(ringKeys: Set<[UInt8]>?) { self.init(authorize: ringKeys.map { keys in { keys.contains($0.author) } }) }
+
+        /// Checks one row: a row that does not decode is a problem at once.
+        @discardableResult
+        public mutating func feed(_ r: LedgerRow) -> Bool {
+            switch r {
+            case .entry(let e): return feed(e)
+            case .malformed(let seq, let reason):
+                guard report.firstProblem == nil else { return false }
+                report.entries += 1
+                report.firstProblem = (seq, .unreadable(reason))
+                return false
+            }
+        }
 
         /// Checks one entry; returns false once a problem has been found.
         @discardableResult
@@ -61,10 +81,11 @@ public enum LedgerAudit {
             if e.previousHash != prev { return bad(.brokenChain) }
             if e.recomputedHash != e.hash { return bad(.hashMismatch) }
             // Queries are signed by querents' fresh keys (anyone may ask); every other entry needs a ring member.
-            if let keys = ringKeys, e.kind != .query, !keys.contains(e.author) { return bad(.unknownAuthor) }
+            if let authorize, e.kind != .query, !authorize(e) { return bad(.unknownAuthor) }
             if !e.signatureIsValid { return bad(.badSignature) }
             if let o = signatures[e.signature] { return bad(.replayed(originalSequence: o)) }
             signatures[e.signature] = e.sequence
+            observe?(e)
             prev = e.hash
             expected += 1
             return true
@@ -83,11 +104,16 @@ public enum LedgerAudit {
     /// Audits a whole ledger, reading it a few entries at a time; a row that cannot even be decoded is reported as
     /// the first problem.
     public static func audit(_ ledger: any Ledger, ringKeys: Set<[UInt8]>? = nil) -> AuditReport {
-        var a = Auditor(ringKeys: ringKeys)
+        audit(ledger, auditor: Auditor(ringKeys: ringKeys))
+    }
+
+    /// Audits a whole ledger with `auditor`, reading it a few rows at a time.
+    public static func audit(_ ledger: any Ledger, auditor: Auditor) -> AuditReport {
+        var a = auditor
         var next: Int64 = 1
         do {
             while true {
-                let page = try ledger.entries(from: next, limit: 8)
+                let page = try ledger.rows(from: next, limit: 8)
                 for e in page where !a.feed(e) { return a.report }
                 guard let l = page.last else { return a.report }
                 next = l.sequence + 1

@@ -113,6 +113,23 @@ public enum LedgerError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// A stored row as a reader sees it: an entry, or a row that cannot even be decoded (a field of the wrong type or
+/// size, an unknown kind). Rows are hostile input: a reader skips a malformed row and reports it (`ledger audit`
+/// names it), and it never stops the ring.
+public enum LedgerRow: Sendable, Equatable {
+    case entry(LedgerEntry)
+    case malformed(sequence: Int64, reason: String)
+
+    public var sequence: Int64 {
+        switch self {
+        case .entry(let e): return e.sequence
+        case .malformed(let s, _): return s
+        }
+    }
+
+    public var entry: LedgerEntry? { if case .entry(let e) = self { return e } else { return nil } }
+}
+
 /// The shared, append-only ledger through which DeepRing's blocks talk — and the only thing they share.
 /// Backends: `SQLiteLedger` (one host); a PostgreSQL backend for multi-host rings implements the same protocol.
 public protocol Ledger: Sendable {
@@ -120,30 +137,54 @@ public protocol Ledger: Sendable {
     /// from the current last entry inside that transaction, so concurrent writers cannot fork the chain.
     @discardableResult
     func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry
-    /// Entries with sequence ≥ `sequence`, in order, at most `limit`.
-    func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry]
+    /// Rows with sequence ≥ `sequence`, in order, at most `limit`, malformed ones included.
+    func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow]
     /// Entries with sequence in `range` that match any of `filters`, in order (a block reads only what concerns
-    /// it instead of every ciphertext on the ledger).
+    /// it instead of every ciphertext on the ledger). Malformed rows match nothing.
     func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry]
     /// The highest sequence number (0 when empty).
     func lastSequence() throws -> Int64
-    /// The last entry, if any.
-    func last() throws -> LedgerEntry?
-    /// Waits until entries after `sequence` exist (or `timeout` passes) and returns them.
-    func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry]
+    /// Waits until rows after `sequence` exist (or `timeout` passes) and returns them.
+    func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow]
 }
 
 extension Ledger {
-    /// Every entry, in order.
-    public func allEntries() throws -> [LedgerEntry] {
-        var out: [LedgerEntry] = []
+    /// Entries with sequence ≥ `sequence`, in order, at most `limit` rows read (malformed rows skipped).
+    public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
+        try rows(from: sequence, limit: limit).compactMap(\.entry)
+    }
+
+    /// The entry with sequence number `sequence`, if that row exists and decodes.
+    public func entry(at sequence: Int64) throws -> LedgerEntry? {
+        guard sequence >= 1 else { return nil }
+        guard let r = try rows(from: sequence, limit: 1).first, r.sequence == sequence else { return nil }
+        return r.entry
+    }
+
+    /// Every row, in order.
+    public func allRows() throws -> [LedgerRow] {
+        var out: [LedgerRow] = []
         var next: Int64 = 1
         while true {
-            let page = try entries(from: next, limit: 4096)
+            let page = try rows(from: next, limit: 4096)
             out += page
             guard let l = page.last, page.count == 4096 else { return out }
             next = l.sequence + 1
         }
+    }
+
+    /// Every entry that decodes, in order.
+    public func allEntries() throws -> [LedgerEntry] { try allRows().compactMap(\.entry) }
+
+    /// The last row if it decodes.
+    public func last() throws -> LedgerEntry? {
+        let tail = try lastSequence()
+        return tail > 0 ? try entry(at: tail) : nil
+    }
+
+    /// Waits until entries after `sequence` exist (or `timeout` passes) and returns those that decode.
+    public func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry] {
+        try waitForRows(after: sequence, timeout: timeout).compactMap(\.entry)
     }
 }
 
@@ -158,6 +199,6 @@ public struct EntryFilter: Sendable, Equatable {
 
     /// True when every field set in the filter equals the entry's.
     public func matches(_ e: LedgerEntry) -> Bool {
-        (kind == nil || kind == e.kind) && (author == nil || author! == e.author) && (queryID == nil || queryID == e.queryID)
+        (kind == nil || kind == e.kind) && (author.map { $0 == e.author } ?? true) && (queryID == nil || queryID == e.queryID)
     }
 }

@@ -10,7 +10,7 @@ import Foundation
 public final class LedgerView: Ledger, @unchecked Sendable {
     public let base: any Ledger
     /// Contiguous entries from `first` to `tail` (sequence numbers), newest last.
-    private var cache: [LedgerEntry] = []
+    private var cache: [LedgerRow] = []
     private var first: Int64 = 1
     /// The highest sequence number known to the view (entries 1 … tail exist).
     private var tail: Int64 = 0
@@ -28,21 +28,22 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     /// Reads what was appended since the last refresh (by anyone, in any process).
     public func refresh() throws {
         while true {
-            let new = try base.entries(from: tail + 1, limit: 1024)
-            for e in new { add(e) }
+            let new = try base.rows(from: tail + 1, limit: 1024)
+            for r in new { add(r) }
             if new.count < 1024 { return }
         }
     }
 
-    private func add(_ e: LedgerEntry) {
-        guard e.sequence == tail + 1 else { return }   // a gap: the next refresh reads it from the base
-        if cache.isEmpty { first = e.sequence }
-        cache.append(e)
-        bytes += e.payload.count
-        tail = e.sequence
+    /// Adds the next row (a malformed one too, so that the tail moves past it).
+    private func add(_ r: LedgerRow) {
+        guard r.sequence == tail + 1 else { return }   // a gap: the next refresh reads it from the base
+        if cache.isEmpty { first = r.sequence }
+        cache.append(r)
+        bytes += r.entry?.payload.count ?? 0
+        tail = r.sequence
         var drop = 0
         while cache.count - drop > 1 && (cache.count - drop > window || bytes > maxBytes) {
-            bytes -= cache[drop].payload.count
+            bytes -= cache[drop].entry?.payload.count ?? 0
             drop += 1
         }
         if drop > 0 {
@@ -54,16 +55,16 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
         let e = try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
-        if e.sequence == tail + 1 { add(e) } else { try refresh() }
+        if e.sequence == tail + 1 { add(.entry(e)) } else { try refresh() }
         return e
     }
 
-    public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
+    public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         let s = max(1, sequence)
         if s > tail { return [] }
-        guard s >= first else { return try base.entries(from: sequence, limit: limit) }   // older than the window
+        guard s >= first else { return try base.rows(from: sequence, limit: limit) }   // older than the window
         let lo = Int(s - first)
-        return Array(cache[lo..<min(cache.count, lo + max(0, limit))])
+        return Array(cache[lo..<(limit >= cache.count - lo ? cache.count : lo + max(0, limit))])
     }
 
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
@@ -72,19 +73,14 @@ public final class LedgerView: Ledger, @unchecked Sendable {
         if lo > tail || range.upperBound < lo { return [] }
         guard lo >= first else { return try base.entries(in: range, matching: filters) }   // older than the window
         let a = Int(lo - first), b = Int(min(range.upperBound, tail) - first)
-        return cache[a...b].filter { e in filters.contains { $0.matches(e) } }
+        return cache[a...b].compactMap { r in r.entry.flatMap { e in filters.contains { $0.matches(e) } ? e : nil } }
     }
 
     /// The tail as of the last refresh (or own append).
     public func lastSequence() throws -> Int64 { tail }
 
-    public func last() throws -> LedgerEntry? {
-        if let l = cache.last { return l }
-        return tail > 0 ? try base.entries(from: tail, limit: 1).first : nil
-    }
-
-    public func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry] {
-        let e = try base.waitForEntries(after: sequence, timeout: timeout)
+    public func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow] {
+        let e = try base.waitForRows(after: sequence, timeout: timeout)
         try refresh()
         return e
     }

@@ -21,16 +21,27 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     /// holding the last reference to the ledger would run the ledger's deinit on the checkpoint queue.
     private let checkpointer: Checkpointer
 
-    public init(path: String) throws {
+    public let readOnly: Bool
+
+    /// Opens (creating when missing, unless `readOnly`) the ledger at `path`. A read-only ledger never writes: not
+    /// the schema, not a checkpoint; `deepring ledger audit|show` and `verify` open it so.
+    public init(path: String, readOnly: Bool = false) throws {
         self.path = path
+        self.readOnly = readOnly
         checkpointer = Checkpointer(path: path)
         var config = Configuration()
         config.busyMode = .timeout(10)
+        config.readonly = readOnly
         let full = ProcessInfo.processInfo.environment["DEEPRING_LEDGER_SYNC"]?.lowercased() == "full"
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = \(full ? "FULL" : "NORMAL"); PRAGMA wal_autocheckpoint = 1024")
         }
         do {
+            if readOnly {
+                guard FileManager.default.fileExists(atPath: path) else { throw LedgerError.storage("\(path): no such ledger") }
+                pool = try DatabasePool(path: path, configuration: config)
+                return
+            }
             // Page size is fixed when the database is created (before WAL mode is set up): only new ledgers get 16 KiB.
             if !FileManager.default.fileExists(atPath: path) {
                 let q = try DatabaseQueue(path: path)
@@ -42,13 +53,13 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
                 try db.execute(sql: """
                     CREATE TABLE IF NOT EXISTS entries (
                         seq INTEGER PRIMARY KEY,
-                        prev_hash BLOB NOT NULL,
-                        kind TEXT NOT NULL,
-                        query_id TEXT,
-                        author BLOB NOT NULL,
-                        payload BLOB NOT NULL,
-                        hash BLOB NOT NULL,
-                        signature BLOB NOT NULL
+                        prev_hash BLOB NOT NULL CHECK (typeof(prev_hash) = 'blob' AND length(prev_hash) = 32),
+                        kind TEXT NOT NULL CHECK (kind IN (\(EntryKind.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")))),
+                        query_id TEXT CHECK (query_id IS NULL OR (typeof(query_id) = 'text' AND length(query_id) BETWEEN 1 AND \(LedgerEntry.maxQueryID))),
+                        author BLOB NOT NULL CHECK (typeof(author) = 'blob' AND length(author) = 32),
+                        payload BLOB NOT NULL CHECK (typeof(payload) = 'blob'),
+                        hash BLOB NOT NULL UNIQUE CHECK (typeof(hash) = 'blob' AND length(hash) = 32),
+                        signature BLOB NOT NULL CHECK (typeof(signature) = 'blob' AND length(signature) = 64)
                     )
                     """)
             }
@@ -61,6 +72,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     /// blocks appends or reads) once the WAL holds `minimumWALBytes`. Coalesced: at most one checkpoint runs or
     /// waits at a time.
     public func checkpointInBackground(minimumWALBytes: Int = 16 << 20) {
+        if readOnly { return }
         var st = stat()
         guard stat(path + "-wal", &st) == 0, Int(st.st_size) >= minimumWALBytes else { return }
         checkpointer.schedule()
@@ -71,6 +83,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
 
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+        guard !readOnly else { throw LedgerError.invalidArgument("the ledger was opened read-only") }
         guard payload.count <= LedgerEntry.maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
         if let q = queryID, q.utf8.count > LedgerEntry.maxQueryID || q.isEmpty {
             throw LedgerError.invalidArgument("query id must be 1–\(LedgerEntry.maxQueryID) bytes")
@@ -106,10 +119,10 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
     }
 
-    public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
+    public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         do {
             return try pool.read { db in
-                try SQLiteLedger.fetch(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?"),
+                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?"),
                                        [sequence, max(0, limit)])
             }
         } catch let e as DatabaseError {
@@ -130,8 +143,8 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
         do {
             return try pool.read { db in
-                try SQLiteLedger.fetch(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses.joined(separator: " OR "))) ORDER BY seq"),
-                                       StatementArguments(args))
+                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses.joined(separator: " OR "))) ORDER BY seq"),
+                                       StatementArguments(args)).compactMap(\.entry)
             }
         } catch let e as DatabaseError {
             throw LedgerError.storage(e.message ?? e.description)
@@ -146,23 +159,13 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
     }
 
-    public func last() throws -> LedgerEntry? {
-        do {
-            return try pool.read { db in
-                try SQLiteLedger.fetch(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries ORDER BY seq DESC LIMIT 1"), []).first
-            }
-        } catch let e as DatabaseError {
-            throw LedgerError.storage(e.message ?? e.description)
-        }
-    }
-
     /// SQLite has no cross-process notification: poll with a short back-off (1 ms growing to 20 ms).
-    public func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry] {
+    public func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow] {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         var pause = Duration.milliseconds(1)
         while true {
-            let e = try entries(from: sequence + 1, limit: 4096)
+            let e = try rows(from: sequence + 1, limit: 4096)
             if !e.isEmpty || clock.now >= deadline { return e }
             Thread.sleep(forTimeInterval: Double(pause.components.attoseconds) * 1e-18 + Double(pause.components.seconds))
             pause = min(pause * 2, .milliseconds(20))
@@ -175,10 +178,16 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     /// SQLite's buffer).
     static let columns = "seq, prev_hash, kind, query_id, author, payload, hash, signature, typeof(payload) AS payload_type"
 
-    static func fetch(_ statement: Statement, _ arguments: StatementArguments) throws -> [LedgerEntry] {
-        var out: [LedgerEntry] = []
+    /// Decodes every row; a row that does not decode becomes `.malformed` (a row without even an integer sequence
+    /// number cannot exist: `seq` is SQLite's rowid).
+    static func fetchRows(_ statement: Statement, _ arguments: StatementArguments) throws -> [LedgerRow] {
+        var out: [LedgerRow] = []
         let rows = try Row.fetchCursor(statement, arguments: arguments)
-        while let row = try rows.next() { out.append(try decode(row)) }
+        while let row = try rows.next() {
+            do { out.append(.entry(try decode(row))) } catch let LedgerError.malformedRow(seq, reason) {
+                out.append(.malformed(sequence: seq ?? ((try? int(row, "seq", nil)) ?? 0), reason: reason))
+            }
+        }
         return out
     }
 
@@ -222,7 +231,8 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
     }
 
-    static func decode(_ row: Row) throws -> LedgerEntry {
+    /// Decodes one row as hostile data (public for the fuzz harness).
+    public static func decode(_ row: Row) throws -> LedgerEntry {
         let seq = try int(row, "seq", nil)
         guard let k = try text(row, "kind", seq, optional: false), let kind = EntryKind(rawValue: k) else {
             throw LedgerError.malformedRow(sequence: seq, reason: "unknown kind")

@@ -274,12 +274,16 @@ struct BenchRing: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
+    func validate() throws {
+        guard queries >= 1 && queries <= 1_000_000 else { throw ValidationError("--queries must be between 1 and 1000000") }
+    }
+
     func run() throws {
         threadOptions.apply()
         do {
             let m = try model.map { try ModelFile.load(path: $0).0 } ?? Model(.mlp(inputShape: [784], classes: 10), seed: 1)
-            let dir = NSTemporaryDirectory() + "deepring-bench-\(UUID().uuidString)"
-            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let dir = try TemporaryPaths.makeDirectory(purpose: "bench")
+            defer { TemporaryPaths.unregister(dir); removeRingFolder(dir) }
             try SealedRing.seal(m, into: dir)
             let rt = try RingRuntime(directory: dir)
             rt.verifyEvery = Int.max

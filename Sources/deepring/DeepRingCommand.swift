@@ -1,4 +1,5 @@
 import ArgumentParser
+import DeepRing
 import DeepRingEngine
 import Foundation
 
@@ -16,6 +17,12 @@ struct DeepRingCommand: ParsableCommand {
         subcommands: [Demo.self, Train.self, Eval.self, Bench.self, Seal.self, Query.self, Verify.self, LedgerCommand.self, RingCommand.self,
                       Attack.self, Reproduce.self]
     )
+
+    /// Temporary folders holding secrets are removed on SIGINT and SIGTERM too (`TemporaryPaths`).
+    static func main() {
+        TemporaryPaths.installSignalHandlers()
+        main(nil)
+    }
 }
 
 /// Options shared by commands that read a data set.

@@ -69,7 +69,9 @@ struct Demo: ParsableCommand {
             try Data(bytes).write(to: URL(fileURLWithPath: victimPath))
             let report = rt.ring.checkAuthenticity()
             print("7. An attacker flips one bit (byte \(at)) of block \(victim)'s file. Authenticity check: \(report.authentic ? "authentic (bug: missed)" : "TAMPERED — first differing hash at block \(report.firstTampered!) (ring position \(report.position!))").")
-            let restored = try rt.ring.restore()
+            let before = rt.restores.count
+            try rt.ensureAuthentic()
+            let restored = rt.restores[before...]
             print("   Tracking restores \(restored.joined(separator: ", ")) from the owner's checkpoint: \(rt.ring.checkAuthenticity().authentic ? "authentic again" : "still tampered (bug)").")
             let imp = try suite.importance()
             print("8. Parameter tampering, Algorithm 1: with the weights frozen, learn an importance p per layer (W ⊙ sigmoid(p)): "

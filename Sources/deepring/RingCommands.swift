@@ -2,127 +2,238 @@ import ArgumentParser
 import DeepRing
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingProtocol
 import Foundation
+
+/// Exit status for "not authentic": a tampered ring, a ring.json that is not the pinned owner's, a dirty ledger.
+let exitNotAuthentic: Int32 = 3
+
+/// Maps an error to the exit status: 3 for anything that is not authentic, 1 for the rest.
+func ringFail(_ error: Error) -> ExitCode {
+    let code = fail(error)
+    if case RingError.notAuthentic = error { return ExitCode(exitNotAuthentic) }
+    return code
+}
 
 struct Seal: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Seal a trained model into a DeepRing: an ouroboros block plus one block per layer.",
         discussion: """
-        Writes DIR/ring.json (public), DIR/ledger.sqlite, DIR/owner/ (ouroboros secrets, original hashes, \
-        checkpoint) and DIR/blocks/<random-id>/ (params.safetensors with the block's layer and a copy of the next, \
-        its keys, mode 0600). Example: deepring seal mlp.safetensors --ring ring/
+        Writes DIR/ring.json (public, signed by the owner), DIR/ledger.sqlite, DIR/owner/ (the owner's identity key, \
+        the ouroboros's keys, the signed record of original hashes, the checkpoint) and DIR/blocks/<random-id>/ \
+        (params.safetensors with the block's layer and a copy of the next, keys.json (0600) and block.json, its \
+        owner-signed descriptor). Prints the owner key's fingerprint, which querents pin (`query --owner-key`), and \
+        pins it for this user. DIR may not exist or must be empty; --force replaces an existing ring folder, never \
+        any other file or folder. Example: deepring seal mlp.safetensors --ring ring/
         """)
 
     @Argument(help: "Model file (.safetensors written by `deepring train`).") var model: String
     @Option(help: "Ring directory to create (must not exist or be empty).") var ring: String
+    @Flag(help: "Replace DIR if it is an existing ring folder.") var force = false
 
     func run() throws {
         do {
             let (m, _) = try ModelFile.load(path: model)
             let t0 = now()
-            let r = try SealedRing.seal(m, into: ring)
+            let r = try SealedRing.seal(m, into: ring, force: force, protecting: [model])
+            let fp = r.manifest.ownerFingerprint
             print(String(format: "sealed %@ into %@: ouroboros + %d blocks, ring %@ (%.2f s)", model as NSString, ring as NSString,
                          r.manifest.blockCount, r.manifest.ringID as NSString, now() - t0))
-        } catch let e as ExitCode { throw e } catch { throw fail(error) }
+            print("owner key fingerprint: \(fp)")
+            do {
+                try KnownRings(path: KnownRings.defaultPath).remember(r.manifest.ringID, fingerprint: fp)
+                print("pinned in \(KnownRings.defaultPath); querents elsewhere: deepring query --owner-key \(fp) …")
+            } catch {
+                stderrPrint("note: could not pin the owner key (\(error)); querents must pass --owner-key \(fp)")
+            }
+        } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
     }
 }
 
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check the ring's authenticity (recompute the hash chain); with --restore, track and restore.",
-        discussion: "Exit status: 0 intact (or restored with --restore), 3 tampered, 1 error.")
+        abstract: "Check everything the ring depends on; with --restore, repair what the owner can.",
+        discussion: """
+        Checks the owner's identity key and signed record, ring.json (signed by the owner, equal to the owner's copy), \
+        the ouroboros's keys, the checkpoint, and for every block its folder, keys.json (present, 0600, anchored to the \
+        owner), block.json (signed by the owner; its id, keys, neighbours' keys and hashes as recorded) and its \
+        parameters, and the hash chain (Eqs. 1–2) — and names each problem. Without --restore it only reads: it can \
+        run beside a query. --restore (one writer at a time: it waits for a running query) restores tampered \
+        parameters from the checkpoint, re-provisions lost or mismatched blocks with fresh keys and new descriptors \
+        (neighbours updated), re-issues ring.json, rebuilds a corrupted checkpoint from the blocks' verified copies, \
+        and says what it cannot repair. Exit status: 0 intact (or repaired), 3 not authentic, 1 error.
+        """)
 
     @Option(help: "Ring directory.") var ring: String
-    @Flag(help: "Restore tampered blocks from the owner's checkpoint until authenticity is back.") var restore = false
+    @Flag(help: "Repair what the owner can (restore, re-provision, re-issue) until the ring is authentic.") var restore = false
+    @Option(help: "Seconds to wait for a running query before --restore gives up.") var lockTimeout: Double = 60
     @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard lockTimeout >= 0 && lockTimeout.isFinite else { throw ValidationError("--lock-timeout must be a non-negative number of seconds") }
+    }
 
     func run() throws {
         do {
-            let r = try SealedRing.open(ring)
-            let report = r.checkAuthenticity()
-            var restored: [String] = []
-            if !report.authentic && restore { restored = try r.restore() }
-            let after = restore ? r.checkAuthenticity() : report
-            if json {
-                let obj: [String: Any] = ["authentic": report.authentic, "first_tampered": report.firstTampered ?? NSNull(),
-                                          "restored": restored, "authentic_after": after.authentic]
-                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
-            } else if report.authentic {
-                print("authentic: every block's hash matches the ouroboros's record")
+            let before: RingCheckReport, after: RingCheckReport
+            var repairs = RingCheck.Repairs()
+            if restore {
+                (before, repairs, after) = try RingCheck.repair(ring, lockTimeout: lockTimeout, onWait: { stderrPrint($0) })
             } else {
-                print("TAMPERED: first block whose hash differs from the record: \(report.firstTampered!)")
-                for b in restored { print("restored \(b) from the checkpoint") }
-                if restore { print(after.authentic ? "authentic again" : "still not authentic") }
+                before = try RingCheck.run(ring)
+                after = before
             }
-            if !after.authentic { throw ExitCode(3) }
-        } catch let e as ExitCode { throw e } catch { throw fail(error) }
+            if json {
+                func findings(_ r: RingCheckReport) -> [[String: Any]] {
+                    r.findings.map { ["subject": "\($0.subject)", "problem": $0.problem, "repairable": $0.repairable] }
+                }
+                let obj: [String: Any] = ["authentic": before.authentic, "first_tampered": before.firstTampered?.name ?? NSNull(),
+                                          "findings": findings(before), "notes": before.notes,
+                                          "restored": repairs.restored, "reprovisioned": repairs.reprovisioned, "actions": repairs.actions,
+                                          "authentic_after": after.authentic, "findings_after": findings(after)]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                for n in before.notes { print("note: \(n)") }
+                if before.authentic {
+                    print("authentic: every file the ring depends on is as the owner sealed and signed it, and every block's hash matches the record")
+                } else {
+                    let n = before.findings.count
+                    print("TAMPERED: \(n) problem\(n == 1 ? "" : "s")" + (before.firstTampered.map { "; first block whose hash differs from the record: \($0.name)" } ?? ""))
+                    for f in before.findings { print("  - \(f)") }
+                    for a in repairs.actions { print(a) }
+                    if restore {
+                        if after.authentic { print("authentic again") } else {
+                            print("still not authentic:")
+                            for f in after.findings { print("  - \(f)") }
+                        }
+                    }
+                }
+            }
+            if !after.authentic { throw ExitCode(exitNotAuthentic) }
+        } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
     }
+}
+
+/// The manifest a reader of `dir` trusts: with the owner's folder, the owner's own signed manifest; without it,
+/// `ring.json` if its owner is the one given or pinned (trusted and pinned on first use).
+func trustedManifest(_ dir: String, ownerKey: String?) throws -> RingManifest {
+    let paths = RingPaths(dir)
+    if FileManager.default.fileExists(atPath: paths.identity) {
+        let owner = Array(try KeyFile.read(paths.identity).signing.publicKey.rawRepresentation)
+        let m: RingManifest
+        if let own = try? RingManifest.read(paths.ownerManifest) { m = own } else { m = try RingManifest.read(paths.manifest) }
+        guard m.ownerKey == owner else { throw RingError.notAuthentic("the manifest is not signed by this ring's owner") }
+        if let given = ownerKey, !KeyFingerprint.matches(given, owner) {
+            throw RingError.notAuthentic("this ring's owner is \(KeyFingerprint.of(owner)), not \(given)")
+        }
+        return m
+    }
+    let m = try RingManifest.read(paths.manifest)
+    if try KnownRings(path: KnownRings.defaultPath).authenticate(m, ownerKey: ownerKey) == .firstUse {
+        stderrPrint("note: trusting owner \(m.ownerFingerprint) for ring \(m.ringID) on first use (pinned in \(KnownRings.defaultPath))")
+    }
+    return m
 }
 
 struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ledger", abstract: "Audit or show the ring's ledger.", subcommands: [Audit.self, Show.self])
+        commandName: "ledger", abstract: "Audit or show the ring's ledger (read-only).", subcommands: [Audit.self, Show.self])
 
     struct Audit: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Re-verify the whole chain and every signature; name the first bad row.",
-            discussion: "Exit status: 0 clean, 3 compromised, 1 error.")
+            abstract: "Re-verify the whole chain, every signature and every author; name the first bad row.",
+            discussion: """
+            Member keys are taken only from the seal and reshuffle entries the ouroboros signed, and the ouroboros's \
+            key only from a manifest the owner signed (the owner's folder, or ring.json checked against the pinned \
+            owner key). Reads only: it can run beside a query. Exit status: 0 clean, 3 compromised, 1 error.
+            """)
         @Option(help: "Ring directory.") var ring: String
+        @Option(help: "The owner key's fingerprint (or hex key) to trust for ring.json when the owner's folder is absent.") var ownerKey: String?
+
+        func validate() throws {
+            if let k = ownerKey, !KeyFingerprint.isWellFormed(k) { throw ValidationError("--owner-key must be SHA256:… (as `seal` prints it) or 64 hex digits") }
+        }
 
         func run() throws {
             do {
-                let r = try SealedRing.open(ring)
-                let report = try r.auditLedger()
+                let manifest = try trustedManifest(ring, ownerKey: ownerKey)
+                let report = try RingAudit.audit(ledgerPath: RingPaths(ring).ledger, manifest: manifest)
                 print(report)
-                if !report.isClean { throw ExitCode(3) }
-            } catch let e as ExitCode { throw e } catch { throw fail(error) }
+                if !report.isClean { throw ExitCode(exitNotAuthentic) }
+            } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
         }
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print ledger entries (public data only: hashes, sizes, keys).")
+        static let configuration = CommandConfiguration(
+            abstract: "Print ledger entries (public data only: hashes, sizes, keys); rows that cannot be decoded are named.")
         @Option(help: "Ring directory.") var ring: String
         @Option(help: "Only the last N entries.") var last: Int?
         @Flag(help: "One JSON object per line.") var json = false
 
+        func validate() throws {
+            if let n = last, n < 0 { throw ValidationError("--last must be 0 or more") }
+        }
+
         func run() throws {
             do {
-                let path = ring + "/ledger.sqlite"
-                guard FileManager.default.fileExists(atPath: ring + "/ring.json"), FileManager.default.fileExists(atPath: path) else {
-                    throw RingError.notARing("\(ring) has no ring.json and ledger.sqlite (create one with `deepring seal`)")
+                let path = RingPaths(ring).ledger
+                guard InputFile.isRegular(path) else {
+                    throw RingError.notARing("\(ring) has no ledger.sqlite (create a ring with `deepring seal`)")
                 }
-                let ledger = try SQLiteLedger(path: path)
+                let ledger = try SQLiteLedger(path: path, readOnly: true)
                 // Paged, so that a ledger of many gigabytes is printed in bounded memory.
                 let tail = try ledger.lastSequence()
-                var next: Int64 = last.map { max(1, tail - Int64(max(0, $0)) + 1) } ?? 1
+                var next: Int64 = last.map { tail - Int64($0) + 1 } ?? 1
+                next = max(1, next)
                 if last == 0 { next = tail + 1 }
+                var malformed = 0
                 while next <= tail {
-                    let page = try ledger.entries(from: next, limit: 16)
+                    let page = try ledger.rows(from: next, limit: 16)
                     guard let lastInPage = page.last else { break }
                     next = lastInPage.sequence + 1
-                    for e in page {
-                        let h = hex(e.hash.prefix(8)), a = hex(e.author.prefix(6))
-                        if json {
-                            let obj: [String: Any] = ["seq": e.sequence, "kind": e.kind.rawValue, "query": e.queryID ?? NSNull(),
-                                                      "author": hex(e.author), "payload_bytes": e.payload.count, "hash": hex(e.hash)]
-                            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
-                        } else {
-                            print("\(e.sequence)\t\(e.kind.rawValue)\t\(e.queryID ?? "-")\tauthor \(a)…\t\(e.payload.count) B\thash \(h)…")
+                    for r in page {
+                        switch r {
+                        case .entry(let e):
+                            let h = hex(e.hash.prefix(8)), a = hex(e.author.prefix(6))
+                            if json {
+                                let obj: [String: Any] = ["seq": e.sequence, "kind": e.kind.rawValue, "query": e.queryID ?? NSNull(),
+                                                          "author": hex(e.author), "payload_bytes": e.payload.count, "hash": hex(e.hash)]
+                                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+                            } else {
+                                print("\(e.sequence)\t\(e.kind.rawValue)\t\(e.queryID ?? "-")\tauthor \(a)…\t\(e.payload.count) B\thash \(h)…")
+                            }
+                        case .malformed(let seq, let reason):
+                            malformed += 1
+                            if json {
+                                let obj: [String: Any] = ["seq": seq, "malformed": reason]
+                                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+                            } else {
+                                print("\(seq)\tMALFORMED\t\(reason)")
+                            }
                         }
                     }
                 }
-            } catch let e as ExitCode { throw e } catch { throw fail(error) }
+                if malformed > 0 { stderrPrint("note: \(malformed) row\(malformed == 1 ? "" : "s") cannot be decoded; run `deepring ledger audit`") }
+            } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
         }
     }
 }
+
+/// "1 image", "3 images".
+func plural(_ n: Int, _ one: String, _ many: String? = nil) -> String { "\(n) \(n == 1 ? one : (many ?? one + "s"))" }
 
 struct Query: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Ask a sealed ring for predictions, through the ledger only (input sealed to the ouroboros).",
         discussion: """
         Inputs come from a data set's test split (--dataset, --count) or from an IDX image file (--image). Each batch \
-        goes through the ring as one tensor. With --json: predictions, accuracy when labels are known, and \
-        plain_agreement, the fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint).
+        goes through the ring as one tensor. Before anything is sent, ring.json must be signed by the ring's pinned \
+        owner: the key given with --owner-key, the one pinned by `seal` or an earlier query, or — the first time — \
+        the one it names, which is then pinned (like SSH's known hosts; $DEEPRING_HOME/known_rings). A mismatch exits \
+        with status 3 and sends nothing. One process runs a ring at a time: a second query waits up to \
+        --lock-timeout seconds. With --json: predictions, accuracy when labels are known, and plain_agreement, the \
+        fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint).
         """)
 
     @Option(help: "Ring directory.") var ring: String
@@ -131,46 +242,73 @@ struct Query: ParsableCommand {
     @Option(help: "Number of test images (default: all).") var count: Int?
     @Option(help: "An IDX image file (one or more images) instead of a data set.") var image: String?
     @Option(help: "Images per query.") var batch: Int = 256
-    @Option(help: "Check authenticity before every N-th query.") var verifyEvery: Int = 1
+    @Option(help: "Check the ring before every N-th query.") var verifyEvery: Int = 1
     @Option(help: "Reshuffle the block placement and rotate block keys after every N-th query (0 = never).") var reshuffleEvery: Int = 1
-    @Option(help: "When validation keeps failing: refuse (the paper's retries, then no answer) or evict (re-provision both suspects and answer again).")
+    @Option(help: "When validation fails for good: refuse (the paper's retries, then no answer) or evict (re-provision the suspects and answer again).")
     var onCompromise: String = "refuse"
+    @Option(help: "The ring owner's key fingerprint (SHA256:…, as `seal` prints it) or hex key; refuses a ring.json signed by anyone else.") var ownerKey: String?
+    @Option(help: "Seconds to wait for another process running this ring.") var lockTimeout: Double = 60
+    @Option(help: "Seconds one query may take before it is given up.") var timeout: Double = 120
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
+    static let maxImageFile = 256 << 20
+
     func validate() throws {
         guard (dataset == nil) != (image == nil) else { throw ValidationError("give either --dataset or --image") }
+        if let d = dataset, !DatasetLoader.names.contains(d) {
+            throw ValidationError("unknown data set '\(d)'; choose one of \(DatasetLoader.names.joined(separator: ", "))")
+        }
+        if let c = count { guard c >= 1 else { throw ValidationError("--count must be at least 1") } }
+        if count != nil && image != nil { throw ValidationError("--count applies to --dataset, not to --image") }
         guard batch >= 1 && batch <= 65536 else { throw ValidationError("--batch must be between 1 and 65536") }
         guard verifyEvery >= 1 else { throw ValidationError("--verify-every must be at least 1") }
         guard reshuffleEvery >= 0 else { throw ValidationError("--reshuffle-every must be 0 (never) or more") }
         guard ["refuse", "evict"].contains(onCompromise) else { throw ValidationError("--on-compromise must be refuse or evict") }
+        if let k = ownerKey, !KeyFingerprint.isWellFormed(k) { throw ValidationError("--owner-key must be SHA256:… (as `seal` prints it) or 64 hex digits") }
+        guard lockTimeout >= 0 && lockTimeout.isFinite else { throw ValidationError("--lock-timeout must be a non-negative number of seconds") }
+        guard timeout > 0 && timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") }
     }
 
     func run() throws {
         threadOptions.apply()
         do {
-            let rt = try RingRuntime(directory: ring)
+            // The querent: nothing is sent to a ring whose manifest is not the pinned owner's.
+            let manifest = try RingManifest.read(RingPaths(ring).manifest)
+            if try KnownRings(path: KnownRings.defaultPath).authenticate(manifest, ownerKey: ownerKey) == .firstUse {
+                stderrPrint("note: trusting owner \(manifest.ownerFingerprint) for ring \(manifest.ringID) on first use (pinned in \(KnownRings.defaultPath))")
+            }
+            let shape = manifest.inputShape
+            var inputs: Tensor, labels: [Int]?
+            if let path = image {
+                let a = try IDX.images(try IDX.read(path: path, maxBytes: Query.maxImageFile), file: path)
+                inputs = Tensor(shape: [a.count] + a.shape, data: a.values); labels = nil
+            } else if let name = dataset {
+                var test = try DatasetLoader.load(name: name, directory: data).test
+                if let c = count { test = test.prefix(c) }
+                if shape.count == 3, test.imageShape.count == 3, test.imageShape[0] < shape[0] { test = test.padded(to: shape[0]) }
+                inputs = test.tensor; labels = test.labels
+            } else {
+                throw ValidationError("give either --dataset or --image")
+            }
+            guard inputs.itemSize == shape.reduce(1, *) else {
+                throw QueryError.badInput("the ring takes inputs of shape \(shape), the data has \(Array(inputs.shape.dropFirst()))")
+            }
+            guard inputs.batch >= 1 else { throw QueryError.badInput("no images to query") }
+            let rt = try RingRuntime(directory: ring, lockTimeout: lockTimeout, onWait: { stderrPrint($0) })
+            guard rt.ring.manifest == manifest else {
+                throw RingError.notAuthentic("ring.json differs from the owner's manifest; refusing to send anything")
+            }
+            rt.querent = Querent(manifest: manifest)
             rt.verifyEvery = verifyEvery
             rt.reshuffleEvery = reshuffleEvery
+            rt.queryTimeout = timeout
             rt.onCompromisedBlock = onCompromise == "evict" ? .evictAndRetry : .refuse
             let incomplete = try rt.incompleteQueries()
             if !incomplete.isEmpty {
                 stderrPrint("note: \(incomplete.count) earlier quer\(incomplete.count == 1 ? "y was" : "ies were") interrupted and never answered (incomplete): \(incomplete.prefix(5).joined(separator: ", "))")
             }
-            let shape = rt.ring.manifest.inputShape
-            var inputs: Tensor, labels: [Int]?
-            if let path = image {
-                let a = try IDX.images(try IDX.read(path: path), file: path)
-                inputs = Tensor(shape: [a.count] + a.shape, data: a.values); labels = nil
-            } else {
-                var test = try DatasetLoader.load(name: dataset!, directory: data).test
-                if let c = count { test = test.prefix(max(1, c)) }
-                if shape.count == 3, test.imageShape.count == 3, test.imageShape[0] < shape[0] { test = test.padded(to: shape[0]) }
-                inputs = test.tensor; labels = test.labels
-            }
-            guard inputs.itemSize == shape.reduce(1, *) else {
-                throw QueryError.badInput("the ring takes inputs of shape \(shape), the data has \(Array(inputs.shape.dropFirst()))")
-            }
+            if !rt.restores.isEmpty { stderrPrint("note: repaired before serving: \(rt.restores.joined(separator: ", "))") }
             let t0 = now()
             var logits: [Tensor] = [], alarms = 0, queries = 0
             var i = 0
@@ -183,7 +321,7 @@ struct Query: ParsableCommand {
             let secs = now() - t0
             let preds = Tensor.concatenate(logits).argmaxRows()
             var plain = inputs.reshaped([inputs.batch] + shape)
-            for l in try rt.ring.plainLayers() { plain = try l.model().forward(plain) }
+            for l in try rt.ring.plainLayers() { plain = try l.model().checkedForward(plain) }
             let plainPreds = plain.argmaxRows()
             let agreement = Double(zip(preds, plainPreds).filter { $0 == $1 }.count) / Double(max(1, preds.count))
             let accuracy = labels.map { l in Double(zip(preds, l).filter { $0 == $1 }.count) / Double(max(1, l.count)) }
@@ -194,13 +332,14 @@ struct Query: ParsableCommand {
                 if let a = accuracy { obj["accuracy"] = a }
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
             } else {
-                print(String(format: "%d images in %d queries, %.2f s; agreement with the plain model %.2f%%; %d validation alarms",
-                             preds.count, queries, secs, agreement * 100, alarms))
+                print(String(format: "%@ in %@, %.2f s; agreement with the plain model %.2f%%; %@",
+                             plural(preds.count, "image") as NSString, plural(queries, "query", "queries") as NSString, secs,
+                             agreement * 100, plural(alarms, "validation alarm") as NSString))
                 if let a = accuracy { print(String(format: "accuracy %.2f%%", a * 100)) }
                 if !rt.restores.isEmpty { print("restored before answering: \(rt.restores.joined(separator: ", "))") }
                 if preds.count <= 20 { print("predictions: \(preds)") }
             }
-        } catch let e as ExitCode { throw e } catch { throw fail(error) }
+        } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
     }
 }
 
@@ -209,7 +348,7 @@ struct RingCommand: ParsableCommand {
 
     struct Inspect: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "What each block knows (public keys, neighbours' keys, hashes, layer shapes) — never secrets.")
+            abstract: "What each block knows (public keys, neighbours' keys, hashes, layer shapes) — never secrets. Reads only.")
         @Option(help: "Ring directory.") var ring: String
 
         func run() throws {
@@ -217,15 +356,17 @@ struct RingCommand: ParsableCommand {
                 let (m, blocks) = try SealedRing.inspect(ring)
                 func short(_ h: String) -> String { String(h.prefix(12)) + "…" }
                 print("ring \(m.ringID): ouroboros + \(m.blockCount) blocks, input \(m.inputShape), \(m.classes) classes")
+                print("owner \(m.ownerFingerprint) (ring.json is signed by it)")
                 print("ouroboros signing key \(short(hex(m.ouroboros.signing))), HPKE key \(short(hex(m.ouroboros.agreement)))")
-                print("algorithms: " + m.algorithms.keys.sorted().map { "\($0) \(m.algorithms[$0]!)" }.joined(separator: "; "))
+                print("algorithms: " + m.algorithms.keys.sorted().map { "\($0) \(m.algorithms[$0] ?? "")" }.joined(separator: "; "))
                 print("blocks (directory order; the ring order is known only to the owner):")
                 for b in blocks {
-                    print("  \(b.id)  key \(short(b.signingKey))  after \(short(b.predecessorSigningKey))  before \(short(b.successorSigningKey))")
+                    print("  \(b.id)  key \(short(b.signingKey))  after \(short(b.predecessorSigningKey))  before \(short(b.successorSigningKey))"
+                          + (b.signedByOwner ? "" : "  NOT SIGNED BY THE OWNER"))
                     print("      own: \(b.ownLayer)    next (copy): \(b.nextLayer)")
                     print("      HASH_prev \(short(b.previousHash))  HASH \(short(b.hash))")
                 }
-            } catch let e as ExitCode { throw e } catch { throw fail(error) }
+            } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
         }
     }
 }

@@ -1,6 +1,7 @@
 import DeepRing
 import DeepRingAttacks
 import DeepRingEngine
+import DeepRingProtocol
 import Foundation
 import Testing
 #if canImport(FoundationXML)
@@ -132,7 +133,7 @@ func ringDir() -> String { NSTemporaryDirectory() + "deepring-attack-test-\(UUID
         _ = try h.pass(test.prefix(10)) { true }
         // Input perturbation by the block at position 3: validation → alarm → evict → the original answers.
         let e0 = rt.evictions.count
-        rt.setPerturbation(position: 3, InputPerturbation.gaussian(sigma: 0.5, seed: 2))
+        try rt.setPerturbation(position: 3, InputPerturbation.gaussian(sigma: 0.5, seed: 2))
         let p = try h.pass(test) { rt.evictions.count == e0 }
         #expect(p.alarms > 0 && p.evictions > 0)
         #expect(rt.evictions.suffix(p.evictions).contains(3))
@@ -146,7 +147,7 @@ func ringDir() -> String { NSTemporaryDirectory() + "deepring-attack-test-\(UUID
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let h = try RingHarness(model: t.model, directory: dir, batchSize: 200)
         h.runtime.onCompromisedBlock = .refuse
-        h.runtime.setPerturbation(position: 2, InputPerturbation.gaussian(sigma: 0.5, seed: 2))
+        try h.runtime.setPerturbation(position: 2, InputPerturbation.gaussian(sigma: 0.5, seed: 2))
         let p = try h.pass(t.splits.test) { true }
         #expect(p.delivered == 0 && p.refusedQueries == p.queries)
     }

@@ -21,10 +21,19 @@ func sampleLedger() throws -> (SQLiteLedger, Set<[UInt8]>) {
     return (ledger, [a.publicKey, b.publicKey])
 }
 
-/// Runs raw SQL on the ledger file, as an attacker with write access to the database would.
+/// Plays an attacker with write access to the database file: the table is first rebuilt without the schema's
+/// constraints (as such an attacker could), then `sql` runs.
 func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = []) throws {
     let q = try DatabaseQueue(path: ledger.path)
-    try q.write { try $0.execute(sql: sql, arguments: args) }
+    try q.write { db in
+        if try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'entries'")?.contains("CHECK") == true {
+            try db.execute(sql: """
+                CREATE TABLE attacker (seq INTEGER PRIMARY KEY, prev_hash, kind, query_id, author, payload, hash, signature);
+                INSERT INTO attacker SELECT * FROM entries; DROP TABLE entries; ALTER TABLE attacker RENAME TO entries
+                """)
+        }
+        try db.execute(sql: sql, arguments: args)
+    }
 }
 
 @Suite struct LedgerTests {
@@ -166,15 +175,27 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(!r.isClean)
         if case .unreadable? = r.firstProblem?.problem {} else { Issue.record("expected unreadable, got \(r)") }
         #expect(r.firstProblem?.sequence == 5)
+        // Readers skip a row they cannot decode and report it; the rows around it are read as usual.
+        func row5() throws -> LedgerRow { try l.rows(from: 5, limit: 1)[0] }
+        #expect(try l.allEntries().map(\.sequence) == [1, 2, 3, 4, 6])
         try tamper(l, "UPDATE entries SET author = ?, kind = 'bogus' WHERE seq = 5", [Data(repeating: 0, count: 32)])
-        #expect(throws: LedgerError.self) { try l.allEntries() }
+        #expect(try row5() == .malformed(sequence: 5, reason: "unknown kind"))
         try tamper(l, "UPDATE entries SET kind = 'layer', hash = zeroblob(31) WHERE seq = 5")
-        #expect(throws: LedgerError.self) { try l.allEntries() }
+        #expect(try row5() == .malformed(sequence: 5, reason: "hash has 31 bytes, expected 32"))
         // The payload is read without an intermediate copy, after its type is checked.
         try tamper(l, "UPDATE entries SET hash = zeroblob(32), payload = 'text, not a blob' WHERE seq = 5")
-        #expect(throws: LedgerError.malformedRow(sequence: 5, reason: "payload is not a blob")) { try l.allEntries() }
+        #expect(try row5() == .malformed(sequence: 5, reason: "payload is not a blob"))
         try tamper(l, "UPDATE entries SET hash = zeroblob(32), payload = 42 WHERE seq = 4")
-        #expect(throws: LedgerError.malformedRow(sequence: 4, reason: "payload is not a blob")) { try l.allEntries() }
+        #expect(try l.rows(from: 4, limit: 1)[0] == .malformed(sequence: 4, reason: "payload is not a blob"))
+        #expect(try l.entries(in: 1...6, matching: [EntryFilter()]).map(\.sequence) == [1, 2, 3, 6])
+        // A view over the ledger moves past a malformed row at its tail (it does not stall there), and appends go on.
+        let v = try LedgerView(try SQLiteLedger(path: l.path), window: 16)
+        try tamper(l, "INSERT INTO entries VALUES (7, zeroblob(32), 'bogus', NULL, zeroblob(32), x'00', zeroblob(32), zeroblob(64))")
+        try l.append(kind: .query, queryID: "after", payload: [1], signer: LedgerSigner())
+        try v.refresh()
+        #expect(try v.lastSequence() == 8)
+        #expect(try v.rows(from: 7, limit: 10).map(\.sequence) == [7, 8])
+        #expect(try v.entries(in: 7...8, matching: [EntryFilter()]).map(\.sequence) == [8])
     }
 
     @Test func newLedgersUse16KiBPagesAndCheckpointInTheBackground() throws {

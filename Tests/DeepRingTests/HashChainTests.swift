@@ -1,6 +1,7 @@
 import Crypto
 import DeepRing
 import DeepRingEngine
+import DeepRingProtocol
 import Testing
 
 @Suite struct RingLayerTests {

@@ -1,5 +1,6 @@
 import DeepRing
 import DeepRingEngine
+import DeepRingProtocol
 import DeepRingLedger
 import Foundation
 import Testing

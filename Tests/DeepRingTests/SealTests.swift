@@ -1,5 +1,6 @@
-import DeepRing
+@testable import DeepRing
 import DeepRingEngine
+import DeepRingProtocol
 import DeepRingLedger
 import Foundation
 import Testing
@@ -79,7 +80,7 @@ func fileMode(_ p: String) -> Int {
             let report = ring.checkAuthenticity()
             if !report.authentic { detected += 1 }
             if report.firstTampered == holders[h].0 { located += 1 }
-            let restored = try ring.restore()
+            let restored = try ring.restoreParameters()
             if restored == [holders[h].0], try Data(contentsOf: URL(fileURLWithPath: holders[h].1)) == originals[h],
                ring.checkAuthenticity().authentic { restoredExactly += 1 }
         }
@@ -95,7 +96,7 @@ func fileMode(_ p: String) -> Int {
             try Data("garbage".utf8).write(to: URL(fileURLWithPath: dir + "/blocks/\(b)/params.safetensors"))
         }
         #expect(!ring.checkAuthenticity().authentic)
-        #expect(try ring.restore().count == 2)
+        #expect(try ring.restoreParameters().count == 2)
         #expect(ring.checkAuthenticity().authentic)
     }
 
@@ -111,7 +112,7 @@ func fileMode(_ p: String) -> Int {
         var pb = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
         pb[pb.count - 1] ^= 1
         try Data(pb).write(to: URL(fileURLWithPath: p))
-        #expect(throws: RingError.self) { try ring.restore() }
+        #expect(throws: RingError.self) { try ring.restoreParameters() }
         #expect(try Data(contentsOf: URL(fileURLWithPath: p)) == Data(pb))
     }
 }
@@ -124,7 +125,7 @@ func fileMode(_ p: String) -> Int {
         let p = dir + "/keys.json"
         try KeyFile.write(k, to: p)
         #expect(fileMode(p) == 0o600)
-        #expect(try KeyFile.read(p).publicKeys == k.publicKeys)
+        #expect(try KeyFile.read(p).memberKeys?.publicKeys == k.publicKeys)
         chmod(p, 0o644)
         #expect(throws: KeyFileError.self) { try KeyFile.read(p) }
         for bad in ["", "{}", "{\"signing\":\"zz\",\"agreement\":\"00\"}", String(repeating: "a", count: 10_000),

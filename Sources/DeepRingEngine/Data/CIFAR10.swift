@@ -55,14 +55,11 @@ public enum CIFAR10 {
         func read(_ name: String) throws -> (images: [Float], labels: [Int])? {
             let p = (directory as NSString).appendingPathComponent(name)
             guard FileManager.default.fileExists(atPath: p) else { return nil }
-            let attrs = try? FileManager.default.attributesOfItem(atPath: p)
-            if let size = attrs?[.size] as? Int, size > 64 * recordSize * 10_000 {
-                throw DatasetError.malformed(file: p, reason: "unexpectedly large (\(size) bytes)")
+            let d: [UInt8]
+            do { d = try InputFile.read(p, limit: 64 * recordSize * 10_000) } catch let e as InputFile.Error {
+                throw DatasetError.malformed(file: p, reason: e.description)
             }
-            guard let d = FileManager.default.contents(atPath: p) else {
-                throw DatasetError.malformed(file: p, reason: "cannot be read")
-            }
-            do { return try parse([UInt8](d)) } catch let e as Error {
+            do { return try parse(d) } catch let e as Error {
                 throw DatasetError.malformed(file: p, reason: e.description)
             }
         }

@@ -35,22 +35,55 @@ public enum IDX {
     }
 
     /// Parses IDX bytes (decompressing first when they are gzip).
-    public static func parse(_ raw: [UInt8]) throws -> Array {
+    public static func parse(_ raw: [UInt8], maxBytes: Int = IDX.maxBytes) throws -> Array {
         let bytes = Gzip.isGzip(raw) ? try Gzip.decompress(raw, limit: maxBytes + 64) : raw
-        guard bytes.count >= 4 else { throw Error.truncated(expected: 4, got: bytes.count) }
-        let magic = UInt32(bytes[0]) << 24 | UInt32(bytes[1]) << 16 | UInt32(bytes[2]) << 8 | UInt32(bytes[3])
-        guard bytes[0] == 0, bytes[1] == 0 else { throw Error.badMagic(magic) }
-        guard bytes[2] == 0x08 else { throw Error.unsupportedType(bytes[2]) }
-        let nd = Int(bytes[3])
+        let (dims, header, size) = try header(bytes, fileSize: bytes.count, maxBytes: maxBytes)
+        guard bytes.count >= size else { throw Error.truncated(expected: size, got: bytes.count) }
+        guard bytes.count == size else { throw Error.trailingBytes(bytes.count - size) }
+        return Array(dimensions: dims, values: Swift.Array(bytes[header...]))
+    }
+
+    /// Reads and parses a file; `path` may name the raw file or its `.gz`. The file is opened as hostile input
+    /// (`InputFile`: no FIFO or device, size bounded before reading): a raw file's header is read first and the
+    /// size it declares must be the file's size, so a huge or sparse file is refused before its body is read; a
+    /// gzip file may be at most `maxBytes` compressed and decompresses to at most `maxBytes`.
+    public static func read(path: String, maxBytes: Int = IDX.maxBytes) throws -> Array {
+        do {
+            let f = try InputFile.open(path, limit: maxBytes + 64)
+            let head = try f.read(count: min(f.size, 20))
+            if !Gzip.isGzip(head) {
+                let declared = try header(head, fileSize: f.size, maxBytes: maxBytes).size
+                guard declared == f.size else {
+                    throw declared > f.size ? Error.truncated(expected: declared, got: f.size) : Error.trailingBytes(f.size - declared)
+                }
+            }
+            let bytes = try f.readAll()
+            return try parse(bytes, maxBytes: maxBytes)
+        } catch let e as Error {
+            throw DatasetError.malformed(file: path, reason: e.description)
+        } catch let e as GzipError {
+            throw DatasetError.malformed(file: path, reason: e.description)
+        } catch let e as InputFile.Error {
+            throw DatasetError.malformed(file: path, reason: e.description)
+        }
+    }
+
+    /// A raw IDX header's dimensions, its length, and the total size (header and data) it declares; `fileSize` is
+    /// what truncation errors report.
+    static func header(_ head: [UInt8], fileSize: Int, maxBytes: Int) throws -> (dims: [Int], header: Int, size: Int) {
+        guard head.count >= 4 else { throw Error.truncated(expected: 4, got: fileSize) }
+        let magic = UInt32(head[0]) << 24 | UInt32(head[1]) << 16 | UInt32(head[2]) << 8 | UInt32(head[3])
+        guard head[0] == 0, head[1] == 0 else { throw Error.badMagic(magic) }
+        guard head[2] == 0x08 else { throw Error.unsupportedType(head[2]) }
+        let nd = Int(head[3])
         guard nd >= 1 && nd <= 4 else { throw Error.badDimensions([UInt64(nd)]) }
         let header = 4 + 4 * nd
-        guard bytes.count >= header else { throw Error.truncated(expected: header, got: bytes.count) }
-        var dims: [Int] = []
+        guard head.count >= header else { throw Error.truncated(expected: header, got: fileSize) }
         var total = 1
+        var dims: [Int] = []
         for i in 0..<nd {
             let o = 4 + 4 * i
-            let d = Int(bytes[o]) << 24 | Int(bytes[o + 1]) << 16 | Int(bytes[o + 2]) << 8 | Int(bytes[o + 3])
-            dims.append(d)
+            dims.append(Int(head[o]) << 24 | Int(head[o + 1]) << 16 | Int(head[o + 2]) << 8 | Int(head[o + 3]))
         }
         for d in dims {
             guard d > 0 else { throw Error.badDimensions(dims.map { UInt64($0) }) }
@@ -58,22 +91,7 @@ public enum IDX {
             guard !o, p <= maxBytes else { throw Error.tooLarge(o ? Int.max : p) }
             total = p
         }
-        let have = bytes.count - header
-        guard have >= total else { throw Error.truncated(expected: header + total, got: bytes.count) }
-        guard have == total else { throw Error.trailingBytes(have - total) }
-        return Array(dimensions: dims, values: Swift.Array(bytes[header...]))
-    }
-
-    /// Reads and parses a file; `path` may name the raw file or its `.gz`.
-    public static func read(path: String) throws -> Array {
-        guard let d = FileManager.default.contents(atPath: path) else {
-            throw DatasetError.malformed(file: path, reason: "cannot be read")
-        }
-        do { return try parse([UInt8](d)) } catch let e as Error {
-            throw DatasetError.malformed(file: path, reason: e.description)
-        } catch let e as GzipError {
-            throw DatasetError.malformed(file: path, reason: e.description)
-        }
+        return (dims, header, header + total)
     }
 
     /// Resolves `base` or `base.gz` (also the `base` spelled with a dot, `train-images.idx3-ubyte`).

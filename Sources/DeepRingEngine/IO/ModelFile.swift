@@ -47,7 +47,7 @@ public enum ModelFile {
             throw ModelFileError.format(path, "the stored architecture cannot be decoded (\(error))")
         }
         let model: Model
-        do { model = try Model(arch) } catch let e as ModelError { throw ModelFileError.format(path, e.description) }
+        do { model = try Model(arch, initialise: false, parameterLimit: st.data.count / 4) } catch let e as ModelError { throw ModelFileError.format(path, e.description) }
         let store = model.parameters
         var values = store.values
         for v in store.views {
@@ -74,11 +74,13 @@ public enum ModelFile {
     }
 
     public static func load(path: String) throws -> (Model, [String: String]) {
-        let attrs = try? FileManager.default.attributesOfItem(atPath: path)
-        if let size = attrs?[.size] as? Int, size > maxFileSize {
-            throw ModelFileError.format(path, "file of \(size) bytes is larger than the \(maxFileSize)-byte limit")
+        let bytes: [UInt8]
+        do { bytes = try InputFile.read(path, limit: maxFileSize) } catch let e as InputFile.Error {
+            switch e {
+            case .missing, .unreadable: throw ModelFileError.unreadable(path)
+            default: throw ModelFileError.format(path, e.description)
+            }
         }
-        guard let d = FileManager.default.contents(atPath: path) else { throw ModelFileError.unreadable(path) }
-        return try load(bytes: [UInt8](d), path: path)
+        return try load(bytes: bytes, path: path)
     }
 }

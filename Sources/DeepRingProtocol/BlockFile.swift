@@ -2,7 +2,7 @@ import DeepRingEngine
 import Foundation
 
 /// Describes a ring layer inside a block's file (no layer index: blocks do not know their position).
-struct RingLayerHeader: Codable, Equatable {
+public struct RingLayerHeader: Codable, Equatable {
     var specs: [LayerSpec]
     var inputShape: [Int]
     var tensorNames: [String]
@@ -11,14 +11,14 @@ struct RingLayerHeader: Codable, Equatable {
 
 /// A block's `params.safetensors`: its own layer as `own.*` tensors and its copy of the next layer as `next.*`,
 /// with each layer's architecture slice in the metadata. Read as hostile input.
-enum BlockFile {
+public enum BlockFile {
     static let ownKey = "deepring.own", nextKey = "deepring.next"
 
     static func header(_ l: RingLayer) -> RingLayerHeader {
         RingLayerHeader(specs: l.specs, inputShape: l.inputShape, tensorNames: l.tensorNames, shapes: l.tensors.map(\.shape))
     }
 
-    static func serialize(layers: [(prefix: String, layer: RingLayer)], metadata extra: [String: String] = [:]) -> [UInt8] {
+    public static func serialize(layers: [(prefix: String, layer: RingLayer)], metadata extra: [String: String] = [:]) -> [UInt8] {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         var meta = extra
@@ -30,12 +30,12 @@ enum BlockFile {
         return SafeTensors.serialize(tensors, metadata: meta)
     }
 
-    static func parse(_ bytes: [UInt8], prefixes: [String], path: String) throws -> [RingLayer] {
+    public static func parse(_ bytes: [UInt8], prefixes: [String], path: String) throws -> [RingLayer] {
         let st: SafeTensors
         do { st = try SafeTensors.parse(bytes) } catch let e as SafeTensors.Error { throw RingError.malformedFile(path, e.description) }
         var out: [RingLayer] = []
         for prefix in prefixes {
-            guard let json = st.metadata["deepring.\(prefix)"],
+            guard let json = st.metadata["deepring.\(prefix)"], (try? StrictJSONParser.parse(Array(json.utf8))) != nil,
                   let h = try? JSONDecoder().decode(RingLayerHeader.self, from: Data(json.utf8)),
                   h.tensorNames.count == h.shapes.count, h.tensorNames.count <= 64 else {
                 throw RingError.malformedFile(path, "missing or invalid \(prefix) layer description")
@@ -56,12 +56,17 @@ enum BlockFile {
     }
 }
 
+/// Errors about a ring's files and folder.
 public enum RingError: Error, CustomStringConvertible {
     case malformedFile(String, String)
     case notARing(String)
     case checkpointCorrupted(layer: Int)
     case restoreFailed(String)
     case busy(String)
+    /// A file the ring trusts whose owner signature or digest does not verify, or that disagrees with the owner.
+    case notAuthentic(String)
+    /// A destructive request refused (a file or a non-ring folder in the way).
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -71,6 +76,8 @@ public enum RingError: Error, CustomStringConvertible {
             return "the owner's checkpoint is corrupted (layer \(l) does not match its recorded hash); refusing to restore from it"
         case .restoreFailed(let m): return "restore failed: \(m)"
         case .busy(let m): return m
+        case .notAuthentic(let m): return "not authentic: \(m)"
+        case .refused(let m): return m
         }
     }
 }

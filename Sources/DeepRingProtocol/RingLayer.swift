@@ -15,10 +15,15 @@ public struct RingLayer: Sendable, Equatable {
     public var tensors: [Tensor]
     public var tensorNames: [String]
 
+    public init(specs: [LayerSpec], inputShape: [Int], tensors: [Tensor], tensorNames: [String]) {
+        self.specs = specs; self.inputShape = inputShape; self.tensors = tensors; self.tensorNames = tensorNames
+    }
+
     /// An engine model that computes this layer (Eq. 5: output = Φ(W·input + b)), with this layer's parameters.
     public func model() throws -> Model {
         let arch = Architecture(name: "ring-layer", inputShape: inputShape, classes: 0, layers: specs)
-        let m = try Model(arch, segment: true, initialise: false)   // every parameter is set below
+        // Every parameter is set below, and the layer's own tensors bound what the architecture may allocate.
+        let m = try Model(arch, segment: true, initialise: false, parameterLimit: tensors.reduce(0) { $0 + $1.count })
         let p = m.parameters
         for (t, name) in zip(tensors, tensorNames) {
             guard let v = p.view(named: "layers.\(name)"), v.shape == t.shape else {

@@ -1,0 +1,43 @@
+import Crypto
+import DeepRingEngine
+import DeepRingProtocol
+import Foundation
+
+/// A block's folder as the block itself loads it — `keys.json`, `block.json`, `params.safetensors` — trusting only
+/// what its own secret key file anchors: the descriptor must carry the signature of the owner named in `keys.json`
+/// and describe this very folder and these very keys, and the parameter file must have the digest the descriptor
+/// names. Anything else is a typed error, before a single parameter is used.
+struct BlockBundle {
+    let id: String
+    let keys: BlockKeys
+    /// The owner's public key: the anchor from `keys.json`.
+    let owner: [UInt8]
+    let descriptor: BlockDescriptor
+    let own: RingLayer
+    let next: RingLayer
+
+    /// Loads the bundle in `dir`. `checkDigest: false` is the attack experiments' compromised block, which runs on
+    /// whatever its file holds.
+    static func load(_ dir: String, paramsLimit: Int, checkDigest: Bool = true) throws -> BlockBundle {
+        let id = (dir as NSString).lastPathComponent
+        let k = try KeyFile.read(dir + "/keys.json")
+        guard let keys = k.memberKeys, let owner = k.owner else {
+            throw RingError.notAuthentic("\(dir)/keys.json lacks the agreement key or the owner's key")
+        }
+        let d = try BlockDescriptor.read(dir + "/block.json")
+        guard d.isSigned(by: owner) else { throw RingError.notAuthentic("\(dir)/block.json is not signed by the block's owner") }
+        guard d.id == id else { throw RingError.notAuthentic("\(dir)/block.json describes block \(d.id), not \(id)") }
+        guard d.keys == keys.publicKeys else { throw RingError.notAuthentic("\(dir)/block.json names other keys than the block holds") }
+        let bytes = try InputFile.read(dir + "/params.safetensors", limit: paramsLimit)
+        guard !checkDigest || hex(SHA256.hash(data: bytes)) == d.paramsDigest else {
+            throw RingError.notAuthentic("\(dir)/params.safetensors differs from the parameters its descriptor names")
+        }
+        let layers = try BlockFile.parse(bytes, prefixes: ["own", "next"], path: dir + "/params.safetensors")
+        return BlockBundle(id: id, keys: keys, owner: owner, descriptor: d, own: layers[0], next: layers[1])
+    }
+}
+
+extension Model {
+    /// The shape (without batch) of this model's output.
+    var outputShape: [Int] { layers.last?.outputShape ?? inputShape }
+}

@@ -1,0 +1,258 @@
+import DeepRingEngine
+import DeepRingProtocol
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The files of a ring folder:
+///
+///     DIR/ring.json                     public manifest, signed by the owner
+///     DIR/ledger.sqlite                 the shared ledger
+///     DIR/owner/identity.json           the owner's identity key (0600): signs ring.json, descriptors, the record
+///     DIR/owner/keys.json               the ouroboros's key pairs (0600)
+///     DIR/owner/manifest.json           the owner's copy of ring.json
+///     DIR/owner/record.json             ring order, original hashes, digests; signed (0600)
+///     DIR/owner/checkpoint.safetensors  every layer, for tracking (0600)
+///     DIR/owner/ouroboros.safetensors   the ouroboros's holding (identity layer and a copy of layer 1)
+///     DIR/owner/runtime.lock            held by the one process that runs the ring or repairs it
+///     DIR/owner/state.lock              exclusive while files change, shared by readers
+///     DIR/blocks/<random-id>/           params.safetensors, keys.json (0600), block.json (signed)
+///     DIR/blocks.next/                  a placement being built (reshuffle), committed by the record
+public struct RingPaths: Sendable {
+    public let root: String
+    public init(_ root: String) { self.root = root }
+
+    public var manifest: String { root + "/ring.json" }
+    public var ledger: String { root + "/ledger.sqlite" }
+    public var owner: String { root + "/owner" }
+    public var identity: String { owner + "/identity.json" }
+    public var ouroborosKeys: String { owner + "/keys.json" }
+    public var ownerManifest: String { owner + "/manifest.json" }
+    public var record: String { owner + "/record.json" }
+    public var checkpoint: String { owner + "/checkpoint.safetensors" }
+    public var ouroborosParams: String { owner + "/ouroboros.safetensors" }
+    public var runtimeLock: String { owner + "/runtime.lock" }
+    public var stateLock: String { owner + "/state.lock" }
+    public var blocks: String { root + "/blocks" }
+    public var nextBlocks: String { root + "/blocks.next" }
+    public func block(_ id: String) -> String { blocks + "/" + id }
+
+    /// True when `root` looks like a ring folder (a manifest and an owner folder): what `--force` may replace.
+    public var isRing: Bool {
+        var isDir: ObjCBool = false
+        return InputFile.isRegular(manifest) && FileManager.default.fileExists(atPath: owner, isDirectory: &isDir) && isDir.boolValue
+    }
+}
+
+/// The bounds of a ring's files: nothing legitimate is larger, and a hostile file is refused by its size first.
+enum RingFileLimits {
+    static let json = 1 << 20
+    /// A holder's parameter file: no larger than the owner's checkpoint, which holds every layer (64 KiB of slack for
+    /// the header's longer tensor names); 2 GiB without the owner's folder.
+    static func holder(_ paths: RingPaths) -> Int {
+        var st = stat()
+        guard stat(paths.checkpoint, &st) == 0, st.st_size > 0 else { return 1 << 31 }
+        return Int(st.st_size) + (1 << 16)
+    }
+    static let checkpoint = 8 << 30
+}
+
+// MARK: locks
+
+/// An advisory `flock` on a ring's lock file, released when the value is dropped. Waiting is bounded: the lock is
+/// polled until a deadline, with one message through `onWait` when it is not free at once.
+public final class RingLock {
+    let fd: Int32
+
+    private init(fd: Int32) { self.fd = fd }
+    deinit { flock(fd, LOCK_UN); close(fd) }
+
+    /// Takes the lock at `path`. `create`: make the file if missing (writers); readers never create it and get
+    /// nil when it does not exist (a copied or older ring).
+    static func acquire(_ path: String, exclusive: Bool, create: Bool, timeout: Double, what: String,
+                        onWait: ((String) -> Void)? = nil) throws -> RingLock? {
+        let fd = create ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) : open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if !create && errno == ENOENT { return nil }
+            throw RingError.notARing("\(path) cannot be opened (\(String(cString: strerror(errno))))")
+        }
+        let op = exclusive ? LOCK_EX : LOCK_SH
+        let deadline = now() + timeout
+        var told = false
+        while flock(fd, op | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else { close(fd); throw RingError.busy("\(path): flock failed") }
+            if now() >= deadline {
+                close(fd)
+                throw RingError.busy("\(what): still busy after \(Int(timeout.rounded())) s; try again later")
+            }
+            if !told { onWait?("\(what): waiting up to \(Int(timeout.rounded())) s…"); told = true }
+            usleep(20_000)
+        }
+        return RingLock(fd: fd)
+    }
+}
+
+extension RingPaths {
+    /// One process at a time runs or repairs the ring (a query, `verify --restore`).
+    public func runtimeLock(timeout: Double, onWait: ((String) -> Void)? = nil) throws -> RingLock {
+        guard let l = try RingLock.acquire(runtimeLock, exclusive: true, create: true, timeout: timeout,
+                                           what: "another deepring process is running this ring (\(root))", onWait: onWait) else {
+            throw RingError.notARing("\(owner) is missing")
+        }
+        return l
+    }
+
+    /// Held exclusively while the ring's files change (a restore, a reshuffle's commit) — a few milliseconds.
+    func stateLockExclusive() throws -> RingLock? {
+        try RingLock.acquire(stateLock, exclusive: true, create: true, timeout: 60, what: "the ring's files are being read")
+    }
+
+    /// Held shared by readers (`verify`, `ledger audit`, `ring inspect`) while they read: they see the files before
+    /// or after a change, never half of one. Readers never create or change a file.
+    func stateLockShared(timeout: Double = 60) throws -> RingLock? {
+        try RingLock.acquire(stateLock, exclusive: false, create: false, timeout: timeout, what: "the ring's files are being changed")
+    }
+}
+
+// MARK: files
+
+/// Creates a new file (it must not exist) with `bytes`, without fsync: for files inside a folder that is synced and
+/// then committed as a whole (a new placement, a new ring).
+func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(permissions))
+    guard fd >= 0 else { throw RingError.restoreFailed("cannot create \(path)") }
+    defer { close(fd) }
+    guard writeAll(fd, bytes) else { throw RingError.restoreFailed("cannot write \(path)") }
+}
+
+/// fsync of one file or folder.
+func fsyncPath(_ path: String) throws {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw RingError.restoreFailed("cannot open \(path)") }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw RingError.restoreFailed("cannot sync \(path)") }
+}
+
+@_silgen_name("syncfs") private func c_syncfs(_ fd: Int32) -> Int32
+
+/// Flushes the file system holding `path` (one call for a whole folder of new files).
+func syncFileSystem(_ path: String) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd >= 0 { _ = c_syncfs(fd); close(fd) }
+}
+
+/// Removes a folder tree with plain unlink/rmdir calls (no symbolic link is followed).
+func removeTree(_ path: String) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return }
+    if (st.st_mode & S_IFMT) == S_IFDIR {
+        for sub in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] { removeTree(path + "/" + sub) }
+        rmdir(path)
+    } else {
+        unlink(path)
+    }
+}
+
+func processIsAlive(_ pid: Int32) -> Bool { pid > 0 && (kill(pid, 0) == 0 || errno == EPERM) }
+
+// MARK: destructive requests
+
+/// What may be done with the folder a new ring (or an attack's ring) is to be written to.
+public enum RingTarget {
+    /// Checks `path` before a ring is written there: it may not exist, or be an empty folder; with `force`, it may be
+    /// an existing ring folder (replaced only once the new one is complete). A file, or a folder that is not a ring,
+    /// is never replaced. `protected` paths (the model being sealed) may not lie inside it. Returns true when an
+    /// existing ring will be replaced.
+    @discardableResult
+    public static func check(_ path: String, force: Bool, protected: [String] = []) throws -> Bool {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return false }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw RingError.refused("\(path) exists and is not a folder; refusing to replace it (choose another --ring)")
+        }
+        let contents = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        if contents.isEmpty { return false }
+        guard force else {
+            throw RingError.refused("\(path) exists and is not empty; refusing to replace it (use --force to replace a ring folder)")
+        }
+        guard RingPaths(path).isRing else {
+            throw RingError.refused("\(path) is not a ring folder; --force replaces only a ring folder, never other files")
+        }
+        let root = URL(fileURLWithPath: path).resolvingSymlinksInPath().path + "/"
+        for p in protected where URL(fileURLWithPath: p).resolvingSymlinksInPath().path.hasPrefix(root) {
+            throw RingError.refused("\(p) is inside \(path); refusing to replace the folder that holds it")
+        }
+        return true
+    }
+}
+
+// MARK: temporary paths
+
+/// Folders that hold secrets only for a while — a ring being sealed, the temporary rings of `attack`, `reproduce`
+/// and `bench` — are registered here and removed on every exit path: normal exit, an error, SIGINT and SIGTERM
+/// (after `installSignalHandlers()`). Leftovers of a process that was killed outright (kill -9) carry its pid in
+/// their name and are removed by the next run (`removeStale`).
+public enum TemporaryPaths {
+    nonisolated(unsafe) private static var paths: Set<String> = []
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var installed = false
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    public static func register(_ path: String) {
+        lock.lock(); defer { lock.unlock() }
+        if !installed {
+            installed = true
+            atexit { TemporaryPaths.removeAll() }
+        }
+        paths.insert(path)
+    }
+
+    public static func unregister(_ path: String) {
+        lock.lock(); defer { lock.unlock() }
+        paths.remove(path)
+    }
+
+    /// Removes every registered path.
+    public static func removeAll() {
+        lock.lock()
+        let all = paths
+        paths.removeAll()
+        lock.unlock()
+        for p in all { removeTree(p) }
+    }
+
+    /// On SIGINT or SIGTERM: remove the registered paths, then exit with 128 + the signal number.
+    public static func installSignalHandlers() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler {
+                removeAll()
+                _exit(128 + sig)
+            }
+            s.resume()
+            sources.append(s)
+        }
+    }
+
+    /// A new folder in the system's temporary folder, `deepring-<purpose>.<pid>.<random>`, mode 0700, registered.
+    public static func makeDirectory(purpose: String) throws -> String {
+        let base = NSTemporaryDirectory()
+        removeStale(in: base, prefix: "deepring-\(purpose).")
+        let dir = (base as NSString).appendingPathComponent("deepring-\(purpose).\(getpid()).\(randomID().prefix(12))")
+        register(dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        return dir
+    }
+
+    /// Removes entries of `dir` named `<prefix><pid>.<anything>` whose process no longer exists.
+    public static func removeStale(in dir: String, prefix: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(prefix) {
+            let rest = name.dropFirst(prefix.count)
+            guard let dot = rest.firstIndex(where: { $0 == "." || $0 == "-" }), let pid = Int32(rest[..<dot]),
+                  pid != getpid(), !processIsAlive(pid) else { continue }
+            removeTree((dir as NSString).appendingPathComponent(name))
+        }
+    }
+}

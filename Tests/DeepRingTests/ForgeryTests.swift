@@ -1,0 +1,110 @@
+import Crypto
+@testable import DeepRing
+import DeepRingEngine
+import DeepRingLedger
+import DeepRingProtocol
+import Foundation
+import Testing
+
+/// Finding 1 of the adversarial review: a block whose keys the attacker holds posts a forged output by a route
+/// around validation. Every position × every route × batch 1 and batched: the query is answered correctly or
+/// refused — never a wrong answer — and an alarm names the forger (for a forged H, Proposition 1's pair).
+@Suite struct ForgeryTests {
+    /// The forger's output: the honest one with every value replaced by a pattern (the last block's: logits whose
+    /// argmax is class 0 everywhere, what an attacker choosing the answer would send).
+    static let forge: @Sendable (Tensor) -> Tensor = { t in
+        var u = t
+        for i in u.data.indices { u.data[i] = i % t.itemSize == 0 ? 50 : Float(i % 3) }
+        return u
+    }
+
+    struct Case: CustomTestStringConvertible, Sendable {
+        var route: ForgeryRoute
+        var batch: Int
+        var testDescription: String { "\(route.rawValue), batch \(batch)" }
+    }
+
+    static let cases: [Case] = ForgeryRoute.allCases.flatMap { r in [Case(route: r, batch: 1), Case(route: r, batch: 6)] }
+
+    @Test(arguments: cases)
+    func aForgingBlockNeverGetsAWrongAnswerDeliveredAndIsNamed(_ c: Case) throws {
+        let m = try smallModel(seed: 31)
+        for position in 1...5 {
+            let dir = try sealedRing(m)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let rt = try RingRuntime(directory: dir)
+            // Batch 1 under the paper's policy (refuse), batched under evict-and-retry: both must hold.
+            rt.onCompromisedBlock = c.batch == 1 ? .refuse : .evictAndRetry
+            let warm = sampleInputs(2, seed: 9)
+            #expect(try rt.query(warm).logits.data == plainLogits(m, warm).data)
+            let forger = try rt.signingKey(position: position)
+            try rt.setForgery(position: position, c.route, forge: ForgeryTests.forge)
+            let x = sampleInputs(c.batch, seed: UInt64(position))
+            let before = try rt.ledger.lastSequence()
+            let what = "\(c.route.rawValue) at position \(position), batch \(c.batch)"
+            var answered = false
+            do {
+                let r = try rt.query(x)
+                #expect(r.logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern), "WRONG ANSWER DELIVERED: \(what)")
+                answered = true
+            } catch let e as QueryError {
+                switch e {
+                case .failed, .refused, .timeout: break
+                case .badInput: Issue.record("\(what): \(e)")
+                }
+            }
+            // Whatever happened, no answer but the honest one was delivered for this query.
+            let after = try rt.ledger.entries(from: before + 1, limit: 10_000)
+            let answers = after.filter { e in
+                e.kind == .delivery && (try? Delivery.decode(e)).map { if case .answer = $0.outcome { return true } else { return false } } == true
+            }
+            #expect(answers.count <= 2, "\(what): \(answers.count) answers")
+            if c.route == .forgedHash && position == 5 {
+                // The last block's H is the hash of its own output, which nobody re-validates: a forged one is harmless.
+                #expect(answered, "\(what): the honest answer should have been delivered")
+                continue
+            }
+            let named = after.contains { e in
+                guard e.kind == .alarm, let a = try? Alarm.decode(e) else { return false }
+                switch a.body {
+                case .validation(let v): return v.suspect == forger || v.hashFrom == forger
+                case .silent(let s): return s == forger
+                case .authenticity: return false
+                }
+            }
+            #expect(named, "\(what): no alarm names the forger")
+            if c.batch > 1 && c.route != .silent { #expect(answered, "\(what): evict-and-retry should answer") }
+            // The outsider's fake post is on the ledger for good: the audit names it; nothing else is amiss.
+            let audit = try rt.ring.auditLedger()
+            if c.route == .hashFromOutsider { #expect(audit.firstProblem?.problem == .unknownAuthor, "\(what): \(audit)") }
+            else { #expect(audit.isClean, "\(what): \(audit)") }
+        }
+    }
+
+    /// The rule behind the matrix, at its source: a post whose `consumed` is the query row is accepted only from the
+    /// ouroboros. (Before the fix, a receiver finding no H simply skipped Eq. 13.)
+    @Test func onlyTheOuroborosMayConsumeTheQueryRow() throws {
+        let m = try smallModel(seed: 32)
+        let dir = try sealedRing(m)
+        let rt = try RingRuntime(directory: dir)
+        rt.onCompromisedBlock = .refuse
+        try rt.setForgery(position: 3, .consumeQueryRow, forge: ForgeryTests.forge)
+        #expect(throws: QueryError.self) { try rt.query(sampleInputs(1)) }
+        let alarms = try rt.ledger.allEntries().filter { $0.kind == .alarm }.compactMap { try? Alarm.decode($0) }
+        #expect(alarms.contains { if case .validation(let v) = $0.body { return v.reason == .queryRowConsumed && v.final } else { return false } })
+    }
+
+    /// A second post for the same input is an alarm even when it repeats the honest output (a replay that the hash
+    /// check alone would let through, to be computed twice downstream).
+    @Test func aSecondPostForTheSameInputIsAnAlarmEvenWhenHonest() throws {
+        let m = try smallModel(seed: 33)
+        let dir = try sealedRing(m)
+        let rt = try RingRuntime(directory: dir)
+        rt.onCompromisedBlock = .refuse
+        let forger = try rt.signingKey(position: 2)
+        try rt.setForgery(position: 2, .secondPost, forge: { $0 })
+        #expect(throws: QueryError.self) { try rt.query(sampleInputs(1)) }
+        let alarms = try rt.ledger.allEntries().filter { $0.kind == .alarm }.compactMap { try? Alarm.decode($0) }
+        #expect(alarms.contains { if case .validation(let v) = $0.body { return v.reason == .secondPost && v.suspect == forger && v.final } else { return false } })
+    }
+}
