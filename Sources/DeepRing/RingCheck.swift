@@ -203,10 +203,11 @@ public enum RingCheck {
                     }
                 }
             } catch { problems.append("block.json: \(error)") }
-            described.append(descriptor)
+            // Only a descriptor without problems of its own is a reference for its neighbours.
+            described.append(problems.isEmpty ? descriptor : nil)
             for problem in problems { add(subject, problem, .reprovision) }
         }
-        // Neighbours: each descriptor names the keys the next and previous descriptors hold.
+        // Neighbours: each sound descriptor names the keys its sound neighbours' descriptors hold.
         for j in described.indices {
             guard let d = described[j] else { continue }
             let prev = j == 0 ? manifest.ouroboros : described[j - 1]?.keys
