@@ -66,6 +66,18 @@ let package = Package(
             dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing"],
             swiftSettings: engineSettings
         ),
+        .target(
+            name: "DeepRingFuzz",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .executableTarget(
+            name: "deepring-fuzz",
+            dependencies: ["DeepRingFuzz"]
+        ),
         .executableTarget(
             name: "deepring",
             dependencies: [
@@ -88,6 +100,11 @@ let package = Package(
         .testTarget(
             name: "DeepRingAttacksTests",
             dependencies: ["DeepRingAttacks", "DeepRing", "DeepRingProtocol", "DeepRingEngine"]
+        ),
+        .testTarget(
+            name: "DeepRingFuzzTests",
+            dependencies: ["DeepRingFuzz"],
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "DeepRingLedgerTests",

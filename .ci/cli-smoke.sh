@@ -101,6 +101,107 @@ chmod 644 "$tmp/ring/owner/keys.json"
 expect_exit 3 "world-readable secrets" "$bin" verify --ring "$tmp/ring"
 grep -q "owner/keys.json" "$tmp/out" || { echo "FAIL: verify did not name the world-readable key file"; fail=$((fail + 1)); }
 chmod 600 "$tmp/ring/owner/keys.json"
+
+# --- The adversarial review's findings, replayed against the CLI. ---
+rows() { "$bin" ledger show --ring "$tmp/ring" | wc -l; }
+# 2. ring.json with the attacker's HPKE key for the ouroboros: query refuses before sending anything (exit 3).
+cp "$tmp/ring/ring.json" "$tmp/ring.json.good"
+python3 - "$tmp/ring/ring.json" <<'PY'
+import json, sys
+p = sys.argv[1]; m = json.load(open(p)); m["ouroboros"]["agreement"] = "11" * 32; json.dump(m, open(p, "w"))
+PY
+before=$(rows)
+expect_exit 3 "query with a tampered ring.json" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 3
+[ "$(rows)" = "$before" ] || { echo "FAIL: a query was sent to a tampered ring.json"; fail=$((fail + 1)); }
+expect_exit 3 "verify a tampered ring.json" "$bin" verify --ring "$tmp/ring"
+grep -q "ring.json" "$tmp/out" || { echo "FAIL: verify did not name ring.json"; fail=$((fail + 1)); }
+expect_exit 0 "verify --restore re-issues ring.json" "$bin" verify --ring "$tmp/ring" --restore
+cmp -s "$tmp/ring/ring.json" "$tmp/ring.json.good" || { echo "FAIL: ring.json was not re-issued"; fail=$((fail + 1)); }
+# 2. A querent that pinned another owner refuses the ring.
+expect_exit 3 "query with another pinned owner" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 3 \
+  --owner-key "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+expect_exit 64 "malformed --owner-key" "$bin" query --ring "$tmp/ring" --dataset synthetic --owner-key nope
+# 2. block.json naming the attacker's successor key: named by verify, re-provisioned before the next query.
+blk=$(ls "$tmp/ring/blocks" | head -1)
+python3 - "$tmp/ring/blocks/$blk/block.json" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p)); d["successor"]["agreement"] = "22" * 32; json.dump(d, open(p, "w"))
+PY
+expect_exit 3 "verify a tampered block.json" "$bin" verify --ring "$tmp/ring"
+grep -q "$blk" "$tmp/out" || { echo "FAIL: verify did not name block $blk"; fail=$((fail + 1)); }
+expect_exit 0 "query repairs a tampered block.json first" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 1
+grep -q "1 image in 1 query" "$tmp/out" || { echo "FAIL: query did not say '1 image in 1 query'"; fail=$((fail + 1)); }
+expect_exit 0 "verify after the repair" "$bin" verify --ring "$tmp/ring"
+# 4. Readers in a loop beside a running batched query: no damage, no false alarm.
+"$bin" query --ring "$tmp/ring" --dataset synthetic --count 2000 --batch 40 --json >"$tmp/bg.out" 2>"$tmp/bg.err" &
+qpid=$!
+readers=0 reader_fail=0
+while kill -0 "$qpid" 2>/dev/null; do
+  "$bin" verify --ring "$tmp/ring" >"$tmp/r.out" 2>&1 || { reader_fail=$((reader_fail + 1)); sed 's/^/    /' "$tmp/r.out" | head -3; }
+  "$bin" ledger audit --ring "$tmp/ring" >"$tmp/r.out" 2>&1 || { reader_fail=$((reader_fail + 1)); sed 's/^/    /' "$tmp/r.out" | head -3; }
+  readers=$((readers + 1))
+done
+wait "$qpid"; qrc=$?
+python3 - "$tmp/bg.out" <<'PY' || { echo "FAIL: the query beside readers"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["plain_agreement"] == 1.0 and o["alarms"] == 0 and o["restored"] == [] and o["count"] == 2000, o
+PY
+[ "$qrc" = 0 ] && [ "$reader_fail" = 0 ] && [ "$readers" -gt 0 ] || { echo "FAIL: readers beside a query: query exit $qrc, $reader_fail of $readers reader rounds failed"; fail=$((fail + 1)); }
+expect_exit 0 "verify after the readers" "$bin" verify --ring "$tmp/ring"
+# 5. Malformed rows at the ledger's tail: shown and named, never fatal to queries.
+python3 - "$tmp/ring/ledger.sqlite" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.executescript("""CREATE TABLE attacker (seq INTEGER PRIMARY KEY, prev_hash, kind, query_id, author, payload, hash, signature);
+INSERT INTO attacker SELECT * FROM entries; DROP TABLE entries; ALTER TABLE attacker RENAME TO entries;""")
+n = c.execute("SELECT MAX(seq) FROM entries").fetchone()[0]
+c.execute("INSERT INTO entries VALUES (?, zeroblob(32), 'bogus', NULL, 'not a key', x'00', zeroblob(32), zeroblob(64))", (n + 1,))
+c.commit()
+PY
+expect_exit 0 "ledger show with a malformed row" "$bin" ledger show --ring "$tmp/ring" --last 3
+grep -q "MALFORMED" "$tmp/out" || { echo "FAIL: ledger show did not name the malformed row"; fail=$((fail + 1)); }
+expect_exit 3 "ledger audit names a malformed row" "$bin" ledger audit --ring "$tmp/ring"
+expect_exit 0 "query beside a malformed row" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 5
+# 6. Destructive requests are refused; nothing is replaced but a ring folder, with --force.
+sum=$(sha256sum "$tmp/m.safetensors")
+expect_exit 1 "seal onto the model file" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/m.safetensors"
+expect_exit 1 "seal --force onto the model file" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/m.safetensors" --force
+[ "$(sha256sum "$tmp/m.safetensors")" = "$sum" ] || { echo "FAIL: seal changed the model file"; fail=$((fail + 1)); }
+mkdir -p "$tmp/keep"; echo keep >"$tmp/keep/notes.txt"
+expect_exit 1 "seal into a folder that is not a ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/keep" --force
+expect_exit 1 "attack into a folder that is not a ring" "$bin" attack bitflip --model "$tmp/m.safetensors" --dataset synthetic --ring "$tmp/keep"
+[ "$(cat "$tmp/keep/notes.txt")" = keep ] || { echo "FAIL: a non-ring folder was changed"; fail=$((fail + 1)); }
+expect_exit 0 "seal --force over a ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring2"
+expect_exit 0 "seal --force over a ring (replaced)" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring2" --force
+# 6. Temporary rings hold owner keys: removed on SIGINT, and a kill -9's leftovers by the next run.
+mkdir -p "$tmp/tmpdir"
+for sig in INT KILL; do
+  TMPDIR="$tmp/tmpdir" "$bin" attack perturb --model "$tmp/demo/mlp.safetensors" --dataset synthetic >/dev/null 2>&1 &
+  apid=$!
+  for _ in $(seq 1 200); do ls "$tmp/tmpdir" | grep -q "deepring-attack.$apid." && break; sleep 0.05; done
+  sleep 0.3
+  kill -$sig "$apid" 2>/dev/null; wait "$apid" 2>/dev/null
+  left=$(ls "$tmp/tmpdir" | grep -c "deepring-attack.$apid." || true)
+  if [ "$sig" = INT ] && [ "$left" != 0 ]; then echo "FAIL: SIGINT left the attack's temporary ring"; fail=$((fail + 1)); fi
+done
+TMPDIR="$tmp/tmpdir" "$bin" attack bitflip --model "$tmp/m.safetensors" --dataset synthetic --count 50 >/dev/null 2>&1
+[ -z "$(ls "$tmp/tmpdir")" ] || { echo "FAIL: temporary rings left behind: $(ls "$tmp/tmpdir")"; fail=$((fail + 1)); }
+# 7. A FIFO in place of a block file, and a huge sparse image: refused at once, never a hang.
+blk=$(ls "$tmp/ring/blocks" | head -1)
+rm "$tmp/ring/blocks/$blk/params.safetensors"; mkfifo "$tmp/ring/blocks/$blk/params.safetensors"
+expect_exit 3 "verify with a FIFO for a block file" timeout 30 "$bin" verify --ring "$tmp/ring"
+grep -q "FIFO" "$tmp/out" || { echo "FAIL: verify did not name the FIFO"; fail=$((fail + 1)); }
+expect_exit 1 "ring inspect with a FIFO" timeout 30 "$bin" ring inspect --ring "$tmp/ring"
+expect_exit 0 "query restores a FIFO'd block file" timeout 60 "$bin" query --ring "$tmp/ring" --dataset synthetic --count 3
+truncate -s 2G "$tmp/huge.idx"
+expect_exit 1 "a 2 GB sparse --image" timeout 10 "$bin" query --ring "$tmp/ring" --image "$tmp/huge.idx"
+# 8. Options are validated, and say why.
+expect_exit 64 "query --count 0" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 0
+expect_exit 64 "query --timeout 0" "$bin" query --ring "$tmp/ring" --dataset synthetic --timeout 0
+expect_exit 64 "ledger show --last -1" "$bin" ledger show --ring "$tmp/ring" --last -1
+expect_exit 1 "attack --position beyond the ring" "$bin" attack perturb --model "$tmp/m.safetensors" --dataset synthetic --position 9
+grep -q "positions 1" "$tmp/err" || { echo "FAIL: attack --position did not name the valid range"; fail=$((fail + 1)); }
 # Attacks and the paper's tables (small: the synthetic model trained above, 500 test images).
 expect_exit 0 "attack tamper --json" "$bin" attack tamper --model "$tmp/demo/mlp.safetensors" --dataset synthetic --count 500 --json
 python3 - "$tmp/out" <<'PY' || { echo "FAIL: attack tamper --json output"; fail=$((fail + 1)); }

@@ -50,6 +50,9 @@ public enum ForgeryRoute: String, CaseIterable, Sendable {
     case hashFromOutsider
     /// Names a fake post of its own, addressed to itself, whose H matches the forged output.
     case consumeOwnPost
+    /// Names a fake post addressed to it by an accomplice — a ring member, but not its predecessor — whose H matches
+    /// the forged output (two colluding blocks that are not neighbours).
+    case vouchedByNonNeighbour
     /// Posts the honest output with a forged H: the next block's honest output then fails (Prop. 1's pair).
     case forgedHash
     /// Posts its forged output with K sealed to a key of its own (the successor cannot open it).
@@ -58,10 +61,16 @@ public enum ForgeryRoute: String, CaseIterable, Sendable {
     case silent
 }
 
-struct Forgery {
+final class Forgery {
     let route: ForgeryRoute
+
+    init(route: ForgeryRoute, forge: @escaping @Sendable (Tensor) -> Tensor, accomplice: RingNode? = nil) {
+        self.route = route; self.forge = forge; self.accomplice = accomplice
+    }
     /// The output the forger wants to be delivered instead of its honest one (same shape).
     let forge: @Sendable (Tensor) -> Tensor
+    /// The colluding member of `vouchedByNonNeighbour` (its keys rotate with the reshuffles).
+    weak var accomplice: RingNode?
 
     enum Action { case post(Tensor, consumed: LedgerEntry), skip }
 
@@ -84,8 +93,8 @@ struct Forgery {
             return .post(forged, consumed: other)
         case .secondPost, .forgedHash, .silent:
             return route == .silent ? .skip : .post(output, consumed: consumed)
-        case .hashFromOutsider, .consumeOwnPost:
-            let author = route == .consumeOwnPost ? node.signer : LedgerSigner()
+        case .hashFromOutsider, .consumeOwnPost, .vouchedByNonNeighbour:
+            let author = route == .consumeOwnPost ? node.signer : route == .vouchedByNonNeighbour ? (accomplice?.signer ?? LedgerSigner()) : LedgerSigner()
             let fake = LayerPost(consumed: consumed.sequence, consumedHash: consumed.hash, recipient: node.publicKeys.signing,
                                  sealedKey: [], ciphertext: [], nextHash: TensorWire.hash(forged))
             let e = try ledger.append(kind: .layer, queryID: q, payload: fake.encoded(), signer: author)

@@ -59,7 +59,7 @@ public struct KnownRings: Sendable {
         let dir = (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let text = "# DeepRing: owners trusted per ring (<ring id> <owner key fingerprint>)\n"
-            + pins.keys.sorted().map { "\($0) \(pins[$0]!)\n" }.joined()
+            + pins.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)\n" }.joined()
         try writeFileAtomically(Array(text.utf8), to: path, permissions: 0o600)
     }
 
@@ -73,9 +73,12 @@ public struct KnownRings: Sendable {
             guard KeyFingerprint.matches(given, key) else {
                 throw RingError.notAuthentic("ring.json of ring \(manifest.ringID) is signed by owner \(manifest.ownerFingerprint), not by the owner key given (\(given)); refusing to send anything")
             }
-            if pinned == nil { try remember(manifest.ringID, fingerprint: manifest.ownerFingerprint) }
-            else if pinned != manifest.ownerFingerprint {
-                throw RingError.notAuthentic("ring \(manifest.ringID) is pinned to owner \(pinned!) in \(path), but --owner-key and ring.json name \(manifest.ownerFingerprint); remove the old pin first if the owner really changed")
+            if let pinned {
+                guard pinned == manifest.ownerFingerprint else {
+                    throw RingError.notAuthentic("ring \(manifest.ringID) is pinned to owner \(pinned) in \(path), but --owner-key and ring.json name \(manifest.ownerFingerprint); remove the old pin first if the owner really changed")
+                }
+            } else {
+                try remember(manifest.ringID, fingerprint: manifest.ownerFingerprint)
             }
             return .givenOnCommandLine
         }

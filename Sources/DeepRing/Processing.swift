@@ -30,8 +30,10 @@ public final class PhaseTiming: @unchecked Sendable {
 ///
 /// Validation fails closed. The H for the predecessor's output is in the entry the predecessor consumed, so that
 /// entry must be: on the ledger, with the hash the post names, authentic, of the same query, a layer post addressed
-/// to the predecessor by a ring member other than the predecessor — or, only when the predecessor is the ouroboros,
-/// the query itself (the ouroboros's output is the querent's input: there is nothing to validate). A post that
+/// to the predecessor by the predecessor's own predecessor (whose signing key the owner-signed descriptor names) —
+/// or, only when the predecessor is the ouroboros, the query itself (the ouroboros's output is the querent's input:
+/// there is nothing to validate). So no block but the predecessor's neighbour can vouch for its output: only two
+/// adjacent colluding blocks get past validation, as the paper's scheme allows. A post that
 /// fails any of this, that cannot be decrypted, has the wrong shape, or is a second post for the same input that
 /// nobody asked for, is an alarm naming its author (Prop. 1), never a skip. Only a hash mismatch may be retried.
 final class RingNode {
@@ -43,8 +45,9 @@ final class RingNode {
     private(set) var predecessor: PublicKeys
     private(set) var successor: PublicKeys
     private(set) var publicKeys: PublicKeys
-    /// Signing keys of the ring's current members, the ouroboros included: whose H a receiver accepts.
-    var members: Set<[UInt8]> = []
+    /// The signing key of the predecessor's predecessor: the one author whose post the predecessor may consume,
+    /// whose H this node validates against.
+    private(set) var secondPredecessor: [UInt8]
     /// The ouroboros's signing key: the only author whose post may consume a query row.
     let ouroborosKey: [UInt8]
     let own: Model
@@ -69,19 +72,20 @@ final class RingNode {
     static let maxRetries = 2
     static let maxBatch = 1 << 16
 
-    init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, own: RingLayer, next: RingLayer,
-         isOuroboros: Bool, nextIsOuroboros: Bool, ouroborosKey: [UInt8], inputShape: [Int]) throws {
+    init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8],
+         own: RingLayer, next: RingLayer, isOuroboros: Bool, nextIsOuroboros: Bool, ouroborosKey: [UInt8], inputShape: [Int]) throws {
         self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing); self.publicKeys = keys.publicKeys
-        self.predecessor = predecessor; self.successor = successor
+        self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = secondPredecessor
         self.own = try own.model(); self.next = try next.model()
         self.isOuroboros = isOuroboros; self.nextIsOuroboros = nextIsOuroboros
         self.ouroborosKey = ouroborosKey; self.inputShape = inputShape
     }
 
     /// Takes on a new placement after a reshuffle: new id, new key pairs, new neighbours' public keys.
-    func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys) {
+    func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8]) {
         self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing)
-        self.predecessor = predecessor; self.successor = successor; self.publicKeys = keys.publicKeys
+        self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = secondPredecessor
+        self.publicKeys = keys.publicKeys
     }
 
     // MARK: posting
@@ -153,7 +157,7 @@ final class RingNode {
             guard e.author != ouroborosKey else { return .failure(.unexpectedInput) }
             guard let prior = try? LayerPost.decode(c) else { return .failure(.unexpectedInput) }
             guard prior.recipient == e.author, c.author != e.author else { return .failure(.inputNotAddressedToSender) }
-            guard members.contains(c.author) else { return .failure(.hashFromNonMember) }
+            guard c.author == secondPredecessor else { return .failure(.inputNotFromPredecessor) }
             return .success((prior.nextHash, c.author))
         default:
             return .failure(.unexpectedInput)

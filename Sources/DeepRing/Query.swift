@@ -53,8 +53,9 @@ public struct Querent: Sendable {
         return (queryID, keys, QueryRequest(querent: keys.publicKeys.agreement, sealedInput: sealed).encoded(capacity: sealed.count + 64))
     }
 
-    /// The outcome of a delivery entry for `queryID`: nil when it is not the ouroboros's (anyone may append).
-    public func outcome(_ e: LedgerEntry, queryID: String, keys: BlockKeys) throws -> Result<Tensor, QueryError>? {
+    /// The outcome of a delivery entry for `queryID` (asked for `batch` inputs): nil when it is not the ouroboros's
+    /// (anyone may append); an error when the answer does not open or is not one row of logits per input.
+    public func outcome(_ e: LedgerEntry, queryID: String, keys: BlockKeys, batch: Int) throws -> Result<Tensor, QueryError>? {
         guard e.kind == .delivery, e.queryID == queryID, e.author == manifest.ouroboros.signing, e.isAuthentic else { return nil }
         let d = try Delivery.decode(e)
         switch d.outcome {
@@ -62,7 +63,7 @@ public struct Querent: Sendable {
             let plain = try HPKEBox.open(sealed[...], with: keys.agreement,
                                          aad: QueryRequest.aad(queryID: queryID, querent: keys.publicKeys.agreement))
             let t = try TensorWire.decode(plain)
-            guard t.shape.count == 2, t.shape[1] == manifest.classes || manifest.classes == 0 else {
+            guard t.shape.count == 2, t.shape[0] == batch, t.shape[1] == manifest.classes || manifest.classes == 0 else {
                 throw ProtocolError.malformed("the answer has shape \(t.shape)")
             }
             return .success(t)
@@ -162,17 +163,18 @@ public final class RingRuntime {
         let placed = try ring.reshuffle(ledger: view)
         let byName = Dictionary(uniqueKeysWithValues: nodes.dropFirst().map { ($0.name, $0) })
         let o = ouroboros
+        let signing = placed.map(\.keys.publicKeys.signing)
         for (j, p) in placed.enumerated() {
             guard let node = byName[oldOrder[j]] else { throw RingError.notARing("block \(oldOrder[j]) is not loaded") }
             node.rekey(name: p.id, keys: p.keys,
                        predecessor: j == 0 ? o.publicKeys : placed[j - 1].keys.publicKeys,
-                       successor: j + 1 < placed.count ? placed[j + 1].keys.publicKeys : o.publicKeys)
+                       successor: j + 1 < placed.count ? placed[j + 1].keys.publicKeys : o.publicKeys,
+                       secondPredecessor: Placement.secondPredecessor(j, signing, o.publicKeys.signing))
         }
         if let last = placed.last, let first = placed.first {
-            o.rekey(name: o.name, keys: o.keys, predecessor: last.keys.publicKeys, successor: first.keys.publicKeys)
+            o.rekey(name: o.name, keys: o.keys, predecessor: last.keys.publicKeys, successor: first.keys.publicKeys,
+                    secondPredecessor: Placement.secondPredecessor(placed.count, signing, o.publicKeys.signing))
         }
-        let members = Set(nodes.map(\.publicKeys.signing))
-        for n in nodes { n.members = members }
         queriesSinceReshuffle = 0
         // Big batches are throughput-bound: the next placement is built while the next batch computes (on a
         // background thread). Small queries are latency-bound: that background work would slow the answer
@@ -241,13 +243,16 @@ public final class RingRuntime {
         let o = oKeys.publicKeys
         var blocks: [RingNode] = []
         var shape = ring.manifest.inputShape
+        let signing = bundles.map(\.keys.publicKeys.signing)
         for (j, b) in bundles.enumerated() {
             let prev = j == 0 ? o : bundles[j - 1].keys.publicKeys
             let succ = j + 1 < bundles.count ? bundles[j + 1].keys.publicKeys : o
-            guard b.descriptor.predecessor == prev, b.descriptor.successor == succ else {
+            let second = Placement.secondPredecessor(j, signing, o.signing)
+            guard b.descriptor.predecessor == prev, b.descriptor.successor == succ, b.descriptor.secondPredecessor == hex(second) else {
                 throw RingError.notAuthentic("block \(b.id)'s descriptor names other neighbours than the ring holds")
             }
-            let node = try RingNode(name: b.id, keys: b.keys, predecessor: prev, successor: succ, own: b.own, next: b.next,
+            let node = try RingNode(name: b.id, keys: b.keys, predecessor: prev, successor: succ, secondPredecessor: second,
+                                    own: b.own, next: b.next,
                                     isOuroboros: false, nextIsOuroboros: j + 1 == bundles.count, ouroborosKey: o.signing,
                                     inputShape: b.own.inputShape)
             guard node.own.inputShape == shape else {
@@ -263,15 +268,14 @@ public final class RingRuntime {
         }
         guard let last = bundles.last, let first = bundles.first else { throw RingError.notARing("the ring has no blocks") }
         let ouroNode = try RingNode(name: "ouroboros", keys: oKeys, predecessor: last.keys.publicKeys, successor: first.keys.publicKeys,
-                                    own: oLayers[0], next: oLayers[1], isOuroboros: true, nextIsOuroboros: false,
+                                    secondPredecessor: Placement.secondPredecessor(bundles.count, signing, o.signing), own: oLayers[0], next: oLayers[1], isOuroboros: true, nextIsOuroboros: false,
                                     ouroborosKey: o.signing, inputShape: shape)
         guard ouroNode.own.inputShape == ring.manifest.inputShape, ouroNode.next.inputShape == ring.manifest.inputShape else {
             throw RingError.notAuthentic("the ouroboros's holding does not fit the manifest's input shape")
         }
         let cursor = try view.lastSequence()
         nodes = [ouroNode] + blocks
-        let members = Set(nodes.map(\.publicKeys.signing))
-        for n in nodes { n.cursor = cursor; n.timing = timing; n.members = members }
+        for n in nodes { n.cursor = cursor; n.timing = timing }
     }
 
     /// Attack hook: the named block perturbs its input before computing (off unless set).
@@ -286,10 +290,13 @@ public final class RingRuntime {
     }
 
     /// Attack hook: the block at `position` holds valid keys and forges its posts by `route`, wanting `forge(honest)`
-    /// delivered instead of its honest output (same shape). Nil turns it off.
-    public func setForgery(position: Int, _ route: ForgeryRoute?, forge: @escaping @Sendable (Tensor) -> Tensor = { $0 }) throws {
+    /// delivered instead of its honest output (same shape); `accomplice` is the ring position of a colluding block
+    /// (route `vouchedByNonNeighbour`). Nil turns it off.
+    public func setForgery(position: Int, _ route: ForgeryRoute?, accomplice: Int? = nil,
+                           forge: @escaping @Sendable (Tensor) -> Tensor = { $0 }) throws {
         let name = try blockName(position: position)
-        nodes.first { $0.name == name }?.forgery = route.map { Forgery(route: $0, forge: forge) }
+        let partner = try accomplice.map { p in try blockName(position: p) }.flatMap { n in nodes.first { $0.name == n } }
+        nodes.first { $0.name == name }?.forgery = route.map { Forgery(route: $0, forge: forge, accomplice: partner) }
     }
 
     func blockName(position: Int) throws -> String {
@@ -389,7 +396,7 @@ public final class RingRuntime {
                 EntryFilter(kind: .alarm, queryID: queryID), EntryFilter(kind: .delivery, queryID: queryID)]) : []
             cursor = tail
             for e in mine {
-                if e.kind == .delivery, let outcome = try querent.outcome(e, queryID: queryID, keys: keys) {
+                if e.kind == .delivery, let outcome = try querent.outcome(e, queryID: queryID, keys: keys, batch: x.batch) {
                     switch outcome {
                     case .success(let out):
                         let answered = now() - t0

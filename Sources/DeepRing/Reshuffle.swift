@@ -43,11 +43,21 @@ enum Placement {
             var d = BlockDescriptor(ringID: record.ringID, id: ids[j], generation: record.generation, keys: keys[j].publicKeys,
                                     predecessor: j == 0 ? ouroboros : keys[j - 1].publicKeys,
                                     successor: j + 1 < n ? keys[j + 1].publicKeys : ouroboros,
+                                    secondPredecessor: Placement.secondPredecessor(j, keys.map(\.publicKeys.signing), ouroboros.signing),
                                     previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1])
             try d.sign(with: identity)
             try writeNewFile(try encodeJSON(d), to: dir + "/block.json", permissions: 0o644)
         }
         return Built(ids: ids, keys: keys, linkedInodes: inodes)
+    }
+
+    /// The signing key two places before ring position `j + 1` (0-based `j` into `blocks`, the blocks' signing keys
+    /// in ring order): the ring is closed, so before block 1 come the ouroboros and then the last block.
+    static func secondPredecessor(_ j: Int, _ blocks: [[UInt8]], _ ouroboros: [UInt8]) -> [UInt8] {
+        // Positions around the ring: 0 = the ouroboros, 1 … n = the blocks.
+        let n = blocks.count
+        let p = ((j + 1) - 2 + (n + 1)) % (n + 1)
+        return p == 0 ? ouroboros : blocks[p - 1]
     }
 
     /// Hard-links (or, across file systems, copies) a parameter file into a new block folder; returns its inode.

@@ -212,6 +212,12 @@ public enum RingCheck {
             guard let d = described[j] else { continue }
             let prev = j == 0 ? manifest.ouroboros : described[j - 1]?.keys
             let succ = j + 1 < described.count ? described[j + 1]?.keys : manifest.ouroboros
+            // Two places back around the closed ring (0 = the ouroboros, 1 … n = the blocks).
+            let n = described.count, p2 = (j + 1 - 2 + n + 1) % (n + 1)
+            let second = p2 == 0 ? manifest.ouroboros.signing : described[p2 - 1]?.keys.signing
+            if let second, d.secondPredecessor != hex(second) {
+                add(.block(record.order[j], position: j + 1), "block.json names another second predecessor than the ring holds", .reprovision)
+            }
             if let prev, d.predecessor != prev { add(.block(record.order[j], position: j + 1), "block.json names another predecessor key than its predecessor holds", .reprovision) }
             if let succ, d.successor != succ { add(.block(record.order[j], position: j + 1), "block.json names another successor key than its successor holds", .reprovision) }
         }

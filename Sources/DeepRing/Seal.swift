@@ -6,21 +6,21 @@ import Foundation
 
 /// `owner/record.json`: the owner's private record — ring order, original hashes (HASH_O, HASH_1 … HASH_n) and the
 /// digests that check the checkpoint and the holders' files — signed by the owner's identity key.
-struct OwnerRecord: Codable, Equatable, OwnerSigned {
-    static let currentFormat = "deepring-record-v2"
-    static let domain = "DeepRing owner record v2"
+public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
+    public static let currentFormat = "deepring-record-v2"
+    public static let domain = "DeepRing owner record v2"
 
-    var format: String
-    var ringID: String
-    var order: [String]
-    var hashes: [String]
-    var layerDigests: [String]
-    var fileDigests: [String]
+    public internal(set) var format: String
+    public internal(set) var ringID: String
+    public internal(set) var order: [String]
+    public internal(set) var hashes: [String]
+    public internal(set) var layerDigests: [String]
+    public internal(set) var fileDigests: [String]
     /// The placement generation: 0 at sealing, +1 per reshuffle or re-provisioning.
-    var generation: Int
-    var signature: String
+    public internal(set) var generation: Int
+    public var signature: String
 
-    func canonicalFields(into w: inout BinaryWriter) {
+    public func canonicalFields(into w: inout BinaryWriter) {
         w.string(format)
         w.string(ringID)
         for list in [order, hashes, layerDigests, fileDigests] { w.list(list) { w, s in w.string(s) } }
@@ -28,7 +28,7 @@ struct OwnerRecord: Codable, Equatable, OwnerSigned {
     }
 
     /// Parses and checks the record's form for a ring of `blockCount` blocks (not its signature).
-    static func parse(_ bytes: [UInt8], path: String, blockCount: Int) throws -> OwnerRecord {
+    public static func parse(_ bytes: [UInt8], path: String, blockCount: Int) throws -> OwnerRecord {
         let r = try decodeStrictJSON(OwnerRecord.self, from: bytes, path: path)
         func isHex(_ s: String, _ n: Int) -> Bool { s.utf8.count == 2 * n && unhex(s) != nil }
         guard r.format == currentFormat, r.order.count == blockCount, r.hashes.count == blockCount + 1,

@@ -112,6 +112,9 @@ public enum LedgerAudit {
         var a = auditor
         var next: Int64 = 1
         do {
+            if let stray = try ledger.sequencesOutOfRange(limit: 1).first {
+                return AuditReport(entries: 0, firstProblem: (stray, .unreadable("sequence number out of range (1 … \(LedgerEntry.maxSequence))")))
+            }
             while true {
                 let page = try ledger.rows(from: next, limit: 8)
                 for e in page where !a.feed(e) { return a.report }

@@ -28,6 +28,9 @@ public struct LedgerEntry: Sendable, Equatable {
     }
 
     public static let genesisHash = [UInt8](repeating: 0, count: 32)
+    /// Sequence numbers run from 1 to this bound: a stored row outside it (which only tampering can put there) is
+    /// never read as part of the chain — arithmetic on sequence numbers cannot overflow — and `ledger audit` names it.
+    public static let maxSequence: Int64 = 1 << 62
     public static let domainTag = Array("DeepRing ledger entry v1".utf8)
     public static let maxPayload = 64 << 20
     public static let maxQueryID = 128
@@ -146,6 +149,8 @@ public protocol Ledger: Sendable {
     func lastSequence() throws -> Int64
     /// Waits until rows after `sequence` exist (or `timeout` passes) and returns them.
     func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow]
+    /// Sequence numbers of stored rows outside 1 … `LedgerEntry.maxSequence` (at most `limit`): tampering.
+    func sequencesOutOfRange(limit: Int) throws -> [Int64]
 }
 
 extension Ledger {

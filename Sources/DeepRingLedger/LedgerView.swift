@@ -1,19 +1,21 @@
 import Foundation
 
 /// A read-through snapshot of a ledger for the blocks hosted in one process (a host's "subscription"): `refresh()`
-/// reads the entries appended since the last refresh in one query, and until the next refresh every block's reads
+/// reads the rows appended since the last refresh in one query, and until the next refresh every block's reads
 /// are answered from that snapshot instead of each block querying the database on its own. Appends go straight to
 /// the underlying ledger and are added to the snapshot. Blocks still talk only through the ledger: the view holds
-/// exactly the rows stored there (entries whose stored hash does not match their fields are the blocks' problem
-/// to reject, as with direct reads). Memory is bounded: only the newest `window` entries are kept; older ones are
-/// read through.
+/// exactly the rows stored there, malformed ones included (entries whose stored hash does not match their fields
+/// are the blocks' problem to reject, as with direct reads). A gap in the sequence numbers (rows deleted by
+/// tampering) is stepped over, never waited at. Memory is bounded: only the newest `window` rows are kept; older
+/// ones are read through.
 public final class LedgerView: Ledger, @unchecked Sendable {
     public let base: any Ledger
-    /// Contiguous entries from `first` to `tail` (sequence numbers), newest last.
+    /// The rows with sequence numbers in `first … tail` that exist, in order, newest last.
     private var cache: [LedgerRow] = []
-    private var first: Int64 = 1
-    /// The highest sequence number known to the view (entries 1 … tail exist).
-    private var tail: Int64 = 0
+    /// The lowest sequence number the cache answers for.
+    private var first: Int64
+    /// The highest sequence number known to the view.
+    private var tail: Int64
     private var bytes = 0
     public let window: Int, maxBytes: Int
 
@@ -25,7 +27,7 @@ public final class LedgerView: Ledger, @unchecked Sendable {
         first = tail + 1
     }
 
-    /// Reads what was appended since the last refresh (by anyone, in any process).
+    /// Reads what was appended since the last refresh (by anyone, in any process). Every page moves the tail on.
     public func refresh() throws {
         while true {
             let new = try base.rows(from: tail + 1, limit: 1024)
@@ -34,10 +36,9 @@ public final class LedgerView: Ledger, @unchecked Sendable {
         }
     }
 
-    /// Adds the next row (a malformed one too, so that the tail moves past it).
+    /// Adds a row newer than the tail (a malformed one too, so that the tail moves past it).
     private func add(_ r: LedgerRow) {
-        guard r.sequence == tail + 1 else { return }   // a gap: the next refresh reads it from the base
-        if cache.isEmpty { first = r.sequence }
+        guard r.sequence > tail else { return }
         cache.append(r)
         bytes += r.entry?.payload.count ?? 0
         tail = r.sequence
@@ -47,9 +48,19 @@ public final class LedgerView: Ledger, @unchecked Sendable {
             drop += 1
         }
         if drop > 0 {
+            first = cache[drop - 1].sequence + 1
             cache.removeFirst(drop)
-            first += Int64(drop)
         }
+    }
+
+    /// The index of the first cached row with sequence ≥ `s`.
+    private func index(_ s: Int64) -> Int {
+        var lo = 0, hi = cache.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if cache[mid].sequence < s { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
     }
 
     @discardableResult
@@ -61,10 +72,10 @@ public final class LedgerView: Ledger, @unchecked Sendable {
 
     public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         let s = max(1, sequence)
-        if s > tail { return [] }
+        if s > tail || limit <= 0 { return [] }
         guard s >= first else { return try base.rows(from: sequence, limit: limit) }   // older than the window
-        let lo = Int(s - first)
-        return Array(cache[lo..<(limit >= cache.count - lo ? cache.count : lo + max(0, limit))])
+        let lo = index(s)
+        return Array(cache[lo..<(limit >= cache.count - lo ? cache.count : lo + limit)])
     }
 
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
@@ -72,8 +83,8 @@ public final class LedgerView: Ledger, @unchecked Sendable {
         let lo = max(1, range.lowerBound)
         if lo > tail || range.upperBound < lo { return [] }
         guard lo >= first else { return try base.entries(in: range, matching: filters) }   // older than the window
-        let a = Int(lo - first), b = Int(min(range.upperBound, tail) - first)
-        return cache[a...b].compactMap { r in r.entry.flatMap { e in filters.contains { $0.matches(e) } ? e : nil } }
+        let a = index(lo), b = index(min(range.upperBound, tail) + 1)
+        return cache[a..<b].compactMap { r in r.entry.flatMap { e in filters.contains { $0.matches(e) } ? e : nil } }
     }
 
     /// The tail as of the last refresh (or own append).
@@ -84,4 +95,6 @@ public final class LedgerView: Ledger, @unchecked Sendable {
         try refresh()
         return e
     }
+
+    public func sequencesOutOfRange(limit: Int) throws -> [Int64] { try base.sequencesOutOfRange(limit: limit) }
 }

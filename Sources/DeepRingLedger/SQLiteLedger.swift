@@ -90,10 +90,11 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
         do {
             return try pool.write { db in
-                let last = try Row.fetchOne(try db.cachedStatement(sql: "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"))
+                let last = try Row.fetchOne(try db.cachedStatement(sql: "SELECT seq, hash FROM entries WHERE seq BETWEEN 1 AND \(LedgerEntry.maxSequence) ORDER BY seq DESC LIMIT 1"))
                 let seq: Int64, prev: [UInt8]
                 if let last {
                     let s = try SQLiteLedger.int(last, "seq", nil)
+                    guard s < LedgerEntry.maxSequence else { throw LedgerError.storage("the ledger has reached its last sequence number") }
                     seq = s + 1
                     prev = try SQLiteLedger.blob(last, "hash", s, size: 32)
                 } else {
@@ -122,7 +123,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         do {
             return try pool.read { db in
-                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?"),
+                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq >= ? AND seq <= \(LedgerEntry.maxSequence) ORDER BY seq LIMIT ?"),
                                        [sequence, max(0, limit)])
             }
         } catch let e as DatabaseError {
@@ -133,7 +134,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
         if filters.isEmpty { return [] }
         var clauses: [String] = []
-        var args: [DatabaseValueConvertible?] = [range.lowerBound, range.upperBound]
+        var args: [DatabaseValueConvertible?] = [max(1, range.lowerBound), min(range.upperBound, LedgerEntry.maxSequence)]
         for f in filters {
             var parts: [String] = []
             if let k = f.kind { parts.append("kind = ?"); args.append(k.rawValue) }
@@ -153,7 +154,20 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
 
     public func lastSequence() throws -> Int64 {
         do {
-            return try pool.read { db in try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM entries") ?? 0 }
+            return try pool.read { db in
+                try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM entries WHERE seq BETWEEN 1 AND \(LedgerEntry.maxSequence)") ?? 0
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
+    public func sequencesOutOfRange(limit: Int) throws -> [Int64] {
+        do {
+            return try pool.read { db in
+                try Int64.fetchAll(db, sql: "SELECT seq FROM entries WHERE seq < 1 OR seq > \(LedgerEntry.maxSequence) ORDER BY seq LIMIT ?",
+                                   arguments: [max(0, limit)])
+            }
         } catch let e as DatabaseError {
             throw LedgerError.storage(e.message ?? e.description)
         }

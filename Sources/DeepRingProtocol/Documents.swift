@@ -128,8 +128,9 @@ public struct RingManifest: Codable, Equatable, Sendable, OwnerSigned {
 }
 
 /// `blocks/<id>/block.json`: what one block knows besides its secrets — its public keys, its neighbours' public
-/// keys, HASH_{j−1} and HASH_j, the digest of its parameter file — signed by the owner. No layer index: a block does
-/// not know its position. A block trusts its descriptor only when it is signed by the owner key in its `keys.json`.
+/// keys, the signing key of its predecessor's predecessor (to check that the H it validates came from there),
+/// HASH_{j−1} and HASH_j, the digest of its parameter file — signed by the owner. No layer index: a block does not
+/// know its position. A block trusts its descriptor only when it is signed by the owner key in its `keys.json`.
 public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public static let currentFormat = "deepring-block-v2"
     public static let domain = "DeepRing block descriptor v2"
@@ -143,6 +144,9 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public var keys: PublicKeys
     public var predecessor: PublicKeys
     public var successor: PublicKeys
+    /// The signing key of the predecessor's predecessor (hex): the only author whose post the predecessor may have
+    /// computed from — and so the only author of the H this block validates the predecessor's output against.
+    public var secondPredecessor: String
     public var previousHash: String
     public var hash: String
     /// SHA-256 of the block's `params.safetensors` as sealed.
@@ -150,10 +154,10 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public var signature: String
 
     public init(ringID: String, id: String, generation: Int, keys: PublicKeys, predecessor: PublicKeys, successor: PublicKeys,
-                previousHash: String, hash: String, paramsDigest: String) {
+                secondPredecessor: [UInt8], previousHash: String, hash: String, paramsDigest: String) {
         format = BlockDescriptor.currentFormat
         self.ringID = ringID; self.id = id; self.generation = generation; self.keys = keys
-        self.predecessor = predecessor; self.successor = successor
+        self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = hex(secondPredecessor)
         self.previousHash = previousHash; self.hash = hash; self.paramsDigest = paramsDigest; signature = ""
     }
 
@@ -165,6 +169,7 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
         keys.write(to: &w)
         predecessor.write(to: &w)
         successor.write(to: &w)
+        w.raw(unhex(secondPredecessor) ?? [])
         w.raw(unhex(previousHash) ?? [])
         w.raw(unhex(hash) ?? [])
         w.raw(unhex(paramsDigest) ?? [])
@@ -174,7 +179,7 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public static func parse(_ bytes: [UInt8], path: String) throws -> BlockDescriptor {
         let d = try decodeStrictJSON(BlockDescriptor.self, from: bytes, path: path)
         guard d.format == currentFormat, !d.ringID.isEmpty, d.ringID.utf8.count <= PayloadLimits.name,
-              isHex(d.id, bytes: 16), d.generation >= 0,
+              isHex(d.id, bytes: 16), d.generation >= 0, isHex(d.secondPredecessor, bytes: 32),
               isHex(d.previousHash, bytes: 32), isHex(d.hash, bytes: 32), isHex(d.paramsDigest, bytes: 32),
               isHex(d.signature, bytes: 64) else {
             throw RingError.malformedFile(path, "not a valid block descriptor")

@@ -188,8 +188,8 @@ public enum ValidationFailure: UInt8, Sendable, CaseIterable, CustomStringConver
     case unexpectedInput
     /// The consumed layer post was not addressed to the post's author.
     case inputNotAddressedToSender
-    /// The consumed post (whose H is the reference) was authored by a key outside the ring.
-    case hashFromNonMember
+    /// The consumed post (whose H is the reference) was not written by the author's own predecessor.
+    case inputNotFromPredecessor
     /// A second post for the same input without a retry having been asked for.
     case secondPost
     /// K or X cannot be opened with the receiver's key.
@@ -210,7 +210,7 @@ public enum ValidationFailure: UInt8, Sendable, CaseIterable, CustomStringConver
         case .queryRowConsumed: return "its post consumes the query row, which only the ouroboros may"
         case .unexpectedInput: return "its post consumes an entry that was not its input"
         case .inputNotAddressedToSender: return "its post consumes a post that was not addressed to it"
-        case .hashFromNonMember: return "its post consumes a post by a key outside the ring"
+        case .inputNotFromPredecessor: return "its post consumes a post that its own predecessor did not write"
         case .secondPost: return "it posted a second output for the same input"
         case .undecryptable: return "its post cannot be decrypted"
         case .wrongShape: return "its output has the wrong shape"

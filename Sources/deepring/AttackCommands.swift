@@ -39,6 +39,7 @@ struct Attack: ParsableCommand {
 
     func validate() throws {
         if let s = sigma, !(s >= 0 && s.isFinite) { throw ValidationError("--sigma must be a non-negative number") }
+        guard mu.isFinite else { throw ValidationError("--mu must be a finite number") }
         guard flips >= 1 && flips <= 10_000 else { throw ValidationError("--flips must be between 1 and 10000") }
         guard position >= 1 else { throw ValidationError("--position must be at least 1") }
         if let c = count { guard c >= 1 else { throw ValidationError("--count must be at least 1") } }

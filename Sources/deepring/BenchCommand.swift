@@ -43,6 +43,7 @@ struct BenchEngine: ParsableCommand {
 
     func validate() throws {
         if let r = roundsOption, r < 1 { throw ValidationError("--rounds must be at least 1") }
+        guard repeats >= 1 && repeats <= 1000 else { throw ValidationError("--repeats must be between 1 and 1000") }
     }
 
     func run() throws {

@@ -54,6 +54,9 @@ struct Train: ParsableCommand {
         guard batch >= 1 && batch <= 65536 else { throw ValidationError("--batch must be between 1 and 65536") }
         guard widthDivisor >= 1 && widthDivisor <= 64 else { throw ValidationError("--width-divisor must be between 1 and 64") }
         if let l = lr, !(l > 0 && l.isFinite) { throw ValidationError("--lr must be a positive number") }
+        guard weightDecay >= 0 && weightDecay.isFinite else { throw ValidationError("--weight-decay must be a non-negative number") }
+        guard augmentShift >= 0 && augmentShift <= 16 else { throw ValidationError("--augment-shift must be between 0 and 16 pixels") }
+        if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1") }
     }
 
     func run() throws {

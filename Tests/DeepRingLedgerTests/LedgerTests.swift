@@ -198,6 +198,46 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(try v.entries(in: 7...8, matching: [EntryFilter()]).map(\.sequence) == [8])
     }
 
+    /// Found by the attacker review: a row with sequence number 2⁶³ − 1 made readers and the next append overflow
+    /// (a trap). Rows outside 1 … maxSequence are never read as part of the chain; the audit names them.
+    @Test func aRowWithAHugeSequenceNumberIsNamedNotFatal() throws {
+        let (l, k) = try sampleLedger()
+        try tamper(l, "INSERT INTO entries VALUES (9223372036854775807, zeroblob(32), 'alarm', NULL, zeroblob(32), x'', zeroblob(32), zeroblob(64))")
+        try tamper(l, "INSERT INTO entries VALUES (-5, zeroblob(32), 'alarm', NULL, zeroblob(32), x'', zeroblob(32), zeroblob(64))")
+        #expect(try l.lastSequence() == 6)
+        #expect(try l.allRows().map(\.sequence) == [1, 2, 3, 4, 5, 6])
+        #expect(try l.entries(in: 1...Int64.max, matching: [EntryFilter()]).count == 6)
+        let e = try l.append(kind: .query, queryID: "next", payload: [1], signer: LedgerSigner())
+        #expect(e.sequence == 7)
+        let v = try LedgerView(l)
+        #expect(try v.rows(from: Int64.max, limit: Int.max).isEmpty)
+        #expect(try l.sequencesOutOfRange(limit: 10) == [-5, 9223372036854775807])
+        let r = LedgerAudit.audit(l, ringKeys: k)
+        #expect(r.firstProblem?.sequence == -5)
+    }
+
+    /// Found by the attacker review: a gap in the sequence numbers followed by a full page of rows made the blocks'
+    /// view re-read the same page forever. It steps over the gap.
+    @Test func aGapInTheSequenceNumbersDoesNotStallTheView() throws {
+        let (l, _) = try sampleLedger()
+        let v = try LedgerView(try SQLiteLedger(path: l.path), window: 64)
+        let q = try DatabaseQueue(path: l.path)
+        try tamper(l, "SELECT 1")
+        try q.write { db in
+            for i in 0..<1100 {
+                try db.execute(sql: "INSERT INTO entries VALUES (?, zeroblob(32), 'alarm', NULL, zeroblob(32), x'00', randomblob(32), zeroblob(64))",
+                               arguments: [10 + i])
+            }
+        }
+        try v.refresh()
+        #expect(try v.lastSequence() == 1109)
+        #expect(try v.rows(from: 1100, limit: 5).map(\.sequence) == [1100, 1101, 1102, 1103, 1104])
+        #expect(try v.entries(in: 7...12, matching: [EntryFilter(kind: .alarm)]).map(\.sequence) == [10, 11, 12])
+        let e = try v.append(kind: .query, queryID: "after the gap", payload: [1], signer: LedgerSigner())
+        #expect(e.sequence == 1110)
+        #expect(try v.lastSequence() == 1110)
+    }
+
     @Test func newLedgersUse16KiBPagesAndCheckpointInTheBackground() throws {
         let l = try SQLiteLedger(path: tempLedgerPath())
         let signer = LedgerSigner()
