@@ -152,17 +152,35 @@ expect_exit 0 "verify after the readers" "$bin" verify --ring "$tmp/ring"
 # 5. Malformed rows at the ledger's tail: shown and named, never fatal to queries.
 python3 - "$tmp/ring/ledger.sqlite" <<'PY'
 import sqlite3, sys
-c = sqlite3.connect(sys.argv[1])
-c.executescript("""CREATE TABLE attacker (seq INTEGER PRIMARY KEY, prev_hash, kind, query_id, author, payload, hash, signature);
-INSERT INTO attacker SELECT * FROM entries; DROP TABLE entries; ALTER TABLE attacker RENAME TO entries;""")
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA ignore_check_constraints = ON")
 n = c.execute("SELECT MAX(seq) FROM entries").fetchone()[0]
-c.execute("INSERT INTO entries VALUES (?, zeroblob(32), 'bogus', NULL, 'not a key', x'00', zeroblob(32), zeroblob(64))", (n + 1,))
-c.commit()
+c.execute("INSERT INTO entries VALUES (?, zeroblob(32), 'bogus', NULL, 'not a key', x'00', randomblob(32), zeroblob(64))", (n + 1,))
 PY
 expect_exit 0 "ledger show with a malformed row" "$bin" ledger show --ring "$tmp/ring" --last 3
 grep -q "MALFORMED" "$tmp/out" || { echo "FAIL: ledger show did not name the malformed row"; fail=$((fail + 1)); }
 expect_exit 3 "ledger audit names a malformed row" "$bin" ledger audit --ring "$tmp/ring"
 expect_exit 0 "query beside a malformed row" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 5
+# 5. A row with the largest sequence number, and a trigger in the schema (copies of the ring).
+cp -a "$tmp/ring" "$tmp/ring-seq"
+python3 - "$tmp/ring-seq/ledger.sqlite" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA ignore_check_constraints = ON")
+c.execute("INSERT INTO entries VALUES (9223372036854775807, zeroblob(32), 'alarm', NULL, randomblob(32), x'', randomblob(32), zeroblob(64))")
+PY
+expect_exit 0 "query beside a row numbered 2^63-1" "$bin" query --ring "$tmp/ring-seq" --dataset synthetic --count 3
+expect_exit 0 "ledger show beside a row numbered 2^63-1" "$bin" ledger show --ring "$tmp/ring-seq" --last 2
+expect_exit 3 "ledger audit names a row numbered 2^63-1" "$bin" ledger audit --ring "$tmp/ring-seq"
+expect_exit 3 "verify names a row numbered 2^63-1" "$bin" verify --ring "$tmp/ring-seq"
+cp -a "$tmp/ring" "$tmp/ring-trigger"
+python3 - "$tmp/ring-trigger/ledger.sqlite" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("CREATE TRIGGER t AFTER INSERT ON entries BEGIN SELECT 1; END"); c.commit()
+PY
+expect_exit 3 "query refuses a ledger with a trigger" timeout 30 "$bin" query --ring "$tmp/ring-trigger" --dataset synthetic --count 3
+expect_exit 3 "ledger audit refuses a ledger with a trigger" timeout 30 "$bin" ledger audit --ring "$tmp/ring-trigger"
 # 6. Destructive requests are refused; nothing is replaced but a ring folder, with --force.
 sum=$(sha256sum "$tmp/m.safetensors")
 expect_exit 1 "seal onto the model file" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/m.safetensors"
@@ -174,6 +192,13 @@ expect_exit 1 "attack into a folder that is not a ring" "$bin" attack bitflip --
 [ "$(cat "$tmp/keep/notes.txt")" = keep ] || { echo "FAIL: a non-ring folder was changed"; fail=$((fail + 1)); }
 expect_exit 0 "seal --force over a ring" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring2"
 expect_exit 0 "seal --force over a ring (replaced)" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/ring2" --force
+# 9. Another ring's (genuine, signed) ring.json dropped into this ring: refused on the owner's host before anything.
+cp "$tmp/ring/ring.json" "$tmp/ring.json.mine"; cp "$tmp/ring2/ring.json" "$tmp/ring/ring.json"
+before=$(rows)
+expect_exit 3 "query with another ring's ring.json" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 3
+[ "$(rows)" = "$before" ] || { echo "FAIL: a query touched the ledger of a ring with a foreign ring.json"; fail=$((fail + 1)); }
+cmp -s "$tmp/ring/ring.json" "$tmp/ring2/ring.json" || { echo "FAIL: query changed ring.json before refusing"; fail=$((fail + 1)); }
+cp "$tmp/ring.json.mine" "$tmp/ring/ring.json"
 # 6. Temporary rings hold owner keys: removed on SIGINT, and a kill -9's leftovers by the next run.
 mkdir -p "$tmp/tmpdir"
 for sig in INT KILL; do
@@ -186,7 +211,7 @@ for sig in INT KILL; do
   if [ "$sig" = INT ] && [ "$left" != 0 ]; then echo "FAIL: SIGINT left the attack's temporary ring"; fail=$((fail + 1)); fi
 done
 TMPDIR="$tmp/tmpdir" "$bin" attack bitflip --model "$tmp/m.safetensors" --dataset synthetic --count 50 >/dev/null 2>&1
-[ -z "$(ls "$tmp/tmpdir")" ] || { echo "FAIL: temporary rings left behind: $(ls "$tmp/tmpdir")"; fail=$((fail + 1)); }
+[ -z "$(ls -A "$tmp/tmpdir")" ] || { echo "FAIL: temporary rings left behind: $(ls -A "$tmp/tmpdir")"; fail=$((fail + 1)); }
 # 7. A FIFO in place of a block file, and a huge sparse image: refused at once, never a hang.
 blk=$(ls "$tmp/ring/blocks" | head -1)
 rm "$tmp/ring/blocks/$blk/params.safetensors"; mkfifo "$tmp/ring/blocks/$blk/params.safetensors"

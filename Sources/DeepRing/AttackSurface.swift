@@ -11,7 +11,7 @@ extension SealedRing {
     public func heldLayers(position: Int) throws -> (own: RingLayer, next: RingLayer) {
         guard position >= 1 && position <= manifest.blockCount else { throw RingError.notARing("no block at position \(position)") }
         let path = holderPath(position)
-        let ls = try BlockFile.parse(try InputFile.read(path, limit: RingFileLimits.holder(paths)), prefixes: ["own", "next"], path: path)
+        let ls = try BlockFile.parse(try readHolder(position), prefixes: ["own", "next"], path: path)
         return (ls[0], ls[1])
     }
 

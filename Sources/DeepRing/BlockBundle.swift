@@ -18,7 +18,7 @@ struct BlockBundle {
 
     /// Loads the bundle in `dir`. `checkDigest: false` is the attack experiments' compromised block, which runs on
     /// whatever its file holds.
-    static func load(_ dir: String, paramsLimit: Int, checkDigest: Bool = true) throws -> BlockBundle {
+    static func load(_ dir: String, checkDigest: Bool = true) throws -> BlockBundle {
         let id = (dir as NSString).lastPathComponent
         let k = try KeyFile.read(dir + "/keys.json")
         guard let keys = k.memberKeys, let owner = k.owner else {
@@ -28,7 +28,7 @@ struct BlockBundle {
         guard d.isSigned(by: owner) else { throw RingError.notAuthentic("\(dir)/block.json is not signed by the block's owner") }
         guard d.id == id else { throw RingError.notAuthentic("\(dir)/block.json describes block \(d.id), not \(id)") }
         guard d.keys == keys.publicKeys else { throw RingError.notAuthentic("\(dir)/block.json names other keys than the block holds") }
-        let bytes = try InputFile.read(dir + "/params.safetensors", limit: paramsLimit)
+        let bytes = try InputFile.read(dir + "/params.safetensors", limit: d.paramsSize)
         guard !checkDigest || hex(SHA256.hash(data: bytes)) == d.paramsDigest else {
             throw RingError.notAuthentic("\(dir)/params.safetensors differs from the parameters its descriptor names")
         }

@@ -64,13 +64,19 @@ final class RingNode {
     var cursor: Int64 = 0
     /// Pending queries at the ouroboros: query id → querent's HPKE key; and every query id seen (a second query
     /// with the same id is ignored: the first one's querent gets the answer).
-    var querents: [String: [UInt8]] = [:]
+    var querents = BoundedMap<String, [UInt8]>(capacity: 1 << 12)
     private var seenQueries = BoundedSet<String>(capacity: 1 << 16)
     /// Per query: the input accepted from the predecessor, and whether this node asked for a retry of it.
     private var accepted = BoundedMap<String, Acceptance>(capacity: 1 << 12)
     struct Acceptance { var input: Int64; var retryAsked: Bool; var failures: Int }
     static let maxRetries = 2
     static let maxBatch = 1 << 16
+    /// The most inputs one query may carry in this ring: every post (the input, each layer's output) must fit in a
+    /// ledger entry. Set by the runtime from the layers' widths.
+    var maxBatch = RingNode.maxBatch
+    /// Errors met while handling entries of a query, by query id: one query's trouble (another querent's, say) must not
+    /// stop the others; the runtime raises those of its own query.
+    var failures: [(queryID: String, error: Error)] = []
 
     init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8],
          own: RingLayer, next: RingLayer, isOuroboros: Bool, nextIsOuroboros: Bool, ouroborosKey: [UInt8], inputShape: [Int]) throws {
@@ -188,7 +194,7 @@ final class RingNode {
             }
             guard authentic else { return nil }
             guard case .success(let x) = opened else { return .rejected(.undecryptable, hashFrom: nil, input: post.consumed) }
-            guard x.shape.count == inputShape.count + 1, x.batch >= 1, x.batch <= RingNode.maxBatch,
+            guard x.shape.count == inputShape.count + 1, x.batch >= 1, x.batch <= maxBatch,
                   Array(x.shape.dropFirst()) == inputShape else {
                 return .rejected(.wrongShape, hashFrom: nil, input: post.consumed)
             }
@@ -231,9 +237,9 @@ final class RingNode {
             return try refuse(.undecryptable, "the input is not sealed to this ring's ouroboros key")
         }
         guard let x = try? TensorWire.decode(plain) else { return try refuse(.badInput, "the input tensor does not decode") }
-        guard x.shape.count == own.inputShape.count + 1, x.batch >= 1, x.batch <= RingNode.maxBatch,
+        guard x.shape.count == own.inputShape.count + 1, x.batch >= 1, x.batch <= maxBatch,
               Array(x.shape.dropFirst()) == own.inputShape else {
-            return try refuse(.badInput, "expected inputs of shape [N] + \(own.inputShape) with 1 ≤ N ≤ \(RingNode.maxBatch), got \(x.shape)")
+            return try refuse(.badInput, "expected inputs of shape [N] + \(own.inputShape) with 1 ≤ N ≤ \(maxBatch), got \(x.shape)")
         }
         guard x.data.allSatisfy({ $0.isFinite }) else { return try refuse(.badInput, "the input contains NaN or infinite values") }
         querents[q] = request.querent
@@ -243,7 +249,8 @@ final class RingNode {
 
     /// Delivery (Eq. 12): the validated last output, sealed to the querent.
     func deliver(_ output: Tensor, queryID q: String, ledger: any Ledger) throws {
-        guard let querent = querents.removeValue(forKey: q) else { return }
+        guard let querent = querents[q] else { return }
+        querents[q] = nil
         let sealed = try timing.time(\.crypto) {
             try HPKEBox.seal(TensorWire.encode(output), to: querent, aad: QueryRequest.aad(queryID: q, querent: querent))
         }
@@ -266,17 +273,22 @@ final class RingNode {
         var acted = false
         for e in entries {
             guard let q = e.queryID else { continue }
-            switch e.kind {
-            case .query where isOuroboros:
-                let before = try ledger.lastSequence()
-                try startQuery(e, ledger: ledger)
-                if try ledger.lastSequence() != before { acted = true }
-            case .layer:
-                if try process(e, queryID: q, ledger: ledger) { acted = true }
-            case .alarm:
-                if try retry(e, queryID: q, ledger: ledger) { acted = true }
-            default:
-                continue
+            do {
+                switch e.kind {
+                case .query where isOuroboros:
+                    let before = try ledger.lastSequence()
+                    try startQuery(e, ledger: ledger)
+                    if try ledger.lastSequence() != before { acted = true }
+                case .layer:
+                    if try process(e, queryID: q, ledger: ledger) { acted = true }
+                case .alarm:
+                    if try retry(e, queryID: q, ledger: ledger) { acted = true }
+                default:
+                    continue
+                }
+            } catch {
+                failures.append((q, error))
+                if failures.count > 64 { failures.removeFirst() }
             }
         }
         return acted
@@ -358,21 +370,29 @@ struct BoundedSet<T: Hashable> {
     }
 }
 
-/// A dictionary that remembers at most `capacity` keys (the oldest are forgotten first).
+/// A dictionary that remembers at most `capacity` keys (the oldest insertions are forgotten first).
 struct BoundedMap<K: Hashable, V> {
     let capacity: Int
-    private var dict: [K: V] = [:]
-    private var order: [K] = []
+    private var dict: [K: (value: V, stamp: Int)] = [:]
+    private var order: [(key: K, stamp: Int)] = []
+    private var head = 0, clock = 0
     init(capacity: Int) { self.capacity = capacity }
 
     subscript(key: K) -> V? {
-        get { dict[key] }
+        get { dict[key]?.value }
         set {
-            if dict[key] == nil, newValue != nil {
-                order.append(key)
-                if order.count > capacity { dict[order.removeFirst()] = nil }
+            guard let v = newValue else { dict[key] = nil; return }
+            if let old = dict[key] { dict[key] = (v, old.stamp); return }
+            clock += 1
+            dict[key] = (v, clock)
+            order.append((key, clock))
+            // Forget the oldest insertions beyond the capacity (skipping keys removed or re-inserted since).
+            while order.count - head > capacity {
+                let (k, stamp) = order[head]
+                head += 1
+                if dict[k]?.stamp == stamp { dict[k] = nil }
             }
-            dict[key] = newValue
+            if head > capacity { order.removeFirst(head); head = 0 }
         }
     }
 }

@@ -133,7 +133,7 @@ public final class RingRuntime {
         ledger = try SQLiteLedger(path: paths.ledger)
         view = try LedgerView(ledger)
         querent = Querent(manifest: r.manifest)
-        if !report.authentic { try track(report) }
+        if !RingRuntime.servable(report) { try track(report) }
         try loadNodes()
         queriesSinceCheck = 0
     }
@@ -143,16 +143,23 @@ public final class RingRuntime {
             + (r.findings.count > 5 ? "; and \(r.findings.count - 5) more (run `deepring verify`)" : "")
     }
 
+    /// True when nothing the blocks compute with is off. Problems of the ledger's own form (a tampered row or
+    /// schema, named by `verify` and `ledger audit`) cannot be repaired — it is append-only — and do not stop the
+    /// ring: the blocks read rows as hostile input anyway.
+    static func servable(_ report: RingCheckReport) -> Bool { report.findings.allSatisfy { $0.subject == .ledger } }
+
     /// Tracking mode: repairs what `report` found, or refuses when something cannot be repaired.
     func track(_ report: RingCheckReport) throws {
-        guard report.repairable else { throw RingError.notAuthentic(RingRuntime.summary(report)) }
+        let actionable = RingCheckReport(findings: report.findings.filter { $0.subject != .ledger },
+                                         firstTampered: report.firstTampered, notes: report.notes)
+        guard actionable.repairable else { throw RingError.notAuthentic(RingRuntime.summary(actionable)) }
         let t0 = now()
         defer { trackingSeconds += now() - t0 }
-        let done = try RingCheck.repair(ring, report: report, ledger: view)
+        let done = try RingCheck.repair(ring, report: actionable, ledger: view)
         restores += done.restored + done.reprovisioned
         reprovisioned += done.reprovisioned
         let after = try RingCheck.run(ring.directory)
-        guard after.authentic else { throw RingError.notAuthentic(RingRuntime.summary(after)) }
+        guard RingRuntime.servable(after) else { throw RingError.notAuthentic(RingRuntime.summary(after)) }
     }
 
     /// Reshuffle (after delivery): new placement and fresh key pairs for every block; the nodes take them on.
@@ -187,6 +194,9 @@ public final class RingRuntime {
         ring.pendingPlacement?.wait()
     }
 
+    /// The most inputs one query may carry through this ring (every post must fit in a ledger entry).
+    public private(set) var maxBatch = RingNode.maxBatch
+
     /// Batch size of the latest query, and the size from which the next placement is prepared in the background.
     var lastBatch = 0
     static let backgroundReshuffleBatch = 32
@@ -198,22 +208,19 @@ public final class RingRuntime {
         if reshuffleEvery > 0 && queriesSinceReshuffle >= reshuffleEvery { try reshuffle() }
     }
 
-    /// Queries on the ledger that never ended — no delivery and no final alarm — for example because the process
-    /// answering them was killed. They are reported, never resumed: their querents are gone.
+    /// Queries on the ledger that never ended — no delivery (an answer or a refusal) from the ouroboros — for example
+    /// because the process answering them was killed, or because they were asked while no runtime ran. They are
+    /// reported, never resumed: their querents are gone. Reads headers only (anyone may post big query rows).
     public func incompleteQueries() throws -> [String] {
-        let all = try ledger.entries(in: 1...max(1, try ledger.lastSequence()), matching: [
-            EntryFilter(kind: .query), EntryFilter(kind: .delivery), EntryFilter(kind: .alarm)])
+        let tail = try ledger.lastSequence()
+        guard tail > 0 else { return [] }
+        let all = try ledger.headers(in: 1...tail, matching: [EntryFilter(kind: .query),
+                                                             EntryFilter(kind: .delivery, author: ring.manifest.ouroboros.signing)])
         var open: [String] = []
         var ended = Set<String>()
-        for e in all {
-            guard let q = e.queryID else { continue }
-            switch e.kind {
-            case .query: open.append(q)
-            case .delivery where e.author == ring.manifest.ouroboros.signing: ended.insert(q)
-            case .alarm:
-                if let a = try? Alarm.decode(e), case .validation(let v) = a.body, v.final { ended.insert(q) }
-            default: break
-            }
+        for h in all {
+            guard let q = h.queryID else { continue }
+            if h.kind == .query { open.append(q) } else { ended.insert(q) }
         }
         return open.filter { !ended.contains($0) }
     }
@@ -226,15 +233,14 @@ public final class RingRuntime {
         guard let oKeys = try KeyFile.read(p.ouroborosKeys).memberKeys, oKeys.publicKeys == ring.manifest.ouroboros else {
             throw RingError.notAuthentic("owner/keys.json does not hold the ouroboros keys named in the manifest")
         }
-        let limit = RingFileLimits.holder(p)
-        let oBytes = try InputFile.read(p.ouroborosParams, limit: limit)
+        let oBytes = try ring.readHolder(0)
         guard hex(SHA256.hash(data: oBytes)) == ring.record.fileDigests[0] else {
             throw RingError.notAuthentic("owner/ouroboros.safetensors differs from the sealed file")
         }
         let oLayers = try BlockFile.parse(oBytes, prefixes: ["own", "next"], path: p.ouroborosParams)
         var bundles: [BlockBundle] = []
         for id in ring.placement {
-            let b = try BlockBundle.load(ring.blockDirectory(id), paramsLimit: limit, checkDigest: checkDigests)
+            let b = try BlockBundle.load(ring.blockDirectory(id), checkDigest: checkDigests)
             guard b.owner == ring.ownerKey, b.descriptor.generation == ring.record.generation, b.descriptor.ringID == ring.manifest.ringID else {
                 throw RingError.notAuthentic("block \(id) belongs to another owner, ring or placement")
             }
@@ -275,7 +281,10 @@ public final class RingRuntime {
         }
         let cursor = try view.lastSequence()
         nodes = [ouroNode] + blocks
-        for n in nodes { n.cursor = cursor; n.timing = timing }
+        // Every post must fit in one ledger entry: the widest tensor a query carries bounds its batch.
+        let widest = ([ring.manifest.inputShape] + blocks.map(\.own.outputShape)).map { $0.reduce(1, *) }.max() ?? 1
+        maxBatch = max(1, min(RingNode.maxBatch, (LedgerEntry.maxPayload - (1 << 16)) / (4 * widest)))
+        for n in nodes { n.cursor = cursor; n.timing = timing; n.maxBatch = maxBatch }
     }
 
     /// Attack hook: the named block perturbs its input before computing (off unless set).
@@ -318,7 +327,7 @@ public final class RingRuntime {
     /// The check and, when anything is off, tracking (§3.3, §3.4.4): repair, then reload the blocks.
     public func ensureAuthentic() throws {
         let report = try RingCheck.run(ring.directory)
-        if report.authentic { return }
+        if RingRuntime.servable(report) { return }
         try track(report)
         try reloadBlocks()
     }
@@ -367,9 +376,9 @@ public final class RingRuntime {
     func query(_ x: Tensor, attempt: Int) throws -> QueryResult {
         let t0 = now()
         let shape = ring.manifest.inputShape
-        guard x.shape.count >= 1, x.batch > 0, x.batch <= RingNode.maxBatch,
+        guard x.shape.count >= 1, x.batch > 0, x.batch <= maxBatch,
               Array(x.shape.dropFirst()) == shape || x.itemSize == shape.reduce(1, *) else {
-            throw QueryError.badInput("expected inputs of shape [N] + \(shape) with 1 ≤ N ≤ \(RingNode.maxBatch), got \(x.shape)")
+            throw QueryError.badInput("expected inputs of shape [N] + \(shape) with 1 ≤ N ≤ \(maxBatch) (this ring's posts must fit in a ledger entry), got \(x.shape)")
         }
         guard x.data.allSatisfy({ $0.isFinite }) else { throw QueryError.badInput("the input contains NaN or infinite values") }
         lastBatch = x.batch
@@ -391,6 +400,11 @@ public final class RingRuntime {
             // found nothing to do, for what other processes may have appended.
             if idle > 0 { try timing.time(\.ledger) { try view.refresh() } }
             for n in nodes.shuffled() { if try n.step(ledger: view) { acted = true } }
+            // Trouble with another querent's query stops only that query; trouble with ours is ours.
+            for n in nodes {
+                if let f = n.failures.first(where: { $0.queryID == queryID }) { n.failures.removeAll(); throw f.error }
+                n.failures.removeAll()
+            }
             let tail = try view.lastSequence()
             let mine = tail > cursor ? try view.entries(in: (cursor + 1)...tail, matching: [
                 EntryFilter(kind: .alarm, queryID: queryID), EntryFilter(kind: .delivery, queryID: queryID)]) : []
@@ -415,6 +429,7 @@ public final class RingRuntime {
                 let suspect = position(ofKey: v.suspect), hashFrom = position(ofKey: v.hashFrom)
                 if onCompromisedBlock == .evictAndRetry && attempt == 1 {
                     let suspects = [suspect, hashFrom].compactMap { $0 }
+                    try refuse(queryID, .compromised, "\(describe(position: suspect)): \(v.reason); evicted, and asked again")
                     try evict(positions: suspects)
                     var again = try query(x, attempt: 2)
                     again.alarms += alarms

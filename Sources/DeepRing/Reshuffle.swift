@@ -44,7 +44,8 @@ enum Placement {
                                     predecessor: j == 0 ? ouroboros : keys[j - 1].publicKeys,
                                     successor: j + 1 < n ? keys[j + 1].publicKeys : ouroboros,
                                     secondPredecessor: Placement.secondPredecessor(j, keys.map(\.publicKeys.signing), ouroboros.signing),
-                                    previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1])
+                                    previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1],
+                                    paramsSize: record.fileSizes[j + 1])
             try d.sign(with: identity)
             try writeNewFile(try encodeJSON(d), to: dir + "/block.json", permissions: 0o644)
         }
@@ -213,7 +214,7 @@ extension SealedRing {
     /// Deletes retired placements (`blocks.old-*`).
     static func removeRetired(_ paths: RingPaths, background: Bool) {
         let retired = ((try? FileManager.default.contentsOfDirectory(atPath: paths.root)) ?? [])
-            .filter { $0.hasPrefix("blocks.old") }.map { paths.root + "/" + $0 }
+            .filter(RingPaths.isRetiredPlacement).map { paths.root + "/" + $0 }
         if retired.isEmpty { return }
         if background {
             DispatchQueue.global(qos: .utility).async { for r in retired { removeTree(r) } }

@@ -7,7 +7,7 @@ import Foundation
 /// One problem `verify` found, with what `--restore` can do about it.
 public struct RingFinding: Sendable, Equatable, CustomStringConvertible {
     public enum Subject: Sendable, Equatable, CustomStringConvertible {
-        case manifest, owner, record, checkpoint, ouroboros
+        case manifest, owner, record, checkpoint, ouroboros, ledger
         /// A block of the record, with its ring position (owner-only knowledge).
         case block(String, position: Int)
         /// Something in `blocks/` that is not a member of the placement.
@@ -20,6 +20,7 @@ public struct RingFinding: Sendable, Equatable, CustomStringConvertible {
             case .record: return "owner/record.json"
             case .checkpoint: return "owner/checkpoint.safetensors"
             case .ouroboros: return "ouroboros"
+            case .ledger: return "ledger.sqlite"
             case .block(let id, let p): return "block \(id) (ring position \(p))"
             case .stray(let name): return "blocks/\(name)"
             }
@@ -167,6 +168,17 @@ public enum RingCheck {
             add(.checkpoint, "\(error)", rebuildable(ring) ? .rebuildCheckpoint : .impossible("no verified copy of every layer is left"))
         }
 
+        // The ledger's form (its files, its schema, its sequence numbers); `ledger audit` checks its whole chain.
+        let ledgerRepair = RingFinding.Repair.impossible("the ledger is append-only: restore ledger.sqlite from a copy, or seal the model again")
+        do {
+            let ledger = try SQLiteLedger(path: p.ledger, readOnly: true)
+            if let stray = try ledger.sequencesOutOfRange(limit: 1).first {
+                add(.ledger, "holds a row with sequence number \(stray), outside 1 … \(LedgerEntry.maxSequence)", ledgerRepair)
+            }
+        } catch {
+            add(.ledger, "\(error)", ledgerRepair)
+        }
+
         // The blocks.
         let members = Set(record.order)
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: p.blocks)) ?? []).sorted() where !members.contains(name) {
@@ -223,14 +235,14 @@ public enum RingCheck {
         }
 
         // Parameters: every holder's file digest, and the chain.
-        let limit = RingFileLimits.holder(p)
         for pos in 0...manifest.blockCount {
             let path = ring.holderPath(pos)
             guard FileManager.default.fileExists(atPath: (path as NSString).deletingLastPathComponent) else { continue }
-            let digest = (try? InputFile.read(path, limit: limit)).map { hex(SHA256.hash(data: $0)) }
+            var digest: String?, unreadable: String?
+            do { digest = hex(SHA256.hash(data: try ring.readHolder(pos))) } catch { unreadable = "\(error)" }
             if digest != record.fileDigests[pos] {
                 let subject: RingFinding.Subject = pos == 0 ? .ouroboros : .block(record.order[pos - 1], position: pos)
-                add(subject, digest == nil ? "params.safetensors cannot be read" : "its parameters differ from the sealed ones",
+                add(subject, unreadable ?? "its parameters differ from the sealed ones",
                     checkpointOK || rebuildable(ring) ? .restoreParameters : .impossible("the checkpoint is corrupted too"))
             }
         }
@@ -253,8 +265,7 @@ public enum RingCheck {
 
     static func verifiedLayersFromHolders(_ ring: SealedRing) throws -> [RingLayer] {
         let n = ring.manifest.blockCount
-        let limit = RingFileLimits.holder(ring.paths)
-        let held = (0...n).map { ring.currentHolding($0, limit: limit) }
+        let held = (0...n).map { ring.currentHolding($0) }
         func digest(_ l: RingLayer) -> String { hex(SHA256.hash(data: ParamsEncoding.encode(l))) }
         return try (0...n).map { k in
             let want = ring.record.layerDigests[k]
@@ -307,10 +318,9 @@ public enum RingCheck {
             // A new placement for every block (fresh ids and keys, so neighbours learn new keys too); a block's
             // parameter file is linked when it is as sealed and written from the checkpoint otherwise.
             let layers = try ring.checkpointLayers()
-            let limit = RingFileLimits.holder(p)
             let sources: [Placement.Source] = (1...ring.manifest.blockCount).map { j in
                 let path = ring.holderPath(j)
-                if let d = try? InputFile.read(path, limit: limit), hex(SHA256.hash(data: d)) == ring.record.fileDigests[j] { return .link(path) }
+                if let d = try? ring.readHolder(j), hex(SHA256.hash(data: d)) == ring.record.fileDigests[j] { return .link(path) }
                 return .bytes(ring.sealedHolderFile(j, layers: layers))
             }
             let old = ring.record.order

@@ -38,24 +38,34 @@ public struct RingPaths: Sendable {
     public var nextBlocks: String { root + "/blocks.next" }
     public func block(_ id: String) -> String { blocks + "/" + id }
 
-    /// True when `root` looks like a ring folder (a manifest and an owner folder): what `--force` may replace.
+    /// `blocks.old-` and 16 hex digits: a placement retired by a reshuffle (and nothing else is ever deleted as one).
+    static func isRetiredPlacement(_ name: String) -> Bool {
+        name.hasPrefix("blocks.old-") && name.utf8.count == 27 && isHexDigits(name.dropFirst(11))
+    }
+
+    /// True when `root` holds a ring and nothing else — a `ring.json` of a DeepRing format, an owner folder, and
+    /// only the names a ring's files have, at the top and in `owner/`: what `--force` may replace.
     public var isRing: Bool {
+        let fm = FileManager.default
         var isDir: ObjCBool = false
-        return InputFile.isRegular(manifest) && FileManager.default.fileExists(atPath: owner, isDirectory: &isDir) && isDir.boolValue
+        guard fm.fileExists(atPath: owner, isDirectory: &isDir), isDir.boolValue,
+              let m = try? InputFile.read(manifest, limit: RingFileLimits.json), let v = try? StrictJSONParser.parse(m),
+              case .string(let format)? = v["format"], format.hasPrefix("deepring-ring-"),
+              let top = try? fm.contentsOfDirectory(atPath: root), let own = try? fm.contentsOfDirectory(atPath: owner) else { return false }
+        let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next"]
+        let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
+                                       "ouroboros.safetensors", "runtime.lock", "state.lock"]
+        // Temporary files of atomic writes (`.NAME.tmp-PID`) may be left by a crash.
+        func isTemporary(_ n: String) -> Bool { n.hasPrefix(".") && n.contains(".tmp-") }
+        return top.allSatisfy { topNames.contains($0) || RingPaths.isRetiredPlacement($0) || isTemporary($0) }
+            && own.allSatisfy { ownerNames.contains($0) || isTemporary($0) }
     }
 }
 
-/// The bounds of a ring's files: nothing legitimate is larger, and a hostile file is refused by its size first.
+/// The bound of a ring's JSON files. Parameter files and the checkpoint are bounded by the sizes the owner's signed
+/// record (and each block's signed descriptor) give them: a file is never read beyond the size it was sealed with.
 enum RingFileLimits {
     static let json = 1 << 20
-    /// A holder's parameter file: no larger than the owner's checkpoint, which holds every layer (64 KiB of slack for
-    /// the header's longer tensor names); 2 GiB without the owner's folder.
-    static func holder(_ paths: RingPaths) -> Int {
-        var st = stat()
-        guard stat(paths.checkpoint, &st) == 0, st.st_size > 0 else { return 1 << 31 }
-        return Int(st.st_size) + (1 << 16)
-    }
-    static let checkpoint = 8 << 30
 }
 
 // MARK: locks
@@ -156,6 +166,10 @@ func removeTree(_ path: String) {
 
 func processIsAlive(_ pid: Int32) -> Bool { pid > 0 && (kill(pid, 0) == 0 || errno == EPERM) }
 
+func isHexDigits<S: StringProtocol>(_ s: S) -> Bool {
+    !s.isEmpty && s.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
+}
+
 // MARK: destructive requests
 
 /// What may be done with the folder a new ring (or an attack's ring) is to be written to.
@@ -222,9 +236,11 @@ public enum TemporaryPaths {
         for p in all { removeTree(p) }
     }
 
-    /// On SIGINT or SIGTERM: remove the registered paths, then exit with 128 + the signal number.
+    /// On SIGINT, SIGTERM and every other signal that would end the process (HUP, QUIT, PIPE, USR1, USR2, ALRM,
+    /// XCPU, XFSZ, VTALRM, PROF): remove the registered paths, then exit with 128 + the signal number. (SIGKILL
+    /// cannot be caught: `removeStale` cleans up after it.)
     public static func installSignalHandlers() {
-        for sig in [SIGINT, SIGTERM] {
+        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF] {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler {
@@ -236,23 +252,42 @@ public enum TemporaryPaths {
         }
     }
 
-    /// A new folder in the system's temporary folder, `deepring-<purpose>.<pid>.<random>`, mode 0700, registered.
+    /// A new folder in the system's temporary folder, `deepring-<purpose>.<pid>.<12 hex digits>`, mode 0700,
+    /// registered. Leftovers of dead processes — such folders, and the `.…sealing-…` folders of rings being sealed
+    /// into them — are removed first.
     public static func makeDirectory(purpose: String) throws -> String {
         let base = NSTemporaryDirectory()
-        removeStale(in: base, prefix: "deepring-\(purpose).")
+        removeStale(in: base, prefix: "deepring-\(purpose).", separator: ".", suffix: 12)
+        removeStale(in: base, prefix: ".deepring-\(purpose).", separator: ".", suffix: nil)
         let dir = (base as NSString).appendingPathComponent("deepring-\(purpose).\(getpid()).\(randomID().prefix(12))")
         register(dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         return dir
     }
 
-    /// Removes entries of `dir` named `<prefix><pid>.<anything>` whose process no longer exists.
-    public static func removeStale(in dir: String, prefix: String) {
+    /// Removes entries of `dir` named exactly `<prefix><pid><separator><suffix hex digits>` — with `suffix` nil,
+    /// `<prefix><pid><separator><12 hex digits>.sealing-<pid>-<8 hex digits>`, a ring being sealed into such a
+    /// folder — whose process no longer exists. Nothing of another name is ever touched.
+    public static func removeStale(in dir: String, prefix: String, separator: Character, suffix: Int?) {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(prefix) {
             let rest = name.dropFirst(prefix.count)
-            guard let dot = rest.firstIndex(where: { $0 == "." || $0 == "-" }), let pid = Int32(rest[..<dot]),
-                  pid != getpid(), !processIsAlive(pid) else { continue }
+            guard let sep = rest.firstIndex(of: separator), let pid = Int32(rest[..<sep]), pid != getpid() else { continue }
+            let tail = rest[rest.index(after: sep)...]
+            if let n = suffix {
+                guard tail.count == n, isHexDigits(tail) else { continue }
+            } else {
+                let parts = tail.split(separator: ".", maxSplits: 1)
+                guard parts.count == 2, parts[0].count == 12, isHexDigits(parts[0]), isSealingFolder(parts[1]) else { continue }
+            }
+            guard !processIsAlive(pid) else { continue }
             removeTree((dir as NSString).appendingPathComponent(name))
         }
+    }
+
+    /// `sealing-<pid>-<8 hex digits>`.
+    static func isSealingFolder<S: StringProtocol>(_ s: S) -> Bool {
+        guard s.hasPrefix("sealing-") else { return false }
+        let f = s.dropFirst(8).split(separator: "-")
+        return f.count == 2 && Int32(f[0]) != nil && f[1].count == 8 && isHexDigits(f[1])
     }
 }

@@ -16,6 +16,10 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
     public internal(set) var hashes: [String]
     public internal(set) var layerDigests: [String]
     public internal(set) var fileDigests: [String]
+    /// The size of each holder's file as sealed (0 = the ouroboros), and of the checkpoint: a file of another size is
+    /// tampered with, and no file is read beyond its size.
+    public internal(set) var fileSizes: [Int]
+    public internal(set) var checkpointSize: Int
     /// The placement generation: 0 at sealing, +1 per reshuffle or re-provisioning.
     public internal(set) var generation: Int
     public var signature: String
@@ -24,6 +28,8 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
         w.string(format)
         w.string(ringID)
         for list in [order, hashes, layerDigests, fileDigests] { w.list(list) { w, s in w.string(s) } }
+        w.list(fileSizes) { w, n in w.i64(Int64(n)) }
+        w.i64(Int64(checkpointSize))
         w.i64(Int64(generation))
     }
 
@@ -33,6 +39,8 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
         func isHex(_ s: String, _ n: Int) -> Bool { s.utf8.count == 2 * n && unhex(s) != nil }
         guard r.format == currentFormat, r.order.count == blockCount, r.hashes.count == blockCount + 1,
               r.layerDigests.count == blockCount + 1, r.fileDigests.count == blockCount + 1, r.generation >= 0,
+              r.fileSizes.count == blockCount + 1, r.fileSizes.allSatisfy({ $0 > 0 && $0 <= ModelFile.maxFileSize }),
+              r.checkpointSize > 0, r.checkpointSize <= 2 * ModelFile.maxFileSize,
               r.order.allSatisfy({ isHex($0, 16) }), Set(r.order).count == r.order.count,
               (r.hashes + r.layerDigests + r.fileDigests).allSatisfy({ isHex($0, 32) }) else {
             throw RingError.malformedFile(path, "not a valid owner record for \(blockCount) blocks")
@@ -110,7 +118,7 @@ public final class SealedRing {
         let url = URL(fileURLWithPath: directory)
         let parent = url.deletingLastPathComponent().path, name = url.lastPathComponent
         try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
-        TemporaryPaths.removeStale(in: parent, prefix: ".\(name).sealing-")
+        TemporaryPaths.removeStale(in: parent, prefix: ".\(name).sealing-", separator: "-", suffix: 8)
         let tmp = parent + "/.\(name).sealing-\(getpid())-\(randomID().prefix(8))"
         TemporaryPaths.register(tmp)
         defer { TemporaryPaths.unregister(tmp); removeTree(tmp) }
@@ -154,16 +162,18 @@ public final class SealedRing {
             BlockFile.serialize(layers: [("own", layers[j]), ("next", j + 1 < layers.count ? layers[j + 1] : ouroboros)])
         }
         fileDigests += blockFiles.map { hex(SHA256.hash(data: $0)) }
+        let checkpoint = BlockFile.serialize(layers: all.enumerated().map { ("L\($0.offset)", $0.element) })
         var record = OwnerRecord(format: OwnerRecord.currentFormat, ringID: ringID, order: [], hashes: hashes.map { hex($0) },
                                  layerDigests: all.map { hex(SHA256.hash(data: ParamsEncoding.encode($0))) },
-                                 fileDigests: fileDigests, generation: 0, signature: "")
+                                 fileDigests: fileDigests, fileSizes: [ouroFile.count] + blockFiles.map(\.count),
+                                 checkpointSize: checkpoint.count, generation: 0, signature: "")
         // The first placement is built exactly as every later one (fresh ids and keys, signed descriptors).
         let placement = try Placement.build(paths: p, record: record, ouroboros: ouroKeys.publicKeys, identity: identity,
                                             into: p.blocks, sources: blockFiles.map { .bytes($0) })
         record.order = placement.ids
         try record.sign(with: identity)
         try writeNewFile(try encodeJSON(record), to: p.record, permissions: 0o600)
-        try writeNewFile(BlockFile.serialize(layers: all.enumerated().map { ("L\($0.offset)", $0.element) }), to: p.checkpoint, permissions: 0o600)
+        try writeNewFile(checkpoint, to: p.checkpoint, permissions: 0o600)
         var manifest = RingManifest(ringID: ringID, owner: owner, ouroboros: ouroKeys.publicKeys, algorithms: algorithms,
                                     blockCount: layers.count, inputShape: model.inputShape, classes: model.architecture.classes)
         try manifest.sign(with: identity)
@@ -209,9 +219,9 @@ public final class SealedRing {
     // MARK: authenticity and tracking
 
     /// What holder `position` currently holds, or nil when its file cannot be read as a block file.
-    func currentHolding(_ position: Int, limit: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
+    func currentHolding(_ position: Int) -> (own: RingLayer, next: RingLayer, digest: String)? {
         let path = holderPath(position)
-        guard let d = try? InputFile.read(path, limit: limit) else { return nil }
+        guard let d = try? readHolder(position) else { return nil }
         let digest = hex(SHA256.hash(data: d))
         guard let ls = try? BlockFile.parse(d, prefixes: ["own", "next"], path: path) else { return nil }
         return (ls[0], ls[1], digest)
@@ -223,11 +233,11 @@ public final class SealedRing {
         let n = manifest.blockCount
         // Reading, file digests and parsing are independent per holder: spread over the engine's threads. The
         // chain itself (Eq. 1) is sequential: each hash starts from the previous one.
-        let limit = RingFileLimits.holder(paths)
         var loaded = [(own: RingLayer, next: RingLayer, digest: String)?](repeating: nil, count: n + 1)
         loaded.withUnsafeMutableBufferPointer { out in
-            let box = UnsafeSendableBox(out.baseAddress!)
-            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p, limit: limit) }
+            guard let base = out.baseAddress else { return }
+            let box = UnsafeSendableBox(base)
+            Parallel.forEach(n + 1) { p in box.value[p] = currentHolding(p) }
         }
         let empty = RingLayer(specs: [], inputShape: [], tensors: [], tensorNames: [])
         let firstBadFile = (0...n).first { loaded[$0]?.digest != record.fileDigests[$0] }
@@ -241,14 +251,19 @@ public final class SealedRing {
 
     func holderName(_ position: Int) -> String { position == 0 ? "ouroboros" : record.order[position - 1] }
 
+    /// Holder `position`'s file, read only up to its sealed size (a larger file is refused before it is read).
+    func readHolder(_ position: Int) throws -> [UInt8] {
+        try InputFile.read(holderPath(position), limit: record.fileSizes[position])
+    }
+
     /// The checkpoint's layers, each checked against its recorded digest before use.
     func checkpointLayers() throws -> [RingLayer] {
         let layers: [RingLayer]
         do {
-            layers = try BlockFile.parse(try InputFile.read(paths.checkpoint, limit: RingFileLimits.checkpoint),
+            layers = try BlockFile.parse(try InputFile.read(paths.checkpoint, limit: record.checkpointSize),
                                          prefixes: (0...manifest.blockCount).map { "L\($0)" }, path: paths.checkpoint)
         } catch {
-            throw RingError.checkpointCorrupted(layer: -1)
+            throw RingError.checkpointCorrupted(layer: nil)
         }
         for (j, l) in layers.enumerated() where hex(SHA256.hash(data: ParamsEncoding.encode(l))) != record.layerDigests[j] {
             throw RingError.checkpointCorrupted(layer: j)
@@ -319,11 +334,10 @@ extension SealedRing {
         let lock = try p.stateLockShared()
         defer { _ = lock }
         var out: [BlockSummary] = []
-        let limit = RingFileLimits.holder(p)
         for id in try FileManager.default.contentsOfDirectory(atPath: p.blocks).sorted() {
             let b = p.block(id)
             let d = try BlockDescriptor.read(b + "/block.json")
-            let layers = try BlockFile.parse(try InputFile.read(b + "/params.safetensors", limit: limit),
+            let layers = try BlockFile.parse(try InputFile.read(b + "/params.safetensors", limit: d.paramsSize),
                                              prefixes: ["own", "next"], path: b + "/params.safetensors")
             func describe(_ l: RingLayer) -> String {
                 l.specs.map(\.type.rawValue).joined(separator: "+") + " " + l.tensors.map { "\($0.shape)" }.joined(separator: " ")

@@ -35,6 +35,14 @@ public struct LedgerEntry: Sendable, Equatable {
     public static let maxPayload = 64 << 20
     public static let maxQueryID = 128
 
+    /// A query id is 1–128 characters of `[A-Za-z0-9._-]`: anyone may post a query, and readers print ids.
+    public static func isValidQueryID(_ q: String) -> Bool {
+        let u = q.utf8
+        return !u.isEmpty && u.count <= maxQueryID && u.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 95 || c == 45
+        }
+    }
+
     /// The canonical byte encoding that is hashed: domain tag ‖ u64 sequence ‖ previous hash ‖ length-prefixed
     /// kind, query id, author and payload (lengths as big-endian u32).
     public static func canonicalBytes(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,
@@ -106,12 +114,15 @@ public enum LedgerError: Error, CustomStringConvertible, Equatable {
     case malformedRow(sequence: Int64?, reason: String)
     case invalidArgument(String)
     case storage(String)
+    /// The database is not what a ledger is (a changed schema, a trigger or view, a FIFO): refused before use.
+    case untrusted(String)
 
     public var description: String {
         switch self {
         case .malformedRow(let s, let r): return "malformed ledger row\(s.map { " \($0)" } ?? ""): \(r)"
         case .invalidArgument(let m): return "invalid ledger entry: \(m)"
         case .storage(let m): return "ledger storage error: \(m)"
+        case .untrusted(let m): return "not a trustworthy ledger: \(m)"
         }
     }
 }
@@ -151,6 +162,9 @@ public protocol Ledger: Sendable {
     func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow]
     /// Sequence numbers of stored rows outside 1 … `LedgerEntry.maxSequence` (at most `limit`): tampering.
     func sequencesOutOfRange(limit: Int) throws -> [Int64]
+    /// The headers (no payloads) of the entries in `range` that match any of `filters`; rows that do not decode are
+    /// left out. Not authenticated: for reports, never for decisions.
+    func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader]
 }
 
 extension Ledger {
@@ -190,6 +204,17 @@ extension Ledger {
     /// Waits until entries after `sequence` exist (or `timeout` passes) and returns those that decode.
     public func waitForEntries(after sequence: Int64, timeout: Duration) throws -> [LedgerEntry] {
         try waitForRows(after: sequence, timeout: timeout).compactMap(\.entry)
+    }
+}
+
+/// What a reader needs of a row without its payload (megabytes for a layer post; anyone may append a query row).
+public struct LedgerRowHeader: Sendable, Equatable {
+    public var sequence: Int64
+    public var kind: EntryKind
+    public var queryID: String?
+    public var author: [UInt8]
+    public init(sequence: Int64, kind: EntryKind, queryID: String?, author: [UInt8]) {
+        self.sequence = sequence; self.kind = kind; self.queryID = queryID; self.author = author
     }
 }
 

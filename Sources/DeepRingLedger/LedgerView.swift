@@ -97,4 +97,8 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     }
 
     public func sequencesOutOfRange(limit: Int) throws -> [Int64] { try base.sequencesOutOfRange(limit: limit) }
+
+    public func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader] {
+        try base.headers(in: range, matching: filters)
+    }
 }

@@ -34,37 +34,77 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         config.readonly = readOnly
         let full = ProcessInfo.processInfo.environment["DEEPRING_LEDGER_SYNC"]?.lowercased() == "full"
         config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = \(full ? "FULL" : "NORMAL"); PRAGMA wal_autocheckpoint = 1024")
+            // A schema is code SQLite runs: nothing in it may call functions with side effects (and `checkSchema`
+            // refuses any trigger or view before a single row is read).
+            try db.execute(sql: "PRAGMA trusted_schema = OFF; PRAGMA synchronous = \(full ? "FULL" : "NORMAL"); PRAGMA wal_autocheckpoint = 1024")
         }
+        try SQLiteLedger.checkFiles(path, mayCreate: !readOnly)
         do {
             if readOnly {
-                guard FileManager.default.fileExists(atPath: path) else { throw LedgerError.storage("\(path): no such ledger") }
                 pool = try DatabasePool(path: path, configuration: config)
-                return
+            } else {
+                // Page size is fixed when the database is created (before WAL mode is set up): only new ledgers get 16 KiB.
+                if !FileManager.default.fileExists(atPath: path) {
+                    let q = try DatabaseQueue(path: path)
+                    try q.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA page_size = 16384; VACUUM") }
+                    try q.close()
+                }
+                pool = try DatabasePool(path: path, configuration: config)
+                try pool.write { db in
+                    if try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sqlite_master") == 0 { try db.execute(sql: SQLiteLedger.schema) }
+                }
             }
-            // Page size is fixed when the database is created (before WAL mode is set up): only new ledgers get 16 KiB.
-            if !FileManager.default.fileExists(atPath: path) {
-                let q = try DatabaseQueue(path: path)
-                try q.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA page_size = 16384; VACUUM") }
-                try q.close()
-            }
-            pool = try DatabasePool(path: path, configuration: config)
-            try pool.write { db in
-                try db.execute(sql: """
-                    CREATE TABLE IF NOT EXISTS entries (
-                        seq INTEGER PRIMARY KEY,
-                        prev_hash BLOB NOT NULL CHECK (typeof(prev_hash) = 'blob' AND length(prev_hash) = 32),
-                        kind TEXT NOT NULL CHECK (kind IN (\(EntryKind.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")))),
-                        query_id TEXT CHECK (query_id IS NULL OR (typeof(query_id) = 'text' AND length(query_id) BETWEEN 1 AND \(LedgerEntry.maxQueryID))),
-                        author BLOB NOT NULL CHECK (typeof(author) = 'blob' AND length(author) = 32),
-                        payload BLOB NOT NULL CHECK (typeof(payload) = 'blob'),
-                        hash BLOB NOT NULL UNIQUE CHECK (typeof(hash) = 'blob' AND length(hash) = 32),
-                        signature BLOB NOT NULL CHECK (typeof(signature) = 'blob' AND length(signature) = 64)
-                    )
-                    """)
-            }
+            try pool.read { db in try SQLiteLedger.checkSchema(db, path) }
         } catch let e as DatabaseError {
             throw LedgerError.storage("\(path): \(e.message ?? e.description)")
+        }
+    }
+
+    /// The one table of a ledger. Its constraints refuse rows that no reader could decode.
+    static let schema = """
+        CREATE TABLE entries (
+            seq INTEGER PRIMARY KEY CHECK (seq BETWEEN 1 AND \(LedgerEntry.maxSequence)),
+            prev_hash BLOB NOT NULL CHECK (typeof(prev_hash) = 'blob' AND length(prev_hash) = 32),
+            kind TEXT NOT NULL CHECK (kind IN (\(EntryKind.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")))),
+            query_id TEXT CHECK (query_id IS NULL OR (typeof(query_id) = 'text' AND length(query_id) BETWEEN 1 AND \(LedgerEntry.maxQueryID)
+                                 AND query_id NOT GLOB '*[^A-Za-z0-9._-]*')),
+            author BLOB NOT NULL CHECK (typeof(author) = 'blob' AND length(author) = 32),
+            payload BLOB NOT NULL CHECK (typeof(payload) = 'blob'),
+            hash BLOB NOT NULL UNIQUE CHECK (typeof(hash) = 'blob' AND length(hash) = 32),
+            signature BLOB NOT NULL CHECK (typeof(signature) = 'blob' AND length(signature) = 64)
+        )
+        """
+
+    /// The database file and its WAL and shared-memory files must be regular files (or absent): a FIFO or a device in
+    /// their place would block or feed SQLite garbage.
+    static func checkFiles(_ path: String, mayCreate: Bool) throws {
+        for (p, required) in [(path, !mayCreate), (path + "-wal", false), (path + "-shm", false)] {
+            var st = stat()
+            guard lstat(p, &st) == 0 else {
+                if required { throw LedgerError.storage("\(p): no such ledger") }
+                continue
+            }
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw LedgerError.untrusted("\(p) is not a regular file")
+            }
+        }
+    }
+
+    /// The schema must be exactly the one a ledger is created with: one table, its unique index, no trigger, no
+    /// view — SQLite would run those on every read or write, and they are whatever someone with the file wrote.
+    static func checkSchema(_ db: Database, _ path: String) throws {
+        let objects = try Row.fetchAll(db, sql: "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
+        let found = objects.map { r -> String in
+            let sql: String? = r["sql"]
+            return "\(r["type"] as String? ?? "?") \(r["name"] as String? ?? "?") \(r["tbl_name"] as String? ?? "?") \(sql ?? "-")"
+        }
+        let expected = ["index sqlite_autoindex_entries_1 entries -", "table entries entries \(schema)"]
+        guard found == expected else {
+            let extra = objects.compactMap { r -> String? in
+                let t: String? = r["type"], n: String? = r["name"]
+                return t == "table" && n == "entries" || t == "index" && n == "sqlite_autoindex_entries_1" ? nil : "\(t ?? "?") \(n ?? "?")"
+            }
+            throw LedgerError.untrusted("\(path) does not have the ledger's schema" + (extra.isEmpty ? " (the table was changed)" : " (it also holds \(extra.prefix(3).joined(separator: ", ")))"))
         }
     }
 
@@ -85,8 +125,8 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("the ledger was opened read-only") }
         guard payload.count <= LedgerEntry.maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
-        if let q = queryID, q.utf8.count > LedgerEntry.maxQueryID || q.isEmpty {
-            throw LedgerError.invalidArgument("query id must be 1–\(LedgerEntry.maxQueryID) bytes")
+        if let q = queryID, !LedgerEntry.isValidQueryID(q) {
+            throw LedgerError.invalidArgument("a query id is 1–\(LedgerEntry.maxQueryID) characters of [A-Za-z0-9._-]")
         }
         do {
             return try pool.write { db in
@@ -133,19 +173,11 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
 
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
         if filters.isEmpty { return [] }
-        var clauses: [String] = []
-        var args: [DatabaseValueConvertible?] = [max(1, range.lowerBound), min(range.upperBound, LedgerEntry.maxSequence)]
-        for f in filters {
-            var parts: [String] = []
-            if let k = f.kind { parts.append("kind = ?"); args.append(k.rawValue) }
-            if let a = f.author { parts.append("author = ?"); args.append(Data(a)) }
-            if let q = f.queryID { parts.append("query_id = ?"); args.append(q) }
-            clauses.append(parts.isEmpty ? "1" : "(" + parts.joined(separator: " AND ") + ")")
-        }
+        let (clauses, args) = SQLiteLedger.filterSQL(range, filters)
         do {
             return try pool.read { db in
-                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses.joined(separator: " OR "))) ORDER BY seq"),
-                                       StatementArguments(args)).compactMap(\.entry)
+                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses)) ORDER BY seq"),
+                                           args).compactMap(\.entry)
             }
         } catch let e as DatabaseError {
             throw LedgerError.storage(e.message ?? e.description)
@@ -160,6 +192,41 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         } catch let e as DatabaseError {
             throw LedgerError.storage(e.message ?? e.description)
         }
+    }
+
+    public func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader] {
+        if filters.isEmpty { return [] }
+        let (clauses, args) = SQLiteLedger.filterSQL(range, filters)
+        do {
+            return try pool.read { db in
+                var out: [LedgerRowHeader] = []
+                let rows = try Row.fetchCursor(db, sql: "SELECT seq, kind, query_id, author FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses)) ORDER BY seq",
+                                               arguments: args)
+                while let r = try rows.next() {
+                    guard let seq = try? SQLiteLedger.int(r, "seq", nil), let k = try? SQLiteLedger.text(r, "kind", seq, optional: false),
+                          let kind = EntryKind(rawValue: k), let q = try? SQLiteLedger.text(r, "query_id", seq, optional: true),
+                          let a = try? SQLiteLedger.blob(r, "author", seq, size: 32) else { continue }
+                    out.append(LedgerRowHeader(sequence: seq, kind: kind, queryID: q, author: a))
+                }
+                return out
+            }
+        } catch let e as DatabaseError {
+            throw LedgerError.storage(e.message ?? e.description)
+        }
+    }
+
+    /// The WHERE clause and arguments of a range and filters (the range clamped to valid sequence numbers).
+    static func filterSQL(_ range: ClosedRange<Int64>, _ filters: [EntryFilter]) -> (String, StatementArguments) {
+        var clauses: [String] = []
+        var args: [DatabaseValueConvertible?] = [max(1, range.lowerBound), min(range.upperBound, LedgerEntry.maxSequence)]
+        for f in filters {
+            var parts: [String] = []
+            if let k = f.kind { parts.append("kind = ?"); args.append(k.rawValue) }
+            if let a = f.author { parts.append("author = ?"); args.append(Data(a)) }
+            if let q = f.queryID { parts.append("query_id = ?"); args.append(q) }
+            clauses.append(parts.isEmpty ? "1" : "(" + parts.joined(separator: " AND ") + ")")
+        }
+        return (clauses.joined(separator: " OR "), StatementArguments(args))
     }
 
     public func sequencesOutOfRange(limit: Int) throws -> [Int64] {
@@ -239,6 +306,9 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         switch (row[column] as DatabaseValue?)?.storage {
         case .string(let s)?:
             guard s.utf8.count <= LedgerEntry.maxQueryID else { throw LedgerError.malformedRow(sequence: seq, reason: "\(column) too long") }
+            if column == "query_id" && !LedgerEntry.isValidQueryID(s) {
+                throw LedgerError.malformedRow(sequence: seq, reason: "query id is not 1–128 characters of [A-Za-z0-9._-]")
+            }
             return s
         case .null? where optional, nil where optional: return nil
         default: throw LedgerError.malformedRow(sequence: seq, reason: "\(column) is not text")

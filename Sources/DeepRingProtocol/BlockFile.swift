@@ -60,7 +60,7 @@ public enum BlockFile {
 public enum RingError: Error, CustomStringConvertible {
     case malformedFile(String, String)
     case notARing(String)
-    case checkpointCorrupted(layer: Int)
+    case checkpointCorrupted(layer: Int?)
     case restoreFailed(String)
     case busy(String)
     /// A file the ring trusts whose owner signature or digest does not verify, or that disagrees with the owner.
@@ -72,8 +72,10 @@ public enum RingError: Error, CustomStringConvertible {
         switch self {
         case .malformedFile(let p, let m): return "\(p): \(m)"
         case .notARing(let m): return "not a DeepRing directory: \(m)"
-        case .checkpointCorrupted(let l):
+        case .checkpointCorrupted(let l?):
             return "the owner's checkpoint is corrupted (layer \(l) does not match its recorded hash); refusing to restore from it"
+        case .checkpointCorrupted(nil):
+            return "the owner's checkpoint cannot be read or parsed (truncated or replaced?); refusing to restore from it"
         case .restoreFailed(let m): return "restore failed: \(m)"
         case .busy(let m): return m
         case .notAuthentic(let m): return "not authentic: \(m)"

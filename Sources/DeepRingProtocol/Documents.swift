@@ -149,16 +149,18 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public var secondPredecessor: String
     public var previousHash: String
     public var hash: String
-    /// SHA-256 of the block's `params.safetensors` as sealed.
+    /// SHA-256 of the block's `params.safetensors` as sealed, and its size (the file is never read beyond it).
     public var paramsDigest: String
+    public var paramsSize: Int
     public var signature: String
 
     public init(ringID: String, id: String, generation: Int, keys: PublicKeys, predecessor: PublicKeys, successor: PublicKeys,
-                secondPredecessor: [UInt8], previousHash: String, hash: String, paramsDigest: String) {
+                secondPredecessor: [UInt8], previousHash: String, hash: String, paramsDigest: String, paramsSize: Int) {
         format = BlockDescriptor.currentFormat
         self.ringID = ringID; self.id = id; self.generation = generation; self.keys = keys
         self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = hex(secondPredecessor)
-        self.previousHash = previousHash; self.hash = hash; self.paramsDigest = paramsDigest; signature = ""
+        self.previousHash = previousHash; self.hash = hash; self.paramsDigest = paramsDigest; self.paramsSize = paramsSize
+        signature = ""
     }
 
     public func canonicalFields(into w: inout BinaryWriter) {
@@ -173,6 +175,7 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
         w.raw(unhex(previousHash) ?? [])
         w.raw(unhex(hash) ?? [])
         w.raw(unhex(paramsDigest) ?? [])
+        w.i64(Int64(paramsSize))
     }
 
     /// Parses a descriptor and checks its form (not its signature: see `isSigned(by:)`).
@@ -181,6 +184,7 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
         guard d.format == currentFormat, !d.ringID.isEmpty, d.ringID.utf8.count <= PayloadLimits.name,
               isHex(d.id, bytes: 16), d.generation >= 0, isHex(d.secondPredecessor, bytes: 32),
               isHex(d.previousHash, bytes: 32), isHex(d.hash, bytes: 32), isHex(d.paramsDigest, bytes: 32),
+              d.paramsSize > 0, d.paramsSize <= ModelFile.maxFileSize,
               isHex(d.signature, bytes: 64) else {
             throw RingError.malformedFile(path, "not a valid block descriptor")
         }

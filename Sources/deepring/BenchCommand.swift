@@ -42,7 +42,7 @@ struct BenchEngine: ParsableCommand {
     @OptionGroup var threadOptions: ThreadOptions
 
     func validate() throws {
-        if let r = roundsOption, r < 1 { throw ValidationError("--rounds must be at least 1") }
+        if let r = roundsOption, r < 1 || r > 100 { throw ValidationError("--rounds must be between 1 and 100") }
         guard repeats >= 1 && repeats <= 1000 else { throw ValidationError("--repeats must be between 1 and 1000") }
     }
 

@@ -12,6 +12,7 @@ let exitNotAuthentic: Int32 = 3
 func ringFail(_ error: Error) -> ExitCode {
     let code = fail(error)
     if case RingError.notAuthentic = error { return ExitCode(exitNotAuthentic) }
+    if case LedgerError.untrusted = error { return ExitCode(exitNotAuthentic) }
     return code
 }
 
@@ -273,8 +274,17 @@ struct Query: ParsableCommand {
     func run() throws {
         threadOptions.apply()
         do {
-            // The querent: nothing is sent to a ring whose manifest is not the pinned owner's.
-            let manifest = try RingManifest.read(RingPaths(ring).manifest)
+            // The querent: nothing is sent to a ring whose manifest is not the pinned owner's. On the owner's own host
+            // (the owner's folder is here) that owner is known for sure: a ring.json from anyone else is refused before
+            // it could be trusted on first use, and before the runtime (which would re-issue it) starts.
+            let paths = RingPaths(ring)
+            let manifest = try RingManifest.read(paths.manifest)
+            if InputFile.isRegular(paths.identity) {
+                let owner = Array(try KeyFile.read(paths.identity).signing.publicKey.rawRepresentation)
+                guard manifest.ownerKey == owner else {
+                    throw RingError.notAuthentic("ring.json is signed by owner \(manifest.ownerFingerprint), not by this ring's owner \(KeyFingerprint.of(owner)) (owner/identity.json); refusing to send anything (`deepring verify --ring \(ring) --restore` re-issues it)")
+                }
+            }
             if try KnownRings(path: KnownRings.defaultPath).authenticate(manifest, ownerKey: ownerKey) == .firstUse {
                 stderrPrint("note: trusting owner \(manifest.ownerFingerprint) for ring \(manifest.ringID) on first use (pinned in \(KnownRings.defaultPath))")
             }
@@ -298,6 +308,9 @@ struct Query: ParsableCommand {
             let rt = try RingRuntime(directory: ring, lockTimeout: lockTimeout, onWait: { stderrPrint($0) })
             guard rt.ring.manifest == manifest else {
                 throw RingError.notAuthentic("ring.json differs from the owner's manifest; refusing to send anything")
+            }
+            guard batch <= rt.maxBatch else {
+                throw QueryError.badInput("--batch \(batch): this ring takes at most \(rt.maxBatch) inputs per query (every post must fit in a ledger entry)")
             }
             rt.querent = Querent(manifest: manifest)
             rt.verifyEvery = verifyEvery

@@ -21,17 +21,24 @@ func sampleLedger() throws -> (SQLiteLedger, Set<[UInt8]>) {
     return (ledger, [a.publicKey, b.publicKey])
 }
 
-/// Plays an attacker with write access to the database file: the table is first rebuilt without the schema's
-/// constraints (as such an attacker could), then `sql` runs.
-func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = []) throws {
+/// Rebuilds the table without its constraints, as an attacker with the file could (the ledger is then refused at open).
+func rebuildTableWithoutConstraints(_ ledger: SQLiteLedger) throws {
     let q = try DatabaseQueue(path: ledger.path)
     try q.write { db in
-        if try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'entries'")?.contains("CHECK") == true {
-            try db.execute(sql: """
-                CREATE TABLE attacker (seq INTEGER PRIMARY KEY, prev_hash, kind, query_id, author, payload, hash, signature);
-                INSERT INTO attacker SELECT * FROM entries; DROP TABLE entries; ALTER TABLE attacker RENAME TO entries
-                """)
-        }
+        try db.execute(sql: """
+            CREATE TABLE attacker (seq INTEGER PRIMARY KEY, prev_hash, kind, query_id, author, payload, hash, signature);
+            INSERT INTO attacker SELECT * FROM entries; DROP TABLE entries; ALTER TABLE attacker RENAME TO entries
+            """)
+    }
+}
+
+/// Plays an attacker with write access to the database file: its connection ignores the schema's CHECK constraints
+/// (a per-connection pragma; the schema itself stays as it was, or the ledger would be refused at open), then `sql`
+/// runs.
+func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = []) throws {
+    let q = try DatabaseQueue(path: ledger.path)
+    try q.writeWithoutTransaction { db in
+        try db.execute(sql: "PRAGMA ignore_check_constraints = ON")
         try db.execute(sql: sql, arguments: args)
     }
 }
@@ -147,9 +154,15 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         try tamper(l, "INSERT INTO entries VALUES (7, ?, ?, ?, ?, ?, ?, ?)",
                    [Data(last.hash), old.kind.rawValue, old.queryID, Data(old.author), Data(old.payload), Data(hash), Data(old.signature)])
         expectProblem(at: 7, l, k) { $0 == .badSignature }
-        // A verbatim copy (old hash and signature) is caught too.
+        // A verbatim copy (old hash and signature) cannot even be stored (entry hashes are unique), and with the
+        // table rebuilt without that constraint the ledger is refused at open; the audit names the copy too.
+        #expect(throws: DatabaseError.self) {
+            try tamper(l, "UPDATE entries SET hash = ?, prev_hash = ? WHERE seq = 7", [Data(old.hash), Data(old.previousHash)])
+        }
+        try rebuildTableWithoutConstraints(l)
         try tamper(l, "UPDATE entries SET hash = ?, prev_hash = ? WHERE seq = 7", [Data(old.hash), Data(old.previousHash)])
         expectProblem(at: 7, l, k)
+        #expect(throws: LedgerError.self) { try SQLiteLedger(path: l.path) }
     }
 
     @Test func replayedSignatureIsNamed() {
@@ -182,15 +195,17 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(try row5() == .malformed(sequence: 5, reason: "unknown kind"))
         try tamper(l, "UPDATE entries SET kind = 'layer', hash = zeroblob(31) WHERE seq = 5")
         #expect(try row5() == .malformed(sequence: 5, reason: "hash has 31 bytes, expected 32"))
+        try tamper(l, "UPDATE entries SET hash = randomblob(32), query_id = 'two\nlines' WHERE seq = 5")
+        #expect(try row5() == .malformed(sequence: 5, reason: "query id is not 1–128 characters of [A-Za-z0-9._-]"))
         // The payload is read without an intermediate copy, after its type is checked.
-        try tamper(l, "UPDATE entries SET hash = zeroblob(32), payload = 'text, not a blob' WHERE seq = 5")
+        try tamper(l, "UPDATE entries SET query_id = NULL, payload = 'text, not a blob' WHERE seq = 5")
         #expect(try row5() == .malformed(sequence: 5, reason: "payload is not a blob"))
-        try tamper(l, "UPDATE entries SET hash = zeroblob(32), payload = 42 WHERE seq = 4")
+        try tamper(l, "UPDATE entries SET hash = randomblob(32), payload = 42 WHERE seq = 4")
         #expect(try l.rows(from: 4, limit: 1)[0] == .malformed(sequence: 4, reason: "payload is not a blob"))
         #expect(try l.entries(in: 1...6, matching: [EntryFilter()]).map(\.sequence) == [1, 2, 3, 6])
         // A view over the ledger moves past a malformed row at its tail (it does not stall there), and appends go on.
         let v = try LedgerView(try SQLiteLedger(path: l.path), window: 16)
-        try tamper(l, "INSERT INTO entries VALUES (7, zeroblob(32), 'bogus', NULL, zeroblob(32), x'00', zeroblob(32), zeroblob(64))")
+        try tamper(l, "INSERT INTO entries VALUES (7, zeroblob(32), 'bogus', NULL, zeroblob(32), x'00', randomblob(32), zeroblob(64))")
         try l.append(kind: .query, queryID: "after", payload: [1], signer: LedgerSigner())
         try v.refresh()
         #expect(try v.lastSequence() == 8)
@@ -202,8 +217,8 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
     /// (a trap). Rows outside 1 … maxSequence are never read as part of the chain; the audit names them.
     @Test func aRowWithAHugeSequenceNumberIsNamedNotFatal() throws {
         let (l, k) = try sampleLedger()
-        try tamper(l, "INSERT INTO entries VALUES (9223372036854775807, zeroblob(32), 'alarm', NULL, zeroblob(32), x'', zeroblob(32), zeroblob(64))")
-        try tamper(l, "INSERT INTO entries VALUES (-5, zeroblob(32), 'alarm', NULL, zeroblob(32), x'', zeroblob(32), zeroblob(64))")
+        try tamper(l, "INSERT INTO entries VALUES (9223372036854775807, zeroblob(32), 'alarm', NULL, zeroblob(32), x'', randomblob(32), zeroblob(64))")
+        try tamper(l, "INSERT INTO entries VALUES (-5, zeroblob(32), 'alarm', NULL, zeroblob(32), x'', randomblob(32), zeroblob(64))")
         #expect(try l.lastSequence() == 6)
         #expect(try l.allRows().map(\.sequence) == [1, 2, 3, 4, 5, 6])
         #expect(try l.entries(in: 1...Int64.max, matching: [EntryFilter()]).count == 6)
@@ -222,7 +237,6 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         let (l, _) = try sampleLedger()
         let v = try LedgerView(try SQLiteLedger(path: l.path), window: 64)
         let q = try DatabaseQueue(path: l.path)
-        try tamper(l, "SELECT 1")
         try q.write { db in
             for i in 0..<1100 {
                 try db.execute(sql: "INSERT INTO entries VALUES (?, zeroblob(32), 'alarm', NULL, zeroblob(32), x'00', randomblob(32), zeroblob(64))",
@@ -233,9 +247,36 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(try v.lastSequence() == 1109)
         #expect(try v.rows(from: 1100, limit: 5).map(\.sequence) == [1100, 1101, 1102, 1103, 1104])
         #expect(try v.entries(in: 7...12, matching: [EntryFilter(kind: .alarm)]).map(\.sequence) == [10, 11, 12])
-        let e = try v.append(kind: .query, queryID: "after the gap", payload: [1], signer: LedgerSigner())
+        let e = try v.append(kind: .query, queryID: "after-the-gap", payload: [1], signer: LedgerSigner())
         #expect(e.sequence == 1110)
         #expect(try v.lastSequence() == 1110)
+    }
+
+    /// Found by the attacker review: SQLite runs a schema's triggers, so a trigger with an endless recursive query
+    /// hung every append, and a view in place of the table hung every reader. A ledger whose schema is not exactly
+    /// the ledger's, or whose files are not regular files, is refused at open.
+    @Test(.timeLimit(.minutes(1))) func aLedgerWithAnotherSchemaOrFileTypeIsRefusedAtOpen() throws {
+        let (l, _) = try sampleLedger()
+        let q = try DatabaseQueue(path: l.path)
+        try q.write { db in
+            try db.execute(sql: """
+                CREATE TRIGGER slow AFTER INSERT ON entries BEGIN
+                  SELECT COUNT(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x FROM r);
+                END
+                """)
+        }
+        #expect(throws: LedgerError.self) { try SQLiteLedger(path: l.path) }
+        #expect(throws: LedgerError.self) { try SQLiteLedger(path: l.path, readOnly: true) }
+        try q.write { db in try db.execute(sql: "DROP TRIGGER slow") }
+        #expect(try SQLiteLedger(path: l.path, readOnly: true).allEntries().count == 6)
+        try q.write { db in try db.execute(sql: "ALTER TABLE entries RENAME TO t; CREATE VIEW entries AS SELECT * FROM t") }
+        #expect(throws: LedgerError.self) { try SQLiteLedger(path: l.path, readOnly: true) }
+        let fifo = tempLedgerPath()
+        #expect(mkfifo(fifo, 0o644) == 0)
+        #expect(throws: LedgerError.self) { try SQLiteLedger(path: fifo, readOnly: true) }
+        #expect(throws: LedgerError.self) { try SQLiteLedger(path: fifo) }
+        // A query id a reader would print must be plain: anything else is refused at append.
+        #expect(throws: LedgerError.self) { try l.append(kind: .query, queryID: "two\nlines\u{1b}[31m", payload: [1], signer: LedgerSigner()) }
     }
 
     @Test func newLedgersUse16KiBPagesAndCheckpointInTheBackground() throws {

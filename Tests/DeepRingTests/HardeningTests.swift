@@ -54,7 +54,7 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         #expect(!report.authentic)
         #expect(report.findings.contains { $0.subject == .block(victim, position: 2) && $0.problem.contains("not signed by the owner") })
         // The block refuses its own descriptor at load; the owner re-provisions it before serving.
-        #expect(throws: RingError.self) { try BlockBundle.load(dir + "/blocks/\(victim)", paramsLimit: 1 << 30) }
+        #expect(throws: RingError.self) { try BlockBundle.load(dir + "/blocks/\(victim)") }
         let rt = try RingRuntime(directory: dir)
         #expect(rt.reprovisioned == [victim])
         for n in [1, 7] {
@@ -121,7 +121,7 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         try ledger.append(kind: .layer, queryID: "forged", payload: [1, 2, 3], signer: LedgerSigner(attacker.signing))
         #expect(try ring.auditLedger().firstProblem?.problem == .unknownAuthor)
         #expect(try RingCheck.run(dir).findings.contains { $0.subject == .block(victim, position: 3) })
-        #expect(throws: RingError.self) { try BlockBundle.load(b, paramsLimit: 1 << 30) }
+        #expect(throws: RingError.self) { try BlockBundle.load(b) }
     }
 
     /// A key file readable by others is named, and the block re-provisioned with fresh keys (the old ones may leak).
@@ -202,6 +202,21 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         var x = sampleInputs(4)
         for l in try ring.plainLayers() { x = try l.model().checkedForward(x) }
         #expect(x.data == plainLogits(m, sampleInputs(4)).data)
+    }
+
+    /// Found by the attacker review: with the checkpoint truncated, the block files were refused by a size bound
+    /// taken from the checkpoint, so a repairable ring looked lost. Bounds now come from the signed record.
+    @Test func aTruncatedCheckpointIsRebuiltFromIntactBlocks() throws {
+        let m = try smallModel(seed: 57)
+        let dir = try sealedRing(m)
+        let cp = dir + "/owner/checkpoint.safetensors"
+        let original = try Data(contentsOf: URL(fileURLWithPath: cp))
+        #expect(truncate(cp, off_t(original.count / 2)) == 0)
+        let report = try RingCheck.run(dir)
+        #expect(report.findings.map(\.subject) == [.checkpoint] && report.repairable, "\(report.findings)")
+        #expect(report.findings[0].problem.contains("cannot be read or parsed"))
+        #expect(try RingCheck.repair(dir).after.authentic)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: cp)) == original)
     }
 
     /// When the checkpoint and every copy of a layer are damaged, verify says so: nothing is left to restore from.
@@ -381,6 +396,44 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         #expect(try rt.ring.auditLedger().isClean)
     }
 
+    /// Found by the attacker review: an outsider's query big enough that a block's post would not fit in a ledger
+    /// entry killed the owner's running query. The ouroboros refuses it; the owner's query is answered.
+    @Test func aQueryTooBigForTheLedgerIsRefusedAndTheOthersAreAnswered() throws {
+        let m = try Model(.mlp(inputShape: [6, 6, 1], classes: 4, hidden: [4096, 8]), seed: 3)
+        let dir = try sealedRing(m)
+        let rt = try RingRuntime(directory: dir)
+        #expect(rt.maxBatch == (LedgerEntry.maxPayload - (1 << 16)) / (4 * 4096))
+        let (bigID, _, big) = try rt.querent.ask(Tensor(zeros: [rt.maxBatch + 1, 6, 6, 1]))
+        try rt.ledger.append(kind: .query, queryID: bigID, payload: big, signer: LedgerSigner())
+        let x = sampleInputs(3)
+        #expect(try rt.query(x).logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+        let refusal = try rt.ledger.allEntries().first { $0.kind == .delivery && $0.queryID == bigID }
+        if case .refusal(.badInput, let why)? = try refusal.map({ try Delivery.decode($0).outcome }) {
+            #expect(why.contains("\(rt.maxBatch)"))
+        } else { Issue.record("the big query was not refused") }
+        #expect(throws: QueryError.self) { try rt.query(Tensor(zeros: [rt.maxBatch + 1, 6, 6, 1])) }
+    }
+
+    /// Found by the attacker review: one row with sequence number 2⁶³ − 1 made every query trap. Now verify names
+    /// it, the audit names it, and the ring goes on answering (the ledger is append-only: nothing to repair).
+    @Test func aRowWithAHugeSequenceNumberIsNamedAndTheRingAnswers() throws {
+        let m = try smallModel(seed: 73)
+        let dir = try sealedRing(m)
+        let q = try DatabaseQueue(path: dir + "/ledger.sqlite")
+        try q.writeWithoutTransaction { db in
+            try db.execute(sql: """
+                PRAGMA ignore_check_constraints = ON;
+                INSERT INTO entries VALUES (9223372036854775807, zeroblob(32), 'alarm', NULL, randomblob(32), x'', randomblob(32), zeroblob(64));
+                """)
+        }
+        let report = try RingCheck.run(dir)
+        #expect(report.findings.map(\.subject) == [.ledger] && !report.repairable)
+        let rt = try RingRuntime(directory: dir)
+        let x = sampleInputs(2)
+        #expect(try rt.query(x).logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+        #expect(try rt.ring.auditLedger().firstProblem?.sequence == Int64.max)
+    }
+
     /// Finding 5: a row of unknown kind or with a malformed author at the tail stopped every query until deleted.
     @Test func malformedRowsAtTheTailNeitherStopTheRingNorPassTheAudit() throws {
         let m = try smallModel(seed: 72)
@@ -389,13 +442,12 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         _ = try rt?.query(sampleInputs(1))
         let q = try DatabaseQueue(path: dir + "/ledger.sqlite")
         let tail = try rt!.ledger.lastSequence()
-        // An attacker with the file rebuilds the table without its constraints and appends two broken rows.
-        try q.write { db in
+        // An attacker with the file, its connection ignoring the schema's checks, appends two broken rows.
+        try q.writeWithoutTransaction { db in
             try db.execute(sql: """
-                CREATE TABLE attacker (seq INTEGER PRIMARY KEY, prev_hash, kind, query_id, author, payload, hash, signature);
-                INSERT INTO attacker SELECT * FROM entries; DROP TABLE entries; ALTER TABLE attacker RENAME TO entries;
-                INSERT INTO entries VALUES (\(tail + 1), zeroblob(32), 'bogus', NULL, zeroblob(32), x'00', zeroblob(32), zeroblob(64));
-                INSERT INTO entries VALUES (\(tail + 2), zeroblob(32), 'layer', 'q', 'not a key', x'00', zeroblob(32), zeroblob(64));
+                PRAGMA ignore_check_constraints = ON;
+                INSERT INTO entries VALUES (\(tail + 1), zeroblob(32), 'bogus', NULL, zeroblob(32), x'00', randomblob(32), zeroblob(64));
+                INSERT INTO entries VALUES (\(tail + 2), zeroblob(32), 'layer', 'q', 'not a key', x'00', randomblob(32), zeroblob(64));
                 """)
         }
         let x = sampleInputs(2)
@@ -447,10 +499,35 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         let stale = base + "/.ring.sealing-\(p.processIdentifier)-deadbeef"
         try FileManager.default.createDirectory(atPath: stale + "/owner", withIntermediateDirectories: true)
         try Data("secret".utf8).write(to: URL(fileURLWithPath: stale + "/owner/keys.json"))
-        let live = base + "/.ring.sealing-\(getppid())-cafe"   // a running process's: kept
+        let live = base + "/.ring.sealing-\(getppid())-cafecafe"   // a running process's: kept
         try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
         try SealedRing.seal(try smallModel(seed: 82), into: base + "/ring")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: base).sorted() == [".ring.sealing-\(getppid())-cafe", "ring"])
+        // Only that exact pattern is ever removed: a user's folder of a similar name is not.
+        try FileManager.default.createDirectory(atPath: base + "/.ring.sealing-\(p.processIdentifier)-notes", withIntermediateDirectories: true)
+        try SealedRing.seal(try smallModel(seed: 82), into: base + "/ring", force: true)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: base).sorted()
+                == [".ring.sealing-\(getppid())-cafecafe", ".ring.sealing-\(p.processIdentifier)-notes", "ring"])
+    }
+
+    /// Found by the attacker review: `--force` took any folder with a `ring.json` and an `owner/` for a ring, and a
+    /// reshuffle deleted anything named `blocks.old*`. Only a folder holding nothing but a ring's files is a ring, and
+    /// only the exact names the ring gives its own retired placements are deleted.
+    @Test func forceAndCleanUpTouchOnlyTheRingsOwnFiles() throws {
+        let m = try smallModel(seed: 83)
+        let base = tempRingDir()
+        try FileManager.default.createDirectory(atPath: base + "/owner", withIntermediateDirectories: true)
+        try Data(#"{"format": "deepring-ring-v2"}"#.utf8).write(to: URL(fileURLWithPath: base + "/ring.json"))
+        try Data("my thesis".utf8).write(to: URL(fileURLWithPath: base + "/thesis.tex"))
+        #expect(throws: RingError.self) { try SealedRing.seal(m, into: base, force: true) }
+        #expect(try String(contentsOfFile: base + "/thesis.tex", encoding: .utf8) == "my thesis")
+        let dir = try sealedRing(m)
+        try FileManager.default.createDirectory(atPath: dir + "/blocks.old", withIntermediateDirectories: true)
+        try Data("backup".utf8).write(to: URL(fileURLWithPath: dir + "/blocks.old/keep"))
+        let rt = try RingRuntime(directory: dir)
+        for _ in 0..<3 { _ = try rt.query(sampleInputs(1)) }
+        rt.finishBackgroundWork()
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(try String(contentsOfFile: dir + "/blocks.old/keep", encoding: .utf8) == "backup")
     }
 
     /// The attacks' harness seals into its folder only when it is empty, new or a ring.
