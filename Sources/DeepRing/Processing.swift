@@ -68,6 +68,8 @@ final class RingNode {
     private var seenQueries = BoundedSet<String>(capacity: 1 << 16)
     /// Per query: the input accepted from the predecessor, and whether this node asked for a retry of it.
     private var accepted = BoundedMap<String, Acceptance>(capacity: 1 << 12)
+    /// Per query: the entry this node computed its own post from — the only input a retry may recompute from.
+    private var computedFrom = BoundedMap<String, Int64>(capacity: 1 << 12)
     struct Acceptance { var input: Int64; var retryAsked: Bool; var failures: Int }
     static let maxRetries = 2
     static let maxBatch = 1 << 16
@@ -131,6 +133,7 @@ final class RingNode {
         let payload = LayerPost(consumed: input.sequence, consumedHash: input.hash, recipient: successor.signing,
                                 sealedKey: k, ciphertext: ArraySlice(x), nextHash: h).encoded()
         try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: payload, signer: signer) }
+        if computedFrom[queryID] == nil { computedFrom[queryID] = consumed.sequence }
         try forgery?.after(output: output, queryID: queryID, consumed: consumed, node: self, ledger: ledger)
     }
 
@@ -336,13 +339,17 @@ final class RingNode {
         }
     }
 
-    /// A receiver's alarm naming this node, not final: post again from the same input (the paper's retry).
+    /// A receiver's alarm naming this node for a hash mismatch, not final: post again from the same input (the
+    /// paper's retry). The alarm is only a request: the node recomputes from the very entry it computed from the
+    /// first time — authentic, its predecessor's, of this query — never from an entry the alarm names otherwise.
     func retry(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws -> Bool {
         guard e.isAuthentic, let alarm = try? Alarm.decode(e), case .validation(let a) = alarm.body,
-              a.suspect == publicKeys.signing, !a.final, let inputSeq = a.input,
-              let src = try ledger.entry(at: inputSeq), src.queryID == q,
-              let mine = try ledger.entry(at: a.entry), mine.author == publicKeys.signing, mine.queryID == q else { return false }
-        // Only a hash mismatch is retried, and the ouroboros's post (the querent's input) carries no H to fail.
+              a.suspect == publicKeys.signing, !a.final, a.reason == .hashMismatch, let inputSeq = a.input,
+              let from = computedFrom[q], from == inputSeq,
+              let mine = try ledger.entry(at: a.entry), mine.author == publicKeys.signing, mine.queryID == q, mine.isAuthentic,
+              (try? LayerPost.decode(mine))?.consumed == inputSeq,
+              let src = try ledger.entry(at: inputSeq), src.queryID == q, src.isAuthentic else { return false }
+        // The ouroboros's post (the querent's input) carries no H to fail: it is never retried.
         guard !isOuroboros, src.kind == .layer, src.author == predecessor.signing, let p = try? LayerPost.decode(src),
               let t = try? timing.time(\.crypto, { try open(p, from: src) }), Array(t.shape.dropFirst()) == inputShape else { return false }
         let input = perturbInput?(t) ?? t

@@ -4,6 +4,7 @@ import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol
 import Foundation
+import GRDB
 import Testing
 
 /// Finding 1 of the adversarial review: a block whose keys the attacker holds posts a forged output by a route
@@ -116,5 +117,60 @@ import Testing
         #expect(throws: QueryError.self) { try rt.query(sampleInputs(1)) }
         let alarms = try rt.ledger.allEntries().filter { $0.kind == .alarm }.compactMap { try? Alarm.decode($0) }
         #expect(alarms.contains { if case .validation(let v) = $0.body { return v.reason == .secondPost && v.suspect == forger && v.final } else { return false } })
+    }
+
+    /// Found by the second attacker review: a retry request (a non-final alarm) named the entry to recompute from,
+    /// and the named block recomputed from it without checking it — so one compromised block B could append an
+    /// unsigned "post" carrying an input of its choice under B's second predecessor's name, ask its predecessor A to
+    /// "retry" from it, and relay the result. A retries only from the very entry it computed from the first time.
+    @Test func aRetryRequestCannotMakeABlockComputeFromAnotherInput() throws {
+        let m = try smallModel(seed: 34)
+        let dir = try sealedRing(m)
+        let rt = try RingRuntime(directory: dir)
+        rt.onCompromisedBlock = .refuse
+        rt.queryTimeout = 20
+        let b = 3, aKey = try rt.signingKey(position: b - 1)
+        let db = try DatabaseQueue(path: dir + "/ledger.sqlite")
+        final class Planted: @unchecked Sendable { var seq: Int64 = 0 }
+        let planted = Planted()
+        let B = rt.nodes[b], A = rt.nodes[b - 1]
+        try rt.setForgery(position: b, .silent)
+        B.perturbInput = { x in
+            do {
+                // R: a "layer post" by A's predecessor Z (whose key B knows), addressed to A, carrying B's choice of
+                // input for A — with a signature B cannot make (garbage), written straight into the database.
+                let tail = try rt.view.lastSequence()
+                let aPost = try #require(try rt.view.entries(in: 1...tail, matching: [EntryFilter(kind: .layer, author: A.publicKeys.signing)]).last)
+                let q = try #require(aPost.queryID)
+                let xPrime = Tensor(shape: [x.batch] + A.inputShape, data: [Float](repeating: 1, count: x.batch * A.inputShape.reduce(1, *)))
+                let aad = LayerPost.aad(queryID: q, from: B.secondPredecessor, to: A.publicKeys.signing)
+                let k = SymmetricKey(size: .bits256)
+                let ct = try AES.GCM.seal(TensorWire.encode(xPrime), using: k, authenticating: aad).combined!
+                let sk = try k.withUnsafeBytes { try HPKEBox.seal(Array($0), to: B.predecessor.agreement, aad: aad) }
+                let payload = LayerPost(consumed: aPost.sequence, consumedHash: aPost.hash, recipient: A.publicKeys.signing,
+                                        sealedKey: sk, ciphertext: ArraySlice(ct), nextHash: [UInt8](repeating: 0, count: 32)).encoded()
+                let last = try #require(try rt.ledger.last())
+                let seq = last.sequence + 1
+                let hash = LedgerEntry.computeHash(sequence: seq, previousHash: last.hash, kind: .layer, queryID: q,
+                                                   author: B.secondPredecessor, payload: payload)
+                try db.write { d in
+                    try d.execute(sql: "INSERT INTO entries VALUES (?, ?, 'layer', ?, ?, ?, ?, ?)",
+                                  arguments: [seq, Data(last.hash), q, Data(B.secondPredecessor), Data(payload), Data(hash), Data(repeating: 7, count: 64)])
+                }
+                planted.seq = seq
+                try rt.view.refresh()
+                // B's retry request: "A, your post failed; recompute from R".
+                let alarm = Alarm(.validation(ValidationAlarm(suspect: A.publicKeys.signing, hashFrom: B.secondPredecessor, entry: aPost.sequence,
+                                                              input: seq, reason: .hashMismatch, final: false)))
+                try rt.view.append(kind: .alarm, queryID: q, payload: alarm.encoded(), signer: B.signer)
+            } catch { Issue.record("the attack failed to run: \(error)") }
+            return x
+        }
+        #expect(throws: QueryError.self) { try rt.query(sampleInputs(1)) }
+        #expect(planted.seq > 0)
+        let fromPlanted = try rt.ledger.allEntries().filter { e in
+            e.kind == .layer && e.author == aKey && (try? LayerPost.decode(e))?.consumed == planted.seq
+        }
+        #expect(fromPlanted.isEmpty, "A computed from the planted input")
     }
 }
