@@ -73,6 +73,8 @@ final class RingNode {
     struct Acceptance { var input: Int64; var retryAsked: Bool; var failures: Int }
     static let maxRetries = 2
     static let maxBatch = 1 << 16
+    /// The most payload bytes one round of `step` reads.
+    static let roundBudget = 256 << 20
     /// The most inputs one query may carry in this ring: every post (the input, each layer's output) must fit in a
     /// ledger entry. Set by the runtime from the layers' widths.
     var maxBatch = RingNode.maxBatch
@@ -262,17 +264,23 @@ final class RingNode {
 
     // MARK: the loop
 
-    /// Handles the ledger entries that appeared since the last call. Returns true if it posted anything.
+    /// Handles the ledger entries that appeared since the last call (at most `roundBudget` bytes of them). Returns
+    /// true if it posted anything or has more to read.
     @discardableResult
     func step(ledger: any Ledger) throws -> Bool {
-        let (entries, tail) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
+        // A round reads a bounded amount (anyone with the ledger file may append huge rows); what is left is read
+        // in the next rounds.
+        var behind = false
+        let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             let tail = try ledger.lastSequence()
             guard tail > cursor else { return ([], tail) }
             var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm, author: successor.signing)]
             if isOuroboros { filters.append(EntryFilter(kind: .query)) }
-            return (try ledger.entries(in: (cursor + 1)...tail, matching: filters), tail)
+            let page = try ledger.entries(in: (cursor + 1)...tail, matching: filters, maxBytes: RingNode.roundBudget)
+            behind = page.through < tail
+            return (page.entries, page.through)
         }
-        defer { cursor = max(cursor, tail) }
+        defer { cursor = max(cursor, through) }
         var acted = false
         for e in entries {
             guard let q = e.queryID else { continue }
@@ -294,7 +302,7 @@ final class RingNode {
                 if failures.count > 64 { failures.removeFirst() }
             }
         }
-        return acted
+        return acted || behind
     }
 
     /// A layer post from the predecessor: validate, then compute and post (or deliver, at the ouroboros).

@@ -162,6 +162,9 @@ public protocol Ledger: Sendable {
     func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow]
     /// Sequence numbers of stored rows outside 1 … `LedgerEntry.maxSequence` (at most `limit`): tampering.
     func sequencesOutOfRange(limit: Int) throws -> [Int64]
+    /// Like `entries(in:matching:)`, but bringing at most `maxBytes` of payload into memory (at least one entry):
+    /// what a block reads each round, whatever anyone appended.
+    func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage
     /// The headers (no payloads) of the entries in `range` that match any of `filters`; rows that do not decode are
     /// left out. Not authenticated: for reports, never for decisions.
     func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader]
@@ -216,6 +219,13 @@ public struct LedgerRowHeader: Sendable, Equatable {
     public init(sequence: Int64, kind: EntryKind, queryID: String?, author: [UInt8]) {
         self.sequence = sequence; self.kind = kind; self.queryID = queryID; self.author = author
     }
+}
+
+/// Entries read within a byte budget: every matching entry with sequence ≤ `through` is in `entries`.
+public struct LedgerPage: Sendable {
+    public var entries: [LedgerEntry]
+    public var through: Int64
+    public init(entries: [LedgerEntry], through: Int64) { self.entries = entries; self.through = through }
 }
 
 /// One alternative of an entry filter: every given field must match.

@@ -87,6 +87,21 @@ public final class LedgerView: Ledger, @unchecked Sendable {
         return cache[a..<b].compactMap { r in r.entry.flatMap { e in filters.contains { $0.matches(e) } ? e : nil } }
     }
 
+    public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage {
+        let lo = max(1, range.lowerBound)
+        if filters.isEmpty || lo > tail || range.upperBound < lo { return LedgerPage(entries: [], through: range.upperBound) }
+        guard lo >= first else { return try base.entries(in: range, matching: filters, maxBytes: maxBytes) }
+        // The cache holds at most `self.maxBytes` of payload; within it the budget is the caller's.
+        var out: [LedgerEntry] = [], total = 0
+        for r in cache[index(lo)..<index(min(range.upperBound, tail) + 1)] {
+            guard let e = r.entry, filters.contains(where: { $0.matches(e) }) else { continue }
+            if !out.isEmpty && total + e.payload.count > maxBytes { return LedgerPage(entries: out, through: out[out.count - 1].sequence) }
+            total += e.payload.count
+            out.append(e)
+        }
+        return LedgerPage(entries: out, through: min(range.upperBound, tail))
+    }
+
     /// The tail as of the last refresh (or own append).
     public func lastSequence() throws -> Int64 { tail }
 

@@ -22,6 +22,13 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     private let checkpointer: Checkpointer
 
     public let readOnly: Bool
+    /// The schema version (`PRAGMA schema_version`) last found to be exactly the ledger's schema: every transaction
+    /// checks it first, so a trigger or a view created while the ledger is open is refused too, not run.
+    private var verifiedSchemaVersion: Int = -1
+    private let schemaLock = NSLock()
+    /// The most payload bytes one read brings into memory (at least one row): anyone who can write the file could
+    /// append rows of 64 MiB.
+    public static let readBudget = 256 << 20
 
     /// Opens (creating when missing, unless `readOnly`) the ledger at `path`. A read-only ledger never writes: not
     /// the schema, not a checkpoint; `deepring ledger audit|show` and `verify` open it so.
@@ -54,7 +61,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
                     if try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sqlite_master") == 0 { try db.execute(sql: SQLiteLedger.schema) }
                 }
             }
-            try pool.read { db in try SQLiteLedger.checkSchema(db, path) }
+            try read { _ in }
         } catch let e as DatabaseError {
             throw LedgerError.storage("\(path): \(e.message ?? e.description)")
         }
@@ -78,7 +85,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     /// The database file and its WAL and shared-memory files must be regular files (or absent): a FIFO or a device in
     /// their place would block or feed SQLite garbage.
     static func checkFiles(_ path: String, mayCreate: Bool) throws {
-        for (p, required) in [(path, !mayCreate), (path + "-wal", false), (path + "-shm", false)] {
+        for (p, required) in [(path, !mayCreate), (path + "-wal", false), (path + "-shm", false), (path + "-journal", false)] {
             var st = stat()
             guard lstat(p, &st) == 0 else {
                 if required { throw LedgerError.storage("\(p): no such ledger") }
@@ -129,7 +136,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
             throw LedgerError.invalidArgument("a query id is 1–\(LedgerEntry.maxQueryID) characters of [A-Za-z0-9._-]")
         }
         do {
-            return try pool.write { db in
+            return try write { db in
                 let last = try Row.fetchOne(try db.cachedStatement(sql: "SELECT seq, hash FROM entries WHERE seq BETWEEN 1 AND \(LedgerEntry.maxSequence) ORDER BY seq DESC LIMIT 1"))
                 let seq: Int64, prev: [UInt8]
                 if let last {
@@ -160,11 +167,62 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         }
     }
 
+    /// A read transaction whose schema is checked first (see `verifiedSchemaVersion`).
+    func read<T>(_ body: (Database) throws -> T) throws -> T {
+        try pool.read { db in try checkSchemaVersion(db); return try body(db) }
+    }
+
+    /// A write transaction that takes the write lock at once (no other process can append in between) and whose
+    /// schema is checked first.
+    func write<T>(_ body: (Database) throws -> T) throws -> T {
+        var out: T?
+        try pool.writeWithoutTransaction { db in
+            try db.inTransaction(.immediate) {
+                try checkSchemaVersion(db)
+                out = try body(db)
+                return .commit
+            }
+        }
+        guard let out else { throw LedgerError.storage("the write transaction did not run") }
+        return out
+    }
+
+    private func checkSchemaVersion(_ db: Database) throws {
+        let v = try Int.fetchOne(db, sql: "PRAGMA schema_version") ?? -1
+        schemaLock.lock()
+        let known = v == verifiedSchemaVersion
+        schemaLock.unlock()
+        if known { return }
+        try SQLiteLedger.checkSchema(db, path)
+        schemaLock.lock()
+        verifiedSchemaVersion = v
+        schemaLock.unlock()
+    }
+
+    /// The sequence numbers from `sequence` on (at most `limit` rows) whose payloads fit in `budget` bytes together
+    /// (the first row always counts): the last one, or nil when there is no row.
+    static func lastWithinBudget(_ db: Database, where clause: String, _ args: StatementArguments, limit: Int, budget: Int) throws -> Int64? {
+        let sizes = try Row.fetchCursor(db, sql: "SELECT seq, length(payload) AS n FROM entries WHERE \(clause) ORDER BY seq LIMIT \(max(0, limit))",
+                                        arguments: args)
+        var total = 0, last: Int64?
+        while let r = try sizes.next() {
+            let n: Int = r["n"] ?? 0
+            if last != nil && total + n > budget { break }
+            total += n
+            last = r["seq"]
+        }
+        return last
+    }
+
     public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         do {
-            return try pool.read { db in
-                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq >= ? AND seq <= \(LedgerEntry.maxSequence) ORDER BY seq LIMIT ?"),
-                                       [sequence, max(0, limit)])
+            return try read { db in
+                let clause = "seq >= ? AND seq <= \(LedgerEntry.maxSequence)"
+                guard let through = try SQLiteLedger.lastWithinBudget(db, where: clause, [sequence], limit: limit, budget: SQLiteLedger.readBudget) else {
+                    return []
+                }
+                return try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq"),
+                                                  [sequence, through])
             }
         } catch let e as DatabaseError {
             throw LedgerError.storage(e.message ?? e.description)
@@ -172,12 +230,33 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     }
 
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
-        if filters.isEmpty { return [] }
+        var out: [LedgerEntry] = []
+        var from = range.lowerBound
+        while from <= range.upperBound {
+            let page = try entries(in: from...range.upperBound, matching: filters, maxBytes: SQLiteLedger.readBudget)
+            out += page.entries
+            guard page.through < range.upperBound else { break }
+            from = page.through + 1
+        }
+        return out
+    }
+
+    public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage {
+        if filters.isEmpty { return LedgerPage(entries: [], through: range.upperBound) }
         let (clauses, args) = SQLiteLedger.filterSQL(range, filters)
         do {
-            return try pool.read { db in
-                try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses)) ORDER BY seq"),
-                                           args).compactMap(\.entry)
+            return try read { db in
+                let clause = "seq BETWEEN ? AND ? AND (\(clauses))"
+                guard let through = try SQLiteLedger.lastWithinBudget(db, where: clause, args, limit: Int.max / 2, budget: maxBytes) else {
+                    return LedgerPage(entries: [], through: range.upperBound)
+                }
+                var page = args
+                page += [through]
+                let rows = try SQLiteLedger.fetchRows(try db.cachedStatement(sql: "SELECT \(SQLiteLedger.columns) FROM entries WHERE \(clause) AND seq <= ? ORDER BY seq"),
+                                                      page)
+                // Everything up to `through` was read; when that is the last match, the whole range was.
+                let more = try SQLiteLedger.lastWithinBudget(db, where: clause + " AND seq > ?", args + [through], limit: 1, budget: 0) != nil
+                return LedgerPage(entries: rows.compactMap(\.entry), through: more ? through : range.upperBound)
             }
         } catch let e as DatabaseError {
             throw LedgerError.storage(e.message ?? e.description)
@@ -186,7 +265,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
 
     public func lastSequence() throws -> Int64 {
         do {
-            return try pool.read { db in
+            return try read { db in
                 try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM entries WHERE seq BETWEEN 1 AND \(LedgerEntry.maxSequence)") ?? 0
             }
         } catch let e as DatabaseError {
@@ -198,7 +277,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         if filters.isEmpty { return [] }
         let (clauses, args) = SQLiteLedger.filterSQL(range, filters)
         do {
-            return try pool.read { db in
+            return try read { db in
                 var out: [LedgerRowHeader] = []
                 let rows = try Row.fetchCursor(db, sql: "SELECT seq, kind, query_id, author FROM entries WHERE seq BETWEEN ? AND ? AND (\(clauses)) ORDER BY seq",
                                                arguments: args)
@@ -231,7 +310,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
 
     public func sequencesOutOfRange(limit: Int) throws -> [Int64] {
         do {
-            return try pool.read { db in
+            return try read { db in
                 try Int64.fetchAll(db, sql: "SELECT seq FROM entries WHERE seq < 1 OR seq > \(LedgerEntry.maxSequence) ORDER BY seq LIMIT ?",
                                    arguments: [max(0, limit)])
             }
