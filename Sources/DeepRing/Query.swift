@@ -94,8 +94,8 @@ public final class RingRuntime {
     /// Seconds a query may take before it is given up, naming the member that went silent.
     public var queryTimeout: Double = 120
     var queriesSinceReshuffle = 0
-    /// Held for the runtime's life: one runtime per ring at a time.
-    private let lock: RingLock
+    /// Held for the runtime's life (until `close()`): one runtime per ring at a time.
+    private var lock: RingLock?
     var queriesSinceCheck = Int.max / 2
     public private(set) var restores: [String] = []
     public private(set) var reprovisioned: [String] = []
@@ -145,12 +145,18 @@ public final class RingRuntime {
 
     /// True when nothing the blocks compute with is off. Problems of the ledger's own form (a tampered row or
     /// schema, named by `verify` and `ledger audit`) cannot be repaired — it is append-only — and do not stop the
-    /// ring: the blocks read rows as hostile input anyway.
-    static func servable(_ report: RingCheckReport) -> Bool { report.findings.allSatisfy { $0.subject == .ledger } }
+    /// ring: the blocks read rows as hostile input anyway. Nor do files that are not the ring's (named by `verify`).
+    static func servable(_ report: RingCheckReport) -> Bool { report.findings.allSatisfy(informational) }
+
+    static func informational(_ f: RingFinding) -> Bool {
+        if f.subject == .ledger { return true }
+        if case .path = f.subject, case .impossible = f.repair { return true }
+        return false
+    }
 
     /// Tracking mode: repairs what `report` found, or refuses when something cannot be repaired.
     func track(_ report: RingCheckReport) throws {
-        let actionable = RingCheckReport(findings: report.findings.filter { $0.subject != .ledger },
+        let actionable = RingCheckReport(findings: report.findings.filter { !RingRuntime.informational($0) },
                                          firstTampered: report.firstTampered, notes: report.notes)
         guard actionable.repairable else { throw RingError.notAuthentic(RingRuntime.summary(actionable)) }
         let t0 = now()
@@ -192,6 +198,12 @@ public final class RingRuntime {
     /// Waits for the placement being built in the background (before the ring folder is replaced or removed).
     public func finishBackgroundWork() {
         ring.pendingPlacement?.wait()
+    }
+
+    /// Finishes background work and gives up the ring (another process may run it now); queries are refused after.
+    public func close() {
+        finishBackgroundWork()
+        lock = nil
     }
 
     /// The most inputs one query may carry through this ring (every post must fit in a ledger entry).
@@ -374,6 +386,7 @@ public final class RingRuntime {
     }
 
     func query(_ x: Tensor, attempt: Int) throws -> QueryResult {
+        guard lock != nil else { throw RingError.busy("this runtime was closed") }
         let t0 = now()
         let shape = ring.manifest.inputShape
         guard x.shape.count >= 1, x.batch > 0, x.batch <= maxBatch,
@@ -446,7 +459,14 @@ public final class RingRuntime {
                 throw QueryError.failed(why)
             }
             idle = acted ? 0 : idle + 1
-            if idle > 3 || now() > deadline {
+            if now() > deadline {
+                // Out of time, with the ring still moving: nobody can be named silent.
+                let why = "no answer within \(queryTimeout) s"
+                try refuse(queryID, .timeout, why)
+                try reshuffleIfDue()
+                throw QueryError.timeout(why)
+            }
+            if idle > 3 {
                 let why = try silence(queryID)
                 try reshuffleIfDue()
                 throw QueryError.timeout(why)

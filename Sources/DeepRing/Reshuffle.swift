@@ -194,7 +194,10 @@ extension SealedRing {
         let fm = FileManager.default
         if fm.fileExists(atPath: paths.nextBlocks) {
             let lock = try paths.stateLockExclusive()
-            let committed = record.order.allSatisfy { fm.fileExists(atPath: paths.nextBlocks + "/" + $0 + "/block.json") }
+            // Committed: the signed record names folders that are in blocks.next and not (any more) in blocks.
+            let committed = record.order.allSatisfy {
+                fm.fileExists(atPath: paths.nextBlocks + "/" + $0 + "/block.json") && !fm.fileExists(atPath: paths.block($0))
+            }
             if committed { try swapPlacement(paths, record: record) } else { removeTree(paths.nextBlocks) }
             _ = lock
         }

@@ -12,6 +12,8 @@ public struct RingFinding: Sendable, Equatable, CustomStringConvertible {
         case block(String, position: Int)
         /// Something in `blocks/` that is not a member of the placement.
         case stray(String)
+        /// A path of the ring folder (relative to it) that is not what a ring holds there, or has loose permissions.
+        case path(String)
 
         public var description: String {
             switch self {
@@ -23,6 +25,7 @@ public struct RingFinding: Sendable, Equatable, CustomStringConvertible {
             case .ledger: return "ledger.sqlite"
             case .block(let id, let p): return "block \(id) (ring position \(p))"
             case .stray(let name): return "blocks/\(name)"
+            case .path(let p): return p
             }
         }
     }
@@ -38,6 +41,8 @@ public struct RingFinding: Sendable, Equatable, CustomStringConvertible {
         case reprovision
         /// Remove the stray entry.
         case remove
+        /// Take write (and for secrets, read) permission away from group and others.
+        case tightenMode(Int)
         /// Nothing the owner can do; the reason.
         case impossible(String)
     }
@@ -56,6 +61,7 @@ public struct RingFinding: Sendable, Equatable, CustomStringConvertible {
         case .restoreParameters: what = "--restore restores it from the checkpoint"
         case .reprovision: what = "--restore re-provisions it with fresh keys and a new descriptor"
         case .remove: what = "--restore removes it"
+        case .tightenMode(let m): what = String(format: "--restore sets its mode to %03o", m)
         case .impossible(let why): what = "cannot be repaired: \(why)"
         }
         return "\(subject): \(problem) (\(what))"
@@ -179,6 +185,46 @@ public enum RingCheck {
             add(.ledger, "\(error)", ledgerRepair)
         }
 
+        // The folders and files around the blocks: real folders (not links elsewhere), nobody else may write, the
+        // owner's secrets nobody else may read, and nothing that is not a ring's file.
+        func mode(_ rel: String, folder: Bool, secret: Bool, subject: RingFinding.Subject? = nil) {
+            var st = stat()
+            let path = rel.isEmpty ? p.root : p.root + "/" + rel
+            guard lstat(path, &st) == 0 else { return }
+            let shown = subject ?? .path(rel.isEmpty ? "." : rel)
+            let kind = st.st_mode & S_IFMT
+            if folder && kind != S_IFDIR {
+                add(shown, kind == S_IFLNK ? "\(rel.isEmpty ? "the ring folder" : rel) is a link, not a folder" : "\(rel) is not a folder",
+                    subject == nil ? .impossible("replace it by the folder it should be") : .reprovision)
+                return
+            }
+            let m = Int(st.st_mode) & 0o777, loose = secret ? 0o077 : 0o022
+            if m & loose != 0 {
+                add(shown, String(format: "%@ has mode %03o: %@", rel.isEmpty ? "the ring folder" : rel, m,
+                                  secret ? "others may read or write it" : "others may write it"),
+                    .tightenMode(m & ~loose))
+            }
+        }
+        mode("", folder: true, secret: false)
+        mode("owner", folder: true, secret: true)
+        for f in ["record.json", "checkpoint.safetensors", "manifest.json", "ouroboros.safetensors"] { mode("owner/" + f, folder: false, secret: true) }
+        mode("ledger.sqlite", folder: false, secret: false)
+        mode("ring.json", folder: false, secret: false)
+        mode("blocks", folder: true, secret: false)
+        for n in (RingPaths.realFolder(p.root) ?? []).sorted() {
+            let known = RingPaths.topNames.contains(n) || RingPaths.isRetiredPlacement(n) || RingPaths.isTemporary(n, of: RingPaths.topNames)
+            if !known { add(.path(n), "not one of the ring's files", .impossible("move it out of the ring folder")) }
+        }
+        for n in (RingPaths.realFolder(p.owner) ?? []).sorted()
+        where !RingPaths.ownerNames.contains(n) && !RingPaths.isTemporary(n, of: RingPaths.ownerNames) {
+            add(.path("owner/" + n), "not one of the owner's files", .impossible("move it out of the owner's folder"))
+        }
+        if FileManager.default.fileExists(atPath: p.nextBlocks), record.order.allSatisfy({ FileManager.default.fileExists(atPath: p.block($0)) }) {
+            // A running ring builds its next placement there; a placement the record does not name is never used,
+            // and the next writer discards it.
+            report.notes.append("blocks.next holds a placement the record does not name (being built, or left over): it is never used")
+        }
+
         // The blocks.
         let members = Set(record.order)
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: p.blocks)) ?? []).sorted() where !members.contains(name) {
@@ -194,6 +240,12 @@ public enum RingCheck {
                 continue
             }
             var problems: [String] = []
+            let rel = dir.hasPrefix(p.root + "/") ? String(dir.dropFirst(p.root.count + 1)) : dir
+            mode(rel, folder: true, secret: false, subject: subject)
+            for n in (RingPaths.realFolder(dir) ?? []).sorted()
+            where !RingPaths.blockNames.contains(n) && !RingPaths.isTemporary(n, of: RingPaths.blockNames) {
+                problems.append("\(n) is not one of a block's files")
+            }
             var keys: PublicKeys?
             do {
                 let k = try KeyFile.read(dir + "/keys.json")
@@ -338,12 +390,27 @@ public enum RingCheck {
             done.actions.append("restored \(h) from the checkpoint")
         }
         done.restored = restored
-        for f in report.findings where f.repair == .remove {
-            if case .stray(let name) = f.subject {
+        for f in report.findings {
+            switch (f.subject, f.repair) {
+            case (.stray(let name), .remove):
                 let lock = try p.stateLockExclusive()
                 removeTree(p.block(name))
                 _ = lock
                 done.actions.append("removed blocks/\(name)")
+            case (let s, .tightenMode(let m)):
+                let rel: String
+                switch s {
+                case .path(let r): rel = r == "." ? "" : r
+                case .block(let id, _): rel = "blocks/" + id
+                default: continue
+                }
+                let path = rel.isEmpty ? p.root : p.root + "/" + rel
+                // Only a real file or folder's mode is changed (never through a link).
+                var st = stat()
+                guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFLNK, chmod(path, mode_t(m)) == 0 else { continue }
+                done.actions.append(String(format: "set the mode of %@ to %03o", rel.isEmpty ? "the ring folder" : rel, m))
+            default:
+                continue
             }
         }
         return done

@@ -43,22 +43,46 @@ public struct RingPaths: Sendable {
         name.hasPrefix("blocks.old-") && name.utf8.count == 27 && isHexDigits(name.dropFirst(11))
     }
 
-    /// True when `root` holds a ring and nothing else — a `ring.json` of a DeepRing format, an owner folder, and
-    /// only the names a ring's files have, at the top and in `owner/`: what `--force` may replace.
+    static let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next"]
+    static let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
+                                          "ouroboros.safetensors", "runtime.lock", "state.lock"]
+    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json"]
+
+    /// `.NAME.tmp-PID`, the temporary file of an atomic write of `NAME` (one of `names`), which a crash may leave.
+    static func isTemporary(_ n: String, of names: Set<String>) -> Bool {
+        guard n.hasPrefix("."), let r = n.range(of: ".tmp-", options: .backwards) else { return false }
+        return names.contains(String(n[n.index(after: n.startIndex)..<r.lowerBound])) && Int32(n[r.upperBound...]) != nil
+    }
+
+    /// The entries of a folder, when it is a real folder (not a link); nil otherwise.
+    static func realFolder(_ path: String) -> [String]? {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return nil }
+        return try? FileManager.default.contentsOfDirectory(atPath: path)
+    }
+
+    /// True when `root` holds a ring and nothing else: a `ring.json` signed by the owner whose identity key is in
+    /// `owner/`, and only the names a ring's files have — at the top, in `owner/`, and in every block folder of
+    /// `blocks/`, `blocks.next/` and retired placements. Only such a folder may `--force` replace.
     public var isRing: Bool {
-        let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: owner, isDirectory: &isDir), isDir.boolValue,
-              let m = try? InputFile.read(manifest, limit: RingFileLimits.json), let v = try? StrictJSONParser.parse(m),
-              case .string(let format)? = v["format"], format.hasPrefix("deepring-ring-"),
-              let top = try? fm.contentsOfDirectory(atPath: root), let own = try? fm.contentsOfDirectory(atPath: owner) else { return false }
-        let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next"]
-        let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
-                                       "ouroboros.safetensors", "runtime.lock", "state.lock"]
-        // Temporary files of atomic writes (`.NAME.tmp-PID`) may be left by a crash.
-        func isTemporary(_ n: String) -> Bool { n.hasPrefix(".") && n.contains(".tmp-") }
-        return top.allSatisfy { topNames.contains($0) || RingPaths.isRetiredPlacement($0) || isTemporary($0) }
-            && own.allSatisfy { ownerNames.contains($0) || isTemporary($0) }
+        guard let manifest = try? RingManifest.read(manifest), let identity = try? KeyFile.read(identity),
+              manifest.ownerKey == Array(identity.signing.publicKey.rawRepresentation),
+              let top = RingPaths.realFolder(root), let own = RingPaths.realFolder(owner) else { return false }
+        func placement(_ path: String) -> Bool {
+            guard let ids = RingPaths.realFolder(path) else { return false }
+            return ids.allSatisfy { id in
+                id.utf8.count == 32 && isHexDigits(id) && (RingPaths.realFolder(path + "/" + id)?.allSatisfy {
+                    RingPaths.blockNames.contains($0) || RingPaths.isTemporary($0, of: RingPaths.blockNames)
+                } ?? false)
+            }
+        }
+        let topOK = top.allSatisfy { n in
+            if n == "owner" { return true }   // its entries are checked below
+            if n == "blocks" || n == "blocks.next" || RingPaths.isRetiredPlacement(n) { return placement(root + "/" + n) }
+            if RingPaths.topNames.contains(n) { return InputFile.isRegular(root + "/" + n) }
+            return RingPaths.isTemporary(n, of: RingPaths.topNames)
+        }
+        return topOK && own.allSatisfy { RingPaths.ownerNames.contains($0) || RingPaths.isTemporary($0, of: RingPaths.ownerNames) }
     }
 }
 
@@ -152,16 +176,38 @@ func syncFileSystem(_ path: String) {
     if fd >= 0 { _ = c_syncfs(fd); close(fd) }
 }
 
-/// Removes a folder tree with plain unlink/rmdir calls (no symbolic link is followed).
+/// Removes a folder tree without ever following a symbolic link, even one swapped in while it runs: every level is
+/// opened relative to its parent's open descriptor with `O_NOFOLLOW`, and entries are removed with `unlinkat` in
+/// that descriptor, so a path component replaced by a link to somewhere else is never walked into.
 func removeTree(_ path: String) {
     var st = stat()
     guard lstat(path, &st) == 0 else { return }
-    if (st.st_mode & S_IFMT) == S_IFDIR {
-        for sub in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] { removeTree(path + "/" + sub) }
-        rmdir(path)
-    } else {
-        unlink(path)
+    guard (st.st_mode & S_IFMT) == S_IFDIR else { unlink(path); return }
+    let url = URL(fileURLWithPath: path)
+    let parent = open(url.deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard parent >= 0 else { return }
+    defer { close(parent) }
+    removeTree(in: parent, name: url.lastPathComponent, depth: 0)
+}
+
+/// Removes entry `name` of the folder open at `dirFD`.
+private func removeTree(in dirFD: Int32, name: String, depth: Int) {
+    var st = stat()
+    guard fstatat(dirFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return }
+    guard (st.st_mode & S_IFMT) == S_IFDIR, depth < 64 else { _ = unlinkat(dirFD, name, 0); return }
+    let fd = openat(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    if let dir = fdopendir(dup(fd)) {
+        var names: [String] = []
+        while let ent = readdir(dir) {
+            let n = withUnsafePointer(to: ent.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+            if n != "." && n != ".." { names.append(n) }
+        }
+        closedir(dir)
+        for n in names { removeTree(in: fd, name: n, depth: depth + 1) }
     }
+    close(fd)
+    _ = unlinkat(dirFD, name, AT_REMOVEDIR)
 }
 
 func processIsAlive(_ pid: Int32) -> Bool { pid > 0 && (kill(pid, 0) == 0 || errno == EPERM) }
@@ -227,13 +273,19 @@ public enum TemporaryPaths {
         paths.remove(path)
     }
 
-    /// Removes every registered path.
-    public static func removeAll() {
+    /// Removes every registered path. Threads of the process may still be writing into them (a placement built in
+    /// the background), so the removal is repeated once they have had a moment to stop.
+    public static func removeAll(settle: Bool = false) {
         lock.lock()
         let all = paths
         paths.removeAll()
         lock.unlock()
         for p in all { removeTree(p) }
+        guard settle, !all.isEmpty else { return }
+        for _ in 0..<3 {
+            usleep(30_000)
+            for p in all { removeTree(p) }
+        }
     }
 
     /// On SIGINT, SIGTERM and every other signal that would end the process (HUP, QUIT, PIPE, USR1, USR2, ALRM,
@@ -244,7 +296,7 @@ public enum TemporaryPaths {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler {
-                removeAll()
+                removeAll(settle: true)
                 _exit(128 + sig)
             }
             s.resume()

@@ -124,6 +124,9 @@ public final class SealedRing {
         defer { TemporaryPaths.unregister(tmp); removeTree(tmp) }
         let ring = try write(model, into: tmp)
         if replacing {
+            // Not while a process runs the ring (it writes into the folder by path): wait for it, up to a minute.
+            let running = try RingPaths(directory).runtimeLock(timeout: 60)
+            defer { _ = running }
             let old = parent + "/.\(name).replaced-\(getpid())-\(randomID().prefix(8))"
             guard rename(directory, old) == 0 else { throw RingError.restoreFailed("cannot move the old ring \(directory) aside") }
             guard rename(tmp, directory) == 0 else {
@@ -337,16 +340,20 @@ extension SealedRing {
         for id in try FileManager.default.contentsOfDirectory(atPath: p.blocks).sorted() {
             let b = p.block(id)
             let d = try BlockDescriptor.read(b + "/block.json")
-            let layers = try BlockFile.parse(try InputFile.read(b + "/params.safetensors", limit: d.paramsSize),
-                                             prefixes: ["own", "next"], path: b + "/params.safetensors")
+            let signed = d.isSigned(by: manifest.ownerKey)
             func describe(_ l: RingLayer) -> String {
                 l.specs.map(\.type.rawValue).joined(separator: "+") + " " + l.tensors.map { "\($0.shape)" }.joined(separator: " ")
             }
+            // The parameter file is read (up to the size the descriptor names) only when the owner signed that size.
+            var own = "not read (the descriptor is not the owner's)", next = own
+            if signed {
+                let layers = try BlockFile.parse(try InputFile.read(b + "/params.safetensors", limit: d.paramsSize),
+                                                 prefixes: ["own", "next"], path: b + "/params.safetensors")
+                own = describe(layers[0]); next = describe(layers[1])
+            }
             out.append(BlockSummary(id: id, signingKey: hex(d.keys.signing), agreementKey: hex(d.keys.agreement),
                                     predecessorSigningKey: hex(d.predecessor.signing), successorSigningKey: hex(d.successor.signing),
-                                    previousHash: d.previousHash, hash: d.hash,
-                                    ownLayer: describe(layers[0]), nextLayer: describe(layers[1]),
-                                    signedByOwner: d.isSigned(by: manifest.ownerKey)))
+                                    previousHash: d.previousHash, hash: d.hash, ownLayer: own, nextLayer: next, signedByOwner: signed))
         }
         return (manifest, out)
     }

@@ -34,7 +34,7 @@ public final class RingHarness {
     /// keeps every activation ciphertext, so long experiments start a fresh ring per table row to bound disk use
     /// (about 110 MB per 10,000 MNIST images through the MLP ring; 1.5 GB through the VGG-19 ÷8 ring).
     public func reseal() throws {
-        runtime.finishBackgroundWork()
+        runtime.close()
         runtime = try RingHarness.sealAndOpen(model, directory)
     }
 

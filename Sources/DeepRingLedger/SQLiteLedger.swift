@@ -37,13 +37,15 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
         self.readOnly = readOnly
         checkpointer = Checkpointer(path: path)
         var config = Configuration()
-        config.busyMode = .timeout(10)
+        // Another process holding the write lock (a querent appending, a long reader) is waited for this long.
+        config.busyMode = .timeout(30)
         config.readonly = readOnly
         let full = ProcessInfo.processInfo.environment["DEEPRING_LEDGER_SYNC"]?.lowercased() == "full"
         config.prepareDatabase { db in
             // A schema is code SQLite runs: nothing in it may call functions with side effects (and `checkSchema`
             // refuses any trigger or view before a single row is read).
-            try db.execute(sql: "PRAGMA trusted_schema = OFF; PRAGMA synchronous = \(full ? "FULL" : "NORMAL"); PRAGMA wal_autocheckpoint = 1024")
+            // SQLite may hold at most 1 GiB (a hostile schema or row is refused for memory, not paid for).
+            try db.execute(sql: "PRAGMA hard_heap_limit = \(1 << 30); PRAGMA trusted_schema = OFF; PRAGMA synchronous = \(full ? "FULL" : "NORMAL"); PRAGMA wal_autocheckpoint = 1024")
         }
         try SQLiteLedger.checkFiles(path, mayCreate: !readOnly)
         do {

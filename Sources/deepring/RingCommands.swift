@@ -42,7 +42,7 @@ struct Seal: ParsableCommand {
                          r.manifest.blockCount, r.manifest.ringID as NSString, now() - t0))
             print("owner key fingerprint: \(fp)")
             do {
-                try KnownRings(path: KnownRings.defaultPath).remember(r.manifest.ringID, fingerprint: fp)
+                try KnownRings(path: KnownRings.defaultPath).remember(r.manifest.ringID, fingerprint: fp, location: KnownRings.location(of: ring))
                 print("pinned in \(KnownRings.defaultPath); querents elsewhere: deepring query --owner-key \(fp) …")
             } catch {
                 stderrPrint("note: could not pin the owner key (\(error)); querents must pass --owner-key \(fp)")
@@ -130,7 +130,7 @@ func trustedManifest(_ dir: String, ownerKey: String?) throws -> RingManifest {
         return m
     }
     let m = try RingManifest.read(paths.manifest)
-    if try KnownRings(path: KnownRings.defaultPath).authenticate(m, ownerKey: ownerKey) == .firstUse {
+    if try KnownRings(path: KnownRings.defaultPath).authenticate(m, ownerKey: ownerKey, location: KnownRings.location(of: dir)) == .firstUse {
         stderrPrint("note: trusting owner \(m.ownerFingerprint) for ring \(m.ringID) on first use (pinned in \(KnownRings.defaultPath))")
     }
     return m
@@ -268,7 +268,7 @@ struct Query: ParsableCommand {
         guard ["refuse", "evict"].contains(onCompromise) else { throw ValidationError("--on-compromise must be refuse or evict") }
         if let k = ownerKey, !KeyFingerprint.isWellFormed(k) { throw ValidationError("--owner-key must be SHA256:… (as `seal` prints it) or 64 hex digits") }
         guard lockTimeout >= 0 && lockTimeout.isFinite else { throw ValidationError("--lock-timeout must be a non-negative number of seconds") }
-        guard timeout > 0 && timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") }
+        guard timeout >= 1 && timeout <= 86_400 else { throw ValidationError("--timeout must be between 1 and 86400 seconds") }
     }
 
     func run() throws {
@@ -285,7 +285,7 @@ struct Query: ParsableCommand {
                     throw RingError.notAuthentic("ring.json is signed by owner \(manifest.ownerFingerprint), not by this ring's owner \(KeyFingerprint.of(owner)) (owner/identity.json); refusing to send anything (`deepring verify --ring \(ring) --restore` re-issues it)")
                 }
             }
-            if try KnownRings(path: KnownRings.defaultPath).authenticate(manifest, ownerKey: ownerKey) == .firstUse {
+            if try KnownRings(path: KnownRings.defaultPath).authenticate(manifest, ownerKey: ownerKey, location: KnownRings.location(of: ring)) == .firstUse {
                 stderrPrint("note: trusting owner \(manifest.ownerFingerprint) for ring \(manifest.ringID) on first use (pinned in \(KnownRings.defaultPath))")
             }
             let shape = manifest.inputShape

@@ -104,6 +104,23 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         #expect(try ciphertextsOpenedBy(attacker, SQLiteLedger(path: dir + "/ledger.sqlite")) == 0)
     }
 
+    /// Found by the second attacker review: pins were keyed by the ring id inside the untrusted ring.json, so
+    /// replacing a ring's ring.json (and ledger) by another ring's was trusted anew on first use. A location pinned to
+    /// one ring never holds another without a refusal.
+    @Test func aLocationPinnedToOneRingIsRefusedWhenItHoldsAnother() throws {
+        let first = try sealedRing(try smallModel(seed: 45)), other = try sealedRing(try smallModel(seed: 46))
+        let pins = KnownRings(path: first + ".pins")
+        let here = KnownRings.location(of: first)
+        #expect(try pins.authenticate(try RingManifest.read(first + "/ring.json"), ownerKey: nil, location: here) == .firstUse)
+        try FileManager.default.removeItem(atPath: first + "/ring.json")
+        try FileManager.default.copyItem(atPath: other + "/ring.json", toPath: first + "/ring.json")
+        #expect(throws: RingError.self) { try pins.authenticate(try RingManifest.read(first + "/ring.json"), ownerKey: nil, location: here) }
+        // The other ring is trusted where it lives, and pins survive a reload with awkward paths.
+        #expect(try pins.authenticate(try RingManifest.read(other + "/ring.json"), ownerKey: nil, location: KnownRings.location(of: other)) == .firstUse)
+        try pins.remember("r-3", fingerprint: KeyFingerprint.of([UInt8](repeating: 1, count: 32)), location: "/tmp/a dir/with %41 spaces")
+        #expect(try pins.pins().contains { $0.location == "/tmp/a dir/with %41 spaces" })
+    }
+
     /// Finding 2: replacing a block's own key made `ledger audit` accept rows forged with the attacker's key.
     @Test func aReplacedBlockKeyIsReportedAndTheAuditTakesMembersOnlyFromTheOwner() throws {
         let m = try smallModel(seed: 43)
@@ -244,6 +261,54 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         #expect(throws: ModelError.self) { try second.checkedForward(Tensor(zeros: [2, 6, 6, 1])) }
         #expect(throws: ModelError.self) { try second.checkedForward(Tensor(zeros: [0, 16])) }
         #expect(try second.checkedForward(Tensor(zeros: [2, 16])).shape == [2, 12])
+    }
+
+    /// Found by the second attacker review: verify said "authentic" with folders and secrets writable (or readable)
+    /// by anyone, a block folder replaced by a link to a copy elsewhere, and files that are not the ring's.
+    @Test func loosePermissionsLinksAndForeignFilesAreNamed() throws {
+        let m = try smallModel(seed: 58)
+        let dir = try sealedRing(m)
+        let order = try SealedRing.open(dir).placement
+        chmod(dir + "/blocks/\(order[0])", 0o777)
+        chmod(dir + "/owner/record.json", 0o666)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/blocks/\(order[1])/extra.bin"))
+        let copy = dir + ".copy"
+        try FileManager.default.copyItem(atPath: dir + "/blocks/\(order[2])", toPath: copy)
+        removeTree(dir + "/blocks/\(order[2])")
+        #expect(symlink(copy, dir + "/blocks/\(order[2])") == 0)
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: dir + "/notes.txt"))
+        let report = try RingCheck.run(dir)
+        let text = report.findings.map(\.description).joined(separator: "\n")
+        #expect(report.findings.contains { $0.subject == .block(order[0], position: 1) && $0.repair == .tightenMode(0o755) }, "\(text)")
+        #expect(report.findings.contains { $0.subject == .path("owner/record.json") && $0.repair == .tightenMode(0o600) }, "\(text)")
+        #expect(report.findings.contains { $0.subject == .block(order[1], position: 2) && $0.problem.contains("extra.bin") }, "\(text)")
+        #expect(report.findings.contains { $0.subject == .block(order[2], position: 3) && $0.problem.contains("link") }, "\(text)")
+        #expect(report.findings.contains { $0.subject == .path("notes.txt") && !$0.repairable }, "\(text)")
+        let (_, _, after) = try RingCheck.repair(dir)
+        // What is left is the file that is not the ring's: named, never deleted, and no obstacle to serving.
+        #expect(after.findings.map(\.subject) == [.path("notes.txt")], "\(after.findings)")
+        #expect(fileMode(dir + "/owner/record.json") == 0o600)
+        #expect(try String(contentsOfFile: dir + "/notes.txt", encoding: .utf8) == "notes")
+        #expect(FileManager.default.fileExists(atPath: copy + "/keys.json"), "the copy outside the ring was touched")
+        let rt = try RingRuntime(directory: dir)
+        let x = sampleInputs(2)
+        #expect(try rt.query(x).logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern))
+    }
+
+    /// Found by the second attacker review: removing a stray folder followed a link swapped into it. The removal
+    /// walks every level by descriptor, without following links: what a link points at is never touched.
+    @Test func removingAFolderNeverFollowsALinkInIt() throws {
+        let base = tempRingDir()
+        let victim = base + "/victim", tree = base + "/tree"
+        try FileManager.default.createDirectory(atPath: victim, withIntermediateDirectories: true)
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: victim + "/important.txt"))
+        try FileManager.default.createDirectory(atPath: tree + "/a/b", withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: tree + "/a/b/f"))
+        #expect(symlink(victim, tree + "/a/link") == 0)
+        #expect(symlink(victim + "/important.txt", tree + "/filelink") == 0)
+        removeTree(tree)
+        #expect(!FileManager.default.fileExists(atPath: tree))
+        #expect(try String(contentsOfFile: victim + "/important.txt", encoding: .utf8) == "keep")
     }
 
     /// Stray folders in blocks/ (not members of the placement) are named and removed.
@@ -528,6 +593,26 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         rt.finishBackgroundWork()
         Thread.sleep(forTimeInterval: 0.2)
         #expect(try String(contentsOfFile: dir + "/blocks.old/keep", encoding: .utf8) == "backup")
+    }
+
+    /// Found by the second attacker review: `seal --force` replaced a ring a process was running (which went on
+    /// writing into the new folder by path). It waits for that process first.
+    @Test(.timeLimit(.minutes(1))) func sealForceWaitsForTheProcessRunningTheRing() throws {
+        let m = try smallModel(seed: 84)
+        let dir = try sealedRing(m)
+        let rt = try RingRuntime(directory: dir)
+        final class Box: @unchecked Sendable { var result: Result<SealedRing, Error>? }
+        let box = Box()
+        let t = Thread { box.result = Result { try SealedRing.seal(m, into: dir, force: true) } }
+        t.start()
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(!t.isFinished, "seal --force did not wait for the running ring")
+        _ = try rt.query(sampleInputs(1))
+        rt.close()
+        while !t.isFinished { Thread.sleep(forTimeInterval: 0.01) }
+        let sealed = try #require(try box.result?.get())
+        #expect(try RingCheck.run(dir).authentic)
+        #expect(try SealedRing.open(dir).manifest.ringID == sealed.manifest.ringID)
     }
 
     /// The attacks' harness seals into its folder only when it is empty, new or a ring.
