@@ -44,6 +44,12 @@ let package = Package(
             name: "DeepRingLedger",
             dependencies: [
                 .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "DeepRingLedgerSQLite",
+            dependencies: [
+                "DeepRingLedger",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
@@ -57,7 +63,7 @@ let package = Package(
         .target(
             name: "DeepRing",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -69,7 +75,7 @@ let package = Package(
         .target(
             name: "DeepRingFuzz",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRing",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -81,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing", "DeepRingAttacks",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRing", "DeepRingAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.unsafeFlags(cpuFlags)]
@@ -94,7 +100,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DeepRingTests",
-            dependencies: ["DeepRing", "DeepRingProtocol", "DeepRingLedger", "DeepRingEngine",
+            dependencies: ["DeepRing", "DeepRingProtocol", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingEngine",
                            .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
@@ -108,7 +114,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DeepRingLedgerTests",
-            dependencies: ["DeepRingLedger", .product(name: "Crypto", package: "swift-crypto"),
+            dependencies: ["DeepRingLedger", "DeepRingLedgerSQLite", .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "GRDB", package: "GRDB.swift")]
         ),
     ]

@@ -1,4 +1,5 @@
 import DeepRingLedger
+import DeepRingLedgerSQLite
 import DeepRingProtocol
 import Foundation
 

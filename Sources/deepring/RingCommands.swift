@@ -2,6 +2,7 @@ import ArgumentParser
 import DeepRing
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingLedgerSQLite
 import DeepRingProtocol
 import Foundation
 

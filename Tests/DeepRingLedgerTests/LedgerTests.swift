@@ -1,5 +1,6 @@
 import Crypto
 import DeepRingLedger
+import DeepRingLedgerSQLite
 import Foundation
 import GRDB
 import Testing

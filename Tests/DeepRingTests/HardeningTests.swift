@@ -2,6 +2,7 @@ import Crypto
 @testable import DeepRing
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingLedgerSQLite
 import DeepRingProtocol
 import Foundation
 import GRDB

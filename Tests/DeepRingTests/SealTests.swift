@@ -2,6 +2,7 @@
 import DeepRingEngine
 import DeepRingProtocol
 import DeepRingLedger
+import DeepRingLedgerSQLite
 import Foundation
 import Testing
 

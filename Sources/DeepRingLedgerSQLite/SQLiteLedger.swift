@@ -1,3 +1,4 @@
+import DeepRingLedger
 import Foundation
 import GRDB
 
