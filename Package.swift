@@ -32,6 +32,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
@@ -51,6 +55,16 @@ let package = Package(
             dependencies: [
                 "DeepRingLedger",
                 .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .target(
+            name: "DeepRingLedgerPostgres",
+            dependencies: [
+                "DeepRingLedger",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
@@ -87,8 +101,9 @@ let package = Package(
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRing", "DeepRingAttacks",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", "DeepRingProtocol", "DeepRing", "DeepRingAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.unsafeFlags(cpuFlags)]
         ),
@@ -114,7 +129,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DeepRingLedgerTests",
-            dependencies: ["DeepRingLedger", "DeepRingLedgerSQLite", .product(name: "Crypto", package: "swift-crypto"),
+            dependencies: ["DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "GRDB", package: "GRDB.swift")]
         ),
     ]

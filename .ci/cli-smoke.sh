@@ -265,5 +265,26 @@ expect_exit 1 "reproduce with a missing data set" "$bin" reproduce --table 3 --d
 expect_exit 64 "unknown data set" "$bin" train --dataset nope --out "$tmp/x.safetensors"
 expect_exit 0 "help" "$bin" --help
 
+# The PostgreSQL ledger (when a server is given, as in CI): init twice, show, and the errors a user meets.
+if [ -n "${DEEPRING_TEST_POSTGRES_URL:-}" ]; then
+  pg_admin=$DEEPRING_TEST_POSTGRES_URL
+  pg_db="deepring_smoke_$$"
+  pg_url="${pg_admin%/*}/$pg_db"
+  psql "$pg_admin" -qc "CREATE DATABASE $pg_db" >/dev/null
+  expect_exit 0 "ledger init" "$bin" ledger init --ledger "$pg_url"
+  grep -q "ledger ready" "$tmp/out" || { echo "FAIL: ledger init output"; fail=$((fail + 1)); }
+  expect_exit 0 "ledger init again (idempotent)" "$bin" ledger init --ledger "$pg_url"
+  expect_exit 0 "ledger show --ledger" "$bin" ledger show --ledger "$pg_url"
+  expect_exit 1 "ledger show: no such database" "$bin" ledger show --ledger "${pg_admin%/*}/no_such_db_$$"
+  expect_exit 1 "ledger show: a database without a ledger" "$bin" ledger show --ledger "$pg_admin"
+  grep -q "ledger init" "$tmp/err" || { echo "FAIL: the error does not name ledger init"; fail=$((fail + 1)); }
+  pg_bad="postgres://nobody:pw-must-not-show@${pg_url#postgres://*@}"
+  expect_exit 1 "ledger show: wrong password" "$bin" ledger show --ledger "$pg_bad"
+  grep -q "pw-must-not-show" "$tmp/err" "$tmp/out" && { echo "FAIL: a password was printed"; fail=$((fail + 1)); }
+  expect_exit 64 "ledger init: not a URL" "$bin" ledger init --ledger mysql://x/y
+  expect_exit 64 "ledger show: --password-file without --ledger" "$bin" ledger show --ring "$tmp/ring" --password-file /dev/null
+  psql "$pg_admin" -qc "DROP DATABASE $pg_db WITH (FORCE)" >/dev/null
+fi
+
 echo "cli smoke: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -198,6 +198,20 @@ extension Ledger {
     /// Every entry that decodes, in order.
     public func allEntries() throws -> [LedgerEntry] { try allRows().compactMap(\.entry) }
 
+    /// The entries in `range` matching any of `filters`, read in pages of at most `pageBytes` of payload each (what
+    /// a backend's `entries(in:matching:)` is).
+    public func pagedEntries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], pageBytes: Int) throws -> [LedgerEntry] {
+        var out: [LedgerEntry] = []
+        var from = range.lowerBound
+        while from <= range.upperBound {
+            let page = try entries(in: from...range.upperBound, matching: filters, maxBytes: pageBytes)
+            out += page.entries
+            guard page.through < range.upperBound else { break }
+            from = page.through + 1
+        }
+        return out
+    }
+
     /// The last row if it decodes.
     public func last() throws -> LedgerEntry? {
         let tail = try lastSequence()

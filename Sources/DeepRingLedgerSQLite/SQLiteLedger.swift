@@ -233,15 +233,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     }
 
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
-        var out: [LedgerEntry] = []
-        var from = range.lowerBound
-        while from <= range.upperBound {
-            let page = try entries(in: from...range.upperBound, matching: filters, maxBytes: SQLiteLedger.readBudget)
-            out += page.entries
-            guard page.through < range.upperBound else { break }
-            from = page.through + 1
-        }
-        return out
+        try pagedEntries(in: range, matching: filters, pageBytes: SQLiteLedger.readBudget)
     }
 
     public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage {

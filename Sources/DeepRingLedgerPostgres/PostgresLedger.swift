@@ -1,0 +1,676 @@
+import DeepRingLedger
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import PostgresNIO
+
+/// The PostgreSQL ledger: the same entries, hash chain and signatures as the SQLite ledger, for rings whose members
+/// run on many hosts. The database enforces what it can:
+///
+/// - *append-only*: a trigger refuses every UPDATE, DELETE and TRUNCATE (the superuser's too), and TRUNCATE is not
+///   granted to anyone;
+/// - *least privilege*: the `deepring_member` role may only SELECT and INSERT; the `deepring_querent` role may
+///   INSERT only `query` rows (row-level security);
+/// - *one chain*: appends from many hosts are serialized by a transaction-level advisory lock, inside which the tail
+///   is read and the new entry (numbered, chained, signed by its author) inserted; the entry hash is unique, so an
+///   append retried after a lost connection is found rather than written twice;
+/// - *no polling*: every append notifies the channel `deepring_ledger` when it commits, and waiting processes wake on
+///   it (a slow re-read covers notifications lost while a connection is being re-made).
+///
+/// Every operation has a deadline; a lost connection is re-made with backoff.
+public final class PostgresLedger: Ledger, @unchecked Sendable {
+    public let url: PostgresURL
+    let logger: Logger
+    let configuration: PostgresConnection.Configuration
+    /// How long one operation (connecting included) may take.
+    public var deadline: Duration = .seconds(30)
+
+    private let lock = NSLock()
+    /// Connections not in use. An operation takes one for itself (a transaction never shares its connection) and
+    /// gives it back when it ends well; a connection that failed is closed, never reused.
+    private var idle: [PostgresConnection] = []
+    private var closed = false
+    private var nextID = 1
+    static let maxIdle = 4
+    private let wake = Wakeups()
+    private var listener: Task<Void, Never>?
+
+    public static let table = "deepring_entries"
+    public static let channel = "deepring_ledger"
+    /// The advisory lock key that serializes appends ("DeepRing" in ASCII).
+    static let appendLock: Int64 = 0x4465_6570_5269_6E67
+
+    /// True for a reader's ledger (`ledger show`, `ledger audit`): its sessions are read-only in the database, so a
+    /// reader cannot write even by mistake.
+    public let readOnly: Bool
+
+    /// Connects to an initialized ledger (`deepring ledger init`) and starts listening for appends.
+    public init(url: PostgresURL, readOnly: Bool = false, logger: Logger = Logger(label: "deepring.ledger.postgres")) throws {
+        self.url = url
+        self.logger = logger
+        self.readOnly = readOnly
+        var c = try PostgresLedger.configuration(url)
+        if readOnly { c.options.additionalStartupParameters.append(("default_transaction_read_only", "on")) }
+        configuration = c
+        try withConnection { [url, logger] c in
+            let ok = try await c.query("""
+                SELECT to_regclass('public.deepring_entries') IS NOT NULL,
+                       EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'deepring_no_change' AND tgenabled <> 'D'
+                               AND tgrelid = to_regclass('public.deepring_entries')),
+                       to_regclass('public.deepring_entries') IS NOT NULL AND has_table_privilege('public.deepring_entries', 'SELECT')
+                """, logger: logger)
+            for try await (table, trigger, readable) in ok.decode((Bool, Bool, Bool).self) {
+                guard table else { throw LedgerError.storage("\(url) has no DeepRing ledger (run `deepring ledger init --ledger \(url)`)") }
+                guard trigger else { throw LedgerError.untrusted("\(url): the ledger table is not append-only (run `deepring ledger init`)") }
+                guard readable else { throw LedgerError.untrusted("\(url): user \(url.user) may not read the ledger (grant it deepring_member or deepring_querent)") }
+            }
+        }
+        startListening()
+    }
+
+    deinit { close() }
+
+    /// Stops listening and closes every connection (operations after this fail).
+    public func close() {
+        listener?.cancel()
+        let cs = lock.withLock { () -> [PostgresConnection] in closed = true; defer { idle = [] }; return idle }
+        for c in cs { PostgresLedger.closeLater(c) }
+    }
+
+    // MARK: set-up
+
+    static func configuration(_ url: PostgresURL) throws -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS
+        switch url.sslMode {
+        case .disable:
+            tls = .disable
+        case .require:
+            var t = TLSConfiguration.makeClientConfiguration()
+            t.certificateVerification = .none
+            tls = .require(try NIOSSLContext(configuration: t))
+        case .verifyFull:
+            var t = TLSConfiguration.makeClientConfiguration()
+            t.certificateVerification = .fullVerification
+            guard let root = url.sslRootCert, FileManager.default.fileExists(atPath: root) else {
+                throw LedgerError.invalidArgument("sslrootcert \(url.sslRootCert ?? "-") does not exist")
+            }
+            t.trustRoots = .file(root)
+            tls = .require(try NIOSSLContext(configuration: t))
+        }
+        var c = PostgresConnection.Configuration(host: url.host, port: url.port, username: url.user, password: url.password,
+                                                 database: url.database, tls: tls)
+        c.options.connectTimeout = .seconds(10)
+        // The server's name for verify-full is the host (postgres-nio's default); an IP address is checked against
+        // the certificate's IP addresses instead.
+        return c
+    }
+
+    /// The schema, the roles and the policies `deepring ledger init` creates (idempotent; run it as the database's
+    /// owner). Members log in as roles granted `deepring_member`, querents as roles granted `deepring_querent`.
+    static let initialization: [String] = [
+        """
+        CREATE TABLE IF NOT EXISTS deepring_entries (
+          seq BIGINT PRIMARY KEY CHECK (seq BETWEEN 1 AND \(LedgerEntry.maxSequence)),
+          prev_hash BYTEA NOT NULL CHECK (length(prev_hash) = 32),
+          kind TEXT NOT NULL CHECK (kind IN (\(EntryKind.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")))),
+          query_id TEXT CHECK (query_id IS NULL OR query_id ~ '^[A-Za-z0-9._-]{1,\(LedgerEntry.maxQueryID)}$'),
+          author BYTEA NOT NULL CHECK (length(author) = 32),
+          payload BYTEA NOT NULL CHECK (length(payload) <= \(LedgerEntry.maxPayload)),
+          hash BYTEA NOT NULL UNIQUE CHECK (length(hash) = 32),
+          signature BYTEA NOT NULL CHECK (length(signature) = 64)
+        )
+        """,
+        """
+        CREATE OR REPLACE FUNCTION deepring_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the DeepRing ledger is append-only: % refused', TG_OP; END $$
+        """,
+        "DROP TRIGGER IF EXISTS deepring_no_change ON deepring_entries",
+        "CREATE TRIGGER deepring_no_change BEFORE UPDATE OR DELETE ON deepring_entries FOR EACH ROW EXECUTE FUNCTION deepring_append_only()",
+        "DROP TRIGGER IF EXISTS deepring_no_truncate ON deepring_entries",
+        "CREATE TRIGGER deepring_no_truncate BEFORE TRUNCATE ON deepring_entries FOR EACH STATEMENT EXECUTE FUNCTION deepring_append_only()",
+        """
+        DO $$ BEGIN
+          BEGIN CREATE ROLE deepring_member NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+          BEGIN CREATE ROLE deepring_querent NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
+        END $$
+        """,
+        "REVOKE ALL ON deepring_entries FROM PUBLIC",
+        "REVOKE ALL ON deepring_entries FROM deepring_member, deepring_querent",
+        "GRANT SELECT, INSERT ON deepring_entries TO deepring_member, deepring_querent",
+        "ALTER TABLE deepring_entries ENABLE ROW LEVEL SECURITY",
+        "DROP POLICY IF EXISTS deepring_read ON deepring_entries",
+        "CREATE POLICY deepring_read ON deepring_entries FOR SELECT TO deepring_member, deepring_querent USING (true)",
+        "DROP POLICY IF EXISTS deepring_member_insert ON deepring_entries",
+        "CREATE POLICY deepring_member_insert ON deepring_entries FOR INSERT TO deepring_member WITH CHECK (true)",
+        "DROP POLICY IF EXISTS deepring_querent_insert ON deepring_entries",
+        "CREATE POLICY deepring_querent_insert ON deepring_entries FOR INSERT TO deepring_querent WITH CHECK (kind = 'query')",
+    ]
+
+    /// `deepring ledger init`: creates (or brings up to date) the ledger's table, its append-only triggers, the
+    /// `deepring_member` and `deepring_querent` roles, their grants and row-level security policies.
+    public static func initialize(_ url: PostgresURL, logger: Logger = Logger(label: "deepring.ledger.postgres")) throws {
+        try execute(initialization, on: url, logger: logger)
+    }
+
+    /// Runs SQL statements, one after the other, on a connection of their own (administration: `ledger init`, tests).
+    public static func execute(_ statements: [String], on url: PostgresURL, logger: Logger = Logger(label: "deepring.ledger.postgres")) throws {
+        let configuration = try configuration(url)
+        try blocking(timeout: .seconds(60)) {
+            let c = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            do {
+                for sql in statements { try await c.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
+            } catch {
+                try? await c.close()
+                throw PostgresLedger.storageError(error, url)
+            }
+            try? await c.close()
+        }
+    }
+
+    // MARK: connections
+
+    /// An idle connection, or a new one (with backoff until `until`).
+    func checkout(until: ContinuousClock.Instant) async throws -> PostgresConnection {
+        while let c = lock.withLock({ idle.popLast() }) {
+            if !c.isClosed { return c }
+        }
+        var pause = Duration.milliseconds(100)
+        while true {
+            let id = try lock.withLock { () throws -> Int in
+                guard !closed else { throw LedgerError.storage("\(url): the ledger was closed") }
+                nextID += 1
+                return nextID
+            }
+            do {
+                return try await PostgresConnection.connect(configuration: configuration, id: id, logger: logger)
+            } catch {
+                let e = PostgresLedger.storageError(error, url)
+                // Refusals (a wrong password, a missing database or role, a certificate that does not verify) are not
+                // cured by waiting; a server that is down or unreachable may be back soon.
+                guard PostgresLedger.mayBeTransient(error) else { throw e }
+                guard ContinuousClock.now + pause < until else { throw e }
+                logger.warning("ledger connection failed; retrying", metadata: ["ledger": "\(url)", "retry_in_ms": "\(PostgresLedger.milliseconds(pause))"])
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(2))
+            }
+        }
+    }
+
+    /// Gives back a connection after an operation that ended well.
+    func checkin(_ c: PostgresConnection) {
+        let keep = lock.withLock { () -> Bool in
+            guard !closed, !c.isClosed, idle.count < PostgresLedger.maxIdle else { return false }
+            idle.append(c)
+            return true
+        }
+        if !keep { c.close().whenComplete { _ in } }
+    }
+
+    /// Closes a connection in the background, holding it until it is closed.
+    static func closeLater(_ c: PostgresConnection) { Closing.shared.close(c) }
+
+    static func milliseconds(_ d: Duration) -> Int64 { d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000 }
+
+    /// Runs `body` on a connection of its own; a lost connection is closed and the body run again on a new one while
+    /// the deadline allows (the body must be safe to repeat). Any other error closes the connection too (it may be in
+    /// a failed transaction) and is thrown.
+    func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) throws -> T {
+        try blocking(timeout: deadline + .seconds(5)) { [self] in
+            let until = ContinuousClock.now + deadline
+            while true {
+                let c = try await checkout(until: until)
+                do {
+                    let limit = min(attemptTimeout, max(.milliseconds(100), until - ContinuousClock.now))
+                    let r = try await PostgresLedger.attempt(on: c, within: limit, body)
+                    checkin(c)
+                    return r
+                } catch where PostgresLedger.isConnectionError(error) && ContinuousClock.now < until {
+                    logger.warning("ledger connection lost; reconnecting", metadata: ["ledger": "\(url)"])
+                    try? await c.close()
+                } catch {
+                    try? await c.close()
+                    throw PostgresLedger.storageError(error, url)
+                }
+            }
+        }
+    }
+
+    /// How long one attempt of an operation may take before its connection is given up as dead (a server that
+    /// vanished without closing it) and the operation is tried again on a new one.
+    public var attemptTimeout: Duration = .seconds(15)
+
+    /// Runs `body` on `c`, closing `c` when it has not finished within `limit` (which fails the body at once).
+    static func attempt<T: Sendable>(on c: PostgresConnection, within limit: Duration,
+                                     _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body(c) }
+            group.addTask { try? await Task.sleep(for: limit); return nil }
+            while let next = try await group.next() {
+                if let r = next { group.cancelAll(); return r }
+                // Out of time: the connection is dead to us.
+                try? await c.close()
+                group.cancelAll()
+                throw AttemptTimedOut()
+            }
+            throw AttemptTimedOut()
+        }
+    }
+
+    /// Server errors that say "not now" rather than "no": the server is starting, shutting down or crashed, the
+    /// connection broke, or it has too many connections.
+    static func isServerUnavailable(_ sqlState: String?) -> Bool {
+        guard let s = sqlState else { return false }
+        return s.hasPrefix("57P") || s.hasPrefix("08") || s == "53300"
+    }
+
+    /// True when a failed connection attempt may succeed later (the server down, restarting or unreachable); false
+    /// for the server's refusals and for TLS failures.
+    static func mayBeTransient(_ error: any Error) -> Bool {
+        if error is AttemptTimedOut { return true }
+        if let p = error as? PSQLError {
+            if isServerUnavailable(p.serverInfo?[.sqlState]) { return true }
+            if p.serverInfo != nil || p.code == .sslUnsupported { return false }
+            if let u = p.underlying { return mayBeTransient(u) }
+            return true
+        }
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError { return false }
+        if case LedgerError.untrusted = error { return false }
+        return true
+    }
+
+    static func isConnectionError(_ error: any Error) -> Bool {
+        if error is SimulatedConnectionLoss || error is AttemptTimedOut { return true }
+        guard let e = error as? PSQLError else { return false }
+        return [.serverClosedConnection, .clientClosedConnection, .connectionError, .uncleanShutdown].contains(e.code)
+            || isServerUnavailable(e.serverInfo?[.sqlState])
+    }
+
+    /// Test hook (nil unless a test sets it): runs after an append's COMMIT succeeded, before the append returns — a
+    /// test throws `SimulatedConnectionLoss` there to play a connection lost before the commit's answer arrived.
+    var afterCommit: (@Sendable () throws -> Void)? {
+        get { lock.withLock { _afterCommit } }
+        set { lock.withLock { _afterCommit = newValue } }
+    }
+    private var _afterCommit: (@Sendable () throws -> Void)?
+
+    static func storageError(_ e: any Error, _ url: PostgresURL) -> LedgerError {
+        if let l = e as? LedgerError { return l }
+        if let p = e as? PSQLError {
+            let message = p.serverInfo?[.message] ?? "\(p.code)"
+            if p.serverInfo?[.sqlState] == "42501" { return .untrusted("\(url): permission denied (\(message))") }
+            return .storage("\(url): \(message)")
+        }
+        return .storage("\(url): \(e)")
+    }
+
+    // MARK: listening
+
+    /// A background connection listening on the channel; every notification wakes the waiters.
+    func startListening() {
+        let configuration = self.configuration, logger = self.logger, wake = self.wake, configurationDescription = url.description
+        listener = Task.detached(executorPreference: LedgerExecutor.shared) {
+            var pause = Duration.milliseconds(100)
+            while !Task.isCancelled {
+                var connection: PostgresConnection?
+                do {
+                    let c = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+                    connection = c
+                    pause = .milliseconds(100)
+                    try await c.listen(on: PostgresLedger.channel) { notifications in
+                        wake.listening(true)
+                        wake.signal()   // anything appended while (re)connecting is read again
+                        for try await _ in notifications { wake.notified() }
+                    }
+                    wake.listening(false)
+                    try? await c.close()
+                } catch {
+                    wake.listening(false)
+                    if let c = connection { try? await c.close() }
+                    if Task.isCancelled { return }
+                    logger.warning("ledger notifications lost; listening again", metadata: ["ledger": "\(configurationDescription)", "retry_in_ms": "\(PostgresLedger.milliseconds(pause))"])
+                    try? await Task.sleep(for: pause)
+                    pause = min(pause * 2, .seconds(2))
+                }
+            }
+        }
+    }
+
+    /// True while the listening connection is up (appends elsewhere wake this process's waiters at once).
+    public var isListening: Bool { wake.isListening }
+    /// Notifications received so far (for tests and health reports).
+    public var notificationsReceived: Int { wake.notifications }
+
+    /// True when this process's connections to the server use TLS.
+    public func connectionUsesTLS() throws -> Bool {
+        let logger = self.logger
+        return try withConnection { c in
+            var tls = false
+            for try await b in try await c.query("SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", logger: logger).decode(Bool.self) { tls = b }
+            return tls
+        }
+    }
+
+    /// True when this process's sessions refuse writes (`default_transaction_read_only`).
+    public func sessionIsReadOnly() throws -> Bool {
+        let logger = self.logger
+        return try withConnection { c in
+            var on = false
+            for try await v in try await c.query("SELECT current_setting('default_transaction_read_only')", logger: logger).decode(String.self) { on = v == "on" }
+            return on
+        }
+    }
+
+    // MARK: Ledger
+
+    @discardableResult
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+        guard !readOnly else { throw LedgerError.invalidArgument("this ledger was opened read-only") }
+        guard payload.count <= LedgerEntry.maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
+        if let q = queryID, !LedgerEntry.isValidQueryID(q) {
+            throw LedgerError.invalidArgument("a query id is 1–\(LedgerEntry.maxQueryID) characters of [A-Za-z0-9._-]")
+        }
+        let logger = self.logger
+        // The entry last tried, by its hash: after a lost connection it may have been committed after all.
+        let attempt = AttemptBox()
+        let hook = afterCommit
+        return try withConnection { c in
+            if let tried = attempt.entry {
+                let found = try await c.query("SELECT seq FROM deepring_entries WHERE hash = \(ByteBuffer(bytes: tried.hash))", logger: logger)
+                for try await _ in found { return tried }
+            }
+            let entry: LedgerEntry
+            try await c.query("BEGIN", logger: logger)
+            do {
+                try await c.query("SELECT pg_advisory_xact_lock(\(PostgresLedger.appendLock))", logger: logger)
+                var seq: Int64 = 1, prev = LedgerEntry.genesisHash
+                let tail = try await c.query("SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1", logger: logger)
+                for try await (s, h) in tail.decode((Int64, ByteBuffer).self) {
+                    guard s < LedgerEntry.maxSequence else { throw LedgerError.storage("the ledger has reached its last sequence number") }
+                    seq = s + 1
+                    prev = Array(h.readableBytesView)
+                }
+                let author = signer.publicKey
+                let hash = LedgerEntry.computeHash(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author, payload: payload)
+                entry = LedgerEntry(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author,
+                                    payload: payload, hash: hash, signature: try signer.sign(hash))
+                attempt.entry = entry
+                try await c.query("""
+                    INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
+                    VALUES (\(seq), \(ByteBuffer(bytes: prev)), \(kind.rawValue), \(queryID), \(ByteBuffer(bytes: author)),
+                            \(ByteBuffer(bytes: payload)), \(ByteBuffer(bytes: hash)), \(ByteBuffer(bytes: entry.signature)))
+                    """, logger: logger)
+                try await c.query("SELECT pg_notify('\(unescaped: PostgresLedger.channel)', \(String(seq)))", logger: logger)
+                try await c.query("COMMIT", logger: logger)
+            } catch {
+                _ = try? await c.query("ROLLBACK", logger: logger)
+                throw error
+            }
+            try hook?()
+            return entry
+        }
+    }
+
+    public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
+        let logger = self.logger
+        let from = max(1, sequence), limit = max(0, limit)
+        return try withConnection { c in
+            guard let through = try await PostgresLedger.lastWithinBudget(c, logger, "seq >= \(from)", limit: limit, budget: PostgresLedger.readBudget) else {
+                return []
+            }
+            return try await PostgresLedger.fetch(c, logger, "SELECT \(unescaped: PostgresLedger.columns) FROM deepring_entries WHERE seq BETWEEN \(from) AND \(through) ORDER BY seq")
+        }
+    }
+
+    public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerEntry] {
+        try pagedEntries(in: range, matching: filters, pageBytes: PostgresLedger.readBudget)
+    }
+
+    public func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage {
+        if filters.isEmpty { return LedgerPage(entries: [], through: range.upperBound) }
+        let logger = self.logger
+        let lo = max(1, range.lowerBound), hi = min(range.upperBound, LedgerEntry.maxSequence)
+        return try withConnection { c in
+            let filter = PostgresLedger.filterSQL(filters)
+            let clause = "seq BETWEEN \(lo) AND \(hi) AND (\(filter))"
+            guard let through = try await PostgresLedger.lastWithinBudget(c, logger, clause, limit: Int.max / 2, budget: maxBytes) else {
+                return LedgerPage(entries: [], through: range.upperBound)
+            }
+            let rows = try await PostgresLedger.fetch(c, logger, PostgresQuery(unsafeSQL: "SELECT \(PostgresLedger.columns) FROM deepring_entries WHERE \(clause) AND seq <= \(through) ORDER BY seq"))
+            let more = try await PostgresLedger.lastWithinBudget(c, logger, clause + " AND seq > \(through)", limit: 1, budget: 0) != nil
+            return LedgerPage(entries: rows.compactMap(\.entry), through: more ? through : range.upperBound)
+        }
+    }
+
+    public func lastSequence() throws -> Int64 {
+        let logger = self.logger
+        return try withConnection { c in
+            var tail: Int64 = 0
+            for try await s in try await c.query("SELECT COALESCE(MAX(seq), 0) FROM deepring_entries", logger: logger).decode(Int64.self) { tail = s }
+            return tail
+        }
+    }
+
+    public func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow] {
+        let until = ContinuousClock.now + timeout
+        while true {
+            let generation = wake.generation
+            let rows = try rows(from: sequence + 1, limit: 4096)
+            if !rows.isEmpty || ContinuousClock.now >= until { return rows }
+            // Woken by a notification; at the latest after a second (a notification lost while reconnecting).
+            wake.wait(after: generation, for: min(until - ContinuousClock.now, .seconds(1)))
+        }
+    }
+
+    public func sequencesOutOfRange(limit: Int) throws -> [Int64] {
+        // The schema's CHECK keeps every sequence number in range.
+        []
+    }
+
+    public func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader] {
+        if filters.isEmpty { return [] }
+        let logger = self.logger
+        let lo = max(1, range.lowerBound), hi = min(range.upperBound, LedgerEntry.maxSequence)
+        return try withConnection { c in
+            let rows = try await c.query(PostgresQuery(unsafeSQL: "SELECT seq, kind, query_id, author FROM deepring_entries WHERE seq BETWEEN \(lo) AND \(hi) AND (\(PostgresLedger.filterSQL(filters))) ORDER BY seq"),
+                                         logger: logger)
+            var out: [LedgerRowHeader] = []
+            for try await (seq, k, q, a) in rows.decode((Int64, String, String?, ByteBuffer).self) {
+                guard let kind = EntryKind(rawValue: k), a.readableBytes == 32 else { continue }
+                out.append(LedgerRowHeader(sequence: seq, kind: kind, queryID: q, author: Array(a.readableBytesView)))
+            }
+            return out
+        }
+    }
+
+    // MARK: rows
+
+    static let columns = "seq, prev_hash, kind, query_id, author, payload, hash, signature"
+    /// The most payload bytes one read brings into memory (at least one row).
+    public static let readBudget = 256 << 20
+
+    /// Filters as SQL. Every value is a fixed-size key, a kind from the closed set, or a query id of
+    /// `[A-Za-z0-9._-]` (checked before it gets here), so they are written as literals safely.
+    static func filterSQL(_ filters: [EntryFilter]) -> String {
+        filters.map { f -> String in
+            var parts: [String] = []
+            if let k = f.kind { parts.append("kind = '\(k.rawValue)'") }
+            if let a = f.author { parts.append("author = '\\x\(a.map { String(format: "%02x", $0) }.joined())'::bytea") }
+            if let q = f.queryID { parts.append(LedgerEntry.isValidQueryID(q) ? "query_id = '\(q)'" : "false") }
+            return parts.isEmpty ? "true" : "(" + parts.joined(separator: " AND ") + ")"
+        }.joined(separator: " OR ")
+    }
+
+    static func lastWithinBudget(_ c: PostgresConnection, _ logger: Logger, _ clause: String, limit: Int, budget: Int) async throws -> Int64? {
+        let rows = try await c.query(PostgresQuery(unsafeSQL: "SELECT seq, octet_length(payload) FROM deepring_entries WHERE \(clause) ORDER BY seq LIMIT \(max(0, limit))"),
+                                     logger: logger)
+        var total = 0, last: Int64?
+        for try await (seq, n) in rows.decode((Int64, Int32).self) {
+            if last != nil && total + Int(n) > budget { break }
+            total += Int(n)
+            last = seq
+        }
+        return last
+    }
+
+    static func fetch(_ c: PostgresConnection, _ logger: Logger, _ query: PostgresQuery) async throws -> [LedgerRow] {
+        var out: [LedgerRow] = []
+        for try await row in try await c.query(query, logger: logger) {
+            do {
+                let (seq, prev, kind, q, author, payload, hash, sig) = try row.decode((Int64, ByteBuffer, String, String?, ByteBuffer, ByteBuffer, ByteBuffer, ByteBuffer).self)
+                out.append(decode(seq, prev, kind, q, author, payload, hash, sig))
+            } catch {
+                guard let seq = try? row.makeRandomAccess()[0].decode(Int64.self) else { continue }
+                out.append(.malformed(sequence: seq, reason: "a column has the wrong type"))
+            }
+        }
+        return out
+    }
+
+    /// Checks one row's fields as hostile data (the schema's constraints should already hold; a reader does not rely
+    /// on them).
+    static func decode(_ seq: Int64, _ prev: ByteBuffer, _ k: String, _ q: String?, _ author: ByteBuffer, _ payload: ByteBuffer,
+                       _ hash: ByteBuffer, _ sig: ByteBuffer) -> LedgerRow {
+        guard let kind = EntryKind(rawValue: k) else { return .malformed(sequence: seq, reason: "unknown kind") }
+        guard prev.readableBytes == 32, author.readableBytes == 32, hash.readableBytes == 32, sig.readableBytes == 64 else {
+            return .malformed(sequence: seq, reason: "a key, hash or signature has the wrong size")
+        }
+        if let q, !LedgerEntry.isValidQueryID(q) { return .malformed(sequence: seq, reason: "query id is not 1–128 characters of [A-Za-z0-9._-]") }
+        guard payload.readableBytes <= LedgerEntry.maxPayload else { return .malformed(sequence: seq, reason: "payload is too large") }
+        return .entry(LedgerEntry(sequence: seq, previousHash: Array(prev.readableBytesView), kind: kind, queryID: q,
+                                  author: Array(author.readableBytesView), payload: Array(payload.readableBytesView),
+                                  hash: Array(hash.readableBytesView), signature: Array(sig.readableBytesView)))
+    }
+}
+
+extension PostgresQuery.StringInterpolation {
+    /// Text written into the SQL as is (constants of this file only).
+    mutating func appendInterpolation(unescaped text: String) { appendLiteral(text) }
+}
+
+/// Connections being closed, held until they are (postgres-nio wants every connection closed before it is freed).
+final class Closing: @unchecked Sendable {
+    static let shared = Closing()
+    private let lock = NSLock()
+    private var held: [ObjectIdentifier: PostgresConnection] = [:]
+
+    func close(_ c: PostgresConnection) {
+        let id = ObjectIdentifier(c)
+        lock.withLock { held[id] = c }
+        c.close().whenComplete { [self] _ in
+            let done = lock.withLock { held.removeValue(forKey: id) }
+            _ = done
+        }
+    }
+}
+
+/// An attempt that did not finish in time (its connection was closed).
+struct AttemptTimedOut: Error, CustomStringConvertible {
+    var description: String { "no answer from the server in time" }
+}
+
+/// What the `afterCommit` test hook throws to play a lost connection.
+struct SimulatedConnectionLoss: Error {}
+
+/// The entry an append last tried (shared by the retries of one append).
+final class AttemptBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _entry: LedgerEntry?
+    var entry: LedgerEntry? {
+        get { lock.withLock { _entry } }
+        set { lock.withLock { _entry = newValue } }
+    }
+}
+
+/// A generation counter that waiters sleep on until it moves (or a timeout passes).
+final class Wakeups: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var _generation = 0
+
+    private var _notifications = 0, _listening = false
+
+    var generation: Int { condition.lock(); defer { condition.unlock() }; return _generation }
+    var notifications: Int { condition.lock(); defer { condition.unlock() }; return _notifications }
+    var isListening: Bool { condition.lock(); defer { condition.unlock() }; return _listening }
+
+    func listening(_ on: Bool) { condition.lock(); _listening = on; condition.unlock() }
+
+    /// A notification arrived: counted, and the waiters woken.
+    func notified() {
+        condition.lock()
+        _notifications &+= 1
+        condition.unlock()
+        signal()
+    }
+
+    func signal() {
+        condition.lock()
+        _generation &+= 1
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func wait(after generation: Int, for timeout: Duration) {
+        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) * 1e-18
+        let until = Date(timeIntervalSinceNow: max(0, seconds))
+        condition.lock()
+        while _generation == generation && condition.wait(until: until) {}
+        condition.unlock()
+    }
+}
+
+final class Outcome<T>: @unchecked Sendable {
+    var result: Result<T, any Error>?
+    let done = DispatchSemaphore(value: 0)
+}
+
+/// A task executor on a thread of its own: the ledger's async work runs there, never on the cooperative pool, so a
+/// caller blocked waiting for it (the `Ledger` protocol is synchronous) can never starve it — not even when the caller
+/// is itself a task on that pool.
+final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
+    static let shared = LedgerExecutor()
+    private let condition = NSCondition()
+    private var jobs: [UnownedJob] = []
+
+    private init() {
+        let t = Thread { [unowned self] in self.run() }
+        t.name = "deepring.ledger"
+        t.start()
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let j = UnownedJob(job)
+        condition.lock()
+        jobs.append(j)
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let j = jobs.removeFirst()
+            condition.unlock()
+            j.runSynchronously(on: asUnownedTaskExecutor())
+        }
+    }
+}
+
+/// Runs async work from synchronous code (the `Ledger` protocol is synchronous: blocks run on their own threads), with
+/// a deadline: the work is cancelled when it passes. The work runs on `LedgerExecutor`.
+func blocking<T>(timeout: Duration = .seconds(60), _ work: @escaping @Sendable () async throws -> T) throws -> T {
+    let o = Outcome<T>()
+    let task = Task(executorPreference: LedgerExecutor.shared) {
+        do { o.result = .success(try await work()) } catch { o.result = .failure(error) }
+        o.done.signal()
+    }
+    let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) * 1e-18
+    if o.done.wait(timeout: .now() + seconds) == .timedOut {
+        task.cancel()
+        _ = o.done.wait(timeout: .now() + 5)
+        throw LedgerError.storage("the ledger did not answer within \(Int(seconds)) s")
+    }
+    guard let r = o.result else { throw LedgerError.storage("the ledger operation did not finish") }
+    return try r.get()
+}

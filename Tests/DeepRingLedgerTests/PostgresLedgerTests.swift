@@ -1,0 +1,425 @@
+import Crypto
+import DeepRingLedger
+@testable import DeepRingLedgerPostgres
+import Foundation
+import Testing
+
+/// The PostgreSQL server the tests use: `DEEPRING_TEST_POSTGRES_URL` (a superuser's URL; `.ci/run` starts a throw-away
+/// server with `scripts/postgres.sh` and exports it). Without it these tests skip — unless `DEEPRING_REQUIRE_POSTGRES=1`
+/// (CI), where a missing server is a failure.
+enum TestPostgres {
+    static let environment = ProcessInfo.processInfo.environment
+    static let url = environment["DEEPRING_TEST_POSTGRES_URL"]
+    static let ca = environment["DEEPRING_TEST_POSTGRES_CA"]
+    static let required = environment["DEEPRING_REQUIRE_POSTGRES"] == "1"
+    static var available: Bool { url != nil }
+    static let skipMessage: Comment = "no PostgreSQL server: set DEEPRING_TEST_POSTGRES_URL (scripts/postgres.sh start DIR prints one)"
+
+    static func admin() throws -> PostgresURL {
+        guard let u = url else { throw LedgerError.invalidArgument("DEEPRING_TEST_POSTGRES_URL is not set") }
+        return try PostgresURL.parse(u, environment: [:])
+    }
+
+    /// A fresh database holding an initialized ledger, dropped when the test ends.
+    static func database() throws -> TestDatabase {
+        var server = try admin()
+        let name = "deepring_t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
+        try PostgresLedger.execute(["CREATE DATABASE \(name)"], on: server)
+        server.database = String(name)
+        try PostgresLedger.initialize(server)
+        return TestDatabase(url: server)
+    }
+
+    /// A login role of `group` (deepring_member or deepring_querent) with a password; its URL on `db`.
+    static func role(_ group: String, on db: TestDatabase) throws -> PostgresURL {
+        let name = "r_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)
+        let password = UUID().uuidString
+        try PostgresLedger.execute(["CREATE ROLE \(name) LOGIN PASSWORD '\(password)' IN ROLE \(group)"], on: db.url)
+        var u = db.url
+        u.user = String(name)
+        u.password = password
+        return u
+    }
+}
+
+final class TestDatabase: @unchecked Sendable {
+    let url: PostgresURL
+    init(url: PostgresURL) { self.url = url }
+    deinit {
+        var admin = url
+        admin.database = "postgres"
+        try? PostgresLedger.execute(["DROP DATABASE IF EXISTS \(url.database) WITH (FORCE)"], on: admin)
+    }
+}
+
+@Suite struct PostgresAvailabilityTests {
+    @Test func aServerIsThereWhenCIRequiresOne() {
+        #expect(!TestPostgres.required || TestPostgres.available,
+                "DEEPRING_REQUIRE_POSTGRES=1 but DEEPRING_TEST_POSTGRES_URL is not set: CI must start a server")
+    }
+}
+
+@Suite struct PostgresURLTests {
+    @Test func parsesEveryPartAndNeverShowsThePassword() throws {
+        let u = try PostgresURL.parse("postgres://alice:s3cret@db.example:6543/ring?sslmode=verify-full&sslrootcert=/etc/ca.pem", environment: [:])
+        #expect(u.user == "alice" && u.password == "s3cret" && u.host == "db.example" && u.port == 6543 && u.database == "ring")
+        #expect(u.sslMode == .verifyFull && u.sslRootCert == "/etc/ca.pem")
+        #expect(!u.description.contains("s3cret") && !"\(u)".contains("s3cret"))
+        #expect(try PostgresURL.parse("postgresql://bob@h/d", environment: [:]).port == 5432)
+    }
+
+    @Test func passwordsComeFromTheEnvironmentOrAFile() throws {
+        #expect(try PostgresURL.parse("postgres://bob@h/d", environment: ["PGPASSWORD": "pw1"]).password == "pw1")
+        let f = NSTemporaryDirectory() + "pw-\(UUID().uuidString)"
+        try "pw2\n".write(toFile: f, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: f) }
+        #expect(try PostgresURL.parse("postgres://bob@h/d", passwordFile: f, environment: [:]).password == "pw2")
+        // The URL's own password wins.
+        #expect(try PostgresURL.parse("postgres://bob:pw0@h/d", passwordFile: f, environment: ["PGPASSWORD": "pw1"]).password == "pw0")
+    }
+
+    @Test(arguments: ["postgres://h/d", "postgres://u@/d", "postgres://u@h/", "postgres://u@h:0/d", "postgres://u@h/d?sslmode=prefer",
+                      "postgres://u@h/d?sslmode=verify-full", "postgres://u@h/d?foo=1", "mysql://u@h/d", "postgres://u@h/a/b"])
+    func refusesWhatIsNotALedgerURL(_ text: String) {
+        #expect(throws: LedgerError.self) { try PostgresURL.parse(text, environment: [:]) }
+    }
+}
+
+@Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage), .serialized)
+struct PostgresLedgerTests {
+    @Test func appendsAChainedSignedLogThatEveryConnectionSees() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        let a = LedgerSigner(), b = LedgerSigner()
+        try ledger.append(kind: .seal, queryID: nil, payload: Array("ring sealed".utf8), signer: a)
+        for i in 0..<5 {
+            try ledger.append(kind: i % 2 == 0 ? .query : .layer, queryID: "q\(i / 2)", payload: [UInt8](repeating: UInt8(i), count: 40), signer: i % 2 == 0 ? a : b)
+        }
+        let all = try ledger.allEntries()
+        #expect(all.map(\.sequence) == [1, 2, 3, 4, 5, 6])
+        #expect(all[0].previousHash == LedgerEntry.genesisHash)
+        #expect(all.allSatisfy { $0.isAuthentic })
+        let report = LedgerAudit.audit(ledger, ringKeys: [a.publicKey, b.publicKey])
+        #expect(report.isClean, "\(report)")
+        #expect(try PostgresLedger(url: db.url).allEntries() == all)
+        #expect(try ledger.entries(in: 1...6, matching: [EntryFilter(kind: .layer, author: b.publicKey)]).map(\.sequence) == [3, 5])
+        #expect(try ledger.headers(in: 1...6, matching: [EntryFilter(queryID: "q1")]).map(\.sequence) == [4, 5])
+        // 11 + 40 bytes of payload fit in 51, not in 50.
+        let page = try ledger.entries(in: 1...6, matching: [EntryFilter()], maxBytes: 51)
+        #expect(page.entries.map(\.sequence) == [1, 2] && page.through == 2)
+        let small = try ledger.entries(in: 1...6, matching: [EntryFilter()], maxBytes: 50)
+        #expect(small.entries.map(\.sequence) == [1] && small.through == 1)
+        let rest = try ledger.entries(in: 2...6, matching: [EntryFilter(kind: .query)], maxBytes: 1)
+        #expect(rest.entries.map(\.sequence) == [2] && rest.through == 2)
+    }
+
+    @Test func writersOnManyConnectionsNeverForkTheChain() throws {
+        let db = try TestPostgres.database()
+        // Four "hosts" (a ledger each, so four sessions), each appending from two threads.
+        let ledgers = try (0..<4).map { _ in try PostgresLedger(url: db.url) }
+        let signers = (0..<8).map { _ in LedgerSigner() }
+        let errors = ErrorBox()
+        DispatchQueue.concurrentPerform(iterations: 8) { w in
+            for i in 0..<25 {
+                do { try ledgers[w % 4].append(kind: .layer, queryID: "w\(w)", payload: [UInt8(i)], signer: signers[w]) } catch { errors.add(error) }
+            }
+        }
+        #expect(errors.all.isEmpty, "\(errors.all)")
+        let report = LedgerAudit.audit(ledgers[0], ringKeys: Set(signers.map(\.publicKey)))
+        #expect(report.isClean && report.entries == 200, "\(report)")
+    }
+
+    @Test func aWaiterIsWokenByANotificationFromAnotherSession() throws {
+        let db = try TestPostgres.database()
+        let waiter = try PostgresLedger(url: db.url), writer = try PostgresLedger(url: db.url)
+        // Let the waiter's LISTEN connection come up.
+        let until = Date().addingTimeInterval(10)
+        while !waiter.isListening && Date() < until { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(waiter.isListening)
+        let before = waiter.notificationsReceived
+        let s = LedgerSigner()
+        let t = Thread { Thread.sleep(forTimeInterval: 0.1); _ = try? writer.append(kind: .query, queryID: "x", payload: [1], signer: s) }
+        t.start()
+        let got = try waiter.waitForEntries(after: 0, timeout: .seconds(10))
+        #expect(got.map(\.sequence) == [1])
+        // The waiter was woken by the append's NOTIFY (its counter moved), not by a re-read on a timer.
+        #expect(waiter.notificationsReceived > before)
+        #expect(try waiter.waitForEntries(after: 1, timeout: .milliseconds(50)).isEmpty)
+    }
+
+    @Test func theDatabaseRefusesToChangeOrRemoveEntriesWhoeverAsks() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        try ledger.append(kind: .seal, queryID: nil, payload: [1, 2, 3], signer: LedgerSigner())
+        let member = try TestPostgres.role("deepring_member", on: db)
+        for sql in ["UPDATE deepring_entries SET payload = '\\x00'", "DELETE FROM deepring_entries",
+                    "TRUNCATE deepring_entries", "DROP TABLE deepring_entries", "ALTER TABLE deepring_entries DISABLE TRIGGER ALL",
+                    "DROP TRIGGER deepring_no_change ON deepring_entries"] {
+            // A member's connection: refused (permissions, then the trigger).
+            #expect(throws: LedgerError.self, "member: \(sql)") { try PostgresLedger.execute([sql], on: member) }
+        }
+        // Even the superuser's UPDATE, DELETE and TRUNCATE hit the append-only trigger.
+        for sql in ["UPDATE deepring_entries SET payload = '\\x00'", "DELETE FROM deepring_entries", "TRUNCATE deepring_entries"] {
+            #expect(throws: LedgerError.self, "owner: \(sql)") { try PostgresLedger.execute([sql], on: db.url) }
+        }
+        #expect(try ledger.allEntries().map(\.payload) == [[1, 2, 3]])
+        // A member appends through the ledger; an entry hash is unique.
+        let asMember = try PostgresLedger(url: member)
+        let e = try asMember.append(kind: .layer, queryID: "q", payload: [9], signer: LedgerSigner())
+        #expect(e.sequence == 2)
+        let dup = "INSERT INTO deepring_entries SELECT 3, hash, kind, query_id, author, payload, hash, signature FROM deepring_entries WHERE seq = 2"
+        #expect(throws: LedgerError.self) { try PostgresLedger.execute([dup], on: member) }
+        #expect(LedgerAudit.audit(ledger).isClean)
+    }
+
+    @Test func aQuerentMayAppendOnlyQueries() throws {
+        let db = try TestPostgres.database()
+        let querent = try PostgresLedger(url: try TestPostgres.role("deepring_querent", on: db))
+        let s = LedgerSigner()
+        #expect(try querent.append(kind: .query, queryID: "q1", payload: [1], signer: s).sequence == 1)
+        for kind in EntryKind.allCases where kind != .query {
+            #expect(throws: LedgerError.self, "\(kind)") { try querent.append(kind: kind, queryID: "q1", payload: [1], signer: s) }
+        }
+        #expect(try querent.lastSequence() == 1)
+    }
+
+    @Test func aRoleOutsideTheLedgerGroupsReadsNothingAndWritesNothing() throws {
+        let db = try TestPostgres.database()
+        let stranger = try TestPostgres.role("pg_read_all_settings", on: db)
+        #expect(throws: LedgerError.self) { try PostgresLedger(url: stranger) }
+    }
+
+    @Test func aWrongPasswordIsRefusedAtOnceAndNeverShown() throws {
+        let db = try TestPostgres.database()
+        var member = try TestPostgres.role("deepring_member", on: db)
+        member.password = "not-the-password-\(UUID().uuidString)"
+        let t0 = Date()
+        do {
+            _ = try PostgresLedger(url: member)
+            Issue.record("a wrong password was accepted")
+        } catch {
+            #expect(!"\(error)".contains(member.password!), "\(error)")
+        }
+        // Not retried with backoff until the deadline: a refusal is final.
+        #expect(Date().timeIntervalSince(t0) < 20)
+    }
+
+    @Test func anAppendWhoseAnswerWasLostIsNeitherDuplicatedNorLost() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        let s = LedgerSigner()
+        try ledger.append(kind: .seal, queryID: nil, payload: [0], signer: s)
+        let once = OnceFlag()
+        // The commit succeeds, then the connection "breaks" before the answer is seen: the append is retried on a new
+        // connection, finds its entry by hash, and returns it.
+        ledger.afterCommit = { if once.first() { throw SimulatedConnectionLoss() } }
+        let e = try ledger.append(kind: .layer, queryID: "q", payload: [7], signer: s)
+        ledger.afterCommit = nil
+        #expect(e.sequence == 2)
+        let all = try ledger.allEntries()
+        #expect(all.map(\.sequence) == [1, 2] && all[1] == e)
+        // A connection the server ends (an administrator, a restart) is re-made for the next operation.
+        try PostgresLedger.execute(["SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '\(db.url.database)' AND pid <> pg_backend_pid()"], on: db.url)
+        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [8], signer: s).sequence == 3)
+        #expect(LedgerAudit.audit(ledger).isClean)
+    }
+
+    @Test func initializingTwiceIsHarmlessAndAnUninitializedDatabaseIsNamed() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        try ledger.append(kind: .seal, queryID: nil, payload: [1], signer: LedgerSigner())
+        try PostgresLedger.initialize(db.url)
+        #expect(try ledger.lastSequence() == 1)
+        // A database without the ledger: a clear error naming `ledger init`.
+        var bare = try TestPostgres.admin()
+        bare.database = "postgres"
+        do { _ = try PostgresLedger(url: bare); Issue.record("opened a database with no ledger") } catch {
+            #expect("\(error)".contains("ledger init"), "\(error)")
+        }
+        // The trigger dropped by the database's owner: refused at open as untrustworthy.
+        try PostgresLedger.execute(["DROP TRIGGER deepring_no_change ON deepring_entries"], on: db.url)
+        #expect(throws: LedgerError.untrusted("\(db.url): the ledger table is not append-only (run `deepring ledger init`)")) {
+            try PostgresLedger(url: db.url)
+        }
+    }
+
+    @Test func rowsOfAnyFormAreReadAsHostileInput() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        let s = LedgerSigner()
+        try ledger.append(kind: .seal, queryID: nil, payload: [1], signer: s)
+        // The table's owner relaxes the constraints and inserts a row of the wrong sizes; a member inserts one with a
+        // forged hash (the schema cannot check hashes and signatures: the readers do).
+        try PostgresLedger.execute([
+            "ALTER TABLE deepring_entries DROP CONSTRAINT deepring_entries_author_check",
+            "INSERT INTO deepring_entries VALUES (2, '\\x\(String(repeating: "00", count: 32))', 'layer', 'q', '\\x0102', '\\x', '\\x\(String(repeating: "11", count: 32))', '\\x\(String(repeating: "22", count: 64))')",
+            "INSERT INTO deepring_entries VALUES (3, '\\x\(String(repeating: "00", count: 32))', 'layer', 'q', '\\x\(String(repeating: "33", count: 32))', '\\x', '\\x\(String(repeating: "44", count: 32))', '\\x\(String(repeating: "55", count: 64))')",
+        ], on: db.url)
+        let rows = try ledger.allRows()
+        #expect(rows.count == 3)
+        #expect(rows[1] == .malformed(sequence: 2, reason: "a key, hash or signature has the wrong size"))
+        #expect(rows[2].entry.map { !$0.isAuthentic } == true)
+        let report = LedgerAudit.audit(ledger, ringKeys: [s.publicKey])
+        #expect(report.firstProblem?.sequence == 2, "\(report)")
+        // The next append chains on the last row anyway (the chain's owner is the audit, not the writer).
+        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: s).sequence == 4)
+    }
+}
+
+@Suite(.enabled(if: TestPostgres.available && TestPostgres.ca != nil, TestPostgres.skipMessage), .serialized)
+struct PostgresTLSTests {
+    func tlsURL(_ db: TestDatabase, mode: String, host: String = "127.0.0.1", ca: String?) throws -> PostgresURL {
+        var text = "postgres://\(db.url.user)@\(host):\(db.url.port)/\(db.url.database)?sslmode=\(mode)"
+        if let ca { text += "&sslrootcert=\(ca)" }
+        return try PostgresURL.parse(text, environment: [:])
+    }
+
+    func usesTLS(_ url: PostgresURL) throws -> Bool {
+        let l = try PostgresLedger(url: url)
+        try l.append(kind: .seal, queryID: nil, payload: [1], signer: LedgerSigner())
+        return try l.connectionUsesTLS()
+    }
+
+    @Test func requireAndVerifyFullConnectOverTLS() throws {
+        let db = try TestPostgres.database()
+        #expect(try usesTLS(try tlsURL(db, mode: "require", ca: nil)))
+        #expect(try usesTLS(try tlsURL(db, mode: "verify-full", ca: TestPostgres.ca)))
+        #expect(try usesTLS(try tlsURL(db, mode: "verify-full", host: "localhost", ca: TestPostgres.ca)))
+        #expect(try !PostgresLedger(url: db.url).connectionUsesTLS())
+    }
+
+    @Test func verifyFullRefusesAServerItsCADidNotCertify() throws {
+        let db = try TestPostgres.database()
+        // A CA of this test's own, which never signed the server's certificate.
+        let dir = NSTemporaryDirectory() + "deepring-ca-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA",
+                       "-keyout", dir + "/ca.key", "-out", dir + "/ca.crt"]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let other = try tlsURL(db, mode: "verify-full", ca: dir + "/ca.crt")
+        #expect(throws: LedgerError.self) { try PostgresLedger(url: other) }
+    }
+}
+
+final class ErrorBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var errors: [String] = []
+    func add(_ e: Error) { lock.withLock { errors.append("\(e)") } }
+    var all: [String] { lock.withLock { errors } }
+}
+
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+    func first() -> Bool { lock.withLock { defer { done = true }; return !done } }
+}
+
+/// A server of the test's own (`scripts/postgres.sh`), for faults that would disturb other tests: a crash and restart.
+final class OwnPostgres: @unchecked Sendable {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("scripts/postgres.sh").path
+    static var canStart: Bool {
+        FileManager.default.fileExists(atPath: script)
+            && ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).contains {
+                FileManager.default.isExecutableFile(atPath: "/usr/lib/postgresql/\($0)/bin/initdb")
+            }
+    }
+    let dir: String
+    let url: PostgresURL
+
+    init() throws {
+        dir = NSTemporaryDirectory() + "deepring-pg-\(UUID().uuidString.prefix(8))"
+        let out = try OwnPostgres.run(["start", dir])
+        guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("DEEPRING_TEST_POSTGRES_URL=") }) else {
+            throw LedgerError.storage("scripts/postgres.sh printed no URL: \(out)")
+        }
+        url = try PostgresURL.parse(String(line.dropFirst("DEEPRING_TEST_POSTGRES_URL=".count)), environment: [:])
+    }
+
+    deinit {
+        _ = try? OwnPostgres.run(["stop", dir, "--immediate"])
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func crash() throws { _ = try OwnPostgres.run(["stop", dir, "--immediate"]) }
+    func restart() throws { _ = try OwnPostgres.run(["restart", dir]) }
+
+    @discardableResult
+    static func run(_ args: [String]) throws -> String {
+        // Output to a file, not a pipe: the server the script starts would inherit the pipe and hold it open.
+        let log = NSTemporaryDirectory() + "deepring-pg-\(UUID().uuidString).log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        guard let h = FileHandle(forWritingAtPath: log) else { throw LedgerError.storage("cannot write \(log)") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [script] + args
+        p.standardOutput = h
+        p.standardError = h
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        try? h.close()
+        let out = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        guard p.terminationStatus == 0 else { throw LedgerError.storage("scripts/postgres.sh \(args.joined(separator: " ")): \(out)") }
+        return out
+    }
+}
+
+@Suite(.enabled(if: OwnPostgres.canStart || TestPostgres.required, "no PostgreSQL server binaries (apt-get install postgresql)"), .serialized)
+struct PostgresCrashTests {
+    @Test(.timeLimit(.minutes(3))) func appendsWaitOutACrashedServerAndNothingIsLostOrDuplicated() throws {
+        let server = try OwnPostgres()
+        try PostgresLedger.initialize(server.url)
+        let ledger = try PostgresLedger(url: server.url)
+        ledger.deadline = .seconds(60)
+        let signer = LedgerSigner()
+        for i in 0..<20 { try ledger.append(kind: .layer, queryID: "before", payload: [UInt8(i)], signer: signer) }
+        // A writer keeps appending while the server dies (as in a power cut: no shutdown checkpoint) and comes back.
+        let errors = ErrorBox()
+        let done = DispatchSemaphore(value: 0)
+        let writer = Thread {
+            for i in 0..<40 {
+                do { try ledger.append(kind: .layer, queryID: "during", payload: [UInt8(i)], signer: signer) } catch { errors.add(error) }
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            done.signal()
+        }
+        writer.start()
+        Thread.sleep(forTimeInterval: 0.2)
+        try server.crash()
+        Thread.sleep(forTimeInterval: 1.5)
+        try server.restart()
+        done.wait()
+        #expect(errors.all.isEmpty, "\(errors.all)")
+        let all = try ledger.allEntries()
+        // Every committed append is there once, in order; each one the writer was told of is there.
+        #expect(all.count == 60, "\(all.count) entries")
+        #expect(all.filter { $0.queryID == "during" }.map { $0.payload[0] } == (0..<40).map(UInt8.init))
+        #expect(LedgerAudit.audit(ledger, ringKeys: [signer.publicKey]).isClean)
+        // The listener came back too: a waiter is woken by a notification again.
+        let until = Date().addingTimeInterval(20)
+        while !ledger.isListening && Date() < until { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(ledger.isListening)
+    }
+}
+
+@Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage))
+struct PostgresReaderTests {
+    @Test func aReadersSessionCannotWriteEvenBySQL() throws {
+        let db = try TestPostgres.database()
+        try PostgresLedger(url: db.url).append(kind: .seal, queryID: nil, payload: [1], signer: LedgerSigner())
+        let reader = try PostgresLedger(url: db.url, readOnly: true)
+        #expect(try reader.allEntries().count == 1)
+        #expect(throws: LedgerError.self) { try reader.append(kind: .query, queryID: "q", payload: [1], signer: LedgerSigner()) }
+        // Its connections are read-only in the database itself.
+        #expect(try reader.sessionIsReadOnly())
+        #expect(try !PostgresLedger(url: db.url).sessionIsReadOnly())
+    }
+}
