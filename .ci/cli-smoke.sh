@@ -264,6 +264,8 @@ expect_exit 1 "reproduce Table 2 with an MLP" "$bin" reproduce --table 2 --datas
 expect_exit 1 "reproduce with a missing data set" "$bin" reproduce --table 3 --dataset mnist --data "$tmp/empty" --out "$tmp/rep2"
 expect_exit 64 "unknown data set" "$bin" train --dataset nope --out "$tmp/x.safetensors"
 expect_exit 0 "help" "$bin" --help
+expect_exit 0 "bench ledger (SQLite)" "$bin" bench ledger --count 10
+expect_exit 64 "bench ledger --count 0" "$bin" bench ledger --count 0
 
 # The PostgreSQL ledger (when a server is given, as in CI): init twice, show, and the errors a user meets.
 if [ -n "${DEEPRING_TEST_POSTGRES_URL:-}" ]; then
@@ -275,6 +277,14 @@ if [ -n "${DEEPRING_TEST_POSTGRES_URL:-}" ]; then
   grep -q "ledger ready" "$tmp/out" || { echo "FAIL: ledger init output"; fail=$((fail + 1)); }
   expect_exit 0 "ledger init again (idempotent)" "$bin" ledger init --ledger "$pg_url"
   expect_exit 0 "ledger show --ledger" "$bin" ledger show --ledger "$pg_url"
+  expect_exit 0 "bench ledger --ledger (an empty scratch database)" "$bin" bench ledger --ledger "$pg_url" --count 10 --json
+  python3 - "$tmp/out" <<'PY' || { echo "FAIL: bench ledger output"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+for k in ["sqlite_append_p50_ms", "postgres_append_p50_ms", "postgres_wake_p50_ms", "postgres_read_p50_ms"]:
+    assert o[k] > 0, (k, o)
+PY
+  expect_exit 64 "bench ledger refuses a ledger with entries" "$bin" bench ledger --ledger "$pg_url" --count 10
   expect_exit 1 "ledger show: no such database" "$bin" ledger show --ledger "${pg_admin%/*}/no_such_db_$$"
   expect_exit 1 "ledger show: a database without a ledger" "$bin" ledger show --ledger "$pg_admin"
   grep -q "ledger init" "$tmp/err" || { echo "FAIL: the error does not name ledger init"; fail=$((fail + 1)); }

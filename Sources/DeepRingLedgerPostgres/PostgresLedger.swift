@@ -23,6 +23,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     public let url: PostgresURL
     let logger: Logger
     let configuration: PostgresConnection.Configuration
+    /// The configuration of connections whose commits do not wait for their own WAL flush (`synchronous_commit =
+    /// off`): for entries nothing outside the ring waits on (see `lazyKinds`).
+    let lazyConfiguration: PostgresConnection.Configuration
     /// How long one operation (connecting included) may take.
     public var deadline: Duration = .seconds(30)
 
@@ -30,6 +33,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// Connections not in use. An operation takes one for itself (a transaction never shares its connection) and
     /// gives it back when it ends well; a connection that failed is closed, never reused.
     private var idle: [PostgresConnection] = []
+    private var idleLazy: [PostgresConnection] = []
+    /// The newest row this process has seen (sequence number and stored hash): an append first tries to chain on it in
+    /// one statement, and reads the tail under the lock only when someone else appended since.
+    private var knownTail: (sequence: Int64, hash: [UInt8])?
     private var closed = false
     private var nextID = 1
     static let maxIdle = 4
@@ -53,6 +60,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         var c = try PostgresLedger.configuration(url)
         if readOnly { c.options.additionalStartupParameters.append(("default_transaction_read_only", "on")) }
         configuration = c
+        c.options.additionalStartupParameters.append(("synchronous_commit", "off"))
+        lazyConfiguration = c
         try withConnection { [url, logger] c in
             let ok = try await c.query("""
                 SELECT to_regclass('public.deepring_entries') IS NOT NULL,
@@ -74,7 +83,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// Stops listening and closes every connection (operations after this fail).
     public func close() {
         listener?.cancel()
-        let cs = lock.withLock { () -> [PostgresConnection] in closed = true; defer { idle = [] }; return idle }
+        let cs = lock.withLock { () -> [PostgresConnection] in closed = true; defer { idle = []; idleLazy = [] }; return idle + idleLazy }
         for c in cs { PostgresLedger.closeLater(c) }
     }
 
@@ -171,8 +180,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     // MARK: connections
 
     /// An idle connection, or a new one (with backoff until `until`).
-    func checkout(until: ContinuousClock.Instant) async throws -> PostgresConnection {
-        while let c = lock.withLock({ idle.popLast() }) {
+    func checkout(until: ContinuousClock.Instant, lazy: Bool) async throws -> PostgresConnection {
+        while let c = lock.withLock({ lazy ? idleLazy.popLast() : idle.popLast() }) {
             if !c.isClosed { return c }
         }
         var pause = Duration.milliseconds(100)
@@ -183,7 +192,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 return nextID
             }
             do {
-                return try await PostgresConnection.connect(configuration: configuration, id: id, logger: logger)
+                return try await PostgresConnection.connect(configuration: lazy ? lazyConfiguration : configuration, id: id, logger: logger)
             } catch {
                 let e = PostgresLedger.storageError(error, url)
                 // Refusals (a wrong password, a missing database or role, a certificate that does not verify) are not
@@ -198,13 +207,13 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     /// Gives back a connection after an operation that ended well.
-    func checkin(_ c: PostgresConnection) {
+    func checkin(_ c: PostgresConnection, lazy: Bool) {
         let keep = lock.withLock { () -> Bool in
-            guard !closed, !c.isClosed, idle.count < PostgresLedger.maxIdle else { return false }
-            idle.append(c)
+            guard !closed, !c.isClosed, (lazy ? idleLazy : idle).count < PostgresLedger.maxIdle else { return false }
+            if lazy { idleLazy.append(c) } else { idle.append(c) }
             return true
         }
-        if !keep { c.close().whenComplete { _ in } }
+        if !keep { PostgresLedger.closeLater(c) }
     }
 
     /// Closes a connection in the background, holding it until it is closed.
@@ -215,15 +224,15 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// Runs `body` on a connection of its own; a lost connection is closed and the body run again on a new one while
     /// the deadline allows (the body must be safe to repeat). Any other error closes the connection too (it may be in
     /// a failed transaction) and is thrown.
-    func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) throws -> T {
+    func withConnection<T: Sendable>(lazy: Bool = false, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) throws -> T {
         try blocking(timeout: deadline + .seconds(5)) { [self] in
             let until = ContinuousClock.now + deadline
             while true {
-                let c = try await checkout(until: until)
+                let c = try await checkout(until: until, lazy: lazy)
                 do {
                     let limit = min(attemptTimeout, max(.milliseconds(100), until - ContinuousClock.now))
                     let r = try await PostgresLedger.attempt(on: c, within: limit, body)
-                    checkin(c)
+                    checkin(c, lazy: lazy)
                     return r
                 } catch where PostgresLedger.isConnectionError(error) && ContinuousClock.now < until {
                     logger.warning("ledger connection lost; reconnecting", metadata: ["ledger": "\(url)"])
@@ -240,20 +249,22 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// vanished without closing it) and the operation is tried again on a new one.
     public var attemptTimeout: Duration = .seconds(15)
 
-    /// Runs `body` on `c`, closing `c` when it has not finished within `limit` (which fails the body at once).
+    /// Runs `body` on `c`, closing `c` when it has not finished within `limit` (which fails the body at once). The
+    /// timer runs on the connection's event loop: no task is added to the operation's path.
     static func attempt<T: Sendable>(on c: PostgresConnection, within limit: Duration,
                                      _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body(c) }
-            group.addTask { try? await Task.sleep(for: limit); return nil }
-            while let next = try await group.next() {
-                if let r = next { group.cancelAll(); return r }
-                // Out of time: the connection is dead to us.
-                try? await c.close()
-                group.cancelAll()
-                throw AttemptTimedOut()
-            }
-            throw AttemptTimedOut()
+        let expired = ExpiryFlag()
+        let timer = c.eventLoop.scheduleTask(in: .nanoseconds(max(1, limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000))) {
+            expired.set()
+            let closing: EventLoopFuture<Void> = c.close()
+            closing.whenComplete { _ in }
+        }
+        defer { timer.cancel() }
+        do {
+            return try await body(c)   // in time, or just after: the answer stands (a closed connection is not kept)
+        } catch {
+            if expired.isSet { throw AttemptTimedOut() }
+            throw error
         }
     }
 
@@ -374,51 +385,129 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         // The entry last tried, by its hash: after a lost connection it may have been committed after all.
         let attempt = AttemptBox()
         let hook = afterCommit
-        return try withConnection { c in
+        let author = signer.publicKey
+        @Sendable func make(_ seq: Int64, _ prev: [UInt8]) throws -> LedgerEntry {
+            let hash = LedgerEntry.computeHash(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author, payload: payload)
+            return LedgerEntry(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author,
+                               payload: payload, hash: hash, signature: try signer.sign(hash))
+        }
+        let guess = chainOnKnownTail ? lock.withLock { knownTail } : nil
+        let lazy = lazyCommits && PostgresLedger.lazyKinds.contains(kind)
+        let entry = try withConnection(lazy: lazy) { c in
             if let tried = attempt.entry {
                 let found = try await c.query("SELECT seq FROM deepring_entries WHERE hash = \(ByteBuffer(bytes: tried.hash))", logger: logger)
                 for try await _ in found { return tried }
             }
-            let entry: LedgerEntry
-            try await c.query("BEGIN", logger: logger)
-            do {
-                try await c.query("SELECT pg_advisory_xact_lock(\(PostgresLedger.appendLock))", logger: logger)
-                var seq: Int64 = 1, prev = LedgerEntry.genesisHash
-                let tail = try await c.query("SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1", logger: logger)
-                for try await (s, h) in tail.decode((Int64, ByteBuffer).self) {
-                    guard s < LedgerEntry.maxSequence else { throw LedgerError.storage("the ledger has reached its last sequence number") }
-                    seq = s + 1
-                    prev = Array(h.readableBytesView)
+            // One round trip: chain on the newest row this process knows of, if that row is still there with that hash
+            // (a server crash may have lost rows committed lazily) and is still the last (the sequence number is the
+            // primary key: when anyone appended after it, the insert fails). Nothing can fork.
+            if let (s, h) = guess, s < LedgerEntry.maxSequence, attempt.entry == nil {
+                let e = try make(s + 1, h)
+                attempt.entry = e
+                do {
+                    if try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: h) {
+                        try hook?()
+                        self.counters.add(fast: 1)
+                        return e
+                    }
+                    attempt.entry = nil   // not written: the row it chained on is gone
+                } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
+                    attempt.entry = nil   // not written: someone appended first
                 }
-                let author = signer.publicKey
-                let hash = LedgerEntry.computeHash(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author, payload: payload)
-                entry = LedgerEntry(sequence: seq, previousHash: prev, kind: kind, queryID: queryID, author: author,
-                                    payload: payload, hash: hash, signature: try signer.sign(hash))
-                attempt.entry = entry
-                try await c.query("""
-                    INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
-                    VALUES (\(seq), \(ByteBuffer(bytes: prev)), \(kind.rawValue), \(queryID), \(ByteBuffer(bytes: author)),
-                            \(ByteBuffer(bytes: payload)), \(ByteBuffer(bytes: hash)), \(ByteBuffer(bytes: entry.signature)))
-                    """, logger: logger)
-                try await c.query("SELECT pg_notify('\(unescaped: PostgresLedger.channel)', \(String(seq)))", logger: logger)
-                try await c.query("COMMIT", logger: logger)
-            } catch {
-                _ = try? await c.query("ROLLBACK", logger: logger)
-                throw error
             }
-            try hook?()
-            return entry
+            // Otherwise under the append lock: read the tail, chain on it.
+            while true {
+                let e: LedgerEntry
+                try await c.query("BEGIN", logger: logger)
+                do {
+                    try await c.query("SELECT pg_advisory_xact_lock(\(PostgresLedger.appendLock))", logger: logger)
+                    var seq: Int64 = 1, prev = LedgerEntry.genesisHash
+                    let tail = try await c.query("SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1", logger: logger)
+                    for try await (s, h) in tail.decode((Int64, ByteBuffer).self) {
+                        guard s < LedgerEntry.maxSequence else { throw LedgerError.storage("the ledger has reached its last sequence number") }
+                        seq = s + 1
+                        prev = Array(h.readableBytesView)
+                    }
+                    e = try make(seq, prev)
+                    attempt.entry = e
+                    _ = try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: nil)
+                    try await c.query("COMMIT", logger: logger)
+                } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
+                    // A one-statement append (which takes no lock) took that number first: read the tail again.
+                    _ = try? await c.query("ROLLBACK", logger: logger)
+                    attempt.entry = nil
+                    continue
+                } catch {
+                    _ = try? await c.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+                try hook?()
+                self.counters.add(locked: 1)
+                return e
+            }
         }
+        noteTail(entry.sequence, entry.hash)
+        return entry
     }
+
+    /// Kinds whose commits do not wait for their own WAL flush: the layer posts between blocks. Nothing outside the
+    /// ring waits on them, and every later durable commit (a delivery, an alarm) flushes them with it, so a crash of
+    /// the server loses at most a query in flight (its querent gets a refusal or a timeout), never the chain's order.
+    public static let lazyKinds: Set<EntryKind> = [.layer]
+    /// Turn off to make every commit durable (for measurements).
+    public var lazyCommits = true
+    /// Turn off to append always under the lock, reading the tail first (for measurements).
+    public var chainOnKnownTail = true
+
+    /// The tail an append will try to chain on first (tests set it to play a row lost in a server crash).
+    var assumedTail: (sequence: Int64, hash: [UInt8])? {
+        get { lock.withLock { knownTail } }
+        set { lock.withLock { knownTail = newValue } }
+    }
+
+    /// Remembers the newest row seen (its stored hash, as the next append must chain on it).
+    func noteTail(_ seq: Int64, _ hash: [UInt8]) {
+        lock.withLock { if knownTail.map({ seq > $0.sequence }) ?? true { knownTail = (seq, hash) } }
+    }
+
+    /// Inserts `e` and notifies the channel, in one statement (the notification is sent when the row commits). With
+    /// `previous`, only if the row before `e` is there with that hash. Returns whether the row was inserted.
+    static func insert(_ e: LedgerEntry, on c: PostgresConnection, logger: Logger, ifPreviousIs previous: [UInt8]?) async throws -> Bool {
+        let guardSQL = previous == nil ? "" : " WHERE EXISTS (SELECT 1 FROM deepring_entries WHERE seq = \(e.sequence - 1) AND hash = $9)"
+        var bindings = PostgresBindings()
+        bindings.append(e.sequence)
+        bindings.append(ByteBuffer(bytes: e.previousHash))
+        bindings.append(e.kind.rawValue)
+        bindings.append(e.queryID)
+        bindings.append(ByteBuffer(bytes: e.author))
+        bindings.append(ByteBuffer(bytes: e.payload))
+        bindings.append(ByteBuffer(bytes: e.hash))
+        bindings.append(ByteBuffer(bytes: e.signature))
+        if let p = previous { bindings.append(ByteBuffer(bytes: p)) }
+        let sql = """
+            WITH ins AS (
+              INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
+              SELECT $1, $2, $3, $4, $5, $6, $7, $8\(guardSQL)
+              RETURNING seq)
+            SELECT pg_notify('\(PostgresLedger.channel)', seq::text) FROM ins
+            """
+        var inserted = false
+        for try await _ in try await c.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) { inserted = true }
+        return inserted
+    }
+
+    /// How appends went (for tests and `bench ledger`): in one statement on the known tail, or under the lock.
+    public var appendCounts: (fast: Int, locked: Int) { counters.value }
+    let counters = AppendCounters()
 
     public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         let logger = self.logger
         let from = max(1, sequence), limit = max(0, limit)
+        guard limit > 0 else { return [] }
         return try withConnection { c in
-            guard let through = try await PostgresLedger.lastWithinBudget(c, logger, "seq >= \(from)", limit: limit, budget: PostgresLedger.readBudget) else {
-                return []
-            }
-            return try await PostgresLedger.fetch(c, logger, "SELECT \(unescaped: PostgresLedger.columns) FROM deepring_entries WHERE seq BETWEEN \(from) AND \(through) ORDER BY seq")
+            let rows = try await PostgresLedger.page(c, logger, "seq >= \(from)", limit: limit, budget: PostgresLedger.readBudget).rows
+            if let last = rows.last?.entry { self.noteTail(last.sequence, last.hash) }
+            return rows
         }
     }
 
@@ -433,12 +522,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         return try withConnection { c in
             let filter = PostgresLedger.filterSQL(filters)
             let clause = "seq BETWEEN \(lo) AND \(hi) AND (\(filter))"
-            guard let through = try await PostgresLedger.lastWithinBudget(c, logger, clause, limit: Int.max / 2, budget: maxBytes) else {
-                return LedgerPage(entries: [], through: range.upperBound)
-            }
-            let rows = try await PostgresLedger.fetch(c, logger, PostgresQuery(unsafeSQL: "SELECT \(PostgresLedger.columns) FROM deepring_entries WHERE \(clause) AND seq <= \(through) ORDER BY seq"))
-            let more = try await PostgresLedger.lastWithinBudget(c, logger, clause + " AND seq > \(through)", limit: 1, budget: 0) != nil
-            return LedgerPage(entries: rows.compactMap(\.entry), through: more ? through : range.upperBound)
+            let (rows, more) = try await PostgresLedger.page(c, logger, clause, limit: Int.max / 4, budget: maxBytes)
+            guard more, let through = rows.last?.sequence else { return LedgerPage(entries: rows.compactMap(\.entry), through: range.upperBound) }
+            return LedgerPage(entries: rows.compactMap(\.entry), through: through)
         }
     }
 
@@ -501,30 +587,34 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }.joined(separator: " OR ")
     }
 
-    static func lastWithinBudget(_ c: PostgresConnection, _ logger: Logger, _ clause: String, limit: Int, budget: Int) async throws -> Int64? {
-        let rows = try await c.query(PostgresQuery(unsafeSQL: "SELECT seq, octet_length(payload) FROM deepring_entries WHERE \(clause) ORDER BY seq LIMIT \(max(0, limit))"),
-                                     logger: logger)
-        var total = 0, last: Int64?
-        for try await (seq, n) in rows.decode((Int64, Int32).self) {
-            if last != nil && total + Int(n) > budget { break }
-            total += Int(n)
-            last = seq
-        }
-        return last
-    }
-
-    static func fetch(_ c: PostgresConnection, _ logger: Logger, _ query: PostgresQuery) async throws -> [LedgerRow] {
+    /// The rows matching `clause`, in order: at most `limit`, and no more than `budget` bytes of payload (at least one
+    /// row) — and whether more rows match. One round trip: the running payload size is summed in the database.
+    static func page(_ c: PostgresConnection, _ logger: Logger, _ clause: String, limit: Int, budget: Int) async throws -> (rows: [LedgerRow], more: Bool) {
+        let l = max(1, limit), b = max(0, budget)
+        let sql = """
+            WITH m AS MATERIALIZED (
+              SELECT seq, sum(octet_length(payload)::bigint) OVER (ORDER BY seq) AS run, row_number() OVER (ORDER BY seq) AS n
+              FROM deepring_entries WHERE \(clause) ORDER BY seq LIMIT \(l + 1)),
+            k AS (SELECT seq FROM m WHERE n <= \(l) AND (n = 1 OR run <= \(b)))
+            SELECT e.seq, e.prev_hash, e.kind, e.query_id, e.author, e.payload, e.hash, e.signature,
+                   (SELECT count(*) FROM m) > (SELECT count(*) FROM k)
+            FROM k JOIN deepring_entries e ON e.seq = k.seq ORDER BY e.seq
+            """
         var out: [LedgerRow] = []
-        for try await row in try await c.query(query, logger: logger) {
+        var more = false
+        for try await row in try await c.query(PostgresQuery(unsafeSQL: sql), logger: logger) {
             do {
-                let (seq, prev, kind, q, author, payload, hash, sig) = try row.decode((Int64, ByteBuffer, String, String?, ByteBuffer, ByteBuffer, ByteBuffer, ByteBuffer).self)
+                let (seq, prev, kind, q, author, payload, hash, sig, m) = try row.decode((Int64, ByteBuffer, String, String?, ByteBuffer, ByteBuffer, ByteBuffer, ByteBuffer, Bool).self)
+                more = m
                 out.append(decode(seq, prev, kind, q, author, payload, hash, sig))
             } catch {
-                guard let seq = try? row.makeRandomAccess()[0].decode(Int64.self) else { continue }
+                let r = row.makeRandomAccess()
+                guard let seq = try? r[0].decode(Int64.self) else { continue }
+                if let m = try? r[8].decode(Bool.self) { more = m }
                 out.append(.malformed(sequence: seq, reason: "a column has the wrong type"))
             }
         }
-        return out
+        return (out, more)
     }
 
     /// Checks one row's fields as hostile data (the schema's constraints should already hold; a reader does not rely
@@ -562,6 +652,20 @@ final class Closing: @unchecked Sendable {
             _ = done
         }
     }
+}
+
+final class AppendCounters: @unchecked Sendable {
+    private let lock = NSLock()
+    private var fast = 0, locked = 0
+    func add(fast f: Int = 0, locked l: Int = 0) { lock.withLock { fast += f; locked += l } }
+    var value: (fast: Int, locked: Int) { lock.withLock { (fast, locked) } }
+}
+
+final class ExpiryFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var on = false
+    func set() { lock.withLock { on = true } }
+    var isSet: Bool { lock.withLock { on } }
 }
 
 /// An attempt that did not finish in time (its connection was closed).

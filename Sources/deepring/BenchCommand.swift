@@ -12,7 +12,7 @@ func median(_ xs: [Double]) -> Double {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print figures.",
-        subcommands: [BenchEngine.self, BenchRing.self])
+        subcommands: [BenchEngine.self, BenchRing.self, BenchLedger.self])
 }
 
 struct BenchEngine: ParsableCommand {

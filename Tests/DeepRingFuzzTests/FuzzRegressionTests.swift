@@ -22,6 +22,8 @@ import Testing
         let fm = FileManager.default
         var replayed = 0
         for dir in (try? fm.contentsOfDirectory(atPath: FuzzRegressionTests.fixtures)) ?? [] {
+            var isDirectory: ObjCBool = false
+            guard fm.fileExists(atPath: FuzzRegressionTests.fixtures + "/" + dir, isDirectory: &isDirectory), isDirectory.boolValue else { continue }
             let target = try #require(FuzzTargets.named(dir), "Fixtures/fuzz/\(dir) names no fuzz target")
             for f in try fm.contentsOfDirectory(atPath: FuzzRegressionTests.fixtures + "/" + dir).sorted() {
                 target.run([UInt8](try Data(contentsOf: URL(fileURLWithPath: FuzzRegressionTests.fixtures + "/\(dir)/\(f)"))))
