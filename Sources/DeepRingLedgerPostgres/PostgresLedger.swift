@@ -12,9 +12,10 @@ import PostgresNIO
 ///   granted to anyone;
 /// - *least privilege*: the `deepring_member` role may only SELECT and INSERT; the `deepring_querent` role may
 ///   INSERT only `query` rows (row-level security);
-/// - *one chain*: appends from many hosts are serialized by a transaction-level advisory lock, inside which the tail
-///   is read and the new entry (numbered, chained, signed by its author) inserted; the entry hash is unique, so an
-///   append retried after a lost connection is found rather than written twice;
+/// - *one chain*: a trigger admits a row only as the next one — numbered one past the last row and carrying the last
+///   row's stored hash as its previous hash — and the sequence number is the primary key, so writers on many hosts
+///   can neither fork the chain nor leave a gap in it (nor jump to the last number and stop it); the entry hash is
+///   unique, so an append retried after a lost connection is found rather than written twice;
 /// - *no polling*: every append notifies the channel `deepring_ledger` when it commits, and waiting processes wake on
 ///   it (a slow re-read covers notifications lost while a connection is being re-made).
 ///
@@ -45,8 +46,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     public static let table = "deepring_entries"
     public static let channel = "deepring_ledger"
-    /// The advisory lock key that serializes appends ("DeepRing" in ASCII).
-    static let appendLock: Int64 = 0x4465_6570_5269_6E67
+    /// The triggers that make the table a ledger; a table missing one, or with one disabled, is refused at open.
+    static let triggers = ["deepring_no_change", "deepring_no_truncate", "deepring_chain"]
 
     /// True for a reader's ledger (`ledger show`, `ledger audit`): its sessions are read-only in the database, so a
     /// reader cannot write even by mistake.
@@ -58,6 +59,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         self.logger = logger
         self.readOnly = readOnly
         var c = try PostgresLedger.configuration(url)
+        // A statement of ours the server still runs after this process gave up on it (and re-tried it) must not
+        // commit later: the server ends it before the attempt's deadline, and notices a client that went away.
+        c.options.additionalStartupParameters += [("statement_timeout", "\(PostgresLedger.statementTimeoutMilliseconds)"),
+                                                  ("client_connection_check_interval", "1000")]
         if readOnly { c.options.additionalStartupParameters.append(("default_transaction_read_only", "on")) }
         configuration = c
         c.options.additionalStartupParameters.append(("synchronous_commit", "off"))
@@ -65,8 +70,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         try withConnection { [url, logger] c in
             let ok = try await c.query("""
                 SELECT to_regclass('public.deepring_entries') IS NOT NULL,
-                       EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'deepring_no_change' AND tgenabled <> 'D'
-                               AND tgrelid = to_regclass('public.deepring_entries')),
+                       (SELECT count(DISTINCT t.tgname) FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
+                         WHERE t.tgrelid = to_regclass('public.deepring_entries') AND t.tgenabled <> 'D'
+                           AND f.pronamespace = 'public'::regnamespace AND f.prosecdef = false
+                           AND f.proconfig = ARRAY[\(PostgresLedger.functionSearchPath)]
+                           AND ((t.tgname IN ('deepring_no_change', 'deepring_no_truncate') AND f.proname = 'deepring_append_only' AND f.prosrc = \(PostgresLedger.appendOnlyBody))
+                             OR (t.tgname = 'deepring_chain' AND f.proname = 'deepring_chain' AND f.prosrc = \(PostgresLedger.chainBody)))) = 3,
                        to_regclass('public.deepring_entries') IS NOT NULL AND has_table_privilege('public.deepring_entries', 'SELECT')
                 """, logger: logger)
             for try await (table, trigger, readable) in ok.decode((Bool, Bool, Bool).self) {
@@ -117,7 +126,34 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     /// The schema, the roles and the policies `deepring ledger init` creates (idempotent; run it as the database's
     /// owner). Members log in as roles granted `deepring_member`, querents as roles granted `deepring_querent`.
+    /// The bodies of the ledger's trigger functions. They name every table by its schema and run with a fixed
+    /// search path, so nothing a role creates (a temporary table named `deepring_entries`, say: `pg_temp` is searched
+    /// first for relations) can stand in for what they read; `PostgresLedger` checks at open that the functions are
+    /// exactly these.
+    static let appendOnlyBody = """
+        BEGIN RAISE EXCEPTION 'the DeepRing ledger is append-only: % refused', TG_OP; END
+        """
+    /// The next row only: one past the last, chained on its stored hash (the first: number 1, the genesis hash).
+    /// Refused as a unique violation, which is what a writer that lost the race to that number meets anyway.
+    static let chainBody = """
+        DECLARE last_seq BIGINT; last_hash BYTEA;
+        BEGIN
+          SELECT e.seq, e.hash INTO last_seq, last_hash FROM public.deepring_entries e ORDER BY e.seq DESC LIMIT 1;
+          IF last_seq IS NULL THEN
+            IF NEW.seq <> 1 OR NEW.prev_hash <> pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex') THEN
+              RAISE EXCEPTION 'the first entry must be number 1 on the genesis hash' USING ERRCODE = 'unique_violation';
+            END IF;
+          ELSIF NEW.seq <> last_seq + 1 OR NEW.prev_hash <> last_hash THEN
+            RAISE EXCEPTION 'entry % does not follow entry %, the last', NEW.seq, last_seq USING ERRCODE = 'unique_violation';
+          END IF;
+          RETURN NEW;
+        END
+        """
+    static let functionSearchPath = "search_path=pg_catalog, pg_temp"
+
     static let initialization: [String] = [
+        // Init takes locks that queue behind any open transaction on the table: it gives up rather than stall appends.
+        "SET lock_timeout = '5s'",
         """
         CREATE TABLE IF NOT EXISTS deepring_entries (
           seq BIGINT PRIMARY KEY CHECK (seq BETWEEN 1 AND \(LedgerEntry.maxSequence)),
@@ -130,14 +166,14 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
           signature BYTEA NOT NULL CHECK (length(signature) = 64)
         )
         """,
-        """
-        CREATE OR REPLACE FUNCTION deepring_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'the DeepRing ledger is append-only: % refused', TG_OP; END $$
-        """,
+        "CREATE OR REPLACE FUNCTION public.deepring_append_only() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$\(appendOnlyBody)$$",
         "DROP TRIGGER IF EXISTS deepring_no_change ON deepring_entries",
         "CREATE TRIGGER deepring_no_change BEFORE UPDATE OR DELETE ON deepring_entries FOR EACH ROW EXECUTE FUNCTION deepring_append_only()",
         "DROP TRIGGER IF EXISTS deepring_no_truncate ON deepring_entries",
         "CREATE TRIGGER deepring_no_truncate BEFORE TRUNCATE ON deepring_entries FOR EACH STATEMENT EXECUTE FUNCTION deepring_append_only()",
+        "CREATE OR REPLACE FUNCTION public.deepring_chain() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$\(chainBody)$$",
+        "DROP TRIGGER IF EXISTS deepring_chain ON deepring_entries",
+        "CREATE TRIGGER deepring_chain BEFORE INSERT ON deepring_entries FOR EACH ROW EXECUTE FUNCTION deepring_chain()",
         """
         DO $$ BEGIN
           BEGIN CREATE ROLE deepring_member NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;
@@ -145,6 +181,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         END $$
         """,
         "REVOKE ALL ON deepring_entries FROM PUBLIC",
+        "REVOKE ALL ON FUNCTION public.deepring_append_only(), public.deepring_chain() FROM PUBLIC",
+        // No temporary objects for anyone but the owner (a place to shadow names, and storage without bounds).
+        "DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); END $$",
         "REVOKE ALL ON deepring_entries FROM deepring_member, deepring_querent",
         "GRANT SELECT, INSERT ON deepring_entries TO deepring_member, deepring_querent",
         "ALTER TABLE deepring_entries ENABLE ROW LEVEL SECURITY",
@@ -247,7 +286,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     /// How long one attempt of an operation may take before its connection is given up as dead (a server that
     /// vanished without closing it) and the operation is tried again on a new one.
-    public var attemptTimeout: Duration = .seconds(15)
+    public let attemptTimeout: Duration = .seconds(15)
+    /// The server's limit on one statement of ours, below `attemptTimeout`.
+    static let statementTimeoutMilliseconds = 12_000
 
     /// Runs `body` on `c`, closing `c` when it has not finished within `limit` (which fails the body at once). The
     /// timer runs on the connection's event loop: no task is added to the operation's path.
@@ -407,7 +448,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 do {
                     if try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: h) {
                         try hook?()
-                        self.counters.add(fast: 1)
+                        self.counters.add(onKnownTail: 1)
                         return e
                     }
                     attempt.entry = nil   // not written: the row it chained on is gone
@@ -415,34 +456,27 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                     attempt.entry = nil   // not written: someone appended first
                 }
             }
-            // Otherwise under the append lock: read the tail, chain on it.
+            // Otherwise read the tail and chain on it; when another writer takes that number first, read it again.
+            // No lock (which any role could take and hold): the chain trigger and the primary key admit exactly one
+            // row per number, and every conflict means another append went through.
             while true {
-                let e: LedgerEntry
-                try await c.query("BEGIN", logger: logger)
+                var seq: Int64 = 1, prev = LedgerEntry.genesisHash
+                let tail = try await c.query("SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1", logger: logger)
+                for try await (s, h) in tail.decode((Int64, ByteBuffer).self) {
+                    guard s < LedgerEntry.maxSequence else { throw LedgerError.storage("the ledger has reached its last sequence number") }
+                    seq = s + 1
+                    prev = Array(h.readableBytesView)
+                }
+                let e = try make(seq, prev)
+                attempt.entry = e
                 do {
-                    try await c.query("SELECT pg_advisory_xact_lock(\(PostgresLedger.appendLock))", logger: logger)
-                    var seq: Int64 = 1, prev = LedgerEntry.genesisHash
-                    let tail = try await c.query("SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1", logger: logger)
-                    for try await (s, h) in tail.decode((Int64, ByteBuffer).self) {
-                        guard s < LedgerEntry.maxSequence else { throw LedgerError.storage("the ledger has reached its last sequence number") }
-                        seq = s + 1
-                        prev = Array(h.readableBytesView)
-                    }
-                    e = try make(seq, prev)
-                    attempt.entry = e
                     _ = try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: nil)
-                    try await c.query("COMMIT", logger: logger)
                 } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
-                    // A one-statement append (which takes no lock) took that number first: read the tail again.
-                    _ = try? await c.query("ROLLBACK", logger: logger)
                     attempt.entry = nil
                     continue
-                } catch {
-                    _ = try? await c.query("ROLLBACK", logger: logger)
-                    throw error
                 }
                 try hook?()
-                self.counters.add(locked: 1)
+                self.counters.add(afterReadingTail: 1)
                 return e
             }
         }
@@ -456,7 +490,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     public static let lazyKinds: Set<EntryKind> = [.layer]
     /// Turn off to make every commit durable (for measurements).
     public var lazyCommits = true
-    /// Turn off to append always under the lock, reading the tail first (for measurements).
+    /// Turn off to append always after reading the tail (for measurements).
     public var chainOnKnownTail = true
 
     /// The tail an append will try to chain on first (tests set it to play a row lost in a server crash).
@@ -492,12 +526,22 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             SELECT pg_notify('\(PostgresLedger.channel)', seq::text) FROM ins
             """
         var inserted = false
-        for try await _ in try await c.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) { inserted = true }
+        do {
+            for try await _ in try await c.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) { inserted = true }
+        } catch let p as PSQLError where p.serverInfo?[.sqlState] == "54000" {
+            // The notification queue is full (a listener holding a transaction open stops it draining): the entry
+            // goes in without its notification, and waiters find it at their next re-read.
+            let plain = """
+                INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $8\(guardSQL) RETURNING seq
+                """
+            for try await _ in try await c.query(PostgresQuery(unsafeSQL: plain, binds: bindings), logger: logger) { inserted = true }
+        }
         return inserted
     }
 
-    /// How appends went (for tests and `bench ledger`): in one statement on the known tail, or under the lock.
-    public var appendCounts: (fast: Int, locked: Int) { counters.value }
+    /// How appends went (for tests and `bench ledger`): in one statement on the known tail, or after reading the tail.
+    public var appendCounts: (onKnownTail: Int, afterReadingTail: Int) { counters.value }
     let counters = AppendCounters()
 
     public func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
@@ -656,9 +700,9 @@ final class Closing: @unchecked Sendable {
 
 final class AppendCounters: @unchecked Sendable {
     private let lock = NSLock()
-    private var fast = 0, locked = 0
-    func add(fast f: Int = 0, locked l: Int = 0) { lock.withLock { fast += f; locked += l } }
-    var value: (fast: Int, locked: Int) { lock.withLock { (fast, locked) } }
+    private var known = 0, read = 0
+    func add(onKnownTail k: Int = 0, afterReadingTail r: Int = 0) { lock.withLock { known += k; read += r } }
+    var value: (onKnownTail: Int, afterReadingTail: Int) { lock.withLock { (known, read) } }
 }
 
 final class ExpiryFlag: @unchecked Sendable {

@@ -236,6 +236,11 @@ struct PostgresLedgerTests {
         do { _ = try PostgresLedger(url: bare); Issue.record("opened a database with no ledger") } catch {
             #expect("\(error)".contains("ledger init"), "\(error)")
         }
+        // A trigger function replaced by one that checks nothing (what a mutated build once installed): refused at open.
+        try PostgresLedger.execute(["CREATE OR REPLACE FUNCTION public.deepring_chain() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$BEGIN RETURN NEW; END$$"], on: db.url)
+        #expect(throws: LedgerError.self) { try PostgresLedger(url: db.url) }
+        try PostgresLedger.initialize(db.url)
+        _ = try PostgresLedger(url: db.url)
         // The trigger dropped by the database's owner: refused at open as untrustworthy.
         try PostgresLedger.execute(["DROP TRIGGER deepring_no_change ON deepring_entries"], on: db.url)
         #expect(throws: LedgerError.untrusted("\(db.url): the ledger table is not append-only (run `deepring ledger init`)")) {
@@ -252,8 +257,10 @@ struct PostgresLedgerTests {
         // forged hash (the schema cannot check hashes and signatures: the readers do).
         try PostgresLedger.execute([
             "ALTER TABLE deepring_entries DROP CONSTRAINT deepring_entries_author_check",
+            "ALTER TABLE deepring_entries DISABLE TRIGGER deepring_chain",
             "INSERT INTO deepring_entries VALUES (2, '\\x\(String(repeating: "00", count: 32))', 'layer', 'q', '\\x0102', '\\x', '\\x\(String(repeating: "11", count: 32))', '\\x\(String(repeating: "22", count: 64))')",
             "INSERT INTO deepring_entries VALUES (3, '\\x\(String(repeating: "00", count: 32))', 'layer', 'q', '\\x\(String(repeating: "33", count: 32))', '\\x', '\\x\(String(repeating: "44", count: 32))', '\\x\(String(repeating: "55", count: 64))')",
+            "ALTER TABLE deepring_entries ENABLE TRIGGER deepring_chain",
         ], on: db.url)
         let rows = try ledger.allRows()
         #expect(rows.count == 3)
@@ -422,6 +429,38 @@ struct PostgresCrashTests {
 
 @Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage))
 struct PostgresAppendPathTests {
+    @Test func theDatabaseAdmitsOnlyTheNextRowOfTheChain() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        let s = LedgerSigner()
+        let first = try ledger.append(kind: .seal, queryID: nil, payload: [1], signer: s)
+        let member = try TestPostgres.role("deepring_member", on: db)
+        func row(_ seq: Int64, prev: [UInt8]) -> String {
+            let h = { (b: [UInt8]) in "'\\x" + b.map { String(format: "%02x", $0) }.joined() + "'" }
+            return "INSERT INTO deepring_entries VALUES (\(seq), \(h(prev)), 'layer', 'q', \(h([UInt8](repeating: 3, count: 32))), '\\x', \(h((0..<32).map { _ in UInt8.random(in: 0...255) })), \(h([UInt8](repeating: 5, count: 64))))"
+        }
+        // A gap, the last number (which would stop every later append), a fork of row 1, a row on the wrong hash:
+        for sql in [row(3, prev: first.hash), row(LedgerEntry.maxSequence, prev: first.hash), row(1, prev: LedgerEntry.genesisHash),
+                    row(2, prev: LedgerEntry.genesisHash)] {
+            #expect(throws: LedgerError.self, "\(sql)") { try PostgresLedger.execute([sql], on: member) }
+        }
+        // The next row on the right hash is admitted — forged or not, its hash and signature are the readers' to check.
+        try PostgresLedger.execute([row(2, prev: first.hash)], on: member)
+        #expect(LedgerAudit.audit(ledger, ringKeys: [s.publicKey]).firstProblem?.sequence == 2)
+        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: s).sequence == 3)
+        #expect(try ledger.allRows().count == 3)
+        // Found by the attacker review: a temporary table named like the ledger (pg_temp is searched first for
+        // relations) stood in for it in the chain trigger, which then admitted the last number. No role may create
+        // temporary objects now; and where the database's owner allows them again, the trigger reads only the ledger.
+        let shadow = ["CREATE TEMP TABLE deepring_entries (seq bigint, hash bytea)",
+                      "INSERT INTO pg_temp.deepring_entries VALUES (\(LedgerEntry.maxSequence - 1), '\\x\(String(repeating: "11", count: 32))')",
+                      "INSERT INTO public.deepring_entries VALUES (\(LedgerEntry.maxSequence), '\\x\(String(repeating: "11", count: 32))', 'seal', NULL, '\\x\(String(repeating: "aa", count: 32))', '\\x', '\\x\(String(repeating: "cc", count: 32))', '\\x\(String(repeating: "bb", count: 64))')"]
+        #expect(throws: LedgerError.self) { try PostgresLedger.execute([shadow[0]], on: member) }
+        try PostgresLedger.execute(["GRANT TEMPORARY ON DATABASE \(db.url.database) TO PUBLIC"], on: db.url)
+        #expect(throws: LedgerError.self) { try PostgresLedger.execute(shadow, on: member) }
+        #expect(try ledger.lastSequence() == 3)
+    }
+
     @Test func anAppendOnTheKnownTailTakesOneStatementAndAStaleOneFallsBack() throws {
         let db = try TestPostgres.database()
         let a = try PostgresLedger(url: db.url), b = try PostgresLedger(url: db.url)
@@ -429,10 +468,10 @@ struct PostgresAppendPathTests {
         try a.append(kind: .seal, queryID: nil, payload: [0], signer: s)
         for i in 1...5 { try a.append(kind: .layer, queryID: "q", payload: [UInt8(i)], signer: s) }
         // The first append had no tail to chain on; the next five chained on their own.
-        #expect(a.appendCounts == (fast: 5, locked: 1))
+        #expect(a.appendCounts == (onKnownTail: 5, afterReadingTail: 1))
         // Two writers taking turns: each one's known tail is stale every time, and it reads the tail under the lock.
         for i in 0..<6 { try (i % 2 == 0 ? b : a).append(kind: .layer, queryID: "q", payload: [UInt8(i)], signer: s) }
-        #expect(a.appendCounts.locked >= 3 && b.appendCounts.locked >= 1)
+        #expect(a.appendCounts.afterReadingTail >= 3 && b.appendCounts.afterReadingTail >= 1)
         // A known tail whose row is not what it was (lost in a crash, say): not chained on.
         let tail = try a.lastSequence()
         a.assumedTail = (tail, [UInt8](repeating: 7, count: 32))

@@ -558,21 +558,20 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
     @Test func leftoversOfAKilledSealAreRemovedByTheNextSeal() throws {
         let base = tempRingDir()
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-        // A pid that is surely not running: a child that has exited.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/true")
-        try p.run(); p.waitUntilExit()
-        let stale = base + "/.ring.sealing-\(p.processIdentifier)-deadbeef"
+        // A pid that no process can have: above Linux's largest pid_max (2^22). (An exited child's pid, as this test
+        // once used, may be reused at once by another test's process.)
+        let deadPID: Int32 = (1 << 22) + 1
+        let stale = base + "/.ring.sealing-\(deadPID)-deadbeef"
         try FileManager.default.createDirectory(atPath: stale + "/owner", withIntermediateDirectories: true)
         try Data("secret".utf8).write(to: URL(fileURLWithPath: stale + "/owner/keys.json"))
         let live = base + "/.ring.sealing-\(getppid())-cafecafe"   // a running process's: kept
         try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
         try SealedRing.seal(try smallModel(seed: 82), into: base + "/ring")
         // Only that exact pattern is ever removed: a user's folder of a similar name is not.
-        try FileManager.default.createDirectory(atPath: base + "/.ring.sealing-\(p.processIdentifier)-notes", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: base + "/.ring.sealing-\(deadPID)-notes", withIntermediateDirectories: true)
         try SealedRing.seal(try smallModel(seed: 82), into: base + "/ring", force: true)
         #expect(try FileManager.default.contentsOfDirectory(atPath: base).sorted()
-                == [".ring.sealing-\(getppid())-cafecafe", ".ring.sealing-\(p.processIdentifier)-notes", "ring"])
+                == [".ring.sealing-\(getppid())-cafecafe", ".ring.sealing-\(deadPID)-notes", "ring"])
     }
 
     /// Found by the attacker review: `--force` took any folder with a `ring.json` and an `owner/` for a ring, and a
