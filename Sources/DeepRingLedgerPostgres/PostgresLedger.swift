@@ -70,8 +70,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         try withConnection { [url, logger] c in
             let ok = try await c.query("""
                 SELECT to_regclass('public.deepring_entries') IS NOT NULL,
-                       (SELECT count(DISTINCT t.tgname) FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
-                         WHERE t.tgrelid = to_regclass('public.deepring_entries') AND t.tgenabled <> 'D'
+                       (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = to_regclass('public.deepring_entries') AND NOT t.tgisinternal) = 3
+                       AND (SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass('public.deepring_entries'))
+                       AND (SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass('public.deepring_entries') AND NOT condeferrable
+                              AND ((contype = 'p' AND conname = 'deepring_entries_pkey') OR (contype = 'u' AND conname = 'deepring_entries_hash_key'))) = 2
+                       AND (SELECT count(DISTINCT t.tgname) FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid
+                         WHERE t.tgrelid = to_regclass('public.deepring_entries') AND t.tgenabled IN ('O', 'A') AND t.tgqual IS NULL
                            AND f.pronamespace = 'public'::regnamespace AND f.prosecdef = false
                            AND f.proconfig = ARRAY[\(PostgresLedger.functionSearchPath)]
                            AND ((t.tgname IN ('deepring_no_change', 'deepring_no_truncate') AND f.proname = 'deepring_append_only' AND f.prosrc = \(PostgresLedger.appendOnlyBody))
@@ -133,11 +137,21 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     static let appendOnlyBody = """
         BEGIN RAISE EXCEPTION 'the DeepRing ledger is append-only: % refused', TG_OP; END
         """
-    /// The next row only: one past the last, chained on its stored hash (the first: number 1, the genesis hash).
-    /// Refused as a unique violation, which is what a writer that lost the race to that number meets anyway.
+    /// The next row only: one past the last, chained on its stored hash (the first: number 1, the genesis hash) —
+    /// refused as a unique violation, which is what a writer that lost the race to that number meets anyway — and
+    /// only with its true entry hash (`LedgerEntry.canonicalBytes`, recomputed here), so no row can carry a hash
+    /// planted to collide with another writer's next entry. Signatures (Ed25519) are the readers' to check.
     static let chainBody = """
-        DECLARE last_seq BIGINT; last_hash BYTEA;
+        DECLARE last_seq BIGINT; last_hash BYTEA; q BYTEA;
         BEGIN
+          q := CASE WHEN NEW.query_id IS NULL THEN '\\x00'::bytea ELSE '\\x01'::bytea || convert_to(NEW.query_id, 'UTF8') END;
+          IF NEW.hash <> sha256(convert_to('DeepRing ledger entry v1', 'UTF8') || int8send(NEW.seq) || NEW.prev_hash
+                                || int4send(octet_length(convert_to(NEW.kind, 'UTF8'))) || convert_to(NEW.kind, 'UTF8')
+                                || int4send(octet_length(q)) || q
+                                || int4send(octet_length(NEW.author)) || NEW.author
+                                || int4send(octet_length(NEW.payload)) || NEW.payload) THEN
+            RAISE EXCEPTION 'entry %: its hash is not the hash of its fields', NEW.seq USING ERRCODE = 'check_violation';
+          END IF;
           SELECT e.seq, e.hash INTO last_seq, last_hash FROM public.deepring_entries e ORDER BY e.seq DESC LIMIT 1;
           IF last_seq IS NULL THEN
             IF NEW.seq <> 1 OR NEW.prev_hash <> pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex') THEN
@@ -459,6 +473,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             // Otherwise read the tail and chain on it; when another writer takes that number first, read it again.
             // No lock (which any role could take and hold): the chain trigger and the primary key admit exactly one
             // row per number, and every conflict means another append went through.
+            var conflicts = 0
             while true {
                 var seq: Int64 = 1, prev = LedgerEntry.genesisHash
                 let tail = try await c.query("SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1", logger: logger)
@@ -472,7 +487,11 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 do {
                     _ = try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: nil)
                 } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
+                    // Another writer took the number (each conflict is another append that went through).
                     attempt.entry = nil
+                    conflicts += 1
+                    if conflicts > 1000 { throw LedgerError.storage("\(self.url): 1000 appends by others in a row took the next number; giving up") }
+                    if conflicts > 3 { try await Task.sleep(for: .microseconds(Int64.random(in: 100...(100 * Int64(min(conflicts, 50)))))) }
                     continue
                 }
                 try hook?()

@@ -241,6 +241,19 @@ struct PostgresLedgerTests {
         #expect(throws: LedgerError.self) { try PostgresLedger(url: db.url) }
         try PostgresLedger.initialize(db.url)
         _ = try PostgresLedger(url: db.url)
+        // Found by the second attacker review: protections off in ways a looser check passed — a trigger fired only
+        // for replication, a trigger that never fires, row-level security off, a trigger of someone else's.
+        for change in [["ALTER TABLE deepring_entries ENABLE REPLICA TRIGGER deepring_chain"],
+                       ["DROP TRIGGER deepring_chain ON deepring_entries",
+                        "CREATE TRIGGER deepring_chain BEFORE INSERT ON deepring_entries FOR EACH ROW WHEN (false) EXECUTE FUNCTION deepring_chain()"],
+                       ["ALTER TABLE deepring_entries DISABLE ROW LEVEL SECURITY"],
+                       ["CREATE TRIGGER deepring_zz BEFORE INSERT ON deepring_entries FOR EACH ROW EXECUTE FUNCTION deepring_chain()"]] {
+            try PostgresLedger.execute(change, on: db.url)
+            #expect(throws: LedgerError.self, "\(change)") { try PostgresLedger(url: db.url) }
+            try PostgresLedger.execute(["DROP TRIGGER IF EXISTS deepring_zz ON deepring_entries"], on: db.url)
+            try PostgresLedger.initialize(db.url)
+            _ = try PostgresLedger(url: db.url)
+        }
         // The trigger dropped by the database's owner: refused at open as untrustworthy.
         try PostgresLedger.execute(["DROP TRIGGER deepring_no_change ON deepring_entries"], on: db.url)
         #expect(throws: LedgerError.untrusted("\(db.url): the ledger table is not append-only (run `deepring ledger init`)")) {
@@ -435,16 +448,23 @@ struct PostgresAppendPathTests {
         let s = LedgerSigner()
         let first = try ledger.append(kind: .seal, queryID: nil, payload: [1], signer: s)
         let member = try TestPostgres.role("deepring_member", on: db)
-        func row(_ seq: Int64, prev: [UInt8]) -> String {
+        let author = [UInt8](repeating: 3, count: 32)
+        /// A row inserted by hand: its true entry hash unless `hash` is given; a signature nobody made.
+        func row(_ seq: Int64, prev: [UInt8], hash: [UInt8]? = nil) -> String {
             let h = { (b: [UInt8]) in "'\\x" + b.map { String(format: "%02x", $0) }.joined() + "'" }
-            return "INSERT INTO deepring_entries VALUES (\(seq), \(h(prev)), 'layer', 'q', \(h([UInt8](repeating: 3, count: 32))), '\\x', \(h((0..<32).map { _ in UInt8.random(in: 0...255) })), \(h([UInt8](repeating: 5, count: 64))))"
+            let trueHash = LedgerEntry.computeHash(sequence: seq, previousHash: prev, kind: .layer, queryID: "q", author: author, payload: [])
+            return "INSERT INTO deepring_entries VALUES (\(seq), \(h(prev)), 'layer', 'q', \(h(author)), '\\x', \(h(hash ?? trueHash)), \(h([UInt8](repeating: 5, count: 64))))"
         }
         // A gap, the last number (which would stop every later append), a fork of row 1, a row on the wrong hash:
         for sql in [row(3, prev: first.hash), row(LedgerEntry.maxSequence, prev: first.hash), row(1, prev: LedgerEntry.genesisHash),
                     row(2, prev: LedgerEntry.genesisHash)] {
             #expect(throws: LedgerError.self, "\(sql)") { try PostgresLedger.execute([sql], on: member) }
         }
-        // The next row on the right hash is admitted — forged or not, its hash and signature are the readers' to check.
+        // Found by the second attacker review: a row whose stored hash is not its own (planted to equal another
+        // writer's next entry, whose append then failed on the unique hash forever) — refused: the database
+        // recomputes every entry's hash.
+        #expect(throws: LedgerError.self) { try PostgresLedger.execute([row(2, prev: first.hash, hash: [UInt8](repeating: 9, count: 32))], on: member) }
+        // The next row with its true hash is admitted even with a forged signature: signatures are the readers' to check.
         try PostgresLedger.execute([row(2, prev: first.hash)], on: member)
         #expect(LedgerAudit.audit(ledger, ringKeys: [s.publicKey]).firstProblem?.sequence == 2)
         #expect(try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: s).sequence == 3)
