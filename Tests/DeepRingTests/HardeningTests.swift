@@ -571,7 +571,7 @@ func ciphertextsOpenedBy(_ key: Curve25519.KeyAgreement.PrivateKey, _ ledger: SQ
         try FileManager.default.createDirectory(atPath: base + "/.ring.sealing-\(deadPID)-notes", withIntermediateDirectories: true)
         try SealedRing.seal(try smallModel(seed: 82), into: base + "/ring", force: true)
         #expect(try FileManager.default.contentsOfDirectory(atPath: base).sorted()
-                == [".ring.sealing-\(getppid())-cafecafe", ".ring.sealing-\(deadPID)-notes", "ring"])
+                == [".ring.sealing-\(getppid())-cafecafe", ".ring.sealing-\(deadPID)-notes", "ring"].sorted())
     }
 
     /// Found by the attacker review: `--force` took any folder with a `ring.json` and an `owner/` for a ring, and a
