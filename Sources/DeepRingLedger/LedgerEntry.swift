@@ -43,6 +43,14 @@ public struct LedgerEntry: Sendable, Equatable {
         }
     }
 
+    /// What every backend refuses before appending: a payload over `maxPayload`, a query id outside the alphabet.
+    public static func checkAppend(queryID: String?, payload: [UInt8]) throws {
+        guard payload.count <= maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
+        if let q = queryID, !isValidQueryID(q) {
+            throw LedgerError.invalidArgument("a query id is 1–\(maxQueryID) characters of [A-Za-z0-9._-]")
+        }
+    }
+
     /// The canonical byte encoding that is hashed: domain tag ‖ u64 sequence ‖ previous hash ‖ length-prefixed
     /// kind, query id, author and payload (lengths as big-endian u32).
     public static func canonicalBytes(sequence: Int64, previousHash: [UInt8], kind: EntryKind, queryID: String?,

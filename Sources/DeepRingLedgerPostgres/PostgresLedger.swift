@@ -221,7 +221,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         try blocking(timeout: .seconds(60)) {
             let c = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
             do {
-                for sql in statements { try await c.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
+                for sql in statements { try await PostgresLedger.run(PostgresQuery(unsafeSQL: sql), on: c, logger: logger) }
             } catch {
                 try? await c.close()
                 throw PostgresLedger.storageError(error, url)
@@ -432,10 +432,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("this ledger was opened read-only") }
-        guard payload.count <= LedgerEntry.maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
-        if let q = queryID, !LedgerEntry.isValidQueryID(q) {
-            throw LedgerError.invalidArgument("a query id is 1–\(LedgerEntry.maxQueryID) characters of [A-Za-z0-9._-]")
-        }
+        try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
         let logger = self.logger
         // The entry last tried, by its hash: after a lost connection it may have been committed after all.
         let attempt = AttemptBox()
@@ -453,21 +450,19 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 let found = try await c.query("SELECT seq FROM deepring_entries WHERE hash = \(ByteBuffer(bytes: tried.hash))", logger: logger)
                 for try await _ in found { return tried }
             }
-            // One round trip: chain on the newest row this process knows of, if that row is still there with that hash
-            // (a server crash may have lost rows committed lazily) and is still the last (the sequence number is the
-            // primary key: when anyone appended after it, the insert fails). Nothing can fork.
+            // One round trip: chain on the newest row this process knows of. The chain trigger admits it only if that
+            // row is still the last, with that hash (someone may have appended since, or a server crash lost rows
+            // committed lazily); otherwise it is refused as a unique violation. Nothing can fork.
             if let (s, h) = guess, s < LedgerEntry.maxSequence, attempt.entry == nil {
                 let e = try make(s + 1, h)
                 attempt.entry = e
                 do {
-                    if try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: h) {
-                        try hook?()
-                        self.counters.add(onKnownTail: 1)
-                        return e
-                    }
-                    attempt.entry = nil   // not written: the row it chained on is gone
+                    try await PostgresLedger.insert(e, on: c, logger: logger)
+                    try hook?()
+                    self.counters.add(onKnownTail: 1)
+                    return e
                 } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
-                    attempt.entry = nil   // not written: someone appended first
+                    attempt.entry = nil   // not written: the tail it knew is not the tail
                 }
             }
             // Otherwise read the tail and chain on it; when another writer takes that number first, read it again.
@@ -485,7 +480,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 let e = try make(seq, prev)
                 attempt.entry = e
                 do {
-                    _ = try await PostgresLedger.insert(e, on: c, logger: logger, ifPreviousIs: nil)
+                    try await PostgresLedger.insert(e, on: c, logger: logger)
                 } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
                     // Another writer took the number (each conflict is another append that went through).
                     attempt.entry = nil
@@ -523,10 +518,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         lock.withLock { if knownTail.map({ seq > $0.sequence }) ?? true { knownTail = (seq, hash) } }
     }
 
-    /// Inserts `e` and notifies the channel, in one statement (the notification is sent when the row commits). With
-    /// `previous`, only if the row before `e` is there with that hash. Returns whether the row was inserted.
-    static func insert(_ e: LedgerEntry, on c: PostgresConnection, logger: Logger, ifPreviousIs previous: [UInt8]?) async throws -> Bool {
-        let guardSQL = previous == nil ? "" : " WHERE EXISTS (SELECT 1 FROM deepring_entries WHERE seq = \(e.sequence - 1) AND hash = $9)"
+    /// Inserts `e` and notifies the channel, in one statement (the notification is sent when the row commits).
+    static func insert(_ e: LedgerEntry, on c: PostgresConnection, logger: Logger) async throws {
         var bindings = PostgresBindings()
         bindings.append(e.sequence)
         bindings.append(ByteBuffer(bytes: e.previousHash))
@@ -536,27 +529,24 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         bindings.append(ByteBuffer(bytes: e.payload))
         bindings.append(ByteBuffer(bytes: e.hash))
         bindings.append(ByteBuffer(bytes: e.signature))
-        if let p = previous { bindings.append(ByteBuffer(bytes: p)) }
-        let sql = """
-            WITH ins AS (
-              INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
-              SELECT $1, $2, $3, $4, $5, $6, $7, $8\(guardSQL)
-              RETURNING seq)
-            SELECT pg_notify('\(PostgresLedger.channel)', seq::text) FROM ins
+        let insert = """
+            INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq
             """
-        var inserted = false
         do {
-            for try await _ in try await c.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger) { inserted = true }
+            try await run(PostgresQuery(unsafeSQL: "WITH ins AS (\(insert)) SELECT pg_notify('\(channel)', seq::text) FROM ins", binds: bindings),
+                          on: c, logger: logger)
         } catch let p as PSQLError where p.serverInfo?[.sqlState] == "54000" {
             // The notification queue is full (a listener holding a transaction open stops it draining): the entry
             // goes in without its notification, and waiters find it at their next re-read.
-            let plain = """
-                INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
-                SELECT $1, $2, $3, $4, $5, $6, $7, $8\(guardSQL) RETURNING seq
-                """
-            for try await _ in try await c.query(PostgresQuery(unsafeSQL: plain, binds: bindings), logger: logger) { inserted = true }
+            try await run(PostgresQuery(unsafeSQL: insert, binds: bindings), on: c, logger: logger)
         }
-        return inserted
+    }
+
+    /// Runs a statement to its end, reading every row: an error the server raises while running it (a trigger's
+    /// refusal, a policy's) arrives with the rows, and a statement whose rows are not read would drop it unseen.
+    static func run(_ query: PostgresQuery, on c: PostgresConnection, logger: Logger) async throws {
+        for try await _ in try await c.query(query, logger: logger) {}
     }
 
     /// How appends went (for tests and `bench ledger`): in one statement on the known tail, or after reading the tail.
@@ -612,8 +602,14 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     public func sequencesOutOfRange(limit: Int) throws -> [Int64] {
-        // The schema's CHECK keeps every sequence number in range.
-        []
+        // The schema's CHECK keeps them in range — unless the database's owner dropped it: asked, not assumed.
+        let logger = self.logger
+        return try withConnection { c in
+            var out: [Int64] = []
+            for try await s in try await c.query("SELECT seq FROM deepring_entries WHERE seq < 1 OR seq > \(LedgerEntry.maxSequence) ORDER BY seq LIMIT \(max(0, limit))",
+                                                 logger: logger).decode(Int64.self) { out.append(s) }
+            return out
+        }
     }
 
     public func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader] {

@@ -67,12 +67,26 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
         var password = c.password
         if password == nil, let p = environment["PGPASSWORD"], !p.isEmpty { password = p }
         if password == nil, let f = passwordFile {
-            guard let d = FileManager.default.contents(atPath: f), d.count <= 4096,
+            guard let d = PostgresURL.readSmallRegularFile(f, limit: 4096),
                   let line = String(data: d, encoding: .utf8)?.split(separator: "\n").first else {
-                throw LedgerError.invalidArgument("\(f): cannot read a password from it")
+                throw LedgerError.invalidArgument("\(f): cannot read a password from it (a regular file of at most 4096 bytes)")
             }
             password = String(line)
         }
         return PostgresURL(host: host, port: port, user: user, password: password, database: db, sslMode: mode, sslRootCert: root)
+    }
+
+    /// The bytes of `path` if it is a regular file of at most `limit` bytes: opened without blocking (a FIFO in its
+    /// place cannot hang the caller) and sized before it is read.
+    static func readSmallRegularFile(_ path: String, limit: Int) -> Data? {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= limit else { return nil }
+        var buffer = [UInt8](repeating: 0, count: limit + 1)
+        let n = read(fd, &buffer, limit + 1)
+        guard n >= 0, n <= limit else { return nil }
+        return Data(buffer[0..<n])
     }
 }

@@ -134,10 +134,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("the ledger was opened read-only") }
-        guard payload.count <= LedgerEntry.maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
-        if let q = queryID, !LedgerEntry.isValidQueryID(q) {
-            throw LedgerError.invalidArgument("a query id is 1–\(LedgerEntry.maxQueryID) characters of [A-Za-z0-9._-]")
-        }
+        try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
         do {
             return try write { db in
                 let last = try Row.fetchOne(try db.cachedStatement(sql: "SELECT seq, hash FROM entries WHERE seq BETWEEN 1 AND \(LedgerEntry.maxSequence) ORDER BY seq DESC LIMIT 1"))

@@ -33,6 +33,17 @@ func rebuildTableWithoutConstraints(_ ledger: SQLiteLedger) throws {
     }
 }
 
+/// Adds a trigger that never ends (every append would hang on it), as an attacker with the file could.
+func createEndlessTrigger(_ q: DatabaseQueue) throws {
+    try q.write { db in
+        try db.execute(sql: """
+            CREATE TRIGGER slow AFTER INSERT ON entries BEGIN
+              SELECT COUNT(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x FROM r);
+            END
+            """)
+    }
+}
+
 /// Plays an attacker with write access to the database file: its connection ignores the schema's CHECK constraints
 /// (a per-connection pragma; the schema itself stays as it was, or the ledger would be refused at open), then `sql`
 /// runs.
@@ -262,13 +273,7 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
     @Test(.timeLimit(.minutes(1))) func aLedgerWithAnotherSchemaOrFileTypeIsRefusedAtOpen() throws {
         let (l, _) = try sampleLedger()
         let q = try DatabaseQueue(path: l.path)
-        try q.write { db in
-            try db.execute(sql: """
-                CREATE TRIGGER slow AFTER INSERT ON entries BEGIN
-                  SELECT COUNT(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x FROM r);
-                END
-                """)
-        }
+        try createEndlessTrigger(q)
         #expect(throws: LedgerError.self) { try SQLiteLedger(path: l.path) }
         #expect(throws: LedgerError.self) { try SQLiteLedger(path: l.path, readOnly: true) }
         try q.write { db in try db.execute(sql: "DROP TRIGGER slow") }
@@ -290,13 +295,7 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         let (l, _) = try sampleLedger()
         try l.append(kind: .query, queryID: "before", payload: [1], signer: LedgerSigner())
         let q = try DatabaseQueue(path: l.path)
-        try q.write { db in
-            try db.execute(sql: """
-                CREATE TRIGGER slow AFTER INSERT ON entries BEGIN
-                  SELECT COUNT(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x FROM r);
-                END
-                """)
-        }
+        try createEndlessTrigger(q)
         #expect(throws: LedgerError.self) { try l.append(kind: .query, queryID: "after", payload: [1], signer: LedgerSigner()) }
         #expect(throws: LedgerError.self) { try l.rows(from: 1, limit: 10) }
         try q.write { db in try db.execute(sql: "DROP TRIGGER slow") }

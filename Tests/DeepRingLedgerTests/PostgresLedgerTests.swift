@@ -74,6 +74,14 @@ final class TestDatabase: @unchecked Sendable {
         try "pw2\n".write(toFile: f, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: f) }
         #expect(try PostgresURL.parse("postgres://bob@h/d", passwordFile: f, environment: [:]).password == "pw2")
+        // A FIFO or an oversized file is refused, never waited on or read whole.
+        let fifo = f + ".fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { try? FileManager.default.removeItem(atPath: fifo) }
+        #expect(throws: LedgerError.self) { try PostgresURL.parse("postgres://bob@h/d", passwordFile: fifo, environment: [:]) }
+        try String(repeating: "x", count: 5000).write(toFile: f + ".big", atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: f + ".big") }
+        #expect(throws: LedgerError.self) { try PostgresURL.parse("postgres://bob@h/d", passwordFile: f + ".big", environment: [:]) }
         // The URL's own password wins.
         #expect(try PostgresURL.parse("postgres://bob:pw0@h/d", passwordFile: f, environment: ["PGPASSWORD": "pw1"]).password == "pw0")
     }
