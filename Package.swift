@@ -79,6 +79,7 @@ let package = Package(
             dependencies: [
                 "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
@@ -127,10 +128,22 @@ let package = Package(
             dependencies: ["DeepRingFuzz"],
             exclude: ["Fixtures"]
         ),
+        // The tests' PostgreSQL servers (a database per test, or a server of the test's own to crash).
+        .target(
+            name: "DeepRingTestSupport",
+            dependencies: ["DeepRingLedger", "DeepRingLedgerPostgres"],
+            path: "Tests/DeepRingTestSupport"
+        ),
         .testTarget(
             name: "DeepRingLedgerTests",
-            dependencies: ["DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", .product(name: "Crypto", package: "swift-crypto"),
-                           .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", "DeepRingTestSupport",
+                           .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        // The decentralised deployment: the owner and every block as separate `deepring` processes.
+        .testTarget(
+            name: "DeepRingDeploymentTests",
+            dependencies: ["DeepRing", "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerPostgres", "DeepRingLedgerSQLite",
+                           "DeepRingProtocol", "DeepRingTestSupport"]
         ),
     ]
 )

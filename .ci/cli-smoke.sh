@@ -267,6 +267,41 @@ expect_exit 0 "help" "$bin" --help
 expect_exit 0 "bench ledger (SQLite)" "$bin" bench ledger --count 10
 expect_exit 64 "bench ledger --count 0" "$bin" bench ledger --count 0
 
+# The decentralised deployment on one machine: the owner and every block as processes (`ring up`), a querent that has
+# only ring.json, SIGTERM stopping them all; and the errors a block's operator meets.
+ring_up_check() { # label ring-dir ledger-argument...
+  local label=$1 dir=$2; shift 2
+  "$bin" ring up --ring "$dir" "$@" --log-dir "$tmp/uplogs-$label" > "$tmp/up.out" 2> "$tmp/up.err" &
+  local up=$!
+  for _ in $(seq 1 100); do grep -q "^query:" "$tmp/up.out" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  local ledger_arg=("$@")
+  [ ${#ledger_arg[@]} -eq 0 ] && ledger_arg=(--ledger "$dir/ledger.sqlite")
+  expect_exit 0 "query through ring up ($label)" "$bin" query --ring "$dir/ring.json" "${ledger_arg[@]}" --dataset synthetic --count 20 --batch 1 --json --timeout 30
+  python3 - "$tmp/out" <<'PY' || { echo "FAIL: ring up ($label) answers"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["count"] == 20 and o["queries"] == 20 and len(o["logits_sha256"]) == 64, o
+PY
+  kill -TERM "$up"; wait "$up"; local rc=$?
+  sleep 0.5
+  if [ "$rc" -eq 0 ] && ! pgrep -f "serve --.*$dir" >/dev/null; then pass=$((pass + 1)); else
+    echo "FAIL: ring up ($label) did not stop all its processes on SIGTERM (rc $rc)"; pgrep -af "serve --" || true; fail=$((fail + 1)); fi
+}
+expect_exit 0 "seal for ring up" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/upring"
+ring_up_check sqlite "$tmp/upring"
+expect_exit 0 "ledger audit after ring up" "$bin" ledger audit --ring "$tmp/upring"
+expect_exit 64 "block serve without --ledger" "$bin" block serve --dir "$tmp/upring/blocks"
+expect_exit 64 "block serve: no such folder" "$bin" block serve --dir "$tmp/nope" --ledger "$tmp/upring/ledger.sqlite"
+up_block=$(ls "$tmp/upring/blocks" | head -1)
+cp -a "$tmp/upring/blocks/$up_block" "$tmp/tampered-block"
+python3 - "$tmp/tampered-block/params.safetensors" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-3] ^= 0x40; open(p, "wb").write(b)
+PY
+expect_exit 3 "block serve refuses a tampered parameter file" "$bin" block serve --dir "$tmp/tampered-block" --ledger "$tmp/upring/ledger.sqlite"
+expect_exit 3 "block serve refuses another ring's ledger" "$bin" block serve --dir "$tmp/upring/blocks/$up_block" --ledger "$tmp/ring/ledger.sqlite"
+
 # The PostgreSQL ledger (when a server is given, as in CI): init twice, show, and the errors a user meets.
 if [ -n "${DEEPRING_TEST_POSTGRES_URL:-}" ]; then
   pg_admin=$DEEPRING_TEST_POSTGRES_URL
@@ -293,6 +328,17 @@ PY
   grep -q "pw-must-not-show" "$tmp/err" "$tmp/out" && { echo "FAIL: a password was printed"; fail=$((fail + 1)); }
   expect_exit 64 "ledger init: not a URL" "$bin" ledger init --ledger mysql://x/y
   expect_exit 64 "ledger show: --password-file without --ledger" "$bin" ledger show --ring "$tmp/ring" --password-file /dev/null
+  # A ring sealed into the database and run as processes over it.
+  pg_ring_db="deepring_smoke_ring_$$"
+  pg_ring_url="${pg_admin%/*}/$pg_ring_db"
+  psql "$pg_admin" -qc "CREATE DATABASE $pg_ring_db" >/dev/null
+  expect_exit 0 "ledger init (ring)" "$bin" ledger init --ledger "$pg_ring_url"
+  expect_exit 0 "seal --ledger" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring" --ledger "$pg_ring_url"
+  expect_exit 1 "seal --ledger refuses a ledger in use" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring2" --ledger "$pg_ring_url"
+  ring_up_check postgres "$tmp/pgring" --ledger "$pg_ring_url"
+  expect_exit 0 "ledger audit --ledger after ring up" "$bin" ledger audit --ring "$tmp/pgring" --ledger "$pg_ring_url"
+  expect_exit 64 "seal --ledger takes only a database" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring3" --ledger "$tmp/ring/ledger.sqlite"
+  psql "$pg_admin" -qc "DROP DATABASE $pg_ring_db WITH (FORCE)" >/dev/null
   psql "$pg_admin" -qc "DROP DATABASE $pg_db WITH (FORCE)" >/dev/null
 fi
 

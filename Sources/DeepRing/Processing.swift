@@ -65,7 +65,13 @@ final class RingNode {
     /// Pending queries at the ouroboros: query id → querent's HPKE key; and every query id seen (a second query
     /// with the same id is ignored: the first one's querent gets the answer).
     var querents = BoundedMap<String, [UInt8]>(capacity: 1 << 12)
-    private var seenQueries = BoundedSet<String>(capacity: 1 << 16)
+    private(set) var seenQueries = BoundedSet<String>(capacity: 1 << 16)
+    /// Per query: this node's latest post (a retry is asked of exactly that post, once).
+    private var lastPost = BoundedMap<String, Int64>(capacity: 1 << 12)
+    /// The entry hashes of the predecessor's posts this node computed from: never computed from twice (after a
+    /// restart, the window re-read holds posts already answered). Hashes, not sequence numbers: a database that
+    /// lost its last lazily committed rows in a crash numbers the next rows the same.
+    private var consumedEntries = BoundedSet<[UInt8]>(capacity: 1 << 14)
     /// Per query: the input accepted from the predecessor, and whether this node asked for a retry of it.
     private var accepted = BoundedMap<String, Acceptance>(capacity: 1 << 12)
     /// Per query: the entry this node computed its own post from — the only input a retry may recompute from.
@@ -134,7 +140,9 @@ final class RingNode {
         if let f = forgery { h = f.adjust(hash: h) }
         let payload = LayerPost(consumed: input.sequence, consumedHash: input.hash, recipient: successor.signing,
                                 sealedKey: k, ciphertext: ArraySlice(x), nextHash: h).encoded()
-        try timing.time(\.ledger) { _ = try ledger.append(kind: .layer, queryID: queryID, payload: payload, signer: signer) }
+        let mine = try timing.time(\.ledger) { try ledger.append(kind: .layer, queryID: queryID, payload: payload, signer: signer) }
+        lastPost[queryID] = mine.sequence
+        _ = consumedEntries.insert(consumed.hash)
         if computedFrom[queryID] == nil { computedFrom[queryID] = consumed.sequence }
         try forgery?.after(output: output, queryID: queryID, consumed: consumed, node: self, ledger: ledger)
     }
@@ -262,6 +270,44 @@ final class RingNode {
         try ledger.append(kind: .delivery, queryID: q, payload: Delivery(.answer(sealed: sealed)).encoded(), signer: signer)
     }
 
+    // MARK: resuming
+
+    /// Picks up where an earlier process of this member stopped (a block or owner process killed and started
+    /// again): reads this member's own posts among the last `window` entries — so that no input it already
+    /// answered is answered twice (its successor would raise a second-post alarm) and no retry is made twice — then
+    /// sets the cursor before the window, so that inputs that arrived while it was down are answered now. At the
+    /// ouroboros, queries it already started or ended are not started again, and those started but not delivered
+    /// get their querent's key back from the query row. Returns the number of own posts found.
+    @discardableResult
+    func resume(ledger: any Ledger, window: Int64) throws -> Int {
+        let tail = try ledger.lastSequence()
+        let start = max(1, tail - window + 1)
+        cursor = start - 1
+        guard tail >= start else { return 0 }
+        let me = publicKeys.signing
+        let own = try ledger.pagedEntries(in: start...tail, matching: [EntryFilter(kind: .layer, author: me),
+                                                                      EntryFilter(kind: .delivery, author: me)], pageBytes: 64 << 20)
+        for e in own {
+            guard let q = e.queryID, e.isAuthentic else { continue }
+            if e.kind == .delivery {
+                _ = seenQueries.insert(q)
+                querents[q] = nil
+                continue
+            }
+            guard let p = try? LayerPost.decode(e) else { continue }
+            lastPost[q] = e.sequence
+            _ = consumedEntries.insert(p.consumedHash)
+            if computedFrom[q] == nil { computedFrom[q] = p.consumed }
+            guard let src = try ledger.entry(at: p.consumed), src.queryID == q, src.isAuthentic else { continue }
+            if isOuroboros {
+                if src.kind == .query, seenQueries.insert(q), let r = try? QueryRequest.decode(src) { querents[q] = r.querent }
+            } else if let prior = try? LayerPost.decode(src) {
+                accepted[q] = Acceptance(input: prior.consumed, retryAsked: false, failures: 0)
+            }
+        }
+        return own.count
+    }
+
     // MARK: the loop
 
     /// Handles the ledger entries that appeared since the last call (at most `roundBudget` bytes of them). Returns
@@ -307,6 +353,7 @@ final class RingNode {
 
     /// A layer post from the predecessor: validate, then compute and post (or deliver, at the ouroboros).
     func process(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws -> Bool {
+        guard !consumedEntries.contains(e.hash) else { return false }
         guard let received = try receive(e, ledger: ledger) else { return false }
         // One accepted input per query, unless this node asked for a retry of it.
         let consumed: Int64?
@@ -353,7 +400,7 @@ final class RingNode {
     func retry(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws -> Bool {
         guard e.isAuthentic, let alarm = try? Alarm.decode(e), case .validation(let a) = alarm.body,
               a.suspect == publicKeys.signing, !a.final, a.reason == .hashMismatch, let inputSeq = a.input,
-              let from = computedFrom[q], from == inputSeq,
+              let from = computedFrom[q], from == inputSeq, lastPost[q] == a.entry,
               let mine = try ledger.entry(at: a.entry), mine.author == publicKeys.signing, mine.queryID == q, mine.isAuthentic,
               (try? LayerPost.decode(mine))?.consumed == inputSeq,
               let src = try ledger.entry(at: inputSeq), src.queryID == q, src.isAuthentic else { return false }
@@ -374,6 +421,8 @@ struct BoundedSet<T: Hashable> {
     private var order: [T] = []
     private var head = 0
     init(capacity: Int) { self.capacity = capacity }
+
+    func contains(_ x: T) -> Bool { set.contains(x) }
 
     /// Inserts `x`; false when it was already there.
     mutating func insert(_ x: T) -> Bool {

@@ -242,19 +242,12 @@ public final class RingRuntime {
     /// as it names), checks that the members form the ring the owner recorded — each one's neighbours' keys, and
     /// each layer's input shape the previous layer's output shape — and gives them the member set.
     func loadNodes(checkDigests: Bool = true) throws {
-        let p = ring.paths
-        guard let oKeys = try KeyFile.read(p.ouroborosKeys).memberKeys, oKeys.publicKeys == ring.manifest.ouroboros else {
-            throw RingError.notAuthentic("owner/keys.json does not hold the ouroboros keys named in the manifest")
-        }
-        let oBytes = try ring.readHolder(0)
-        guard hex(SHA256.hash(data: oBytes)) == ring.record.fileDigests[0] else {
-            throw RingError.notAuthentic("owner/ouroboros.safetensors differs from the sealed file")
-        }
-        let oLayers = try BlockFile.parse(oBytes, prefixes: ["own", "next"], path: p.ouroborosParams)
+        let (oKeys, oLayers) = try ring.ouroborosHolding()
         var bundles: [BlockBundle] = []
         for id in ring.placement {
             let b = try BlockBundle.load(ring.blockDirectory(id), checkDigest: checkDigests)
-            guard b.owner == ring.ownerKey, b.descriptor.generation == ring.record.generation, b.descriptor.ringID == ring.manifest.ringID else {
+            guard b.owner == ring.ownerKey, b.descriptor.generation == ring.record.generation, b.descriptor.ringID == ring.manifest.ringID,
+                  b.descriptor.ouroboros == ring.manifest.ouroboros else {
                 throw RingError.notAuthentic("block \(id) belongs to another owner, ring or placement")
             }
             bundles.append(b)

@@ -42,7 +42,7 @@ enum Placement {
             try writeNewFile(KeyFile.serialize(keys[j], owner: owner), to: dir + "/keys.json", permissions: 0o600)
             var d = BlockDescriptor(ringID: record.ringID, id: ids[j], generation: record.generation, keys: keys[j].publicKeys,
                                     predecessor: j == 0 ? ouroboros : keys[j - 1].publicKeys,
-                                    successor: j + 1 < n ? keys[j + 1].publicKeys : ouroboros,
+                                    successor: j + 1 < n ? keys[j + 1].publicKeys : ouroboros, ouroboros: ouroboros,
                                     secondPredecessor: Placement.secondPredecessor(j, keys.map(\.publicKeys.signing), ouroboros.signing),
                                     previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1],
                                     paramsSize: record.fileSizes[j + 1])
@@ -176,6 +176,7 @@ extension SealedRing {
                           signer: ouroboros)
         var newRecord = next
         newRecord.order = placement.ids
+        newRecord.members = placement.keys.map(\.publicKeys)
         do {
             let lock = try paths.stateLockExclusive()
             try commit(newRecord)   // the commit point

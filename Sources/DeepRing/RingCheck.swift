@@ -263,6 +263,8 @@ public enum RingCheck {
                     if d.ringID != record.ringID { problems.append("block.json belongs to ring \(d.ringID)") }
                     if d.generation != record.generation { problems.append("block.json is of placement \(d.generation), not \(record.generation)") }
                     if let k = keys, d.keys != k { problems.append("block.json names other keys than keys.json holds") }
+                    if d.keys != record.members[j] { problems.append("block.json names other keys than the owner's record") }
+                    if d.ouroboros != manifest.ouroboros { problems.append("block.json names another ouroboros than ring.json") }
                     if d.previousHash != record.hashes[j] || d.hash != record.hashes[j + 1] || d.paramsDigest != record.fileDigests[j + 1] {
                         problems.append("block.json's hashes differ from the owner's record")
                     }

@@ -54,6 +54,11 @@ public struct RingPaths: Sendable {
         return names.contains(String(n[n.index(after: n.startIndex)..<r.lowerBound])) && Int32(n[r.upperBound...]) != nil
     }
 
+    /// The block folders in `blocks/` (names of 32 hex digits, real folders), sorted.
+    public var blockIDs: [String] {
+        (RingPaths.realFolder(blocks) ?? []).filter { $0.utf8.count == 32 && isHexDigits($0) && RingPaths.realFolder(block($0)) != nil }.sorted()
+    }
+
     /// The entries of a folder, when it is a real folder (not a link); nil otherwise.
     static func realFolder(_ path: String) -> [String]? {
         var st = stat()
@@ -291,11 +296,18 @@ public enum TemporaryPaths {
     /// On SIGINT, SIGTERM and every other signal that would end the process (HUP, QUIT, PIPE, USR1, USR2, ALRM,
     /// XCPU, XFSZ, VTALRM, PROF): remove the registered paths, then exit with 128 + the signal number. (SIGKILL
     /// cannot be caught: `removeStale` cleans up after it.)
+    /// Signals a serving process turns into a clean stop (`StopSignal`) instead of an exit.
+    nonisolated(unsafe) private static var elsewhere: Set<Int32> = []
+
+    static func handleElsewhere(_ sig: Int32) { lock.lock(); elsewhere.insert(sig); lock.unlock() }
+    private static func handledElsewhere(_ sig: Int32) -> Bool { lock.lock(); defer { lock.unlock() }; return elsewhere.contains(sig) }
+
     public static func installSignalHandlers() {
         for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF] {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler {
+                if handledElsewhere(sig) { return }
                 removeAll(settle: true)
                 _exit(128 + sig)
             }

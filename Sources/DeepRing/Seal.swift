@@ -8,8 +8,8 @@ import Foundation
 /// `owner/record.json`: the owner's private record — ring order, original hashes (HASH_O, HASH_1 … HASH_n) and the
 /// digests that check the checkpoint and the holders' files — signed by the owner's identity key.
 public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
-    public static let currentFormat = "deepring-record-v2"
-    public static let domain = "DeepRing owner record v2"
+    public static let currentFormat = "deepring-record-v3"
+    public static let domain = "DeepRing owner record v3"
 
     public internal(set) var format: String
     public internal(set) var ringID: String
@@ -23,6 +23,9 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
     public internal(set) var checkpointSize: Int
     /// The placement generation: 0 at sealing, +1 per reshuffle or re-provisioning.
     public internal(set) var generation: Int
+    /// Every block's public keys, in ring order: what the owner's process needs of its members (its neighbours'
+    /// keys, the member set) without reading their folders.
+    public internal(set) var members: [PublicKeys]
     public var signature: String
 
     public func canonicalFields(into w: inout BinaryWriter) {
@@ -32,13 +35,14 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
         w.list(fileSizes) { w, n in w.i64(Int64(n)) }
         w.i64(Int64(checkpointSize))
         w.i64(Int64(generation))
+        w.list(members) { w, k in k.write(to: &w) }
     }
 
     /// Parses and checks the record's form for a ring of `blockCount` blocks (not its signature).
     public static func parse(_ bytes: [UInt8], path: String, blockCount: Int) throws -> OwnerRecord {
         let r = try decodeStrictJSON(OwnerRecord.self, from: bytes, path: path)
         func isHex(_ s: String, _ n: Int) -> Bool { s.utf8.count == 2 * n && unhex(s) != nil }
-        guard r.format == currentFormat, r.order.count == blockCount, r.hashes.count == blockCount + 1,
+        guard r.format == currentFormat, r.order.count == blockCount, r.members.count == blockCount, r.hashes.count == blockCount + 1,
               r.layerDigests.count == blockCount + 1, r.fileDigests.count == blockCount + 1, r.generation >= 0,
               r.fileSizes.count == blockCount + 1, r.fileSizes.allSatisfy({ $0 > 0 && $0 <= ModelFile.maxFileSize }),
               r.checkpointSize > 0, r.checkpointSize <= 2 * ModelFile.maxFileSize,
@@ -113,8 +117,18 @@ public final class SealedRing {
     /// place: a crash or a signal never leaves a half-sealed ring, and the temporary folder (which holds private
     /// keys) is removed on every exit path, or by the next `seal` if the process was killed outright.
     @discardableResult
-    public static func seal(_ model: Model, into directory: String, force: Bool = false, protecting: [String] = []) throws -> SealedRing {
+    ///
+    /// `ledger`: the ring's ledger is that one (a PostgreSQL database, for blocks on many hosts) instead of
+    /// `DIR/ledger.sqlite`. It must be empty: one ring per ledger.
+    public static func seal(_ model: Model, into directory: String, force: Bool = false, protecting: [String] = [],
+                            ledger: (any Ledger)? = nil) throws -> SealedRing {
         let replacing = try RingTarget.check(directory, force: force, protected: protecting)
+        if let l = ledger {
+            let n = try l.lastSequence()
+            guard n == 0 else {
+                throw RingError.refused("the ledger already holds \(n) entries (another ring's?); seal into a new, empty database (`deepring ledger init`)")
+            }
+        }
         let fm = FileManager.default
         let url = URL(fileURLWithPath: directory)
         let parent = url.deletingLastPathComponent().path, name = url.lastPathComponent
@@ -123,7 +137,7 @@ public final class SealedRing {
         let tmp = parent + "/.\(name).sealing-\(getpid())-\(randomID().prefix(8))"
         TemporaryPaths.register(tmp)
         defer { TemporaryPaths.unregister(tmp); removeTree(tmp) }
-        let ring = try write(model, into: tmp)
+        let ring = try write(model, into: tmp, ledger: ledger)
         if replacing {
             // Not while a process runs the ring (it writes into the folder by path): wait for it, up to a minute.
             let running = try RingPaths(directory).runtimeLock(timeout: 60)
@@ -142,7 +156,7 @@ public final class SealedRing {
     }
 
     /// Writes a complete ring into the empty folder `dir`.
-    private static func write(_ model: Model, into dir: String) throws -> (manifest: RingManifest, record: OwnerRecord, identity: Curve25519.Signing.PrivateKey) {
+    private static func write(_ model: Model, into dir: String, ledger shared: (any Ledger)?) throws -> (manifest: RingManifest, record: OwnerRecord, identity: Curve25519.Signing.PrivateKey) {
         let fm = FileManager.default
         let p = RingPaths(dir)
         let layers = RingLayer.split(model)
@@ -170,11 +184,12 @@ public final class SealedRing {
         var record = OwnerRecord(format: OwnerRecord.currentFormat, ringID: ringID, order: [], hashes: hashes.map { hex($0) },
                                  layerDigests: all.map { hex(SHA256.hash(data: ParamsEncoding.encode($0))) },
                                  fileDigests: fileDigests, fileSizes: [ouroFile.count] + blockFiles.map(\.count),
-                                 checkpointSize: checkpoint.count, generation: 0, signature: "")
+                                 checkpointSize: checkpoint.count, generation: 0, members: [], signature: "")
         // The first placement is built exactly as every later one (fresh ids and keys, signed descriptors).
         let placement = try Placement.build(paths: p, record: record, ouroboros: ouroKeys.publicKeys, identity: identity,
                                             into: p.blocks, sources: blockFiles.map { .bytes($0) })
         record.order = placement.ids
+        record.members = placement.keys.map(\.publicKeys)
         try record.sign(with: identity)
         try writeNewFile(try encodeJSON(record), to: p.record, permissions: 0o600)
         try writeNewFile(checkpoint, to: p.checkpoint, permissions: 0o600)
@@ -185,7 +200,7 @@ public final class SealedRing {
         try writeNewFile(manifestBytes, to: p.ownerManifest, permissions: 0o600)
         try writeNewFile(manifestBytes, to: p.manifest, permissions: 0o644)
         do {
-            let ledger = try SQLiteLedger(path: p.ledger)
+            let ledger: any Ledger = try shared ?? SQLiteLedger(path: p.ledger)
             try ledger.append(kind: .seal, queryID: nil,
                               payload: MembersAnnouncement(ringID: ringID, generation: 0, members: placement.keys.map(\.publicKeys.signing).shuffled()).encoded(),
                               signer: LedgerSigner(ouroKeys.signing))
@@ -251,6 +266,19 @@ public final class SealedRing {
             return AuthenticityReport(authentic: true, firstTampered: nil, position: nil)
         }
         return AuthenticityReport(authentic: false, firstTampered: holderName(f), position: f)
+    }
+
+    /// The ouroboros's key pairs (those the manifest names) and its two layers (the identity and its copy of layer
+    /// 1), from a file with the sealed digest.
+    func ouroborosHolding() throws -> (keys: BlockKeys, layers: [RingLayer]) {
+        guard let keys = try KeyFile.read(paths.ouroborosKeys).memberKeys, keys.publicKeys == manifest.ouroboros else {
+            throw RingError.notAuthentic("owner/keys.json does not hold the ouroboros keys named in the manifest")
+        }
+        let bytes = try readHolder(0)
+        guard hex(SHA256.hash(data: bytes)) == record.fileDigests[0] else {
+            throw RingError.notAuthentic("owner/ouroboros.safetensors differs from the sealed file")
+        }
+        return (keys, try BlockFile.parse(bytes, prefixes: ["own", "next"], path: paths.ouroborosParams))
     }
 
     func holderName(_ position: Int) -> String { position == 0 ? "ouroboros" : record.order[position - 1] }

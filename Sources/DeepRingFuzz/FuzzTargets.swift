@@ -116,7 +116,7 @@ public enum FuzzTargets {
 
     static var sampleDescriptor: [UInt8] {
         var d = BlockDescriptor(ringID: "ring", id: String(repeating: "ab", count: 16), generation: 1, keys: keys.publicKeys,
-                                predecessor: keys.publicKeys, successor: keys.publicKeys, secondPredecessor: ownerKey,
+                                predecessor: keys.publicKeys, successor: keys.publicKeys, ouroboros: keys.publicKeys, secondPredecessor: ownerKey,
                                 previousHash: String(repeating: "01", count: 32),
                                 hash: String(repeating: "02", count: 32), paramsDigest: String(repeating: "03", count: 32), paramsSize: 1234)
         try? d.sign(with: signing)
@@ -135,7 +135,8 @@ public enum FuzzTargets {
         let json = """
         {"format": "\(OwnerRecord.currentFormat)", "ringID": "ring", "order": ["\(String(repeating: "cd", count: 16))", "\(String(repeating: "ef", count: 16))"],
          "hashes": ["\(h)", "\(h)", "\(h)"], "layerDigests": ["\(h)", "\(h)", "\(h)"], "fileDigests": ["\(h)", "\(h)", "\(h)"],
-         "fileSizes": [100, 200, 300], "checkpointSize": 600, "generation": 0, "signature": "\(String(repeating: "00", count: 64))"}
+         "fileSizes": [100, 200, 300], "checkpointSize": 600, "generation": 0,
+         "members": [{"signing": "\(h)", "agreement": "\(h)"}, {"signing": "\(h)", "agreement": "\(h)"}], "signature": "\(String(repeating: "00", count: 64))"}
         """
         return Array(json.utf8)
     }

@@ -168,6 +168,14 @@ public protocol Ledger: Sendable {
     func lastSequence() throws -> Int64
     /// Waits until rows after `sequence` exist (or `timeout` passes) and returns them.
     func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow]
+    /// Waits until the ledger holds rows after `sequence` (or `timeout` passes) and returns the last sequence
+    /// number, reading no row: how a serving member sleeps until there may be work.
+    func waitForAppend(after sequence: Int64, timeout: Duration) throws -> Int64
+    /// Like `waitForAppend(after:timeout:)`, but a backend that can tell (PostgreSQL's notifications name each new
+    /// row's kind, author and query) wakes only for rows that may match `filters` — so that of the ring's
+    /// processes only the one a post is for wakes up. A hint, never a decision: the caller reads and checks what it
+    /// finds, and a lost or forged notification costs a wait of at most `timeout` or a needless read.
+    func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64
     /// Sequence numbers of stored rows outside 1 … `LedgerEntry.maxSequence` (at most `limit`): tampering.
     func sequencesOutOfRange(limit: Int) throws -> [Int64]
     /// Like `entries(in:matching:)`, but bringing at most `maxBytes` of payload into memory (at least one entry):
@@ -179,6 +187,24 @@ public protocol Ledger: Sendable {
 }
 
 extension Ledger {
+    public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
+        try waitForAppend(after: sequence, timeout: timeout)
+    }
+
+    /// Polls the last sequence number, with pauses from 0.25 ms growing to 2 ms — a round trip per hop of a query
+    /// costs at most that — (backends that can be woken by the writer, PostgreSQL's notifications, do better).
+    public func waitForAppend(after sequence: Int64, timeout: Duration) throws -> Int64 {
+        let clock = ContinuousClock()
+        let until = clock.now + timeout
+        var pause = Duration.microseconds(250)
+        while true {
+            let tail = try lastSequence()
+            if tail > sequence || clock.now >= until { return tail }
+            Thread.sleep(forTimeInterval: Double(min(pause, until - clock.now).components.attoseconds) / 1e18)
+            pause = min(pause * 2, .milliseconds(2))
+        }
+    }
+
     /// Entries with sequence ≥ `sequence`, in order, at most `limit` rows read (malformed rows skipped).
     public func entries(from sequence: Int64, limit: Int) throws -> [LedgerEntry] {
         try rows(from: sequence, limit: limit).compactMap(\.entry)
@@ -260,7 +286,9 @@ public struct EntryFilter: Sendable, Equatable {
     }
 
     /// True when every field set in the filter equals the entry's.
-    public func matches(_ e: LedgerEntry) -> Bool {
-        (kind == nil || kind == e.kind) && (author.map { $0 == e.author } ?? true) && (queryID == nil || queryID == e.queryID)
+    public func matches(_ e: LedgerEntry) -> Bool { matches(kind: e.kind, author: e.author, queryID: e.queryID) }
+
+    public func matches(kind k: EntryKind, author a: [UInt8], queryID q: String?) -> Bool {
+        (kind == nil || kind == k) && (author.map { $0 == a } ?? true) && (queryID == nil || queryID == q)
     }
 }

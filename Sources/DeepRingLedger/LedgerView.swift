@@ -105,6 +105,18 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     /// The tail as of the last refresh (or own append).
     public func lastSequence() throws -> Int64 { tail }
 
+    public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
+        _ = try base.waitForAppend(after: sequence, matching: filters, timeout: timeout)
+        try refresh()
+        return tail
+    }
+
+    public func waitForAppend(after sequence: Int64, timeout: Duration) throws -> Int64 {
+        _ = try base.waitForAppend(after: sequence, timeout: timeout)
+        try refresh()
+        return tail
+    }
+
     public func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow] {
         let e = try base.waitForRows(after: sequence, timeout: timeout)
         try refresh()

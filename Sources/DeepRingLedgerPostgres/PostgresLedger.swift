@@ -384,9 +384,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                     connection = c
                     pause = .milliseconds(100)
                     try await c.listen(on: PostgresLedger.channel) { notifications in
+                        wake.restarted()
                         wake.listening(true)
                         wake.signal()   // anything appended while (re)connecting is read again
-                        for try await _ in notifications { wake.notified() }
+                        for try await n in notifications { wake.notified(n.payload) }
                     }
                     wake.listening(false)
                     try? await c.close()
@@ -534,7 +535,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq
             """
         do {
-            try await run(PostgresQuery(unsafeSQL: "WITH ins AS (\(insert)) SELECT pg_notify('\(channel)', seq::text) FROM ins", binds: bindings),
+            try await run(PostgresQuery(unsafeSQL: "WITH ins AS (\(insert)) SELECT pg_notify('\(channel)', seq::text || ' ' || $3 || ' ' || encode($5, 'hex') || ' ' || COALESCE($4, '')) FROM ins", binds: bindings),
                           on: c, logger: logger)
         } catch let p as PSQLError where p.serverInfo?[.sqlState] == "54000" {
             // The notification queue is full (a listener holding a transaction open stops it draining): the entry
@@ -597,6 +598,37 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             let rows = try rows(from: sequence + 1, limit: 4096)
             if !rows.isEmpty || ContinuousClock.now >= until { return rows }
             // Woken by a notification; at the latest after a second (a notification lost while reconnecting).
+            wake.wait(after: generation, for: min(until - ContinuousClock.now, .seconds(1)))
+        }
+    }
+
+    /// Sleeps on the notifications: returns when one names a row after `sequence` that may match `filters`
+    /// (checked against the notifications kept, so rows appended before the call count too), when notifications
+    /// may have been missed (not listening, or more arrived than are kept), or at `timeout`.
+    public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
+        if filters.isEmpty { return try waitForAppend(after: sequence, timeout: timeout) }
+        let until = ContinuousClock.now + timeout
+        while true {
+            let generation = wake.generation
+            switch wake.relevant(after: sequence, filters: filters) {
+            case .yes: return try lastSequence()
+            case .unknown:
+                // Not sure (not listening, or notifications may be missing): only what the table says counts.
+                let tail = try lastSequence()
+                if tail > sequence { return tail }
+            case .no: break
+            }
+            if ContinuousClock.now >= until { return try lastSequence() }
+            wake.wait(after: generation, for: min(until - ContinuousClock.now, .seconds(1)))
+        }
+    }
+
+    public func waitForAppend(after sequence: Int64, timeout: Duration) throws -> Int64 {
+        let until = ContinuousClock.now + timeout
+        while true {
+            let generation = wake.generation
+            let tail = try lastSequence()
+            if tail > sequence || ContinuousClock.now >= until { return tail }
             wake.wait(after: generation, for: min(until - ContinuousClock.now, .seconds(1)))
         }
     }
@@ -758,12 +790,68 @@ final class Wakeups: @unchecked Sendable {
 
     func listening(_ on: Bool) { condition.lock(); _listening = on; condition.unlock() }
 
-    /// A notification arrived: counted, and the waiters woken.
-    func notified() {
+    /// The latest notifications of appends, parsed — (seq, kind, author, query id) — at most `kept`, oldest first
+    /// from `recentHead`. A payload that does not parse (anyone may NOTIFY on the channel) is not kept: it only
+    /// wakes the waiters. Notifications of the rows after `gapAfter` and before `gapUntil` may have been missed
+    /// (appended while the listener reconnected).
+    private var recent: [(seq: Int64, kind: EntryKind, author: [UInt8], queryID: String?)] = []
+    private var recentHead = 0
+    private var lastSeen: Int64 = 0
+    private var gap: (after: Int64, until: Int64?)? = (0, nil)
+    static let kept = 4096
+
+    /// A notification arrived: counted, kept, and the waiters woken.
+    func notified(_ payload: String = "") {
         condition.lock()
         _notifications &+= 1
+        let f = payload.split(separator: " ", omittingEmptySubsequences: false)
+        if f.count == 4, let seq = Int64(f[0]), let kind = EntryKind(rawValue: String(f[1])), let author = Wakeups.unhex(f[2]) {
+            let n = (seq, kind, author, f[3].isEmpty ? nil : String(f[3]))
+            if recent.count < Wakeups.kept { recent.append(n) } else {
+                recent[recentHead] = n
+                recentHead = (recentHead + 1) % Wakeups.kept
+            }
+            if let g = gap, g.until == nil { gap = (g.after, seq) }
+            lastSeen = max(lastSeen, seq)
+        }
         condition.unlock()
         signal()
+    }
+
+    enum Relevance { case yes, no, unknown }
+
+    /// Whether a row after `sequence` that may match `filters` was notified; `unknown` when notifications of rows
+    /// after `sequence` may be missing (not listening, appended while the listener reconnected, or forgotten).
+    func relevant(after sequence: Int64, filters: [EntryFilter]) -> Relevance {
+        condition.lock(); defer { condition.unlock() }
+        guard _listening else { return .unknown }
+        if let g = gap, sequence + 1 < (g.until ?? .max) { return .unknown }
+        var oldest = Int64.max
+        for n in recent {
+            oldest = min(oldest, n.seq)
+            if n.seq > sequence && filters.contains(where: { $0.matches(kind: n.kind, author: n.author, queryID: n.queryID) }) { return .yes }
+        }
+        if recent.count == Wakeups.kept && oldest > sequence + 1 { return .unknown }
+        return .no
+    }
+
+    /// A new listening session: rows appended since the last notification seen may have gone unnotified.
+    func restarted() {
+        condition.lock()
+        gap = (lastSeen, nil)
+        condition.unlock()
+    }
+
+    static func unhex<S: StringProtocol>(_ s: S) -> [UInt8]? {
+        let u = Array(s.utf8)
+        guard u.count == 64 else { return nil }
+        var out = [UInt8](repeating: 0, count: 32)
+        for i in 0..<32 {
+            func v(_ c: UInt8) -> UInt8? { c >= 48 && c <= 57 ? c - 48 : (c >= 97 && c <= 102 ? c - 87 : nil) }
+            guard let hi = v(u[2 * i]), let lo = v(u[2 * i + 1]) else { return nil }
+            out[i] = hi << 4 | lo
+        }
+        return out
     }
 
     func signal() {

@@ -128,12 +128,12 @@ public struct RingManifest: Codable, Equatable, Sendable, OwnerSigned {
 }
 
 /// `blocks/<id>/block.json`: what one block knows besides its secrets — its public keys, its neighbours' public
-/// keys, the signing key of its predecessor's predecessor (to check that the H it validates came from there),
+/// keys, the ouroboros's public keys (the ring's one public member: the block's bundle is self-contained), the signing key of its predecessor's predecessor (to check that the H it validates came from there),
 /// HASH_{j−1} and HASH_j, the digest of its parameter file — signed by the owner. No layer index: a block does not
 /// know its position. A block trusts its descriptor only when it is signed by the owner key in its `keys.json`.
 public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
-    public static let currentFormat = "deepring-block-v2"
-    public static let domain = "DeepRing block descriptor v2"
+    public static let currentFormat = "deepring-block-v3"
+    public static let domain = "DeepRing block descriptor v3"
     public static let maxSize = 1 << 16
 
     public var format: String
@@ -144,6 +144,9 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public var keys: PublicKeys
     public var predecessor: PublicKeys
     public var successor: PublicKeys
+    /// The ouroboros's public keys: the only author whose post may consume a query row, and — when it is the
+    /// successor — the member whose layer is the identity (the block's H is then the hash of its own output).
+    public var ouroboros: PublicKeys
     /// The signing key of the predecessor's predecessor (hex): the only author whose post the predecessor may have
     /// computed from — and so the only author of the H this block validates the predecessor's output against.
     public var secondPredecessor: String
@@ -155,10 +158,10 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public var signature: String
 
     public init(ringID: String, id: String, generation: Int, keys: PublicKeys, predecessor: PublicKeys, successor: PublicKeys,
-                secondPredecessor: [UInt8], previousHash: String, hash: String, paramsDigest: String, paramsSize: Int) {
+                ouroboros: PublicKeys, secondPredecessor: [UInt8], previousHash: String, hash: String, paramsDigest: String, paramsSize: Int) {
         format = BlockDescriptor.currentFormat
         self.ringID = ringID; self.id = id; self.generation = generation; self.keys = keys
-        self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = hex(secondPredecessor)
+        self.predecessor = predecessor; self.successor = successor; self.ouroboros = ouroboros; self.secondPredecessor = hex(secondPredecessor)
         self.previousHash = previousHash; self.hash = hash; self.paramsDigest = paramsDigest; self.paramsSize = paramsSize
         signature = ""
     }
@@ -171,6 +174,7 @@ public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
         keys.write(to: &w)
         predecessor.write(to: &w)
         successor.write(to: &w)
+        ouroboros.write(to: &w)
         w.raw(unhex(secondPredecessor) ?? [])
         w.raw(unhex(previousHash) ?? [])
         w.raw(unhex(hash) ?? [])

@@ -27,7 +27,7 @@ struct BenchLedger: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
-        if let l = ledger { try LedgerOptions.check(l) }
+        if let l = ledger { try LedgerOptions.checkPostgres(l) }
         if passwordFile != nil && ledger == nil { throw ValidationError("--password-file goes with --ledger") }
         guard (10...100_000).contains(count) else { throw ValidationError("--count must be between 10 and 100000") }
         guard (0...(16 << 20)).contains(payload) else { throw ValidationError("--payload must be between 0 and 16777216") }

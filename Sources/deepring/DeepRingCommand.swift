@@ -10,11 +10,13 @@ struct DeepRingCommand: ParsableCommand {
         abstract: "Protect a trained neural network with a ring of hash-chained blocks (DeepRing, Goel et al. 2019).",
         discussion: """
         Start with `deepring demo`. Engine: train, eval, bench engine. Ring: seal, query, verify, ledger audit|show, \
-        ring inspect, bench ring. Attacks and the paper's tables: attack, reproduce. Data sets are looked up in \
+        ring inspect, bench ring. Decentralised (one process per block, on any host, over PostgreSQL): ledger init, \
+        seal --ledger, block serve, owner serve, query --ledger, ring up. Attacks and the paper's tables: attack, reproduce. Data sets are looked up in \
         --data DIR, then $DEEPRING_DATA, ./data/<name> and ../shared/data/<name>; `synthetic` is generated and \
         always available.
         """,
         subcommands: [Demo.self, Train.self, Eval.self, Bench.self, Seal.self, Query.self, Verify.self, LedgerCommand.self, RingCommand.self,
+                      BlockCommand.self, OwnerCommand.self,
                       Attack.self, Reproduce.self]
     )
 

@@ -8,40 +8,56 @@ import DeepRingProtocol
 import Foundation
 import Logging
 
-/// Where a command finds the ring's ledger: a PostgreSQL database (`--ledger URL`), or the ring folder's
+/// Where a command finds the ring's ledger: a PostgreSQL database (`--ledger URL`), a SQLite ledger file
+/// (`--ledger PATH`: a ring's ledger.sqlite, for processes on one host), or by default the ring folder's
 /// `ledger.sqlite`.
 struct LedgerOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The ledger in PostgreSQL (default: the ring folder's ledger.sqlite).",
+    @Option(help: ArgumentHelp("The ring's ledger: a PostgreSQL database, or the path of a SQLite ledger file (default: the ring folder's ledger.sqlite).",
                                discussion: "postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=disable|require|verify-full&sslrootcert=FILE]",
-                               valueName: "url"))
+                               valueName: "url|path"))
     var ledger: String?
     @Option(help: ArgumentHelp("A file whose first line is the database password (or set PGPASSWORD).", valueName: "file"))
     var passwordFile: String?
 
     func validate() throws {
         if let l = ledger { try LedgerOptions.check(l) }
-        if passwordFile != nil && ledger == nil { throw ValidationError("--password-file goes with --ledger") }
+        if passwordFile != nil && !(ledger.map(PostgresURL.isPostgres) ?? false) {
+            throw ValidationError("--password-file goes with --ledger postgres://…")
+        }
     }
 
-    /// Refuses what is not a PostgreSQL ledger URL (before anything connects).
+    /// Refuses a malformed PostgreSQL URL, or a path that is not a regular file (before anything connects).
     static func check(_ text: String) throws {
-        guard PostgresURL.isPostgres(text) else { throw ValidationError("--ledger takes a postgres:// URL") }
-        do { _ = try PostgresURL.parse(text, passwordFile: nil, environment: [:]) } catch { throw ValidationError("\(error)") }
+        if PostgresURL.isPostgres(text) {
+            do { _ = try PostgresURL.parse(text, passwordFile: nil, environment: [:]) } catch { throw ValidationError("\(error)") }
+        } else {
+            guard !text.contains("://") else { throw ValidationError("--ledger takes a postgres:// URL or the path of a SQLite ledger file") }
+            guard InputFile.isRegular(text) else {
+                throw ValidationError("--ledger \(text): no such ledger file (a postgres:// URL, or the path of a ring's ledger.sqlite)")
+            }
+        }
     }
 
-    /// The PostgreSQL ledger's URL (with its password), or nil for the ring's SQLite file.
+    /// Refuses what is not a well-formed PostgreSQL URL.
+    static func checkPostgres(_ text: String) throws {
+        guard PostgresURL.isPostgres(text) else { throw ValidationError("--ledger takes a postgres:// URL") }
+        try check(text)
+    }
+
+    /// The PostgreSQL ledger's URL (with its password), or nil for a SQLite file.
     func postgresURL() throws -> PostgresURL? {
-        guard let l = ledger else { return nil }
+        guard let l = ledger, PostgresURL.isPostgres(l) else { return nil }
         return try PostgresURL.parse(l, passwordFile: passwordFile)
     }
 
-    /// Opens the ledger: the database, or `ring`'s ledger.sqlite. A reader's ledger cannot write.
-    func open(ring: String?, readOnly: Bool) throws -> any Ledger {
-        if let url = try postgresURL() { return try PostgresLedger(url: url, readOnly: readOnly, logger: quietLogger("deepring.ledger")) }
+    /// Opens the ledger: the database, the file given, or `ring`'s ledger.sqlite. A reader's ledger cannot write.
+    func open(ring: String?, readOnly: Bool, logger: Logger = quietLogger("deepring.ledger")) throws -> any Ledger {
+        if let url = try postgresURL() { return try PostgresLedger(url: url, readOnly: readOnly, logger: logger) }
+        if let path = ledger { return try SQLiteLedger(path: path, readOnly: readOnly) }
         guard let ring else { throw ValidationError("give --ring DIR or --ledger URL") }
         let path = RingPaths(ring).ledger
         guard InputFile.isRegular(path) else {
-            throw RingError.notARing("\(ring) has no ledger.sqlite (create a ring with `deepring seal`, or give --ledger URL)")
+            throw RingError.notARing("\(ring) has no ledger.sqlite (its ledger is in a database? give --ledger URL)")
         }
         return try SQLiteLedger(path: path, readOnly: readOnly)
     }
@@ -66,7 +82,7 @@ struct LedgerCommand: ParsableCommand {
         @Option(help: ArgumentHelp("A file whose first line is the database password (or set PGPASSWORD).", valueName: "file"))
         var passwordFile: String?
 
-        func validate() throws { try LedgerOptions.check(ledger) }
+        func validate() throws { try LedgerOptions.checkPostgres(ledger) }
 
         func run() throws {
             do {

@@ -2,9 +2,11 @@ import ArgumentParser
 import DeepRing
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingLedgerPostgres
 import DeepRingLedgerSQLite
 import DeepRingProtocol
 import Foundation
+import Logging
 
 /// Exit status for "not authentic": a tampered ring, a ring.json that is not the pinned owner's, a dirty ledger.
 let exitNotAuthentic: Int32 = 3
@@ -26,18 +28,28 @@ struct Seal: ParsableCommand {
         (params.safetensors with the block's layer and a copy of the next, keys.json (0600) and block.json, its \
         owner-signed descriptor). Prints the owner key's fingerprint, which querents pin (`query --owner-key`), and \
         pins it for this user. DIR may not exist or must be empty; --force replaces an existing ring folder, never \
-        any other file or folder. Example: deepring seal mlp.safetensors --ring ring/
+        any other file or folder. With --ledger postgres://…, the ring's ledger is that (empty, `ledger init`-ed) \
+        database instead of DIR/ledger.sqlite: copy each DIR/blocks/<id>/ to a block's host and start it with \
+        `block serve`, keep DIR/owner/ on the owner's host (`owner serve`), and give querents DIR/ring.json. \
+        Example: deepring seal mlp.safetensors --ring ring/
         """)
 
     @Argument(help: "Model file (.safetensors written by `deepring train`).") var model: String
     @Option(help: "Ring directory to create (must not exist or be empty).") var ring: String
     @Flag(help: "Replace DIR if it is an existing ring folder.") var force = false
+    @OptionGroup var ledgerOptions: LedgerOptions
+
+    func validate() throws {
+        if let l = ledgerOptions.ledger { try LedgerOptions.checkPostgres(l) }
+    }
 
     func run() throws {
         do {
             let (m, _) = try ModelFile.load(path: model)
             let t0 = now()
-            let r = try SealedRing.seal(m, into: ring, force: force, protecting: [model])
+            let shared = try ledgerOptions.postgresURL().map { try PostgresLedger(url: $0, logger: quietLogger("deepring.ledger")) }
+            defer { shared?.close() }
+            let r = try SealedRing.seal(m, into: ring, force: force, protecting: [model], ledger: shared)
             let fp = r.manifest.ownerFingerprint
             print(String(format: "sealed %@ into %@: ouroboros + %d blocks, ring %@ (%.2f s)", model as NSString, ring as NSString,
                          r.manifest.blockCount, r.manifest.ringID as NSString, now() - t0))
@@ -149,11 +161,19 @@ struct Query: ParsableCommand {
         owner: the key given with --owner-key, the one pinned by `seal` or an earlier query, or — the first time — \
         the one it names, which is then pinned (like SSH's known hosts; $DEEPRING_HOME/known_rings). A mismatch exits \
         with status 3 and sends nothing. One process runs a ring at a time: a second query waits up to \
-        --lock-timeout seconds. With --json: predictions, accuracy when labels are known, and plain_agreement, the \
+        --lock-timeout seconds. With --json: predictions, accuracy when labels are known, logits_sha256 (SHA-256 of \
+        all logits as a tensor, to compare bit for bit), and — where the owner's folder is — plain_agreement, the \
         fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint).
+
+        With --ledger (a postgres:// URL, or the path of a ring's ledger.sqlite), this host is only a querent of a \
+        ring whose members serve elsewhere (`owner serve`, `block serve`, or `ring up`): it needs only ring.json \
+        (--ring ring.json, or a folder holding it) and the pinned owner key, posts each query and waits for the \
+        ouroboros's delivery, at most --timeout seconds. --verify-every, --reshuffle-every, --on-compromise and \
+        --lock-timeout apply to the embedded ring only.
         """)
 
-    @Option(help: "Ring directory.") var ring: String
+    @Option(help: "Ring directory, or (with --ledger) its ring.json.") var ring: String
+    @OptionGroup var ledgerOptions: LedgerOptions
     @Option(help: "Data set whose test split to query: mnist, idx, cifar10 or synthetic.") var dataset: String?
     @Option(help: "Folder holding the data set files.") var data: String?
     @Option(help: "Number of test images (default: all).") var count: Int?
@@ -193,8 +213,10 @@ struct Query: ParsableCommand {
             // The querent: nothing is sent to a ring whose manifest is not the pinned owner's. On the owner's own host
             // (the owner's folder is here) that owner is known for sure: a ring.json from anyone else is refused before
             // it could be trusted on first use, and before the runtime (which would re-issue it) starts.
-            let paths = RingPaths(ring)
-            let manifest = try RingManifest.read(paths.manifest)
+            let remote = ledgerOptions.ledger != nil
+            let ringFile = remote && InputFile.isRegular(ring)
+            let paths = RingPaths(ringFile ? (ring as NSString).deletingLastPathComponent : ring)
+            let manifest = try RingManifest.read(ringFile ? ring : paths.manifest)
             if InputFile.isRegular(paths.identity) {
                 let owner = Array(try KeyFile.read(paths.identity).signing.publicKey.rawRepresentation)
                 guard manifest.ownerKey == owner else {
@@ -221,6 +243,7 @@ struct Query: ParsableCommand {
                 throw QueryError.badInput("the ring takes inputs of shape \(shape), the data has \(Array(inputs.shape.dropFirst()))")
             }
             guard inputs.batch >= 1 else { throw QueryError.badInput("no images to query") }
+            if remote { return try queryRemote(manifest, inputs: inputs, labels: labels, owner: InputFile.isRegular(paths.identity) ? paths.root : nil) }
             let rt = try RingRuntime(directory: ring, lockTimeout: lockTimeout, onWait: { stderrPrint($0) })
             guard rt.ring.manifest == manifest else {
                 throw RingError.notAuthentic("ring.json differs from the owner's manifest; refusing to send anything")
@@ -248,7 +271,8 @@ struct Query: ParsableCommand {
                 i = j
             }
             let secs = now() - t0
-            let preds = Tensor.concatenate(logits).argmaxRows()
+            let all = Tensor.concatenate(logits)
+            let preds = all.argmaxRows()
             var plain = inputs.reshaped([inputs.batch] + shape)
             for l in try rt.ring.plainLayers() { plain = try l.model().checkedForward(plain) }
             let plainPreds = plain.argmaxRows()
@@ -256,6 +280,7 @@ struct Query: ParsableCommand {
             let accuracy = labels.map { l in Double(zip(preds, l).filter { $0 == $1 }.count) / Double(max(1, l.count)) }
             if json {
                 var obj: [String: Any] = ["predictions": preds, "plain_agreement": agreement, "count": preds.count,
+                                          "logits_sha256": hex(TensorWire.hash(all)),
                                           "incomplete_earlier_queries": incomplete,
                                           "queries": queries, "alarms": alarms, "seconds": secs, "restored": rt.restores]
                 if let a = accuracy { obj["accuracy"] = a }
@@ -270,10 +295,52 @@ struct Query: ParsableCommand {
             }
         } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
     }
+
+    /// A querent of a ring served by other processes: post each batch and wait for its delivery.
+    func queryRemote(_ manifest: RingManifest, inputs: Tensor, labels: [Int]?, owner: String?) throws {
+        let ledger = try ledgerOptions.open(ring: nil, readOnly: false)
+        defer { (ledger as? PostgresLedger)?.close() }
+        let session = QuerentSession(manifest: manifest, ledger: ledger)
+        let t0 = now()
+        var logits: [Tensor] = [], latencies: [Double] = []
+        var i = 0
+        while i < inputs.batch {
+            let j = min(inputs.batch, i + batch)
+            let r = try session.query(inputs.slice(i..<j), timeout: timeout)
+            logits.append(r.logits); latencies.append(r.seconds)
+            i = j
+        }
+        let secs = now() - t0
+        let all = Tensor.concatenate(logits)
+        let preds = all.argmaxRows()
+        let accuracy = labels.map { l in Double(zip(preds, l).filter { $0 == $1 }.count) / Double(max(1, l.count)) }
+        // The plain model's predictions, where the owner's checkpoint is on this host.
+        var agreement: Double?
+        if let dir = owner {
+            var plain = inputs.reshaped([inputs.batch] + manifest.inputShape)
+            for l in try SealedRing.open(dir).plainLayers() { plain = try l.model().checkedForward(plain) }
+            agreement = Double(zip(preds, plain.argmaxRows()).filter { $0 == $1 }.count) / Double(max(1, preds.count))
+        }
+        let sorted = latencies.sorted()
+        let p50 = sorted[sorted.count / 2] * 1000
+        if json {
+            var obj: [String: Any] = ["predictions": preds, "count": preds.count, "queries": logits.count, "seconds": secs,
+                                      "logits_sha256": hex(TensorWire.hash(all)), "latency_p50_ms": p50]
+            if let a = accuracy { obj["accuracy"] = a }
+            if let a = agreement { obj["plain_agreement"] = a }
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            print(String(format: "%@ in %@, %.2f s (median %.1f ms per query) through the ledger", plural(preds.count, "image") as NSString,
+                         plural(logits.count, "query", "queries") as NSString, secs, p50))
+            if let a = agreement { print(String(format: "agreement with the plain model %.2f%%", a * 100)) }
+            if let a = accuracy { print(String(format: "accuracy %.2f%%", a * 100)) }
+            if preds.count <= 20 { print("predictions: \(preds)") }
+        }
+    }
 }
 
 struct RingCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ring", abstract: "Look at a sealed ring.", subcommands: [Inspect.self])
+    static let configuration = CommandConfiguration(commandName: "ring", abstract: "Look at a sealed ring, or run it as separate processes.", subcommands: [Inspect.self, RingUp.self])
 
     struct Inspect: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -1,0 +1,98 @@
+import DeepRingLedger
+import DeepRingProtocol
+import Foundation
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Set by SIGTERM or SIGINT: a serving process finishes the entry it is handling, then stops.
+public final class StopSignal: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stopped = false
+    private var sources: [DispatchSourceSignal] = []
+    public private(set) var signalName: String?
+
+    public init() {}
+
+    /// Turns SIGTERM and SIGINT into a stop request (instead of ending the process at once).
+    public func install() {
+        for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+            // No signal(SIG_IGN) here: on Linux the dispatch source installs its own handler, and replacing it would
+            // leave the signal ignored altogether.
+            TemporaryPaths.handleElsewhere(sig)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { [weak self] in self?.stop(name) }
+            s.resume()
+            sources.append(s)
+        }
+    }
+
+    /// Stops too when the process that started this one (`ring up`) is gone — killed outright, it could not stop
+    /// its children — so that no block outlives its supervisor unseen.
+    public func stopWithParent(_ parent: Int32) {
+        let t = DispatchSource.makeTimerSource(queue: .global())
+        t.schedule(deadline: .now() + 1, repeating: 1)
+        t.setEventHandler { [weak self] in if getppid() != parent { self?.stop("parent \(parent) gone") } }
+        t.resume()
+        timers.append(t)
+    }
+    private var timers: [DispatchSourceTimer] = []
+
+    public func stop(_ why: String = "stop requested") {
+        lock.lock(); defer { lock.unlock() }
+        if !stopped { stopped = true; signalName = why }
+    }
+
+    public var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+}
+
+/// The loop of a serving member (`block serve`, `owner serve`): handle what is new on the ledger; when there is
+/// nothing, sleep until something that may concern it (`filters`) is appended — PostgreSQL wakes only the process
+/// a notification's row is for — at most `idle` at a time so
+/// that timers (the owner's deadlines) run and a stop request is seen. An error — the database gone, a network
+/// cut — is logged and retried with exponential backoff (0.1 s doubling to 5 s); the process never spins, never
+/// dies of an outage, and stops cleanly on SIGTERM.
+public enum ServeLoop {
+    public static func run(ledger: any Ledger, logger: Logger, stop: StopSignal, idle: Duration = .milliseconds(500),
+                           wakeFor filters: [EntryFilter] = [], cursor: () -> Int64, step: () throws -> Bool) {
+        var backoff = 0.1
+        var failing = false
+        while !stop.isStopped {
+            do {
+                let t0 = Date().timeIntervalSince1970
+                let acted = try step()
+                if failing { logger.notice("ledger reachable again"); failing = false }
+                backoff = 0.1
+                let t1 = Date().timeIntervalSince1970
+                if acted { logger.debug("round", metadata: ["t": "\(String(format: "%.4f", t0))", "ms": "\(String(format: "%.2f", (t1 - t0) * 1000))"]) }
+                if !acted {
+                    let tail = try ledger.waitForAppend(after: cursor(), matching: filters, timeout: idle)
+                    let t2 = Date().timeIntervalSince1970
+                    logger.trace("woke", metadata: ["t": "\(String(format: "%.4f", t2))", "waited_ms": "\(String(format: "%.2f", (t2 - t1) * 1000))", "tail": "\(tail)"])
+                }
+            } catch {
+                logger.error("round failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(Int(backoff * 1000))"])
+                failing = true
+                let until = Date().addingTimeInterval(backoff)
+                while !stop.isStopped && Date() < until { usleep(20_000) }
+                backoff = min(backoff * 2, 5)
+            }
+        }
+        logger.notice("stopped", metadata: ["signal": "\(stop.signalName ?? "")"])
+    }
+}
+
+/// Checks that a ledger is the one a ring was sealed into: its first entry is the `seal` entry of ring `ringID`,
+/// signed by the ouroboros. A member started against another ring's ledger (or an empty database) refuses to serve.
+public enum RingGenesis {
+    public static func check(_ ledger: any Ledger, ringID: String, ouroboros: [UInt8]) throws {
+        guard let first = try ledger.entry(at: 1) else {
+            throw RingError.notARing("the ledger is empty: seal the ring into it first (`deepring seal MODEL --ring DIR --ledger URL`)")
+        }
+        guard first.kind == .seal, first.author == ouroboros, first.isAuthentic,
+              let m = try? MembersAnnouncement.decode(first), m.ringID == ringID else {
+            throw RingError.notAuthentic("the ledger's first entry is not the seal of ring \(ringID) by its ouroboros (another ring's ledger?)")
+        }
+    }
+}
