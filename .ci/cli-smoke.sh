@@ -291,6 +291,16 @@ PY
 expect_exit 0 "seal for ring up" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/upring"
 ring_up_check sqlite "$tmp/upring"
 expect_exit 0 "ledger audit after ring up" "$bin" ledger audit --ring "$tmp/upring"
+expect_exit 0 "bench ring --deployment both (short)" "$bin" bench ring --deployment both --model "$tmp/m.safetensors" --queries 5 --querents 2 --json
+python3 - "$tmp/out" <<'PY' || { echo "FAIL: bench ring --deployment output"; fail=$((fail + 1)); }
+import json, sys
+o = json.load(open(sys.argv[1]))
+for d in ["embedded", "processes"]:
+    for k in ["ring_b1_p50_ms", "ring_b1_p99_ms", "queries_per_s", "ring_b256_img_per_s"]:
+        assert o[d + "_" + k] > 0, (d, k, o)
+assert o["processes_queries_per_s_k"] > 0
+PY
+expect_exit 64 "bench ring --ledger without --deployment" "$bin" bench ring --ledger postgres://u@h/d
 expect_exit 64 "block serve without --ledger" "$bin" block serve --dir "$tmp/upring/blocks"
 expect_exit 64 "block serve: no such folder" "$bin" block serve --dir "$tmp/nope" --ledger "$tmp/upring/ledger.sqlite"
 up_block=$(ls "$tmp/upring/blocks" | head -1)
@@ -337,6 +347,9 @@ PY
   expect_exit 1 "seal --ledger refuses a ledger in use" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring2" --ledger "$pg_ring_url"
   ring_up_check postgres "$tmp/pgring" --ledger "$pg_ring_url"
   expect_exit 0 "ledger audit --ledger after ring up" "$bin" ledger audit --ring "$tmp/pgring" --ledger "$pg_ring_url"
+  expect_exit 0 "verify --ledger" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url"
+  expect_exit 3 "verify --ledger: another ring's ledger" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_url"
+  expect_exit 64 "verify --restore --ledger is refused" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --restore
   expect_exit 64 "seal --ledger takes only a database" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring3" --ledger "$tmp/ring/ledger.sqlite"
   psql "$pg_admin" -qc "DROP DATABASE $pg_ring_db WITH (FORCE)" >/dev/null
   psql "$pg_admin" -qc "DROP DATABASE $pg_db WITH (FORCE)" >/dev/null

@@ -1,3 +1,4 @@
+import Crypto
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol
@@ -12,6 +13,16 @@ public final class BlockAgent {
     public let id: String
     let node: RingNode
     public let ledger: any Ledger
+    let directory: String
+    let descriptor: BlockDescriptor
+    /// The layers as the bundle holds them: their specs and tensor names, to read back what the node computes with.
+    let ownLayer: RingLayer, nextLayer: RingLayer
+    /// The authenticity rounds: entries read so far, rounds the ouroboros called, rounds attested.
+    private var roundCursor: Int64
+    private var challenged = BoundedSet<String>(capacity: 1 << 10)
+    private var attested = BoundedSet<String>(capacity: 1 << 10)
+    /// What happened in rounds, for the serving process's log: (round, event, detail).
+    public private(set) var events: [(round: String, event: String, detail: String)] = []
     /// Own posts found on the ledger when it started (an earlier process of this block answered them).
     public let resumedPosts: Int
 
@@ -37,19 +48,118 @@ public final class BlockAgent {
         id = b.id
         self.node = node
         self.ledger = ledger
+        self.directory = directory
+        descriptor = d
+        ownLayer = b.own; nextLayer = b.next
         resumedPosts = try node.resume(ledger: ledger, window: resumeWindow)
+        roundCursor = node.cursor
     }
 
-    /// Handles what appeared on the ledger since the last call; true when it posted or has more to read.
-    public func step() throws -> Bool { try node.step(ledger: ledger) }
+    /// Handles what appeared on the ledger since the last call — queries' posts and alarms, then authenticity
+    /// rounds and restores; true when it posted or has more to read.
+    public func step() throws -> Bool {
+        let acted = try node.step(ledger: ledger)
+        return try rounds() || acted
+    }
+
+    /// The authenticity round (§3.3) on this block's side: on the ouroboros's challenge (the first block) or its
+    /// predecessor's attestation of a challenged round, it attests — HASH_j over the parameters it holds in memory,
+    /// chained on the predecessor's, and whether its file is intact. On a restore addressed to it, it takes the
+    /// sealed file (only with the digest its descriptor names), replaces file and memory, and attests again at the
+    /// next round.
+    private func rounds() throws -> Bool {
+        let tail = node.lastTail   // as the step just read it: no second round trip
+        guard tail > roundCursor else { return false }
+        let o = descriptor.ouroboros.signing
+        let entries = try ledger.pagedEntries(in: (roundCursor + 1)...tail, matching: [
+            EntryFilter(kind: .challenge, author: o), EntryFilter(kind: .attestation, author: descriptor.predecessor.signing),
+            EntryFilter(kind: .restore, author: o)], pageBytes: 64 << 20)
+        roundCursor = tail
+        var acted = false
+        for e in entries {
+            guard let round = e.queryID, e.isAuthentic else { continue }
+            switch e.kind {
+            case .challenge:
+                guard let c = try? AuthenticityChallenge.decode(e) else { continue }
+                _ = challenged.insert(round)
+                if descriptor.predecessor.signing == o { try attest(round, chainedOn: c.ouroborosHash); acted = true }
+            case .attestation:
+                guard challenged.contains(round), let a = try? Attestation.decode(e) else { continue }
+                try attest(round, chainedOn: a.hash)
+                acted = true
+            case .restore:
+                guard let r = try? RestoreOrder.decode(e), r.recipient == node.publicKeys.signing else { continue }
+                do {
+                    try restore(r, round: round)
+                    events.append((round, "restored", "parameters replaced from the owner's checkpoint (file and memory)"))
+                } catch {
+                    events.append((round, "restore refused", "\(error)"))
+                }
+                acted = true
+            default: continue
+            }
+        }
+        return acted
+    }
+
+    /// HASH_j (Eq. 1) over what this block computes with now.
+    public func currentHash(chainedOn previous: [UInt8]) -> [UInt8] {
+        var sha = SHA256()
+        sha.update(data: previous)
+        ParamsEncoding.hash(ownLayer.current(in: node.own), into: &sha)
+        ParamsEncoding.hash(nextLayer.current(in: node.next), into: &sha)
+        return Array(sha.finalize())
+    }
+
+    /// True when the parameter file has the digest the descriptor names (read up to the sealed size only).
+    func fileIntact() -> Bool {
+        guard let bytes = try? InputFile.read(directory + "/params.safetensors", limit: descriptor.paramsSize) else { return false }
+        return hex(SHA256.hash(data: bytes)) == descriptor.paramsDigest
+    }
+
+    private func attest(_ round: String, chainedOn previous: [UInt8]) throws {
+        guard attested.insert(round) else { return }
+        let a = Attestation(previousHash: previous, hash: currentHash(chainedOn: previous), fileIntact: fileIntact())
+        try ledger.append(kind: .attestation, queryID: round, payload: a.encoded(), signer: node.signer)
+        events.append((round, "attested", a.fileIntact ? "" : "the parameter file differs from the sealed one"))
+    }
+
+    /// Tracking (§3.4.4) on the block's side: the restored file must be exactly the sealed one (its descriptor's
+    /// digest and size); it replaces the file atomically, then the layers in memory.
+    private func restore(_ r: RestoreOrder, round: String) throws {
+        let bytes = Array(try HPKEBox.open(r.sealedFile[...], with: node.keys.agreement,
+                                     aad: RestoreOrder.aad(round: round, recipient: node.publicKeys.signing)))
+        guard bytes.count == descriptor.paramsSize, hex(SHA256.hash(data: bytes)) == descriptor.paramsDigest else {
+            throw RingError.notAuthentic("the restored parameters are not the ones the descriptor names")
+        }
+        let layers = try BlockFile.parse(bytes, prefixes: ["own", "next"], path: "the restored parameter file")
+        let own = try layers[0].model(), next = try layers[1].model()
+        try writeFileAtomically(bytes, to: directory + "/params.safetensors", permissions: 0o644)
+        node.replaceLayers(own: own, next: next)
+    }
+
+    /// Takes the round events since the last call.
+    public func takeEvents() -> [(round: String, event: String, detail: String)] {
+        defer { events.removeAll() }
+        return events
+    }
+
+    /// TEST HOOK (`block serve --test-hooks`, then SIGUSR1): flips one bit of the first parameter this block
+    /// computes with, in memory only — a fault the next authenticity round must find and restore.
+    public func flipBitInMemory() {
+        node.own.parameters.withValues { $0[0] = Float(bitPattern: $0[0].bitPattern ^ (1 << 22)) }
+    }
 
     /// The rows that may be work for this block: its predecessor's posts, and its successor's alarms (a retry).
     public var wakeFilters: [EntryFilter] {
-        [EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .alarm, author: node.successor.signing)]
+        [EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .alarm, author: node.successor.signing),
+         EntryFilter(kind: .challenge, author: descriptor.ouroboros.signing),
+         EntryFilter(kind: .attestation, author: descriptor.predecessor.signing),
+         EntryFilter(kind: .restore, author: descriptor.ouroboros.signing)]
     }
 
     /// The last ledger entry this block has read.
-    public var cursor: Int64 { node.cursor }
+    public var cursor: Int64 { min(node.cursor, roundCursor) }
 
     /// Errors met while handling entries (by query), taken: a serving process logs them.
     public func takeFailures() -> [(queryID: String, error: Error)] {

@@ -22,6 +22,29 @@ public final class OwnerAgent {
     /// Members' signing keys in ring order (0 = the ouroboros).
     let members: [[UInt8]]
     public private(set) var answered = 0, refused = 0
+    /// Seconds between authenticity rounds (the first runs before any query is served); 0: only that first one.
+    public var checkEvery: Double = 30
+    /// Seconds the blocks have to attest before the round names the silent one.
+    public var roundTimeout: Double = 15
+    /// Restores of one block in a row before the owner gives up on it.
+    static let maxRestores = 3
+    private var round: Round?
+    private var lastRoundEnd: Double?
+    private var restoresInRow = 0
+    /// The latest round's outcome: authentic, or what was wrong.
+    public private(set) var lastRound: (authentic: Bool, detail: String)?
+    public private(set) var rounds = 0, restores = 0
+    /// The ouroboros's two layers as sealed (their specs and names) and the owner's verified checkpoint.
+    private let held: [RingLayer]
+    private let checkpoint: [RingLayer]
+
+    struct Round {
+        let id: String
+        let started: Double
+        let ouroborosHash: [UInt8]
+        var cursor: Int64
+        var attestations: [Int: Attestation] = [:]
+    }
     /// What happened, for the serving process's log: (query id, event, detail).
     public private(set) var events: [(queryID: String, event: String, detail: String)] = []
 
@@ -42,8 +65,10 @@ public final class OwnerAgent {
         let (keys, held) = try ring.ouroborosHolding()
         // The shapes along the ring, from the owner's verified checkpoint: what the ouroboros receives (the last
         // layer's output), and the widest post (which bounds the batch).
+        checkpoint = try ring.checkpointLayers()
+        self.held = held
         var shapes = [ring.manifest.inputShape]
-        for l in try ring.plainLayers() { shapes.append(try l.model().outputShape) }
+        for l in checkpoint.dropFirst() { shapes.append(try l.model().outputShape) }
         let m = ring.record.members
         guard let first = m.first, let last = m.last else { throw RingError.notARing("the ring has no blocks") }
         let o = keys.publicKeys
@@ -66,16 +91,19 @@ public final class OwnerAgent {
 
     /// The rows that may be work for the owner: queries, the last block's posts, members' alarms, and deliveries.
     public var wakeFilters: [EntryFilter] {
-        [EntryFilter(kind: .query), EntryFilter(kind: .layer, author: node.predecessor.signing)]
+        [EntryFilter(kind: .query), EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .attestation)]
             + members.map { EntryFilter(kind: .alarm, author: $0) }
     }
 
     /// The most inputs one query may carry through this ring.
     public var maxBatch: Int { node.maxBatch }
 
-    /// One round: the ouroboros's own work (start queries, deliver), then the bookkeeping of open queries — final
-    /// alarms and deadlines. True when it did anything or has more to read.
+    /// One round: an authenticity round when one is due or running (queries wait meanwhile); else the ouroboros's
+    /// own work (start queries, deliver), then the bookkeeping of open queries — final alarms and deadlines. True
+    /// when it did anything or has more to read.
     public func step() throws -> Bool {
+        if round == nil, lastRoundEnd.map({ checkEvery > 0 && now() - $0 >= checkEvery }) ?? true { try startRound() }
+        if round != nil { return try collect() }
         var acted = try node.step(ledger: ledger)
         for f in node.failures { events.append((f.queryID, "error", "\(f.error)")) }
         node.failures.removeAll()
@@ -142,6 +170,97 @@ public final class OwnerAgent {
             acted = true
         }
         return acted
+    }
+
+    // MARK: the authenticity round across hosts (§3.3, §3.4.4)
+
+    /// Calls a round: HASH_O (Eq. 2) over the parameters the ouroboros computes with, in a challenge every block
+    /// answers in ring order, each chaining on its predecessor's attestation.
+    private func startRound() throws {
+        var sha = SHA256()
+        ParamsEncoding.hash(held[0].current(in: node.own), into: &sha)
+        ParamsEncoding.hash(held[1].current(in: node.next), into: &sha)
+        let h = Array(sha.finalize())
+        let id = "auth-" + randomID().prefix(16)
+        let cursor = try ledger.lastSequence()
+        try ledger.append(kind: .challenge, queryID: id, payload: AuthenticityChallenge(ouroborosHash: h).encoded(), signer: node.signer)
+        round = Round(id: id, started: now(), ouroborosHash: h, cursor: cursor)
+        rounds += 1
+    }
+
+    /// Reads the round's attestations; when every block has attested, or the time is up, judges the round.
+    private func collect() throws -> Bool {
+        guard var r = round else { return false }
+        let tail = try ledger.lastSequence()
+        var acted = false
+        if tail > r.cursor {
+            for e in try ledger.entries(in: (r.cursor + 1)...tail, matching: [EntryFilter(kind: .attestation, queryID: r.id)]) {
+                guard let j = members.firstIndex(of: e.author), j > 0, r.attestations[j] == nil, e.isAuthentic,
+                      let a = try? Attestation.decode(e) else { continue }
+                r.attestations[j] = a
+                acted = true
+            }
+            r.cursor = tail
+            round = r
+        }
+        let n = members.count - 1
+        if r.attestations.count == n || now() - r.started > roundTimeout { try judge(r); return true }
+        return acted
+    }
+
+    /// The chain as attested against the owner's record: the first holder whose hash differs — or whose file is not
+    /// intact — is tampered (§3.4.4): restored from the checkpoint, and the round called again; a block that never
+    /// attested is named in a `silent` alarm. A block that lies in its attestation is not caught here but by validation
+    /// (its predecessor holds a copy of its layer).
+    private func judge(_ r: Round) throws {
+        round = nil
+        lastRoundEnd = now()
+        let hashes = ring.record.hashes.map { unhex($0) ?? [] }
+        guard r.ouroborosHash == hashes[0] else {
+            // The ouroboros's own parameters: restored here, from the checkpoint.
+            node.replaceLayers(own: try checkpoint[0].model(), next: try checkpoint[1].model())
+            restores += 1
+            events.append((r.id, "restored", "the ouroboros's own parameters, from the checkpoint"))
+            lastRoundEnd = nil
+            return
+        }
+        var previous = r.ouroborosHash
+        for j in 1..<members.count {
+            guard let a = r.attestations[j] else {
+                try ledger.append(kind: .alarm, queryID: r.id, payload: Alarm(.silent(member: members[j])).encoded(), signer: node.signer)
+                lastRound = (false, "\(describe(members[j])) did not attest within \(Int(roundTimeout)) s")
+                events.append((r.id, "not authentic", lastRound?.detail ?? ""))
+                return
+            }
+            if a.previousHash != previous || a.hash != hashes[j] || !a.fileIntact {
+                let why = !a.fileIntact ? "its parameter file differs from the sealed one" : "its HASH differs from the record"
+                guard restoresInRow < OwnerAgent.maxRestores else {
+                    lastRound = (false, "\(describe(members[j])): \(why), still after \(restoresInRow) restores")
+                    events.append((r.id, "not authentic", lastRound?.detail ?? ""))
+                    restoresInRow = 0
+                    return
+                }
+                try sendRestore(position: j, round: r.id)
+                restoresInRow += 1
+                restores += 1
+                events.append((r.id, "restoring", "\(describe(members[j])): \(why)"))
+                lastRoundEnd = nil   // check again at once: repeat until authentic
+                return
+            }
+            previous = a.hash
+        }
+        restoresInRow = 0
+        lastRound = (true, "every block's HASH matches the record")
+        events.append((r.id, "authentic", "\(members.count - 1) blocks attested"))
+    }
+
+    /// Sends block `j` its sealed parameter file from the checkpoint, sealed to its HPKE key.
+    private func sendRestore(position j: Int, round: String) throws {
+        let file = ring.sealedHolderFile(j, layers: checkpoint)
+        let k = ring.record.members[j - 1]
+        let sealed = try HPKEBox.seal(file, to: k.agreement, aad: RestoreOrder.aad(round: round, recipient: k.signing))
+        try ledger.append(kind: .restore, queryID: round, payload: RestoreOrder(recipient: k.signing, sealedFile: sealed).encoded(capacity: sealed.count + 64),
+                          signer: node.signer)
     }
 
     /// Ends an open query with a refusal (no answer will follow: the ouroboros forgets its querent).

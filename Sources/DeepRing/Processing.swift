@@ -50,8 +50,9 @@ final class RingNode {
     private(set) var secondPredecessor: [UInt8]
     /// The ouroboros's signing key: the only author whose post may consume a query row.
     let ouroborosKey: [UInt8]
-    let own: Model
-    let next: Model
+    /// The layer this node computes and its copy of the next one (replaced only by a restore from the owner).
+    private(set) var own: Model
+    private(set) var next: Model
     let isOuroboros: Bool
     /// The successor is the ouroboros, whose layer is the identity: H is then the hash of this node's own output.
     let nextIsOuroboros: Bool
@@ -97,6 +98,9 @@ final class RingNode {
         self.ouroborosKey = ouroborosKey; self.inputShape = inputShape
     }
 
+    /// Tracking: computes with restored parameters from now on (the same layers, as sealed).
+    func replaceLayers(own: Model, next: Model) { self.own = own; self.next = next }
+
     /// Takes on a new placement after a reshuffle: new id, new key pairs, new neighbours' public keys.
     func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8]) {
         self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing)
@@ -140,7 +144,7 @@ final class RingNode {
         if let f = forgery { h = f.adjust(hash: h) }
         let payload = LayerPost(consumed: input.sequence, consumedHash: input.hash, recipient: successor.signing,
                                 sealedKey: k, ciphertext: ArraySlice(x), nextHash: h).encoded()
-        let mine = try timing.time(\.ledger) { try ledger.append(kind: .layer, queryID: queryID, payload: payload, signer: signer) }
+        let mine = try timing.time(\.ledger) { try appendOwn(.layer, queryID, payload, ledger) }
         lastPost[queryID] = mine.sequence
         _ = consumedEntries.insert(consumed.hash)
         if computedFrom[queryID] == nil { computedFrom[queryID] = consumed.sequence }
@@ -164,7 +168,7 @@ final class RingNode {
     /// author of that H, or the failure.
     func reference(for post: LayerPost, of e: LedgerEntry, ledger: any Ledger) throws -> Result<(h: [UInt8]?, from: [UInt8]?), ValidationFailure> {
         guard post.recipient == publicKeys.signing else { return .failure(.misaddressed) }
-        guard let c = try ledger.entry(at: post.consumed), c.hash == post.consumedHash else { return .failure(.missingInput) }
+        guard let c = try recentlyRead(post.consumed) ?? ledger.entry(at: post.consumed), c.hash == post.consumedHash else { return .failure(.missingInput) }
         guard c.sequence < e.sequence else { return .failure(.missingInput) }
         guard timing.time(\.crypto, { c.isAuthentic }) else { return .failure(.inputNotAuthentic) }
         guard c.queryID == e.queryID else { return .failure(.inputOfAnotherQuery) }
@@ -230,7 +234,7 @@ final class RingNode {
     /// Posts an alarm naming the author of `e` for `failure`.
     func alarm(_ e: LedgerEntry, _ failure: ValidationFailure, hashFrom: [UInt8]?, input: Int64?, final: Bool, ledger: any Ledger) throws {
         let a = ValidationAlarm(suspect: e.author, hashFrom: hashFrom, entry: e.sequence, input: input, reason: failure, final: final)
-        try ledger.append(kind: .alarm, queryID: e.queryID, payload: Alarm(.validation(a)).encoded(), signer: signer)
+        try appendOwn(.alarm, e.queryID, Alarm(.validation(a)).encoded(), ledger)
     }
 
     // MARK: the ouroboros's duties
@@ -241,7 +245,7 @@ final class RingNode {
         guard let q = e.queryID, timing.time(\.crypto, { e.isAuthentic }) else { return }
         guard seenQueries.insert(q) else { return }
         func refuse(_ r: RefusalReason, _ detail: String) throws {
-            try ledger.append(kind: .delivery, queryID: q, payload: Delivery(.refusal(r, detail: detail)).encoded(), signer: signer)
+            try appendOwn(.delivery, q, Delivery(.refusal(r, detail: detail)).encoded(), ledger)
         }
         guard let request = try? QueryRequest.decode(e) else { return try refuse(.badInput, "the query payload does not decode") }
         guard let plain = try? timing.time(\.crypto, {
@@ -267,8 +271,40 @@ final class RingNode {
         let sealed = try timing.time(\.crypto) {
             try HPKEBox.seal(TensorWire.encode(output), to: querent, aad: QueryRequest.aad(queryID: q, querent: querent))
         }
-        try ledger.append(kind: .delivery, queryID: q, payload: Delivery(.answer(sealed: sealed)).encoded(), signer: signer)
+        try appendOwn(.delivery, q, Delivery(.answer(sealed: sealed)).encoded(), ledger)
     }
+
+    /// True when the second predecessor's posts are read with each page (kept in `recent` for `reference`).
+    var cachesSecondPredecessor: Bool { secondPredecessor != predecessor.signing && secondPredecessor != publicKeys.signing }
+    /// The second predecessor's latest posts, newest last, at most `recentBudget` payload bytes (an entry of more is
+    /// not kept: it is read again when needed).
+    private var recent: [LedgerEntry] = []
+    private var recentBytes = 0
+    static let recentBudget = 32 << 20
+
+    private func remember(_ e: LedgerEntry) {
+        guard e.payload.count <= RingNode.recentBudget / 4 else { return }
+        recent.append(e)
+        recentBytes += e.payload.count
+        while recentBytes > RingNode.recentBudget || recent.count > 256, let first = recent.first {
+            recentBytes -= first.payload.count
+            recent.removeFirst()
+        }
+    }
+
+    private func recentlyRead(_ sequence: Int64) -> LedgerEntry? { recent.last { $0.sequence == sequence } }
+
+    /// Appends an entry of this node's, and notes its sequence number: the next round need not read back its own
+    /// entries when nobody appended in between.
+    @discardableResult
+    func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger) throws -> LedgerEntry {
+        let e = try ledger.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
+        ownAppends.append(e.sequence)
+        return e
+    }
+    private var ownAppends: [Int64] = []
+    /// The ledger's last sequence number as this node's latest round read it.
+    private(set) var lastTail: Int64 = 0
 
     // MARK: resuming
 
@@ -319,17 +355,27 @@ final class RingNode {
         var behind = false
         let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             let tail = try ledger.lastSequence()
+            lastTail = tail
             guard tail > cursor else { return ([], tail) }
             var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm, author: successor.signing)]
             if isOuroboros { filters.append(EntryFilter(kind: .query)) }
+            // The second predecessor's posts hold the H this node validates against: read with the page, not apart.
+            if cachesSecondPredecessor { filters.append(EntryFilter(kind: .layer, author: secondPredecessor)) }
             let page = try ledger.entries(in: (cursor + 1)...tail, matching: filters, maxBytes: RingNode.roundBudget)
             behind = page.through < tail
             return (page.entries, page.through)
         }
-        defer { cursor = max(cursor, through) }
+        defer {
+            // Past this round's page, and past the node's own appends that directly follow it (nothing to read there).
+            var c = max(cursor, through)
+            for a in ownAppends.sorted() where a == c + 1 { c = a }
+            ownAppends.removeAll()
+            cursor = c
+        }
         var acted = false
         for e in entries {
             guard let q = e.queryID else { continue }
+            if cachesSecondPredecessor && e.author == secondPredecessor && e.kind == .layer { remember(e); continue }
             do {
                 switch e.kind {
                 case .query where isOuroboros:

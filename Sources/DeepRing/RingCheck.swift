@@ -96,8 +96,12 @@ public struct RingCheckReport: Sendable {
 public enum RingCheck {
     public static func run(_ directory: String) throws -> RingCheckReport { try examine(directory).report }
 
+    /// The check of a ring whose ledger is `ledger` (a PostgreSQL database: the decentralised deployment) rather than
+    /// `DIR/ledger.sqlite`: its form, and that its first entry is this ring's seal by its ouroboros.
+    public static func run(_ directory: String, ledger: any Ledger) throws -> RingCheckReport { try examine(directory, ledger: ledger).report }
+
     /// The check, and the ring as the owner's verified files describe it (nil when they cannot be trusted).
-    static func examine(_ directory: String) throws -> (report: RingCheckReport, ring: SealedRing?) {
+    static func examine(_ directory: String, ledger shared: (any Ledger)? = nil) throws -> (report: RingCheckReport, ring: SealedRing?) {
         let p = RingPaths(directory)
         guard FileManager.default.fileExists(atPath: p.manifest) || FileManager.default.fileExists(atPath: p.owner) else {
             throw RingError.notARing("\(directory) has neither ring.json nor owner/ (create a ring with `deepring seal`)")
@@ -178,9 +182,14 @@ public enum RingCheck {
         // The ledger's form (its files, its schema, its sequence numbers); `ledger audit` checks its whole chain.
         let ledgerRepair = RingFinding.Repair.impossible("the ledger is append-only: restore ledger.sqlite from a copy, or seal the model again")
         do {
-            let ledger = try SQLiteLedger(path: p.ledger, readOnly: true)
+            let ledger: any Ledger = try shared ?? SQLiteLedger(path: p.ledger, readOnly: true)
             if let stray = try ledger.sequencesOutOfRange(limit: 1).first {
                 add(.ledger, "holds a row with sequence number \(stray), outside 1 … \(LedgerEntry.maxSequence)", ledgerRepair)
+            }
+            if shared != nil {
+                do { try RingGenesis.check(ledger, ringID: manifest.ringID, ouroboros: manifest.ouroboros.signing) } catch {
+                    add(.ledger, "\(error)", .impossible("a ring's ledger is the one it was sealed into"))
+                }
             }
         } catch {
             add(.ledger, "\(error)", ledgerRepair)
@@ -209,7 +218,7 @@ public enum RingCheck {
         mode("", folder: true, secret: false)
         mode("owner", folder: true, secret: true)
         for f in ["record.json", "checkpoint.safetensors", "manifest.json", "ouroboros.safetensors"] { mode("owner/" + f, folder: false, secret: true) }
-        mode("ledger.sqlite", folder: false, secret: false)
+        if shared == nil { mode("ledger.sqlite", folder: false, secret: false) }
         mode("ring.json", folder: false, secret: false)
         mode("blocks", folder: true, secret: false)
         for n in (RingPaths.realFolder(p.root) ?? []).sorted() {

@@ -299,7 +299,7 @@ public enum TemporaryPaths {
     /// Signals a serving process turns into a clean stop (`StopSignal`) instead of an exit.
     nonisolated(unsafe) private static var elsewhere: Set<Int32> = []
 
-    static func handleElsewhere(_ sig: Int32) { lock.lock(); elsewhere.insert(sig); lock.unlock() }
+    public static func handleElsewhere(_ sig: Int32) { lock.lock(); elsewhere.insert(sig); lock.unlock() }
     private static func handledElsewhere(_ sig: Int32) -> Bool { lock.lock(); defer { lock.unlock() }; return elsewhere.contains(sig) }
 
     public static func installSignalHandlers() {

@@ -95,6 +95,19 @@ public enum FuzzTargets {
         }, seeds: { [MembersAnnouncement(ringID: "ring", generation: 4, members: [ownerKey, ownerKey]).encoded()] }),
         FuzzTarget(name: "restore", summary: "restore records (RestoreRecord.decode)", run: { b in consume(try? RestoreRecord.decode(b)) },
                    seeds: { [RestoreRecord(holder: "ouroboros", action: .parameters).encoded()] }),
+        FuzzTarget(name: "authenticity", summary: "authenticity rounds: challenges, attestations, restore orders (and opening them)", run: { b in
+            consume(try? AuthenticityChallenge.decode(b))
+            consume(try? Attestation.decode(b))
+            if let r = try? RestoreOrder.decode(b) {
+                consume(try? HPKEBox.open(r.sealedFile[...], with: agreement, aad: RestoreOrder.aad(round: "auth-0", recipient: r.recipient)))
+            }
+        }, seeds: {
+            let sealed = (try? HPKEBox.seal([1, 2, 3], to: Array(agreement.publicKey.rawRepresentation),
+                                            aad: RestoreOrder.aad(round: "auth-0", recipient: ownerKey))) ?? []
+            return [AuthenticityChallenge(ouroborosHash: [UInt8](repeating: 7, count: 32)).encoded(),
+                    Attestation(previousHash: [UInt8](repeating: 1, count: 32), hash: [UInt8](repeating: 2, count: 32), fileIntact: true).encoded(),
+                    RestoreOrder(recipient: ownerKey, sealedFile: sealed).encoded()]
+        }),
         FuzzTarget(name: "tensor", summary: "tensors on the wire (TensorWire.decode)", run: { b in consume(try? TensorWire.decode(b)) },
                    seeds: { [TensorWire.encode(Tensor(shape: [2, 3], data: [1, 2, 3, 4, 5, 6]))] }),
     ]

@@ -5,6 +5,8 @@ import Foundation
 /// housekeeping DeepRing adds: sealing, alarms, restores and reshuffles).
 public enum EntryKind: String, Sendable, CaseIterable, Codable {
     case seal, query, layer, delivery, alarm, restore, reshuffle
+    /// The authenticity round across hosts: the owner's challenge, each block's attestation.
+    case challenge, attestation
 }
 
 /// One row of the append-only ledger. The entry hash covers every other field (with the previous entry's

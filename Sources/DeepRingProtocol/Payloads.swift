@@ -4,6 +4,7 @@ import DeepRingLedger
 /// as another, whatever entry kind it is found in.
 public enum PayloadType: UInt8, Sendable, CaseIterable {
     case members = 1, query = 2, layerPost = 3, alarm = 4, delivery = 5, restore = 6
+    case challenge = 7, attestation = 8, restoreOrder = 9
 }
 
 /// A typed, versioned ledger payload, encoded with the `BinaryWriter` codec as
@@ -383,6 +384,76 @@ public struct RestoreRecord: LedgerPayload {
         guard let action = Action(rawValue: a) else { throw ProtocolError.unsupported("restore action \(a)") }
         return Self(holder: h, action: action)
     }
+}
+
+// MARK: the authenticity round across hosts (§3.3)
+
+/// The owner's call for an authenticity round (entry kind `challenge`, query id: the round's id): every block is to
+/// chain its hash (Eq. 1) onto its predecessor's. It carries HASH_O (Eq. 2), computed by the ouroboros from the
+/// parameters it computes with: the first block chains on it.
+public struct AuthenticityChallenge: LedgerPayload {
+    public static let type = PayloadType.challenge
+    public static let kinds: Set<EntryKind> = [.challenge]
+    public var ouroborosHash: [UInt8]
+
+    public init(ouroborosHash: [UInt8]) { self.ouroborosHash = ouroborosHash }
+
+    public func encodeFields(into w: inout BinaryWriter) { w.raw(ouroborosHash) }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(ouroborosHash: try r.key("HASH_O"))
+    }
+}
+
+/// A block's answer to a challenge (entry kind `attestation`, query id: the round's id), signed by its key:
+/// HASH_j = SHA256(HASH_{j−1} ‖ enc(params_j) ‖ enc(params_{j+1})) over the parameters it holds in memory, the
+/// HASH_{j−1} it chained on (its predecessor's attestation, or the challenge's HASH_O), and whether its parameter file
+/// still has the digest its descriptor names.
+public struct Attestation: LedgerPayload {
+    public static let type = PayloadType.attestation
+    public static let kinds: Set<EntryKind> = [.attestation]
+    public var previousHash: [UInt8]
+    public var hash: [UInt8]
+    public var fileIntact: Bool
+
+    public init(previousHash: [UInt8], hash: [UInt8], fileIntact: Bool) {
+        self.previousHash = previousHash; self.hash = hash; self.fileIntact = fileIntact
+    }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.raw(previousHash)
+        w.raw(hash)
+        w.bool(fileIntact)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(previousHash: try r.key("HASH_prev"), hash: try r.key("HASH"), fileIntact: try r.bool("file intact"))
+    }
+}
+
+/// Tracking across hosts (§3.4.4): the owner sends a tampered block its two tensors from the checkpoint — its sealed
+/// parameter file, sealed to the block's HPKE key (entry kind `restore`, query id: the round's id). The block accepts
+/// only a file with the digest its owner-signed descriptor names.
+public struct RestoreOrder: LedgerPayload {
+    public static let type = PayloadType.restoreOrder
+    public static let kinds: Set<EntryKind> = [.restore]
+    /// The block's signing key.
+    public var recipient: [UInt8]
+    /// The parameter file, HPKE-sealed to the block's agreement key (associated data: `aad`).
+    public var sealedFile: [UInt8]
+
+    public init(recipient: [UInt8], sealedFile: [UInt8]) { self.recipient = recipient; self.sealedFile = sealedFile }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.raw(recipient)
+        w.bytes(sealedFile)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(recipient: try r.key("recipient"), sealedFile: try r.bytes(max: HPKEBox.maxSealed, "sealed parameter file"))
+    }
+
+    public static func aad(round: String, recipient: [UInt8]) -> [UInt8] { Array("DeepRing restore v1".utf8) + Array(round.utf8) + recipient }
 }
 
 /// `s` cut at a character boundary to at most `max` bytes of UTF-8.

@@ -37,6 +37,19 @@ public struct RingLayer: Sendable, Equatable {
         return m
     }
 
+    /// This layer with the values `m` computes with now (a model made by `model()`): what the authenticity round
+    /// hashes, so that a change in memory shows as well as one in the file. A tensor `m` lacks reads as empty (and so
+    /// hashes differently: it fails closed).
+    public func current(in m: Model) -> RingLayer {
+        var out = self
+        let p = m.parameters
+        out.tensors = zip(tensors, tensorNames).map { t, name in
+            guard let v = p.view(named: "layers.\(name)"), v.shape == t.shape else { return Tensor(shape: [0], data: []) }
+            return p.tensor(v)
+        }
+        return out
+    }
+
     /// The ouroboros's identity layer of width `n` (W = I, b = 0, identity activation), Eq. 2's params_O.
     public static func identity(inputShape: [Int]) -> RingLayer {
         let n = inputShape.reduce(1, *)

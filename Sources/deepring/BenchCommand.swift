@@ -1,6 +1,10 @@
 import ArgumentParser
 import DeepRing
 import DeepRingEngine
+import DeepRingLedger
+import DeepRingLedgerPostgres
+import DeepRingLedgerSQLite
+import DeepRingProtocol
 import Foundation
 
 /// The median of the benchmarks' samples (the mean of the middle two for an even count).
@@ -272,15 +276,33 @@ struct BenchRing: ParsableCommand {
 
     @Option(help: "Model file to seal (default: the paper's MLP with random weights).") var model: String?
     @Option(help: "Timed queries for the batch-1 figure.") var queries: Int = 200
+    @Option(help: ArgumentHelp("Compare deployments in one run: embedded (one process, SQLite), processes (owner and blocks as processes, over --ledger or a SQLite file), or both.", valueName: "embedded|processes|both"))
+    var deployment: String?
+    @Option(help: "Querents at once for the processes deployment's queries_per_s_k figure.") var querents: Int = 8
+    @Option(help: "Kernel threads of each member process (default: the machine's cores, as each process alone would use).") var memberThreads: Int?
+    @Option(help: ArgumentHelp("The processes deployment's ledger: an empty PostgreSQL database (`ledger init`); default: a SQLite file.", valueName: "url"))
+    var ledger: String?
+    @Option(help: ArgumentHelp("A file whose first line is the database password (or set PGPASSWORD).", valueName: "file")) var passwordFile: String?
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func validate() throws {
         guard queries >= 1 && queries <= 1_000_000 else { throw ValidationError("--queries must be between 1 and 1000000") }
+        if let d = deployment, !["embedded", "processes", "both"].contains(d) { throw ValidationError("--deployment must be embedded, processes or both") }
+        guard querents >= 1 && querents <= 64 else { throw ValidationError("--querents must be between 1 and 64") }
+        if let t = memberThreads, t < 1 || t > 256 { throw ValidationError("--member-threads must be between 1 and 256") }
+        if let l = ledger {
+            try LedgerOptions.checkPostgres(l)
+            guard deployment != nil else { throw ValidationError("--ledger goes with --deployment processes|both") }
+        }
     }
 
     func run() throws {
         threadOptions.apply()
+        if let d = deployment {
+            do { try runDeployments(d == "both" ? ["embedded", "processes"] : [d]) } catch let e as ExitCode { throw e } catch { throw fail(error) }
+            return
+        }
         do {
             let m = try model.map { try ModelFile.load(path: $0).0 } ?? Model(.mlp(inputShape: [784], classes: 10), seed: 1)
             let dir = try TemporaryPaths.makeDirectory(purpose: "bench")
@@ -344,4 +366,121 @@ struct BenchRing: ParsableCommand {
             }
         } catch let e as ExitCode { throw e } catch { throw fail(error) }
     }
+}
+
+extension BenchRing {
+    /// `--deployment`: the same model and inputs through the embedded ring and through the owner and blocks as
+    /// separate processes, in one run.
+    func runDeployments(_ which: [String]) throws {
+        let m = try model.map { try ModelFile.load(path: $0).0 } ?? Model(.mlp(inputShape: [784], classes: 10), seed: 1)
+        let n = m.inputShape.reduce(1, *)
+        var r = SeededRandom(seed: 3)
+        let x1 = Tensor(shape: [1] + m.inputShape, data: (0..<n).map { _ in r.uniform() })
+        let x256 = Tensor(shape: [256] + m.inputShape, data: (0..<(256 * n)).map { _ in r.uniform() })
+        var figures: [(String, Double)] = []
+        for d in which {
+            stderrPrint("bench ring: \(d)…")
+            let f = d == "embedded" ? try embedded(m, x1, x256) : try processes(m, x1, x256)
+            figures += f.map { ("\(d)_\($0.0)", $0.1) }
+        }
+        let byKey = Dictionary(figures, uniquingKeysWith: { a, _ in a })
+        if let e = byKey["embedded_ring_b1_p50_ms"], let p = byKey["processes_ring_b1_p50_ms"] { figures.append(("processes_over_embedded_b1_p50", p / e)) }
+        if let e = byKey["embedded_ring_b1_p99_ms"], let p = byKey["processes_ring_b1_p99_ms"] { figures.append(("processes_over_embedded_b1_p99", p / e)) }
+        if let e = byKey["embedded_ring_b256_img_per_s"], let p = byKey["processes_ring_b256_img_per_s"] { figures.append(("processes_over_embedded_b256", p / e)) }
+        if let one = byKey["processes_queries_per_s"], let k = byKey["processes_queries_per_s_k"] { figures.append(("processes_k_over_one_querent", k / one)) }
+        if json {
+            var obj: [String: Any] = ["threads": Engine.threads, "querents": querents, "ledger": ledger == nil ? "sqlite" : "postgres"]
+            for (k, v) in figures { obj[k] = v }
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            for (k, v) in figures { print(k.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%12.3f", v)) }
+        }
+    }
+
+    static func percentile(_ xs: [Double], _ p: Double) -> Double {
+        let s = xs.sorted()
+        return s.isEmpty ? 0 : s[min(s.count - 1, Int((Double(s.count - 1) * p).rounded()))]
+    }
+
+    /// The embedded ring (as `query` runs it: a reshuffle after every query, timed apart; no check per query).
+    func embedded(_ m: Model, _ x1: Tensor, _ x256: Tensor) throws -> [(String, Double)] {
+        let dir = try TemporaryPaths.makeDirectory(purpose: "bench")
+        defer { TemporaryPaths.unregister(dir); removeRingFolder(dir) }
+        try SealedRing.seal(m, into: dir)
+        let rt = try RingRuntime(directory: dir)
+        rt.verifyEvery = Int.max
+        _ = try rt.query(x1); _ = try rt.query(x256)
+        rt.timing.reset()
+        var lat: [Double] = []
+        let t0 = now()
+        for _ in 0..<max(5, queries) { lat.append(try rt.query(x1).seconds) }
+        let cycle = now() - t0
+        let per = Double(lat.count)
+        let phases = (rt.timing.compute / per, rt.timing.crypto / per, rt.timing.ledger / per)
+        let t1 = now(); var k = 0
+        while now() - t1 < 2 || k < 3 { _ = try rt.query(x256); k += 1 }
+        let img = Double(256 * k) / (now() - t1)
+        rt.close()
+        return [("ring_b1_p50_ms", BenchRing.percentile(lat, 0.5) * 1e3), ("ring_b1_p99_ms", BenchRing.percentile(lat, 0.99) * 1e3),
+                ("queries_per_s", per / cycle), ("ring_b256_img_per_s", img),
+                ("b1_compute_ms", phases.0 * 1e3), ("b1_crypto_ms", phases.1 * 1e3), ("b1_ledger_ms", phases.2 * 1e3)]
+    }
+
+    /// The owner and every block as processes of this machine (`ring up`), queried by querents in this process.
+    func processes(_ m: Model, _ x1: Tensor, _ x256: Tensor) throws -> [(String, Double)] {
+        let dir = try TemporaryPaths.makeDirectory(purpose: "bench")
+        defer { TemporaryPaths.unregister(dir); removeRingFolder(dir) }
+        let ring = dir + "/ring"
+        let url = try ledger.map { try PostgresURL.parse($0, passwordFile: passwordFile) }
+        let options = try LedgerOptions.parse(url == nil ? [] : ["--ledger", ledger ?? ""] + (passwordFile.map { ["--password-file", $0] } ?? []))
+        func openLedger() throws -> any Ledger {
+            if let u = url { return try PostgresLedger(url: u, logger: quietLogger("deepring.ledger")) }
+            return try SQLiteLedger(path: RingPaths(ring).ledger)
+        }
+        do {
+            let l = url == nil ? nil : try openLedger()
+            defer { (l as? PostgresLedger)?.close() }
+            try SealedRing.seal(m, into: ring, ledger: l)
+        }
+        let manifest = try RingManifest.read(RingPaths(ring).manifest)
+        let local = try LocalRing(ring: ring, ledgerOptions: options, logDir: dir + "/logs", ownerArguments: ["--check-every", "0"], logLevel: "warning",
+                                  memberArguments: memberThreads.map { ["--threads", "\($0)"] } ?? [])
+        local.startAll()
+        defer { local.stopAll(quiet: true) }
+        let sessions = try (0..<querents).map { _ in QuerentSession(manifest: manifest, ledger: try openLedger()) }
+        defer { for s in sessions { (s.ledger as? PostgresLedger)?.close() } }
+        let s0 = sessions[0]
+        _ = try s0.query(x1, timeout: 120)   // the processes start, and the owner's first authenticity round runs
+        _ = try s0.query(x256, timeout: 120)
+        var lat: [Double] = []
+        let t0 = now()
+        for _ in 0..<max(5, queries) { lat.append(try s0.query(x1, timeout: 60).seconds) }
+        let one = Double(lat.count) / (now() - t0)
+        // K querents at once, each asking one image at a time: the ring pipelines them.
+        let each = max(10, queries / querents)
+        let errors = ErrorList()
+        let t1 = now()
+        DispatchQueue.concurrentPerform(iterations: querents) { q in
+            for _ in 0..<each { do { _ = try sessions[q].query(x1, timeout: 60) } catch { errors.add("\(error)") } }
+        }
+        let k = Double(querents * each - errors.count) / (now() - t1)
+        if errors.count > 0 { stderrPrint("bench ring: \(errors.count) of \(querents * each) concurrent queries failed: \(errors.first ?? "")") }
+        let t2 = now(); var n256 = 0
+        while now() - t2 < 3 || n256 < 3 { _ = try s0.query(x256, timeout: 120); n256 += 1 }
+        let img = Double(256 * n256) / (now() - t2)
+        // One ledger round trip and one wake-up, as a querent sees them.
+        var rtt: [Double] = []
+        for _ in 0..<50 { let t = now(); _ = try s0.ledger.lastSequence(); rtt.append(now() - t) }
+        return [("ring_b1_p50_ms", BenchRing.percentile(lat, 0.5) * 1e3), ("ring_b1_p99_ms", BenchRing.percentile(lat, 0.99) * 1e3),
+                ("queries_per_s", one), ("queries_per_s_k", k), ("ring_b256_img_per_s", img),
+                ("ledger_round_trip_ms", BenchRing.percentile(rtt, 0.5) * 1e3), ("hops_per_query", Double(manifest.blockCount + 1))]
+    }
+}
+
+final class ErrorList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [String] = []
+    func add(_ s: String) { lock.lock(); items.append(s); lock.unlock() }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return items.count }
+    var first: String? { lock.lock(); defer { lock.unlock() }; return items.first }
 }

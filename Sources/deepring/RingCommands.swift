@@ -76,22 +76,35 @@ struct Verify: ParsableCommand {
         parameters from the checkpoint, re-provisions lost or mismatched blocks with fresh keys and new descriptors \
         (neighbours updated), re-issues ring.json, rebuilds a corrupted checkpoint from the blocks' verified copies, \
         and says what it cannot repair. Exit status: 0 intact (or repaired), 3 not authentic, 1 error.
+
+        With --ledger postgres://… (a ring sealed into a database), the ledger checked is that one (its form, and its \
+        first entry this ring's seal). --restore is then refused: in that deployment the blocks run elsewhere, and \
+        `owner serve` restores them over the ledger in its authenticity rounds.
         """)
 
     @Option(help: "Ring directory.") var ring: String
+    @OptionGroup var ledgerOptions: LedgerOptions
     @Flag(help: "Repair what the owner can (restore, re-provision, re-issue) until the ring is authentic.") var restore = false
     @Option(help: "Seconds to wait for a running query before --restore gives up.") var lockTimeout: Double = 60
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
         guard lockTimeout >= 0 && lockTimeout.isFinite else { throw ValidationError("--lock-timeout must be a non-negative number of seconds") }
+        if ledgerOptions.ledger != nil && restore {
+            throw ValidationError("--restore repairs a ring run on this host; with --ledger, `owner serve` restores blocks over the ledger")
+        }
     }
 
     func run() throws {
         do {
             let before: RingCheckReport, after: RingCheckReport
             var repairs = RingCheck.Repairs()
-            if restore {
+            if ledgerOptions.ledger != nil {
+                let l = try ledgerOptions.open(ring: ring, readOnly: true)
+                defer { (l as? PostgresLedger)?.close() }
+                before = try RingCheck.run(ring, ledger: l)
+                after = before
+            } else if restore {
                 (before, repairs, after) = try RingCheck.repair(ring, lockTimeout: lockTimeout, onWait: { stderrPrint($0) })
             } else {
                 before = try RingCheck.run(ring)

@@ -47,6 +47,21 @@ func openServingLedger(_ options: LedgerOptions, logger: Logger, stop: StopSigna
 
 func keyPrefix(_ k: [UInt8]) -> String { String(hex(k).prefix(12)) }
 
+/// SIGUSR1 requests for the bit-flip test hook, taken by the serving loop between rounds.
+final class FlipRequests: @unchecked Sendable {
+    private let lock = NSLock()
+    private var pending = 0
+    private var source: DispatchSourceSignal?
+    func install() {
+        TemporaryPaths.handleElsewhere(SIGUSR1)   // not the end of the process, as it is for other commands
+        let s = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+        s.setEventHandler { [weak self] in self?.lock.withLock { self?.pending += 1 } }
+        s.resume()
+        source = s
+    }
+    func take() -> Bool { lock.withLock { defer { if pending > 0 { pending -= 1 } }; return pending > 0 } }
+}
+
 /// The variable `ring up` sets in its children: they stop when it is gone.
 let supervisorVariable = "DEEPRING_SUPERVISOR_PID"
 
@@ -80,6 +95,8 @@ struct BlockCommand: ParsableCommand {
         @OptionGroup var logOptions: LogOptions
         @Option(help: ArgumentHelp("ATTACK (experiments only): add this value to every input the block computes on — a compromised block, for the validation and eviction tests.", visibility: .hidden))
         var attackPerturb: Float?
+        @Flag(help: ArgumentHelp("TEST HOOK: on SIGUSR1, flip one bit of the block's parameters in memory (for the tests of the authenticity round).", visibility: .hidden))
+        var testHooks = false
         @OptionGroup var threadOptions: ThreadOptions
 
         func validate() throws {
@@ -101,11 +118,23 @@ struct BlockCommand: ParsableCommand {
                     agent.perturbInputs(by: e)
                     log.warning("ATTACK: this block perturbs its inputs", metadata: ["epsilon": "\(e)"])
                 }
+                let flip = FlipRequests()
+                if testHooks {
+                    flip.install()
+                    log.warning("TEST HOOKS on: SIGUSR1 flips a bit of this block's parameters in memory")
+                }
                 log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\(ledgerOptions.ledger ?? "")",
                                                "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())"])
                 ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: agent.wakeFilters, cursor: { agent.cursor }) {
+                    if flip.take() {
+                        agent.flipBitInMemory()
+                        log.warning("TEST HOOK: flipped a bit of the parameters in memory")
+                    }
                     let acted = try agent.step()
                     for f in agent.takeFailures() { log.warning("query failed here", metadata: ["query": "\(f.queryID)", "error": "\(f.error)"]) }
+                    for e in agent.takeEvents() {
+                        log.notice("\(e.event)", metadata: ["round": "\(e.round)", "detail": "\(e.detail)"])
+                    }
                     return acted
                 }
             } catch {
@@ -135,11 +164,13 @@ struct OwnerCommand: ParsableCommand {
         @OptionGroup var ledgerOptions: LedgerOptions
         @OptionGroup var logOptions: LogOptions
         @Option(help: "Seconds a query may stay open before it is refused, naming the silent member.") var queryTimeout: Double = 60
+        @Option(help: "Seconds between authenticity rounds (the first runs before any query); 0: only the first.") var checkEvery: Double = 30
         @OptionGroup var threadOptions: ThreadOptions
 
         func validate() throws {
             guard ledgerOptions.ledger != nil else { throw ValidationError("give --ledger URL (or the path of the ring's ledger.sqlite)") }
             guard queryTimeout >= 1 && queryTimeout <= 86_400 else { throw ValidationError("--query-timeout must be between 1 and 86400 seconds") }
+            guard checkEvery == 0 || (checkEvery >= 0.5 && checkEvery <= 86_400) else { throw ValidationError("--check-every must be 0 or between 0.5 and 86400 seconds") }
         }
 
         func run() throws {
@@ -151,18 +182,23 @@ struct OwnerCommand: ParsableCommand {
                 defer { (ledger as? PostgresLedger)?.close() }
                 let agent = try OwnerAgent(directory: ring, ledger: ledger)
                 agent.queryTimeout = queryTimeout
+                agent.checkEvery = checkEvery
                 log.info("serving", metadata: ["ring": "\(agent.ring.manifest.ringID)", "blocks": "\(agent.ring.manifest.blockCount)",
                                                "ouroboros": "\(keyPrefix(agent.ring.manifest.ouroboros.signing))", "pid": "\(getpid())"])
                 ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: agent.wakeFilters, cursor: { agent.cursor }) {
                     let acted = try agent.step()
                     for e in agent.takeEvents() {
-                        if e.event == "delivered" { log.debug("delivered", metadata: ["query": "\(e.queryID)"]) } else {
+                        if e.event == "delivered" { log.debug("delivered", metadata: ["query": "\(e.queryID)"]) }
+                        else if ["authentic", "restoring", "restored", "not authentic"].contains(e.event) {
+                            log.notice("\(e.event)", metadata: ["round": "\(e.queryID)", "detail": "\(e.detail)"])
+                        } else {
                             log.warning("\(e.event)", metadata: ["query": "\(e.queryID)", "detail": "\(e.detail)"])
                         }
                     }
                     return acted
                 }
-                log.info("totals", metadata: ["delivered": "\(agent.answered)", "refused": "\(agent.refused)"])
+                log.info("totals", metadata: ["delivered": "\(agent.answered)", "refused": "\(agent.refused)",
+                                              "authenticity_rounds": "\(agent.rounds)", "restores": "\(agent.restores)"])
             } catch {
                 log.error("cannot serve", metadata: ["error": "\(error)"])
                 throw ringFail(error)
@@ -191,6 +227,7 @@ struct RingUp: ParsableCommand {
     @OptionGroup var ledgerOptions: LedgerOptions
     @Option(help: "Write each process's log to FOLDER/<owner|block-id>.log instead of stderr.") var logDir: String?
     @Option(help: "Seconds a query may stay open before the owner refuses it.") var queryTimeout: Double = 60
+    @Option(help: "Seconds between the owner's authenticity rounds (0: only the first).") var checkEvery: Double = 30
     @Option(help: "Log level of the processes.") var logLevel: String = "info"
 
     func validate() throws {
@@ -199,6 +236,31 @@ struct RingUp: ParsableCommand {
         guard queryTimeout >= 1 && queryTimeout <= 86_400 else { throw ValidationError("--query-timeout must be between 1 and 86400 seconds") }
     }
 
+    func run() throws {
+        let stop = StopSignal()
+        stop.install()
+        do {
+            let local = try LocalRing(ring: ring, ledgerOptions: ledgerOptions, logDir: logDir,
+                                      ownerArguments: ["--query-timeout", "\(queryTimeout)", "--check-every", "\(checkEvery)"],
+                                      logLevel: logLevel)
+            local.startAll()
+            print("ring up: owner + \(local.children.count - 1) blocks on \(local.ledgerArgument) — pids "
+                  + local.children.map { "\($0.name)=\($0.process?.processIdentifier ?? 0)" }.joined(separator: " "))
+            print("query: deepring query --ring \(local.root)/ring.json --ledger \(local.ledgerArgument) --dataset …   (Ctrl-C stops the ring)")
+            fflush(nil)
+            while !stop.isStopped {
+                usleep(200_000)
+                local.supervise()
+            }
+            local.stopAll()
+        } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
+    }
+}
+
+/// A ring's owner and blocks as processes of this machine (`ring up`, `bench ring --deployment processes`): the
+/// programs one would start on separate hosts, each given only its folder, with the ledger's password (if any) in
+/// PGPASSWORD rather than on a command line.
+final class LocalRing {
     final class Child {
         let name: String
         let arguments: [String]
@@ -210,89 +272,99 @@ struct RingUp: ParsableCommand {
         init(name: String, arguments: [String]) { self.name = name; self.arguments = arguments }
     }
 
-    func run() throws {
-        let stop = StopSignal()
-        stop.install()
-        do {
-            let paths = RingPaths(ring)
-            // The ledger the children use, with the password (if any) moved out of the command line.
-            var ledgerArgument: String
-            var environment = ProcessInfo.processInfo.environment
-            if let url = try ledgerOptions.postgresURL() {
-                ledgerArgument = url.description
-                if let p = url.password { environment["PGPASSWORD"] = p }
-            } else if let path = ledgerOptions.ledger {
-                ledgerArgument = path
-            } else {
-                ledgerArgument = paths.ledger
-                guard InputFile.isRegular(ledgerArgument) else {
-                    throw RingError.notARing("\(ring) has no ledger.sqlite (its ledger is in a database? give --ledger URL)")
-                }
-            }
-            if !PostgresURL.isPostgres(ledgerArgument) { ledgerArgument = URL(fileURLWithPath: ledgerArgument).standardizedFileURL.path }
-            environment[supervisorVariable] = "\(getpid())"
-            let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-            let root = URL(fileURLWithPath: ring).standardizedFileURL.path
-            let blocks = RingPaths(root).blockIDs
-            guard !blocks.isEmpty else { throw RingError.notARing("\(ring)/blocks holds no block folders") }
-            if let d = logDir { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-            let common = ["--ledger", ledgerArgument, "--log-level", logLevel]
-            var children = [Child(name: "owner", arguments: ["owner", "serve", "--ring", root, "--query-timeout", "\(queryTimeout)"] + common)]
-            children += blocks.map { Child(name: "block-" + $0, arguments: ["block", "serve", "--dir", root + "/blocks/" + $0] + common) }
+    let root: String
+    let ledgerArgument: String
+    var environment: [String: String]
+    let logDir: String?
+    var children: [Child] = []
+    let executable: String
 
-            func start(_ c: Child) {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: me)
-                p.arguments = c.arguments
-                p.environment = environment
-                if let d = logDir, let h = FileHandle(forWritingAtPath: d + "/" + c.name + ".log") ?? {
-                    FileManager.default.createFile(atPath: d + "/" + c.name + ".log", contents: nil)
-                    return FileHandle(forWritingAtPath: d + "/" + c.name + ".log")
-                }() {
-                    h.seekToEndOfFile()
-                    p.standardError = h
-                }
-                p.standardOutput = FileHandle.nullDevice
-                do { try p.run(); c.process = p } catch {
-                    stderrPrint("ring up: cannot start \(c.name): \(error)")
-                    c.process = nil
-                }
+    init(ring: String, ledgerOptions: LedgerOptions, logDir: String?, ownerArguments: [String], logLevel: String,
+         memberArguments: [String] = []) throws {
+        let paths = RingPaths(ring)
+        var environment = ProcessInfo.processInfo.environment
+        var ledgerArgument: String
+        if let url = try ledgerOptions.postgresURL() {
+            ledgerArgument = url.description
+            if let p = url.password { environment["PGPASSWORD"] = p }
+        } else if let path = ledgerOptions.ledger {
+            ledgerArgument = path
+        } else {
+            ledgerArgument = paths.ledger
+            guard InputFile.isRegular(ledgerArgument) else {
+                throw RingError.notARing("\(ring) has no ledger.sqlite (its ledger is in a database? give --ledger URL)")
             }
-            for c in children { start(c) }
-            print("ring up: owner + \(blocks.count) blocks on \(ledgerArgument) — pids " + children.map { "\($0.name)=\($0.process?.processIdentifier ?? 0)" }.joined(separator: " "))
-            print("query: deepring query --ring \(root)/ring.json --ledger \(ledgerArgument) --dataset …   (Ctrl-C stops the ring)")
-            fflush(nil)
-            while !stop.isStopped {
-                usleep(200_000)
-                let t = now()
-                for c in children where !c.givenUp {
-                    if let p = c.process, p.isRunning { continue }
-                    if let p = c.process {
-                        let status = p.terminationStatus
-                        let how = p.terminationReason == .uncaughtSignal ? "killed by signal \(status)" : "status \(status)"
-                        c.process = nil
-                        if p.terminationReason == .exit && status == exitNotAuthentic {
-                            c.givenUp = true
-                            stderrPrint("ring up: \(c.name) refused to serve (its files or the ledger are not authentic; see its log) — not restarted")
-                            continue
-                        }
-                        c.nextStart = t + c.backoff
-                        stderrPrint("ring up: \(c.name) exited (\(how)); restarting in \(Int(c.backoff)) s")
-                        c.backoff = min(c.backoff * 2, 30)
-                    }
-                    if t >= c.nextStart {
-                        c.restarts += 1
-                        start(c)
-                        if let p = c.process { stderrPrint("ring up: \(c.name) restarted (pid \(p.processIdentifier), restart \(c.restarts))") }
-                    }
+        }
+        if !PostgresURL.isPostgres(ledgerArgument) { ledgerArgument = URL(fileURLWithPath: ledgerArgument).standardizedFileURL.path }
+        environment[supervisorVariable] = "\(getpid())"
+        self.environment = environment
+        self.ledgerArgument = ledgerArgument
+        self.logDir = logDir
+        executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        root = URL(fileURLWithPath: ring).standardizedFileURL.path
+        let blocks = RingPaths(root).blockIDs
+        guard !blocks.isEmpty else { throw RingError.notARing("\(ring)/blocks holds no block folders") }
+        if let d = logDir { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        let common = ["--ledger", ledgerArgument, "--log-level", logLevel] + memberArguments
+        children = [Child(name: "owner", arguments: ["owner", "serve", "--ring", root] + ownerArguments + common)]
+        children += blocks.map { Child(name: "block-" + $0, arguments: ["block", "serve", "--dir", root + "/blocks/" + $0] + common) }
+    }
+
+    func start(_ c: Child) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = c.arguments
+        p.environment = environment
+        if let d = logDir {
+            let path = d + "/" + c.name + ".log"
+            if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+            if let h = FileHandle(forWritingAtPath: path) { h.seekToEndOfFile(); p.standardError = h }
+        }
+        p.standardOutput = FileHandle.nullDevice
+        do { try p.run(); c.process = p } catch {
+            stderrPrint("ring up: cannot start \(c.name): \(error)")
+            c.process = nil
+        }
+    }
+
+    func startAll() { for c in children { start(c) } }
+
+    /// Reports and restarts (with backoff) the processes that exited; one that refused to serve on untrusted files
+    /// (exit status 3) is not restarted.
+    func supervise() {
+        let t = now()
+        for c in children where !c.givenUp {
+            if let p = c.process, p.isRunning { continue }
+            if let p = c.process {
+                let status = p.terminationStatus
+                let how = p.terminationReason == .uncaughtSignal ? "killed by signal \(status)" : "status \(status)"
+                c.process = nil
+                if p.terminationReason == .exit && status == exitNotAuthentic {
+                    c.givenUp = true
+                    stderrPrint("ring up: \(c.name) refused to serve (its files or the ledger are not authentic; see its log) — not restarted")
+                    continue
                 }
+                c.nextStart = t + c.backoff
+                stderrPrint("ring up: \(c.name) exited (\(how)); restarting in \(Int(c.backoff)) s")
+                c.backoff = min(c.backoff * 2, 30)
             }
-            stderrPrint("ring up: stopping \(children.filter { $0.process?.isRunning ?? false }.count) processes")
-            for c in children { if let p = c.process, p.isRunning { kill(p.processIdentifier, SIGTERM) } }
-            let until = now() + 10
-            while now() < until && children.contains(where: { $0.process?.isRunning ?? false }) { usleep(50_000) }
-            for c in children { if let p = c.process, p.isRunning { kill(p.processIdentifier, SIGKILL); stderrPrint("ring up: \(c.name) killed (did not stop in 10 s)") } }
-            stderrPrint("ring up: stopped")
-        } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
+            if t >= c.nextStart {
+                c.restarts += 1
+                start(c)
+                if let p = c.process { stderrPrint("ring up: \(c.name) restarted (pid \(p.processIdentifier), restart \(c.restarts))") }
+            }
+        }
+    }
+
+    /// SIGTERM to every process, SIGKILL to those still running after 10 s.
+    func stopAll(quiet: Bool = false) {
+        if !quiet { stderrPrint("ring up: stopping \(children.filter { $0.process?.isRunning ?? false }.count) processes") }
+        for c in children { if let p = c.process, p.isRunning { kill(p.processIdentifier, SIGTERM) } }
+        let until = now() + 10
+        while now() < until && children.contains(where: { $0.process?.isRunning ?? false }) { usleep(50_000) }
+        for c in children {
+            if let p = c.process, p.isRunning { kill(p.processIdentifier, SIGKILL); stderrPrint("ring up: \(c.name) killed (did not stop in 10 s)") }
+        }
+        if !quiet { stderrPrint("ring up: stopped") }
     }
 }

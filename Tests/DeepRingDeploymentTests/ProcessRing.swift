@@ -95,7 +95,7 @@ final class ProcessRing: @unchecked Sendable {
     let plain: [RingLayer]
 
     /// Seals `model` through `admin` (a database with an initialized ledger) and starts every member.
-    init(model: Model, database admin: PostgresURL, queryTimeout: Double = 20, blockArguments: [String] = [],
+    init(model: Model, database admin: PostgresURL, queryTimeout: Double = 20, checkEvery: Double = 0, blockArguments: [String] = [],
          memberURL member: PostgresURL, querentURL querent: PostgresURL) throws {
         root = NSTemporaryDirectory() + "deepring-processes-\(UUID().uuidString.prefix(8))"
         sealed = root + "/sealed"
@@ -124,7 +124,8 @@ final class ProcessRing: @unchecked Sendable {
         env.removeValue(forKey: "DEEPRING_SUPERVISOR_PID")
         let ledgerArgument = member.description   // without the password: that is in PGPASSWORD
         owner = MemberProcess(name: "owner", arguments: ["owner", "serve", "--ring", ownerHost, "--ledger", ledgerArgument,
-                                                         "--query-timeout", "\(queryTimeout)", "--log-level", "info"],
+                                                         "--query-timeout", "\(queryTimeout)", "--check-every", "\(checkEvery)",
+                                                         "--log-level", "info"],
                               environment: env, log: root + "/owner.log")
         var bs: [MemberProcess] = []
         for id in RingPaths(sealed).blockIDs {
@@ -136,6 +137,21 @@ final class ProcessRing: @unchecked Sendable {
         blocks = bs
         for m in [owner] + blocks { try m.start() }
         for m in [owner] + blocks { try m.waitUntilServing() }
+    }
+
+    /// Where block `position`'s process keeps its folder (its host's copy).
+    func host(position: Int) throws -> String {
+        root + "/hosts/" + (try SealedRing.open(sealed).placement[position - 1])
+    }
+
+    /// Waits until `member`'s log holds `text` `times` times.
+    func waitForLog(_ member: MemberProcess, _ text: String, times: Int = 1, timeout: Double = 30) -> Bool {
+        let until = Date().addingTimeInterval(timeout)
+        while Date() < until {
+            if member.logText.components(separatedBy: text).count - 1 >= times { return true }
+            usleep(50_000)
+        }
+        return false
     }
 
     /// The block process that computes layer `position` (1-based; only the owner's record knows it).

@@ -164,6 +164,64 @@ struct ProcessRingTests {
     }
 }
 
+/// Tracking across hosts (§3.3, §3.4.4): the owner's authenticity rounds find a block whose file changed on its host,
+/// or whose parameters changed in memory, and restore it over the ledger, bit-identical to the seal.
+@Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage), .serialized)
+struct ProcessRingTrackingTests {
+    func answersAreRight(_ ring: ProcessRing, count: Int = 5) throws -> Bool {
+        let inputs = Tensor(shape: [count, 6, 6, 1], data: (0..<(count * 36)).map { Float(($0 * 29) % 83) / 83 })
+        let log = QueryLog()
+        try stream(ring, inputs, threads: 1, log: log)
+        return log.answered == count
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aBlockFileModifiedOnItsHostIsRestoredOverTheLedger() throws {
+        let db = try TestPostgres.database()
+        let (member, querent) = try roles(db)
+        let ring = try ProcessRing(model: try smallModel(), database: db.url, checkEvery: 1, memberURL: member, querentURL: querent)
+        #expect(ring.waitForLog(ring.owner, "] authentic"), "the first round finds the ring authentic\n\(ring.logs)")
+        let path = try ring.host(position: 3) + "/params.safetensors"
+        let id = try SealedRing.open(ring.sealed).placement[2]
+        let sealed = try Data(contentsOf: URL(fileURLWithPath: ring.sealed + "/blocks/" + id + "/params.safetensors"))
+        var bytes = [UInt8](sealed)
+        bytes[bytes.count - 5] ^= 0x10
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let victim = try ring.block(position: 3)
+        #expect(ring.waitForLog(ring.owner, "] restoring"), "the owner names the block and restores it\n\(ring.logs)")
+        #expect(ring.waitForLog(victim, "] restored"), "the block takes the restore\n\(ring.logs)")
+        #expect(ring.waitForLog(ring.owner, "] authentic", times: 2), "the next round is authentic\n\(ring.logs)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == sealed, "the file is bit-identical to the sealed one")
+        #expect(try answersAreRight(ring))
+        let report = try audit(ring)
+        #expect(report.isClean, "\(report)")
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aBitFlippedInMemoryIsFoundAndRestored() throws {
+        let db = try TestPostgres.database()
+        let (member, querent) = try roles(db)
+        let ring = try ProcessRing(model: try smallModel(), database: db.url, checkEvery: 1, memberURL: member, querentURL: querent)
+        let b = try ring.block(position: 2)
+        _ = b.terminate()
+        let hooked = MemberProcess(name: b.name, arguments: b.arguments + ["--test-hooks"], environment: b.environment, log: b.log + ".hooks")
+        try hooked.start()
+        try hooked.waitUntilServing()
+        defer { hooked.kill9() }
+        #expect(ring.waitForLog(ring.owner, "] authentic"), "\(ring.logs)")
+        #expect(try answersAreRight(ring))
+        kill(hooked.pid, SIGUSR1)
+        #expect(ring.waitForLog(hooked, "flipped a bit"), "\(hooked.logText)")
+        #expect(ring.waitForLog(ring.owner, "] restoring"), "the owner finds the block's HASH off and restores it\n\(ring.logs)")
+        #expect(ring.waitForLog(hooked, "] restored"), "\(hooked.logText)")
+        let authenticBefore = ring.owner.logText.components(separatedBy: "] authentic").count - 1
+        #expect(ring.waitForLog(ring.owner, "] authentic", times: authenticBefore + 1), "\(ring.logs)")
+        #expect(try answersAreRight(ring), "after the restore, answers are bit-identical again")
+        let report = try audit(ring)
+        #expect(report.isClean, "\(report)")
+    }
+}
+
 /// kill -9 of PostgreSQL itself (`pg_ctl stop -m immediate`) under a stream of queries, on a server of the test's own.
 @Suite(.enabled(if: OwnPostgres.canStart || TestPostgres.required, "no PostgreSQL server binaries (apt-get install postgresql)"), .serialized)
 struct ProcessRingDatabaseCrashTests {
