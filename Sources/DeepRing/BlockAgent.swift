@@ -52,7 +52,9 @@ public final class BlockAgent {
         descriptor = d
         ownLayer = b.own; nextLayer = b.next
         resumedPosts = try node.resume(ledger: ledger, window: resumeWindow)
-        roundCursor = node.cursor
+        // Rounds start afresh: old challenges are not answered again, old restores not taken again (the owner calls
+        // a new round, and restores again, if anything is still off).
+        roundCursor = try ledger.lastSequence()
     }
 
     /// Handles what appeared on the ledger since the last call — queries' posts and alarms, then authenticity

@@ -17,7 +17,7 @@ public final class OwnerAgent {
     /// Seconds a query may stay open before the owner refuses it, naming the member that was to act.
     public var queryTimeout: Double = 60
     /// Queries started and not yet ended: id → when this process saw them.
-    private var open: [String: Double] = [:]
+    private var open: [String: (started: Double, from: Int64)] = [:]
     private var watchCursor: Int64
     /// Members' signing keys in ring order (0 = the ouroboros).
     let members: [[UInt8]]
@@ -87,7 +87,9 @@ public final class OwnerAgent {
         watchCursor = node.cursor
     }
 
-    public var cursor: Int64 { min(node.cursor, watchCursor) }
+    /// What the owner has read: during an authenticity round, the round's attestations (so that it sleeps until the
+    /// next one instead of spinning), else its queries and alarms.
+    public var cursor: Int64 { round?.cursor ?? min(node.cursor, watchCursor) }
 
     /// The rows that may be work for the owner: queries, the last block's posts, members' alarms, and deliveries.
     public var wakeFilters: [EntryFilter] {
@@ -138,7 +140,7 @@ public final class OwnerAgent {
                 switch h.kind {
                 case .query:
                     // Started by the ouroboros (an authentic query it could open) and not ended yet.
-                    if open[q] == nil && node.querents[q] != nil { open[q] = now() }
+                    if open[q] == nil && node.querents[q] != nil { open[q] = (now(), h.sequence) }
                 case .delivery:
                     if open.removeValue(forKey: q) != nil {
                         answered += 1
@@ -147,9 +149,17 @@ public final class OwnerAgent {
                 case .alarm:
                     guard open[q] != nil, let e = try ledger.entry(at: h.sequence), e.isAuthentic, members.contains(e.author),
                           let a = try? Alarm.decode(e), case .validation(let v) = a.body, v.final else { continue }
-                    var why = "\(describe(v.suspect)): \(v.reason)"
-                    if v.reason == .hashMismatch {
-                        why = "validation failed for good; \(describe(v.suspect)), or \(v.hashFrom.map { describe($0) } ?? "the block holding the copy of its layer"), is compromised"
+                    // Prop. 1 names a block only from its successor, the one member that validates its output; an
+                    // alarm from anyone else names its own author (a member raising alarms it cannot have seen).
+                    let why: String
+                    if let js = members.firstIndex(of: v.suspect), members.firstIndex(of: e.author) == (js + 1) % members.count {
+                        if v.reason == .hashMismatch {
+                            why = "validation failed for good; \(describe(v.suspect)), or \(v.hashFrom.map { describe($0) } ?? "the block holding the copy of its layer"), is compromised (or \(describe(e.author)), which validated it)"
+                        } else {
+                            why = "\(describe(v.suspect)): \(v.reason) (reported by \(describe(e.author)), which validates it; one of the two is compromised)"
+                        }
+                    } else {
+                        why = "\(describe(e.author)) raised an alarm about \(describe(v.suspect)), whose output it does not validate: \(describe(e.author)) is compromised"
                     }
                     try end(q, .compromised, why)
                     acted = true
@@ -159,10 +169,11 @@ public final class OwnerAgent {
             watchCursor = tail
         }
         let t = now()
-        for (q, started) in open where t - started > queryTimeout {
-            let posts = try ledger.pagedEntries(in: 1...max(1, tail), matching: [EntryFilter(kind: .layer, queryID: q)], pageBytes: 64 << 20)
+        for (q, o) in open where t - o.started > queryTimeout {
+            // Headers from the query row on (no payloads, no scan of the whole ledger), then the one post needed.
+            let posts = try ledger.headers(in: o.from...max(o.from, tail), matching: members.map { EntryFilter(kind: .layer, author: $0, queryID: q) })
             var silent = members.count > 1 ? members[1] : members[0]
-            if let last = posts.last(where: { members.contains($0.author) && $0.isAuthentic }), let p = try? LayerPost.decode(last) { silent = p.recipient }
+            if let h = posts.last, let last = try ledger.entry(at: h.sequence), last.isAuthentic, let p = try? LayerPost.decode(last) { silent = p.recipient }
             if !posts.isEmpty || node.querents[q] != nil {
                 try ledger.append(kind: .alarm, queryID: q, payload: Alarm(.silent(member: silent)).encoded(), signer: node.signer)
             }
@@ -194,13 +205,18 @@ public final class OwnerAgent {
         let tail = try ledger.lastSequence()
         var acted = false
         if tail > r.cursor {
-            for e in try ledger.entries(in: (r.cursor + 1)...tail, matching: [EntryFilter(kind: .attestation, queryID: r.id)]) {
+            // Only members' attestations of this round, a bounded page at a time (anyone may append big rows).
+            let page = try ledger.entries(in: (r.cursor + 1)...tail, matching: members.dropFirst().map {
+                EntryFilter(kind: .attestation, author: $0, queryID: r.id)
+            }, maxBytes: 1 << 20)
+            for e in page.entries {
                 guard let j = members.firstIndex(of: e.author), j > 0, r.attestations[j] == nil, e.isAuthentic,
                       let a = try? Attestation.decode(e) else { continue }
                 r.attestations[j] = a
                 acted = true
             }
-            r.cursor = tail
+            r.cursor = page.through
+            if page.through < tail { acted = true }
             round = r
         }
         let n = members.count - 1

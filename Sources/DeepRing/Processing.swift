@@ -74,7 +74,12 @@ final class RingNode {
     /// lost its last lazily committed rows in a crash numbers the next rows the same.
     private var consumedEntries = BoundedSet<[UInt8]>(capacity: 1 << 14)
     /// Per query: the input accepted from the predecessor, and whether this node asked for a retry of it.
-    private var accepted = BoundedMap<String, Acceptance>(capacity: 1 << 12)
+    private var accepted = BoundedMap<String, Acceptance>(capacity: RingNode.acceptedMemory)
+    static let acceptedMemory = 1 << 12
+    /// The inputs of the queries `accepted` remembers, oldest first; inputs at or before `acceptedFloor` may belong
+    /// to queries it no longer remembers (or never saw: before a restart's resume point).
+    private var acceptedInputs: [Int64] = []
+    private var acceptedFloor: Int64 = 0
     /// Per query: the entry this node computed its own post from — the only input a retry may recompute from.
     private var computedFrom = BoundedMap<String, Int64>(capacity: 1 << 12)
     struct Acceptance { var input: Int64; var retryAsked: Bool; var failures: Int }
@@ -303,13 +308,16 @@ final class RingNode {
         return e
     }
     private var ownAppends: [Int64] = []
+    private var seenEpoch = 0
+    static let rereadAfterLoss: Int64 = 2000
     /// The ledger's last sequence number as this node's latest round read it.
     private(set) var lastTail: Int64 = 0
 
     // MARK: resuming
 
     /// Picks up where an earlier process of this member stopped (a block or owner process killed and started
-    /// again): reads this member's own posts among the last `window` entries — so that no input it already
+    /// again): reads this member's own posts since shortly before its last entry (or among the last `window`
+    /// entries, if more) — so that no input it already
     /// answered is answered twice (its successor would raise a second-post alarm) and no retry is made twice — then
     /// sets the cursor before the window, so that inputs that arrived while it was down are answered now. At the
     /// ouroboros, queries it already started or ended are not started again, and those started but not delivered
@@ -317,10 +325,15 @@ final class RingNode {
     @discardableResult
     func resume(ledger: any Ledger, window: Int64) throws -> Int {
         let tail = try ledger.lastSequence()
-        let start = max(1, tail - window + 1)
-        cursor = start - 1
-        guard tail >= start else { return 0 }
         let me = publicKeys.signing
+        // From the member's own last entry on (less a margin, for inputs it had not answered yet), or the last
+        // `window` entries if those reach further back: rows anyone appended while it was down cannot push work out
+        // of reach.
+        let lastOwn = tail > 0 ? (try ledger.headers(in: 1...tail, matching: [EntryFilter(author: me)]).last?.sequence ?? 0) : 0
+        let start = max(1, min(tail - window + 1, lastOwn - 1000))
+        cursor = start - 1
+        acceptedFloor = start
+        guard tail >= start else { return 0 }
         let own = try ledger.pagedEntries(in: start...tail, matching: [EntryFilter(kind: .layer, author: me),
                                                                       EntryFilter(kind: .delivery, author: me)], pageBytes: 64 << 20)
         for e in own {
@@ -353,6 +366,13 @@ final class RingNode {
         // A round reads a bounded amount (anyone with the ledger file may append huge rows); what is left is read
         // in the next rounds.
         var behind = false
+        // After a lost connection the server may have lost rows this node read (or appended) and numbered new ones
+        // the same: read the last rows again (inputs already answered are known by hash, not number).
+        let epoch = ledger.connectionEpoch
+        if epoch != seenEpoch {
+            seenEpoch = epoch
+            cursor = max(0, cursor - RingNode.rereadAfterLoss)
+        }
         let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             let tail = try ledger.lastSequence()
             lastTail = tail
@@ -415,7 +435,16 @@ final class RingNode {
             a.retryAsked = false
             accepted[q] = a
         } else if let c = consumed {
+            // An input older than what this node remembers (from before a restart's reach, or forgotten since): the
+            // ledger says whether it answered the query already — then this is a second post, never answered again.
+            if c <= acceptedFloor,
+               try !ledger.headers(in: c...max(c, try ledger.lastSequence()), matching: [EntryFilter(kind: .layer, author: publicKeys.signing, queryID: q)]).isEmpty {
+                try alarm(e, .secondPost, hashFrom: nil, input: consumed, final: true, ledger: ledger)
+                return true
+            }
             accepted[q] = Acceptance(input: c, retryAsked: false, failures: 0)
+            acceptedInputs.append(c)
+            if acceptedInputs.count > RingNode.acceptedMemory { acceptedFloor = max(acceptedFloor, acceptedInputs.removeFirst()) }
         }
         switch received {
         case .rejected(let failure, let hashFrom, let input):

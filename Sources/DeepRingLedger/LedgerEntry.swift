@@ -178,6 +178,10 @@ public protocol Ledger: Sendable {
     /// processes only the one a post is for wakes up. A hint, never a decision: the caller reads and checks what it
     /// finds, and a lost or forged notification costs a wait of at most `timeout` or a needless read.
     func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64
+    /// Changes whenever the backend lost or could not make a connection: the server may have crashed, losing rows it
+    /// had shown (PostgreSQL's lazily committed layer posts), whose numbers the next rows then take. A reader that
+    /// sees it change reads its last rows again. 0 for backends that cannot lose a shown row (SQLite).
+    var connectionEpoch: Int { get }
     /// Sequence numbers of stored rows outside 1 … `LedgerEntry.maxSequence` (at most `limit`): tampering.
     func sequencesOutOfRange(limit: Int) throws -> [Int64]
     /// Like `entries(in:matching:)`, but bringing at most `maxBytes` of payload into memory (at least one entry):
@@ -192,6 +196,8 @@ extension Ledger {
     public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
         try waitForAppend(after: sequence, timeout: timeout)
     }
+
+    public var connectionEpoch: Int { 0 }
 
     /// Polls the last sequence number, with pauses from 0.25 ms growing to 2 ms — a round trip per hop of a query
     /// costs at most that — (backends that can be woken by the writer, PostgreSQL's notifications, do better).

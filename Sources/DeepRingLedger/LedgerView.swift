@@ -105,6 +105,8 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     /// The tail as of the last refresh (or own append).
     public func lastSequence() throws -> Int64 { tail }
 
+    public var connectionEpoch: Int { base.connectionEpoch }
+
     public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
         _ = try base.waitForAppend(after: sequence, matching: filters, timeout: timeout)
         try refresh()

@@ -252,6 +252,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 // cured by waiting; a server that is down or unreachable may be back soon.
                 guard PostgresLedger.mayBeTransient(error) else { throw e }
                 guard ContinuousClock.now + pause < until else { throw e }
+                lock.withLock { _connectionEpoch += 1 }
                 logger.warning("ledger connection failed; retrying", metadata: ["ledger": "\(url)", "retry_in_ms": "\(PostgresLedger.milliseconds(pause))"])
                 try await Task.sleep(for: pause)
                 pause = min(pause * 2, .seconds(2))
@@ -288,6 +289,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                     checkin(c, lazy: lazy)
                     return r
                 } catch where PostgresLedger.isConnectionError(error) && ContinuousClock.now < until {
+                    lock.withLock { _connectionEpoch += 1 }
                     logger.warning("ledger connection lost; reconnecting", metadata: ["ledger": "\(url)"])
                     try? await c.close()
                 } catch {
@@ -402,6 +404,11 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             }
         }
     }
+
+    private nonisolated(unsafe) var _connectionEpoch = 0
+    /// Connections lost or refused so far: after one, the server may have crashed and lost its last lazily committed
+    /// rows, and readers re-read what they had read last.
+    public var connectionEpoch: Int { lock.withLock { _connectionEpoch } }
 
     /// True while the listening connection is up (appends elsewhere wake this process's waiters at once).
     public var isListening: Bool { wake.isListening }
@@ -611,7 +618,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         while true {
             let generation = wake.generation
             switch wake.relevant(after: sequence, filters: filters) {
-            case .yes: return try lastSequence()
+            case .yes:
+                // Only a row that is there counts: a notification of a row beyond the table's tail is forged (anyone
+                // may NOTIFY) and is forgotten, lest it wake every later wait at once.
+                let tail = try lastSequence()
+                if tail > sequence { return tail }
+                wake.forget(above: tail)
             case .unknown:
                 // Not sure (not listening, or notifications may be missing): only what the table says counts.
                 let tail = try lastSequence()
@@ -833,6 +845,15 @@ final class Wakeups: @unchecked Sendable {
         }
         if recent.count == Wakeups.kept && oldest > sequence + 1 { return .unknown }
         return .no
+    }
+
+    /// Drops the kept notifications of rows past `tail` (forged: no such row exists).
+    func forget(above tail: Int64) {
+        condition.lock()
+        recent.removeAll { $0.seq > tail }
+        recentHead = 0
+        if lastSeen > tail { lastSeen = tail }
+        condition.unlock()
     }
 
     /// A new listening session: rows appended since the last notification seen may have gone unnotified.

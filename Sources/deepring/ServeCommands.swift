@@ -123,7 +123,7 @@ struct BlockCommand: ParsableCommand {
                     flip.install()
                     log.warning("TEST HOOKS on: SIGUSR1 flips a bit of this block's parameters in memory")
                 }
-                log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\(ledgerOptions.ledger ?? "")",
+                log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\((try? ledgerOptions.postgresURL())??.description ?? ledgerOptions.ledger ?? "")",
                                                "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())"])
                 ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: agent.wakeFilters, cursor: { agent.cursor }) {
                     if flip.take() {

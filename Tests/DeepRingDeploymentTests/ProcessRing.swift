@@ -16,6 +16,11 @@ let deepringBinary: String = {
     return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("deepring").path
 }()
 
+/// Every suite of this target, one at a time: each keeps a test thread blocked for seconds to minutes (real
+/// processes, querents waiting), and Swift Testing's pool has as many threads as the machine has cores — run side by
+/// side, these suites starved the rest of the test run.
+@Suite(.serialized) struct DeploymentTests {}
+
 /// One member's process (`deepring block serve` or `owner serve`), its log in a file.
 final class MemberProcess: @unchecked Sendable {
     let name: String

@@ -70,191 +70,200 @@ func audit(_ ring: ProcessRing) throws -> AuditReport {
     return RingAudit.audit(l, manifest: ring.manifest)
 }
 
-@Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage), .serialized)
-struct ProcessRingTests {
-    /// The deployment of issue 14: the owner and five blocks as six processes, each on a private copy of its own folder
-    /// only, over PostgreSQL; four querents at once. 1,000 MNIST test images, one per query, each answer bit-identical
-    /// to the plain model's (784→900→600→300→100→10, as in the paper; its weights need not be trained for that).
-    @Test(.timeLimit(.minutes(10)))
-    func thousandMNISTQueriesThroughSeparateProcessesAreBitIdentical() throws {
-        guard let dir = mnistDirectory else {
-            if TestPostgres.required { Issue.record("MNIST is missing in CI (../shared/data/mnist)") }
-            print("skipped: MNIST is not in ../shared/data/mnist")
-            return
+extension DeploymentTests {
+    @Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage), .serialized)
+    struct ProcessRingTests {
+        /// The deployment of issue 14: the owner and five blocks as six processes, each on a private copy of its own folder
+        /// only, over PostgreSQL; four querents at once. 1,000 MNIST test images, one per query, each answer bit-identical
+        /// to the plain model's (784→900→600→300→100→10, as in the paper; its weights need not be trained for that).
+        @Test(.timeLimit(.minutes(10)))
+        func thousandMNISTQueriesThroughSeparateProcessesAreBitIdentical() throws {
+            guard let dir = mnistDirectory else {
+                if TestPostgres.required { Issue.record("MNIST is missing in CI (../shared/data/mnist)") }
+                print("skipped: MNIST is not in ../shared/data/mnist")
+                return
+            }
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let model = try Model(.mlp(inputShape: [28, 28, 1], classes: 10, hidden: [900, 600, 300, 100]), seed: 14)
+            let ring = try ProcessRing(model: model, database: db.url, memberURL: member, querentURL: querent)
+            let test = try DatasetLoader.load(name: "mnist", directory: dir).test.prefix(1000)
+            let log = QueryLog()
+            try stream(ring, test.tensor, threads: 4, log: log)
+            #expect(log.answered == 1000, "\(log.errors.prefix(3))\n\(ring.logs)")
+            #expect(log.wrong == 0)
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+            // Each process holds only its own folder: the block processes were given nothing but their bundle.
+            for (i, b) in ring.blocks.enumerated() {
+                let args = b.arguments.joined(separator: " ")
+                #expect(!args.contains(ring.sealed) && !args.contains("/owner"), "block \(i): \(args)")
+            }
+            #expect(ring.stop().allSatisfy { $0 == 0 }, "every member stops cleanly on SIGTERM\n\(ring.logs)")
         }
-        let db = try TestPostgres.database()
-        let (member, querent) = try roles(db)
-        let model = try Model(.mlp(inputShape: [28, 28, 1], classes: 10, hidden: [900, 600, 300, 100]), seed: 14)
-        let ring = try ProcessRing(model: model, database: db.url, memberURL: member, querentURL: querent)
-        let test = try DatasetLoader.load(name: "mnist", directory: dir).test.prefix(1000)
-        let log = QueryLog()
-        try stream(ring, test.tensor, threads: 4, log: log)
-        #expect(log.answered == 1000, "\(log.errors.prefix(3))\n\(ring.logs)")
-        #expect(log.wrong == 0)
-        let report = try audit(ring)
-        #expect(report.isClean, "\(report)")
-        // Each process holds only its own folder: the block processes were given nothing but their bundle.
-        for (i, b) in ring.blocks.enumerated() {
-            let args = b.arguments.joined(separator: " ")
-            #expect(!args.contains(ring.sealed) && !args.contains("/owner"), "block \(i): \(args)")
-        }
-        #expect(ring.stop().allSatisfy { $0 == 0 }, "every member stops cleanly on SIGTERM\n\(ring.logs)")
-    }
 
-    /// kill -9 of a block, then of the owner, during a stream of queries; each restarted on its folder. Queries in
-    /// flight are answered or refused with a clear error — never answered wrongly — later ones are answered, and the
-    /// ledger audits clean.
-    @Test(.timeLimit(.minutes(5)))
-    func killedMembersAreRestartedAndTheStreamGoesOn() throws {
-        let db = try TestPostgres.database()
-        let (member, querent) = try roles(db)
-        let ring = try ProcessRing(model: try smallModel(), database: db.url, queryTimeout: 8, memberURL: member, querentURL: querent)
-        let inputs = Tensor(shape: [400, 6, 6, 1], data: (0..<(400 * 36)).map { Float(($0 * 37) % 101) / 101 })
-        let background = BackgroundStream(ring, inputs, timeout: 30)
-        let log = background.log
-        func waitFor(answers n: Int, _ what: String) { background.waitFor(answers: n, what, within: 60) }
-        waitFor(answers: 10, "before the faults")
-        let victim = try ring.block(position: 3)
-        victim.kill9()
-        usleep(300_000)
-        try victim.start()
-        try victim.waitUntilServing()
-        let afterBlock = log.answeredCount
-        waitFor(answers: afterBlock + 10, "after the block's restart")
-        ring.owner.kill9()
-        usleep(300_000)
-        try ring.owner.start()
-        try ring.owner.waitUntilServing()
-        let afterOwner = log.answeredCount
-        waitFor(answers: afterOwner + 10, "after the owner's restart")
-        background.finish()
-        #expect(log.wrong == 0, "nothing wrong is ever delivered")
-        // Whatever was not answered failed with a clear error (a refusal or a timeout), never silently.
-        for e in log.errors { #expect(e.contains("refused") || e.contains("timed out"), "\(e)") }
-        #expect(log.errors.count <= 4, "at most the queries in flight at the two kills fail: \(log.errors)")
-        let report = try audit(ring)
-        #expect(report.isClean, "\(report)")
-        #expect(victim.logText.contains("resumed_posts="), "the restarted block resumed")
-        let twice = try doublePosts(ring)
-        #expect(twice.posts.isEmpty && twice.validationAlarms == 0, "a restarted member never answers an input twice: \(twice)")
-    }
-
-    /// A block that perturbs its input (an explicit attack flag): its successor's validation names it, and the query
-    /// is refused — never a wrong answer. (Eviction to spares is not built yet.)
-    @Test(.timeLimit(.minutes(3)))
-    func aPerturbingBlockIsNamedAndNothingWrongIsDelivered() throws {
-        let db = try TestPostgres.database()
-        let (member, querent) = try roles(db)
-        let ring = try ProcessRing(model: try smallModel(), database: db.url, memberURL: member, querentURL: querent)
-        let bad = try ring.block(position: 2)
-        _ = bad.terminate()
-        let perturbing = MemberProcess(name: bad.name, arguments: bad.arguments + ["--attack-perturb", "0.5"],
-                                       environment: bad.environment, log: bad.log + ".attack")
-        try perturbing.start()
-        try perturbing.waitUntilServing()
-        defer { perturbing.kill9() }
-        let session = try ring.querent()
-        let x = Tensor(shape: [1, 6, 6, 1], data: (0..<36).map { Float($0) / 36 })
-        #expect(throws: QueryError.self) { try session.query(x, timeout: 30) }
-        do { _ = try session.query(x, timeout: 30) } catch {
-            #expect("\(error)".contains(String(try SealedRing.open(ring.sealed).placement[1])), "names the perturbing block: \(error)")
+        /// kill -9 of a block, then of the owner, during a stream of queries; each restarted on its folder. Queries in
+        /// flight are answered or refused with a clear error — never answered wrongly — later ones are answered, and the
+        /// ledger audits clean.
+        @Test(.timeLimit(.minutes(5)))
+        func killedMembersAreRestartedAndTheStreamGoesOn() throws {
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let ring = try ProcessRing(model: try smallModel(), database: db.url, queryTimeout: 8, memberURL: member, querentURL: querent)
+            let inputs = Tensor(shape: [400, 6, 6, 1], data: (0..<(400 * 36)).map { Float(($0 * 37) % 101) / 101 })
+            let background = BackgroundStream(ring, inputs, timeout: 30)
+            let log = background.log
+            func waitFor(answers n: Int, _ what: String) { background.waitFor(answers: n, what, within: 60) }
+            waitFor(answers: 10, "before the faults")
+            let victim = try ring.block(position: 3)
+            victim.kill9()
+            usleep(300_000)
+            try victim.start()
+            try victim.waitUntilServing()
+            let afterBlock = log.answeredCount
+            waitFor(answers: afterBlock + 10, "after the block's restart")
+            ring.owner.kill9()
+            usleep(300_000)
+            try ring.owner.start()
+            try ring.owner.waitUntilServing()
+            let afterOwner = log.answeredCount
+            waitFor(answers: afterOwner + 10, "after the owner's restart")
+            background.finish()
+            #expect(log.wrong == 0, "nothing wrong is ever delivered")
+            // Whatever was not answered failed with a clear error (a refusal or a timeout), never silently.
+            for e in log.errors { #expect(e.contains("refused") || e.contains("timed out"), "\(e)") }
+            #expect(log.errors.count <= 4, "at most the queries in flight at the two kills fail: \(log.errors)")
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+            #expect(victim.logText.contains("resumed_posts="), "the restarted block resumed")
+            let twice = try doublePosts(ring)
+            #expect(twice.posts.isEmpty && twice.validationAlarms == 0, "a restarted member never answers an input twice: \(twice)")
         }
-        let report = try audit(ring)
-        #expect(report.isClean, "\(report)")
+
+        /// A block that perturbs its input (an explicit attack flag): its successor's validation names it, and the query
+        /// is refused — never a wrong answer. (Eviction to spares is not built yet.)
+        @Test(.timeLimit(.minutes(3)))
+        func aPerturbingBlockIsNamedAndNothingWrongIsDelivered() throws {
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let ring = try ProcessRing(model: try smallModel(), database: db.url, memberURL: member, querentURL: querent)
+            let bad = try ring.block(position: 2)
+            _ = bad.terminate()
+            let perturbing = MemberProcess(name: bad.name, arguments: bad.arguments + ["--attack-perturb", "0.5"],
+                                           environment: bad.environment, log: bad.log + ".attack")
+            try perturbing.start()
+            try perturbing.waitUntilServing()
+            defer { perturbing.kill9() }
+            let session = try ring.querent()
+            let x = Tensor(shape: [1, 6, 6, 1], data: (0..<36).map { Float($0) / 36 })
+            #expect(throws: QueryError.self) { try session.query(x, timeout: 30) }
+            do { _ = try session.query(x, timeout: 30) } catch {
+                #expect("\(error)".contains(String(try SealedRing.open(ring.sealed).placement[1])), "names the perturbing block: \(error)")
+            }
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+        }
     }
 }
+
 
 /// Tracking across hosts (§3.3, §3.4.4): the owner's authenticity rounds find a block whose file changed on its host,
 /// or whose parameters changed in memory, and restore it over the ledger, bit-identical to the seal.
-@Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage), .serialized)
-struct ProcessRingTrackingTests {
-    func answersAreRight(_ ring: ProcessRing, count: Int = 5) throws -> Bool {
-        let inputs = Tensor(shape: [count, 6, 6, 1], data: (0..<(count * 36)).map { Float(($0 * 29) % 83) / 83 })
-        let log = QueryLog()
-        try stream(ring, inputs, threads: 1, log: log)
-        return log.answered == count
-    }
+extension DeploymentTests {
+    @Suite(.enabled(if: TestPostgres.available, TestPostgres.skipMessage), .serialized)
+    struct ProcessRingTrackingTests {
+        func answersAreRight(_ ring: ProcessRing, count: Int = 5) throws -> Bool {
+            let inputs = Tensor(shape: [count, 6, 6, 1], data: (0..<(count * 36)).map { Float(($0 * 29) % 83) / 83 })
+            let log = QueryLog()
+            try stream(ring, inputs, threads: 1, log: log)
+            return log.answered == count
+        }
 
-    @Test(.timeLimit(.minutes(3)))
-    func aBlockFileModifiedOnItsHostIsRestoredOverTheLedger() throws {
-        let db = try TestPostgres.database()
-        let (member, querent) = try roles(db)
-        let ring = try ProcessRing(model: try smallModel(), database: db.url, checkEvery: 1, memberURL: member, querentURL: querent)
-        #expect(ring.waitForLog(ring.owner, "] authentic"), "the first round finds the ring authentic\n\(ring.logs)")
-        let path = try ring.host(position: 3) + "/params.safetensors"
-        let id = try SealedRing.open(ring.sealed).placement[2]
-        let sealed = try Data(contentsOf: URL(fileURLWithPath: ring.sealed + "/blocks/" + id + "/params.safetensors"))
-        var bytes = [UInt8](sealed)
-        bytes[bytes.count - 5] ^= 0x10
-        try Data(bytes).write(to: URL(fileURLWithPath: path))
-        let victim = try ring.block(position: 3)
-        #expect(ring.waitForLog(ring.owner, "] restoring"), "the owner names the block and restores it\n\(ring.logs)")
-        #expect(ring.waitForLog(victim, "] restored"), "the block takes the restore\n\(ring.logs)")
-        #expect(ring.waitForLog(ring.owner, "] authentic", times: 2), "the next round is authentic\n\(ring.logs)")
-        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == sealed, "the file is bit-identical to the sealed one")
-        #expect(try answersAreRight(ring))
-        let report = try audit(ring)
-        #expect(report.isClean, "\(report)")
-    }
+        @Test(.timeLimit(.minutes(3)))
+        func aBlockFileModifiedOnItsHostIsRestoredOverTheLedger() throws {
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let ring = try ProcessRing(model: try smallModel(), database: db.url, checkEvery: 1, memberURL: member, querentURL: querent)
+            #expect(ring.waitForLog(ring.owner, "] authentic"), "the first round finds the ring authentic\n\(ring.logs)")
+            let path = try ring.host(position: 3) + "/params.safetensors"
+            let id = try SealedRing.open(ring.sealed).placement[2]
+            let sealed = try Data(contentsOf: URL(fileURLWithPath: ring.sealed + "/blocks/" + id + "/params.safetensors"))
+            var bytes = [UInt8](sealed)
+            bytes[bytes.count - 5] ^= 0x10
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            let victim = try ring.block(position: 3)
+            #expect(ring.waitForLog(ring.owner, "] restoring"), "the owner names the block and restores it\n\(ring.logs)")
+            #expect(ring.waitForLog(victim, "] restored"), "the block takes the restore\n\(ring.logs)")
+            #expect(ring.waitForLog(ring.owner, "] authentic", times: 2), "the next round is authentic\n\(ring.logs)")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == sealed, "the file is bit-identical to the sealed one")
+            #expect(try answersAreRight(ring))
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+        }
 
-    @Test(.timeLimit(.minutes(3)))
-    func aBitFlippedInMemoryIsFoundAndRestored() throws {
-        let db = try TestPostgres.database()
-        let (member, querent) = try roles(db)
-        let ring = try ProcessRing(model: try smallModel(), database: db.url, checkEvery: 1, memberURL: member, querentURL: querent)
-        let b = try ring.block(position: 2)
-        _ = b.terminate()
-        let hooked = MemberProcess(name: b.name, arguments: b.arguments + ["--test-hooks"], environment: b.environment, log: b.log + ".hooks")
-        try hooked.start()
-        try hooked.waitUntilServing()
-        defer { hooked.kill9() }
-        #expect(ring.waitForLog(ring.owner, "] authentic"), "\(ring.logs)")
-        #expect(try answersAreRight(ring))
-        kill(hooked.pid, SIGUSR1)
-        #expect(ring.waitForLog(hooked, "flipped a bit"), "\(hooked.logText)")
-        #expect(ring.waitForLog(ring.owner, "] restoring"), "the owner finds the block's HASH off and restores it\n\(ring.logs)")
-        #expect(ring.waitForLog(hooked, "] restored"), "\(hooked.logText)")
-        let authenticBefore = ring.owner.logText.components(separatedBy: "] authentic").count - 1
-        #expect(ring.waitForLog(ring.owner, "] authentic", times: authenticBefore + 1), "\(ring.logs)")
-        #expect(try answersAreRight(ring), "after the restore, answers are bit-identical again")
-        let report = try audit(ring)
-        #expect(report.isClean, "\(report)")
+        @Test(.timeLimit(.minutes(3)))
+        func aBitFlippedInMemoryIsFoundAndRestored() throws {
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let ring = try ProcessRing(model: try smallModel(), database: db.url, checkEvery: 1, memberURL: member, querentURL: querent)
+            let b = try ring.block(position: 2)
+            _ = b.terminate()
+            let hooked = MemberProcess(name: b.name, arguments: b.arguments + ["--test-hooks"], environment: b.environment, log: b.log + ".hooks")
+            try hooked.start()
+            try hooked.waitUntilServing()
+            defer { hooked.kill9() }
+            #expect(ring.waitForLog(ring.owner, "] authentic"), "\(ring.logs)")
+            #expect(try answersAreRight(ring))
+            kill(hooked.pid, SIGUSR1)
+            #expect(ring.waitForLog(hooked, "flipped a bit"), "\(hooked.logText)")
+            #expect(ring.waitForLog(ring.owner, "] restoring"), "the owner finds the block's HASH off and restores it\n\(ring.logs)")
+            #expect(ring.waitForLog(hooked, "] restored"), "\(hooked.logText)")
+            let authenticBefore = ring.owner.logText.components(separatedBy: "] authentic").count - 1
+            #expect(ring.waitForLog(ring.owner, "] authentic", times: authenticBefore + 1), "\(ring.logs)")
+            #expect(try answersAreRight(ring), "after the restore, answers are bit-identical again")
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+        }
     }
 }
+
 
 /// kill -9 of PostgreSQL itself (`pg_ctl stop -m immediate`) under a stream of queries, on a server of the test's own.
-@Suite(.enabled(if: OwnPostgres.canStart || TestPostgres.required, "no PostgreSQL server binaries (apt-get install postgresql)"), .serialized)
-struct ProcessRingDatabaseCrashTests {
-    @Test(.timeLimit(.minutes(5)))
-    func aCrashedDatabaseIsSurvived() throws {
-        let server = try OwnPostgres()
-        var admin = server.url
-        try PostgresLedger.execute(["CREATE DATABASE ring"], on: admin)
-        admin.database = "ring"
-        try PostgresLedger.initialize(admin)
-        let db = TestDatabase(url: admin)
-        let (member, querent) = try roles(db)
-        let ring = try ProcessRing(model: try smallModel(), database: admin, queryTimeout: 8, memberURL: member, querentURL: querent)
-        let inputs = Tensor(shape: [400, 6, 6, 1], data: (0..<(400 * 36)).map { Float(($0 * 53) % 97) / 97 })
-        let background = BackgroundStream(ring, inputs, timeout: 40)
-        let log = background.log
-        func waitFor(answers n: Int, _ what: String) { background.waitFor(answers: n, what, within: 90) }
-        waitFor(answers: 10, "before the crash")
-        try server.crash()
-        usleep(500_000)
-        try server.restart()
-        let after = log.answeredCount
-        waitFor(answers: after + 10, "after the restart")
-        background.finish()
-        #expect(log.wrong == 0, "nothing wrong is ever delivered")
-        for e in log.errors { #expect(e.contains("refused") || e.contains("timed out"), "\(e)") }
-        let running = ([ring.owner] + ring.blocks).allSatisfy { $0.isRunning }
-        #expect(running, "every member outlived the outage\n\(ring.logs)")
-        let report = try audit(ring)
-        #expect(report.isClean, "\(report)")
-        _ = db
+extension DeploymentTests {
+    @Suite(.enabled(if: OwnPostgres.canStart || TestPostgres.required, "no PostgreSQL server binaries (apt-get install postgresql)"), .serialized)
+    struct ProcessRingDatabaseCrashTests {
+        @Test(.timeLimit(.minutes(5)))
+        func aCrashedDatabaseIsSurvived() throws {
+            let server = try OwnPostgres()
+            var admin = server.url
+            try PostgresLedger.execute(["CREATE DATABASE ring"], on: admin)
+            admin.database = "ring"
+            try PostgresLedger.initialize(admin)
+            let db = TestDatabase(url: admin)
+            let (member, querent) = try roles(db)
+            let ring = try ProcessRing(model: try smallModel(), database: admin, queryTimeout: 8, memberURL: member, querentURL: querent)
+            let inputs = Tensor(shape: [400, 6, 6, 1], data: (0..<(400 * 36)).map { Float(($0 * 53) % 97) / 97 })
+            let background = BackgroundStream(ring, inputs, timeout: 40)
+            let log = background.log
+            func waitFor(answers n: Int, _ what: String) { background.waitFor(answers: n, what, within: 90) }
+            waitFor(answers: 10, "before the crash")
+            try server.crash()
+            usleep(500_000)
+            try server.restart()
+            let after = log.answeredCount
+            waitFor(answers: after + 10, "after the restart")
+            background.finish()
+            #expect(log.wrong == 0, "nothing wrong is ever delivered")
+            for e in log.errors { #expect(e.contains("refused") || e.contains("timed out"), "\(e)") }
+            let running = ([ring.owner] + ring.blocks).allSatisfy { $0.isRunning }
+            #expect(running, "every member outlived the outage\n\(ring.logs)")
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+            _ = db
+        }
     }
 }
+
 
 /// A stream of queries on two querents in the background, while a test injects faults.
 final class BackgroundStream: @unchecked Sendable {

@@ -181,7 +181,11 @@ public func writeFileAtomically(_ bytes: [UInt8], to path: String, permissions: 
     let dir = url.deletingLastPathComponent().path
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let tmp = (dir as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode_t(permissions ?? 0o644))
+    // A new file, never one found there: a leftover (or a link planted by someone who may write in the folder) is
+    // removed — unlink removes a link itself, never its target — and the file created exclusively, without following
+    // a link; a link planted again in between makes the write fail instead of going elsewhere.
+    unlink(tmp)
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode_t(permissions ?? 0o644))
     guard fd >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: tmp]) }
     var ok = writeAll(fd, bytes)
     if fsync(fd) != 0 { ok = false }
