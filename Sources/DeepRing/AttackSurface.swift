@@ -59,6 +59,9 @@ public enum ForgeryRoute: String, CaseIterable, Sendable {
     case undecryptable
     /// Never posts.
     case silent
+    /// Posts its honest output, then a final validation alarm naming its accomplice — a block whose output it does
+    /// not validate (framing an honest block).
+    case framesAccomplice
 }
 
 final class Forgery {
@@ -91,7 +94,7 @@ final class Forgery {
             let others = try ledger.entries(in: 1...tail, matching: [EntryFilter(kind: .layer)]).filter { $0.queryID != q }
             guard let other = others.last else { return .post(forged, consumed: consumed) }
             return .post(forged, consumed: other)
-        case .secondPost, .forgedHash, .silent:
+        case .secondPost, .forgedHash, .silent, .framesAccomplice:
             return route == .silent ? .skip : .post(output, consumed: consumed)
         case .hashFromOutsider, .consumeOwnPost, .vouchedByNonNeighbour:
             let author = route == .consumeOwnPost ? node.signer : route == .vouchedByNonNeighbour ? (accomplice?.signer ?? LedgerSigner()) : LedgerSigner()
@@ -111,8 +114,14 @@ final class Forgery {
         route == .undecryptable ? Array(Curve25519.KeyAgreement.PrivateKey().publicKey.rawRepresentation) : successor
     }
 
-    /// After the first post: the forged second post of `secondPost`.
+    /// After the first post: the forged second post of `secondPost`, the framing alarm of `framesAccomplice`.
     func after(output: Tensor, queryID q: String, consumed: LedgerEntry, node: RingNode, ledger: any Ledger) throws {
+        if route == .framesAccomplice, let victim = accomplice {
+            let a = ValidationAlarm(suspect: victim.publicKeys.signing, hashFrom: nil, entry: consumed.sequence, input: nil,
+                                    reason: .hashMismatch, final: true)
+            try ledger.append(kind: .alarm, queryID: q, payload: Alarm(.validation(a)).encoded(), signer: node.signer)
+            return
+        }
         guard route == .secondPost else { return }
         node.forgery = nil
         defer { node.forgery = self }

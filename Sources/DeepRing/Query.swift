@@ -433,7 +433,15 @@ public final class RingRuntime {
                       case .validation(let v) = a.body else { continue }
                 alarms += 1
                 guard v.final else { continue }
-                let suspect = position(ofKey: v.suspect), hashFrom = position(ofKey: v.hashFrom)
+                var suspect = position(ofKey: v.suspect), hashFrom = position(ofKey: v.hashFrom)
+                // Prop. 1 names a block only from its successor, the one member that validates its output (the last
+                // block's successor is the ouroboros); an alarm from any other member names its own author.
+                let author = position(ofKey: e.author), n = ring.placement.count
+                let fromSuccessor = suspect.map { p in p < n ? author == p + 1 : e.author == ouroboros.publicKeys.signing } ?? false
+                if !fromSuccessor {
+                    suspect = author
+                    hashFrom = nil
+                }
                 if onCompromisedBlock == .evictAndRetry && attempt == 1 {
                     let suspects = [suspect, hashFrom].compactMap { $0 }
                     try refuse(queryID, .compromised, "\(describe(position: suspect)): \(v.reason); evicted, and asked again")
@@ -445,7 +453,9 @@ public final class RingRuntime {
                     return again
                 }
                 var why = "\(describe(position: suspect)): \(v.reason)"
-                if v.reason == .hashMismatch {
+                if !fromSuccessor {
+                    why = "\(describe(position: author)) raised an alarm about a block whose output it does not validate: it is compromised"
+                } else if v.reason == .hashMismatch {
                     why = "validation failed \(alarms) times; \(describe(position: suspect)), or \(hashFrom.map { describe(position: $0) } ?? "the block holding the copy of its layer"), is compromised"
                 }
                 try refuse(queryID, .compromised, why)

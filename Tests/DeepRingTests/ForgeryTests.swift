@@ -43,6 +43,7 @@ import Testing
             let accomplice = [1: 3, 2: 4, 3: 5, 4: 1, 5: 2][position] ?? 1
             let partner = try rt.signingKey(position: accomplice)
             try rt.setForgery(position: position, c.route, accomplice: accomplice, forge: ForgeryTests.forge)
+            let forgerID = rt.ring.placement[position - 1]
             let x = sampleInputs(c.batch, seed: UInt64(position))
             let before = try rt.ledger.lastSequence()
             let what = "\(c.route.rawValue) at position \(position), batch \(c.batch)"
@@ -78,7 +79,17 @@ import Testing
                 case .authenticity: return false
                 }
             }
-            #expect(named, "\(what): no alarm names the forger")
+            if c.route == .framesAccomplice {
+                // The framing alarm names the accomplice, but only a block's successor may name it: the ring's refusal
+                // names the alarm's author instead, and never the framed block.
+                let refusals = after.compactMap { e -> String? in
+                    guard e.kind == .delivery, let d = try? Delivery.decode(e), case .refusal(_, let detail) = d.outcome else { return nil }
+                    return detail
+                }
+                #expect(refusals.contains { $0.contains(forgerID) }, "\(what): the refusal does not name the framer: \(refusals)")
+            } else {
+                #expect(named, "\(what): no alarm names the forger")
+            }
             // Evict-and-retry answers, unless the attackers outlast its one retry (two colluders, or silence).
             if c.batch > 1 && ![.silent, .vouchedByNonNeighbour].contains(c.route) { #expect(answered, "\(what): evict-and-retry should answer") }
             // A fake post by an outsider (or by a colluder whose key was retired meanwhile) stays on the ledger for
