@@ -17,8 +17,9 @@ public final class BlockAgent {
     let descriptor: BlockDescriptor
     /// The layers as the bundle holds them: their specs and tensor names, to read back what the node computes with.
     let ownLayer: RingLayer, nextLayer: RingLayer
-    /// The authenticity rounds: entries read so far, rounds the ouroboros called, rounds attested.
-    private var roundCursor: Int64
+    /// The authenticity rounds: the tail when this process started (older rounds are not answered again), rounds
+    /// the ouroboros called, rounds attested.
+    private let roundsAfter: Int64
     private var challenged = BoundedSet<String>(capacity: 1 << 10)
     private var attested = BoundedSet<String>(capacity: 1 << 10)
     /// What happened in rounds, for the serving process's log: (round, event, detail).
@@ -54,7 +55,16 @@ public final class BlockAgent {
         resumedPosts = try node.resume(ledger: ledger, window: resumeWindow)
         // Rounds start afresh: old challenges are not answered again, old restores not taken again (the owner calls
         // a new round, and restores again, if anything is still off).
-        roundCursor = try ledger.lastSequence()
+        roundsAfter = try ledger.lastSequence()
+        node.sideFilters = roundFilters
+    }
+
+    /// The authenticity round's rows for this block: the ouroboros's challenges and restores, its predecessor's
+    /// attestations (read with the node's page).
+    private var roundFilters: [EntryFilter] {
+        let o = descriptor.ouroboros.signing
+        return [EntryFilter(kind: .challenge, author: o), EntryFilter(kind: .attestation, author: node.predecessor.signing),
+                EntryFilter(kind: .restore, author: o)]
     }
 
     /// Handles what appeared on the ledger since the last call — queries' posts and alarms, then authenticity
@@ -70,15 +80,11 @@ public final class BlockAgent {
     /// sealed file (only with the digest its descriptor names), replaces file and memory, and attests again at the
     /// next round.
     private func rounds() throws -> Bool {
-        let tail = node.lastTail   // as the step just read it: no second round trip
-        guard tail > roundCursor else { return false }
+        let entries = node.sideEntries
+        node.sideEntries.removeAll()
         let o = descriptor.ouroboros.signing
-        let entries = try ledger.pagedEntries(in: (roundCursor + 1)...tail, matching: [
-            EntryFilter(kind: .challenge, author: o), EntryFilter(kind: .attestation, author: descriptor.predecessor.signing),
-            EntryFilter(kind: .restore, author: o)], pageBytes: 64 << 20)
-        roundCursor = tail
         var acted = false
-        for e in entries {
+        for e in entries where e.sequence > roundsAfter {
             guard let round = e.queryID, e.isAuthentic else { continue }
             switch e.kind {
             case .challenge:
@@ -154,14 +160,12 @@ public final class BlockAgent {
 
     /// The rows that may be work for this block: its predecessor's posts, and its successor's alarms (a retry).
     public var wakeFilters: [EntryFilter] {
-        [EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .alarm, author: node.successor.signing),
-         EntryFilter(kind: .challenge, author: descriptor.ouroboros.signing),
-         EntryFilter(kind: .attestation, author: descriptor.predecessor.signing),
-         EntryFilter(kind: .restore, author: descriptor.ouroboros.signing)]
+        [EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .alarm, author: node.successor.signing)]
+            + roundFilters
     }
 
     /// The last ledger entry this block has read.
-    public var cursor: Int64 { min(node.cursor, roundCursor) }
+    public var cursor: Int64 { node.cursor }
 
     /// Errors met while handling entries (by query), taken: a serving process logs them.
     public func takeFailures() -> [(queryID: String, error: Error)] {

@@ -308,10 +308,13 @@ final class RingNode {
         return e
     }
     private var ownAppends: [Int64] = []
+    /// Rows of kinds the node itself never handles (the authenticity round's) that its owner wants read with the
+    /// node's page — one read per round, not two — and collected in `sideEntries` for it.
+    var sideFilters: [EntryFilter] = []
+    var sideEntries: [LedgerEntry] = []
+    static let sideKinds: Set<EntryKind> = [.challenge, .attestation, .restore]
     private var seenEpoch = 0
     static let rereadAfterLoss: Int64 = 2000
-    /// The ledger's last sequence number as this node's latest round read it.
-    private(set) var lastTail: Int64 = 0
 
     // MARK: resuming
 
@@ -329,7 +332,7 @@ final class RingNode {
         // From the member's own last entry on (less a margin, for inputs it had not answered yet), or the last
         // `window` entries if those reach further back: rows anyone appended while it was down cannot push work out
         // of reach.
-        let lastOwn = tail > 0 ? (try ledger.headers(in: 1...tail, matching: [EntryFilter(author: me)]).last?.sequence ?? 0) : 0
+        let lastOwn = try ledger.lastSequence(by: me, upTo: tail) ?? 0
         let start = max(1, min(tail - window + 1, lastOwn - 1000))
         cursor = start - 1
         acceptedFloor = start
@@ -375,12 +378,12 @@ final class RingNode {
         }
         let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             let tail = try ledger.lastSequence()
-            lastTail = tail
             guard tail > cursor else { return ([], tail) }
             var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm, author: successor.signing)]
             if isOuroboros { filters.append(EntryFilter(kind: .query)) }
             // The second predecessor's posts hold the H this node validates against: read with the page, not apart.
             if cachesSecondPredecessor { filters.append(EntryFilter(kind: .layer, author: secondPredecessor)) }
+            filters += sideFilters
             let page = try ledger.entries(in: (cursor + 1)...tail, matching: filters, maxBytes: RingNode.roundBudget)
             behind = page.through < tail
             return (page.entries, page.through)
@@ -396,6 +399,7 @@ final class RingNode {
         for e in entries {
             guard let q = e.queryID else { continue }
             if cachesSecondPredecessor && e.author == secondPredecessor && e.kind == .layer { remember(e); continue }
+            if RingNode.sideKinds.contains(e.kind) { sideEntries.append(e); continue }
             do {
                 switch e.kind {
                 case .query where isOuroboros:

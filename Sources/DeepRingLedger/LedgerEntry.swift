@@ -199,6 +199,19 @@ extension Ledger {
 
     public var connectionEpoch: Int { 0 }
 
+    /// The sequence number of `author`'s last entry at or before `tail`, reading headers backwards in windows that
+    /// double (so a long ledger is not read whole for a recent entry); nil when it has none.
+    public func lastSequence(by author: [UInt8], upTo tail: Int64) throws -> Int64? {
+        var hi = tail, width: Int64 = 1024
+        while hi >= 1 {
+            let lo = max(1, hi - width + 1)
+            if let h = try headers(in: lo...hi, matching: [EntryFilter(author: author)]).last { return h.sequence }
+            hi = lo - 1
+            width = min(width * 2, 1 << 20)
+        }
+        return nil
+    }
+
     /// Polls the last sequence number, with pauses from 0.25 ms growing to 2 ms — a round trip per hop of a query
     /// costs at most that — (backends that can be woken by the writer, PostgreSQL's notifications, do better).
     public func waitForAppend(after sequence: Int64, timeout: Duration) throws -> Int64 {
