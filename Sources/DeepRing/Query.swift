@@ -125,13 +125,19 @@ public final class RingRuntime {
         lock = try paths.runtimeLock(timeout: lockTimeout, onWait: onWait)
         var (report, trusted) = try RingCheck.examine(directory)
         guard let checked = trusted else { throw RingError.notAuthentic(RingRuntime.summary(report)) }
+        var rolledBack = false
         if FileManager.default.fileExists(atPath: paths.nextBlocks) {
-            try SealedRing.completeReshuffle(paths, record: checked.record)
+            rolledBack = try SealedRing.completeReshuffle(paths, record: checked.record)
             (report, trusted) = try RingCheck.examine(directory)
         }
         guard let r = trusted else { throw RingError.notAuthentic(RingRuntime.summary(report)) }
         ring = r
         ledger = try SQLiteLedger(path: paths.ledger)
+        if rolledBack {
+            // A reshuffle killed between its announcement and its commit left the ledger naming keys never used:
+            // the keys still in use are announced again, so that `ledger audit` accepts what they sign from now on.
+            try r.announceMembers(ledger: ledger)
+        }
         view = try LedgerView(ledger)
         querent = Querent(manifest: r.manifest)
         if !RingRuntime.servable(report) { try track(report) }

@@ -187,22 +187,35 @@ extension SealedRing {
         return Array(zip(placement.ids, placement.keys)).map { (id: $0.0, keys: $0.1) }
     }
 
+    /// Announces the members of the committed placement (in random order) again.
+    func announceMembers(ledger: any Ledger) throws {
+        try ledger.append(kind: .reshuffle, queryID: nil,
+                          payload: MembersAnnouncement(ringID: manifest.ringID, generation: UInt64(record.generation),
+                                                       members: record.members.map(\.signing).shuffled()).encoded(),
+                          signer: try ouroborosSigner())
+    }
+
     func ouroborosSigner() throws -> LedgerSigner { LedgerSigner(try KeyFile.read(paths.ouroborosKeys).signing) }
 
     /// Finishes or rolls back a reshuffle interrupted by a crash (see the type's documentation). Writers only: the
     /// caller holds the runtime lock; the swap itself happens under the state lock. Idempotent.
-    static func completeReshuffle(_ paths: RingPaths, record: OwnerRecord) throws {
+    /// Returns true when it rolled a placement back: the ledger may then already announce that placement's keys,
+    /// and the caller announces the keys still in use again.
+    @discardableResult
+    static func completeReshuffle(_ paths: RingPaths, record: OwnerRecord) throws -> Bool {
         let fm = FileManager.default
+        var rolledBack = false
         if fm.fileExists(atPath: paths.nextBlocks) {
             let lock = try paths.stateLockExclusive()
             // Committed: the signed record names folders that are in blocks.next and not (any more) in blocks.
             let committed = record.order.allSatisfy {
                 fm.fileExists(atPath: paths.nextBlocks + "/" + $0 + "/block.json") && !fm.fileExists(atPath: paths.block($0))
             }
-            if committed { try swapPlacement(paths, record: record) } else { removeTree(paths.nextBlocks) }
+            if committed { try swapPlacement(paths, record: record) } else { removeTree(paths.nextBlocks); rolledBack = true }
             _ = lock
         }
         removeRetired(paths, background: false)
+        return rolledBack
     }
 
     /// Puts the committed placement in `blocks.next/` in place of `blocks/` (two renames, under the state lock).

@@ -437,7 +437,9 @@ public enum RingCheck {
         defer { _ = lock }
         let (before, trusted) = try examine(directory)
         guard let ring = trusted else { return (before, Repairs(), before) }
-        try SealedRing.completeReshuffle(p, record: ring.record)
+        if try SealedRing.completeReshuffle(p, record: ring.record) {
+            try ring.announceMembers(ledger: try SQLiteLedger(path: p.ledger))   // as RingRuntime does after a rollback
+        }
         guard !before.authentic, before.findings.contains(where: \.repairable) else { return (before, Repairs(), before) }
         let ledger = try SQLiteLedger(path: p.ledger)
         let repairs = try repair(ring, report: before, ledger: ledger)
