@@ -347,9 +347,31 @@ PY
   expect_exit 1 "seal --ledger refuses a ledger in use" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring2" --ledger "$pg_ring_url"
   ring_up_check postgres "$tmp/pgring" --ledger "$pg_ring_url"
   expect_exit 0 "ledger audit --ledger after ring up" "$bin" ledger audit --ring "$tmp/pgring" --ledger "$pg_ring_url"
-  expect_exit 0 "verify --ledger" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url"
+  expect_exit 0 "verify --ledger --no-round" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --no-round
+  expect_exit 3 "verify --ledger: no block running to attest" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --round-timeout 2
+  grep -q "did not attest" "$tmp/out" || { echo "FAIL: verify --ledger did not name the silent block"; fail=$((fail + 1)); }
   expect_exit 3 "verify --ledger: another ring's ledger" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_url"
-  expect_exit 64 "verify --restore --ledger is refused" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --restore
+  expect_exit 64 "verify --no-round --restore is refused" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --restore --no-round
+  # verify --ledger beside a running ring: an authenticity round through the ledger; a block's file modified on its
+  # host is named, then restored over the ledger with --restore.
+  "$bin" ring up --ring "$tmp/pgring" --ledger "$pg_ring_url" --check-every 0 --log-dir "$tmp/uplogs-verify" > "$tmp/up.out" 2> "$tmp/up.err" &
+  up=$!
+  for _ in $(seq 1 100); do grep -q "^query:" "$tmp/up.out" 2>/dev/null && break; sleep 0.1; done
+  sleep 2
+  expect_exit 0 "verify --ledger beside ring up" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --round-timeout 20
+  grep -q "authentic through the ledger" "$tmp/out" || { echo "FAIL: verify --ledger ran no round"; fail=$((fail + 1)); }
+  pg_blk=$(ls "$tmp/pgring/blocks" | head -1)
+  python3 - "$tmp/pgring/blocks/$pg_blk/params.safetensors" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-3] ^= 0x40; open(p, "wb").write(b)
+PY
+  expect_exit 3 "verify --ledger: a block's file modified" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --round-timeout 20
+  grep -q "NOT AUTHENTIC through the ledger.*$pg_blk" "$tmp/out" || { echo "FAIL: verify --ledger did not name block $pg_blk"; fail=$((fail + 1)); }
+  expect_exit 0 "verify --ledger --restore" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --round-timeout 20 --restore
+  grep -q "restored over the ledger" "$tmp/out" || { echo "FAIL: verify --ledger --restore restored nothing"; fail=$((fail + 1)); }
+  expect_exit 0 "verify --ledger after the restore" "$bin" verify --ring "$tmp/pgring" --ledger "$pg_ring_url" --round-timeout 20
+  kill -TERM "$up"; wait "$up" || true
+  expect_exit 0 "ledger audit --ledger after verify rounds" "$bin" ledger audit --ring "$tmp/pgring" --ledger "$pg_ring_url"
   expect_exit 64 "seal --ledger takes only a database" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/pgring3" --ledger "$tmp/ring/ledger.sqlite"
   psql "$pg_admin" -qc "DROP DATABASE $pg_ring_db WITH (FORCE)" >/dev/null
   psql "$pg_admin" -qc "DROP DATABASE $pg_db WITH (FORCE)" >/dev/null

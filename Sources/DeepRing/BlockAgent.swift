@@ -26,11 +26,23 @@ public final class BlockAgent {
     public private(set) var events: [(round: String, event: String, detail: String)] = []
     /// Own posts found on the ledger when it started (an earlier process of this block answered them).
     public let resumedPosts: Int
+    /// Held for life: one process per block folder.
+    private let lock: RingLock
 
     /// Loads the bundle in `directory` (refusing a descriptor not signed by the owner its key file names, or a
     /// parameter file that is not the one the descriptor names) and checks that `ledger` is its ring's. Then
     /// resumes: inputs among the last `resumeWindow` entries that it has not answered are answered.
     public init(directory: String, ledger: any Ledger, resumeWindow: Int64 = 20_000) throws {
+        // One process per block folder: a second one (started twice by mistake) would answer every input again, and
+        // its successor would name the block for a second post.
+        do {
+            guard let l = try RingLock.acquire(directory + "/serve.lock", exclusive: true, create: true, timeout: 0, what: "block") else {
+                throw RingError.notARing("\(directory)/serve.lock cannot be made")
+            }
+            lock = l
+        } catch RingError.busy {
+            throw RingError.busy("another process is already serving the block in \(directory) (it holds \(directory)/serve.lock)")
+        }
         let b = try BlockBundle.load(directory)
         let d = b.descriptor
         guard let second = unhex(d.secondPredecessor), second.count == 32 else {

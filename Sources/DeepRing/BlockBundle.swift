@@ -1,3 +1,4 @@
+import DeepRingLedger
 import Crypto
 import DeepRingEngine
 import DeepRingProtocol

@@ -305,8 +305,14 @@ final class RingNode {
     func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger) throws -> LedgerEntry {
         let e = try ledger.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
         ownAppends.append(e.sequence)
+        if watchFilters.contains(where: { $0.matches(e) }) { watched.append(e) }
         return e
     }
+    /// Rows its owner follows (the ouroboros's bookkeeping of open queries: queries, deliveries, alarms), read with
+    /// the node's page and collected in `watched` with the node's own appends of those kinds — in the order read
+    /// or appended; an own append read back later appears twice.
+    var watchFilters: [EntryFilter] = []
+    var watched: [LedgerEntry] = []
     private var ownAppends: [Int64] = []
     /// Rows of kinds the node itself never handles (the authenticity round's) that its owner wants read with the
     /// node's page — one read per round, not two — and collected in `sideEntries` for it.
@@ -372,19 +378,22 @@ final class RingNode {
         // After a lost connection the server may have lost rows this node read (or appended) and numbered new ones
         // the same: read the last rows again (inputs already answered are known by hash, not number).
         let epoch = ledger.connectionEpoch
-        if epoch != seenEpoch {
+        let rewound = epoch != seenEpoch
+        if rewound {
             seenEpoch = epoch
             cursor = max(0, cursor - RingNode.rereadAfterLoss)
         }
+        var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm, author: successor.signing)]
+        if isOuroboros { filters.append(EntryFilter(kind: .query)) }
+        // The second predecessor's posts hold the H this node validates against: read with the page, not apart.
+        if cachesSecondPredecessor { filters.append(EntryFilter(kind: .layer, author: secondPredecessor)) }
+        filters += sideFilters + watchFilters
+        // Nothing for this node was notified since the last page (a backend with complete notifications says so
+        // without a round trip): no read.
+        guard rewound || ledger.mayHaveAppended(after: cursor, matching: filters) else { return false }
         let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
-            let tail = try ledger.lastSequence()
-            guard tail > cursor else { return ([], tail) }
-            var filters = [EntryFilter(kind: .layer, author: predecessor.signing), EntryFilter(kind: .alarm, author: successor.signing)]
-            if isOuroboros { filters.append(EntryFilter(kind: .query)) }
-            // The second predecessor's posts hold the H this node validates against: read with the page, not apart.
-            if cachesSecondPredecessor { filters.append(EntryFilter(kind: .layer, author: secondPredecessor)) }
-            filters += sideFilters
-            let page = try ledger.entries(in: (cursor + 1)...tail, matching: filters, maxBytes: RingNode.roundBudget)
+            // One round trip: the tail and what is new up to it.
+            let (page, tail) = try ledger.entries(after: cursor, matching: filters, maxBytes: RingNode.roundBudget)
             behind = page.through < tail
             return (page.entries, page.through)
         }
@@ -397,15 +406,16 @@ final class RingNode {
         }
         var acted = false
         for e in entries {
+            if watchFilters.contains(where: { $0.matches(e) }) { watched.append(e) }
             guard let q = e.queryID else { continue }
             if cachesSecondPredecessor && e.author == secondPredecessor && e.kind == .layer { remember(e); continue }
             if RingNode.sideKinds.contains(e.kind) { sideEntries.append(e); continue }
             do {
                 switch e.kind {
                 case .query where isOuroboros:
-                    let before = try ledger.lastSequence()
+                    let before = ownAppends.count
                     try startQuery(e, ledger: ledger)
-                    if try ledger.lastSequence() != before { acted = true }
+                    if ownAppends.count != before { acted = true }
                 case .layer:
                     if try process(e, queryID: q, ledger: ledger) { acted = true }
                 case .alarm:

@@ -34,12 +34,12 @@ public struct QuerentSession: Sendable {
             guard left > 0 else {
                 throw QueryError.timeout("no delivery for query \(queryID) within \(Int(timeout)) s (is `deepring owner serve` running on this ledger?)")
             }
-            let tail = try ledger.waitForAppend(after: cursor, matching: [EntryFilter(kind: .delivery, queryID: queryID)],
-                                                timeout: .milliseconds(Int(min(left, 1) * 1000)))
-            guard tail > cursor else { continue }
-            let found = try ledger.entries(in: (cursor + 1)...tail, matching: [EntryFilter(kind: .delivery, queryID: queryID)])
-            cursor = tail
-            for e in found {
+            let filter = [EntryFilter(kind: .delivery, queryID: queryID)]
+            _ = try ledger.waitForAppend(after: cursor, matching: filter, timeout: .milliseconds(Int(min(left, 1) * 1000)))
+            guard ledger.mayHaveAppended(after: cursor, matching: filter) else { continue }
+            let (page, _) = try ledger.entries(after: cursor, matching: filter, maxBytes: 64 << 20)
+            cursor = max(cursor, page.through)
+            for e in page.entries {
                 // Not the ouroboros's: someone else's row (anyone may append); keep waiting. The ouroboros's own
                 // delivery that does not open is its fault: an error, never a skip.
                 let outcome: Result<Tensor, QueryError>

@@ -46,7 +46,8 @@ public struct RingPaths: Sendable {
     static let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next"]
     static let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
                                           "ouroboros.safetensors", "runtime.lock", "state.lock"]
-    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json"]
+    /// A block's files; `serve.lock` is held by the `block serve` process serving the folder.
+    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock"]
 
     /// `.NAME.tmp-PID`, the temporary file of an atomic write of `NAME` (one of `names`), which a crash may leave.
     static func isTemporary(_ n: String, of names: Set<String>) -> Bool {

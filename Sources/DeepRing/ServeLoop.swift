@@ -61,11 +61,16 @@ public enum ServeLoop {
         while !stop.isStopped {
             do {
                 let t0 = Date().timeIntervalSince1970
+                let trips = ledger.roundTrips
                 let acted = try step()
                 if failing { logger.notice("ledger reachable again"); failing = false }
                 backoff = 0.1
                 let t1 = Date().timeIntervalSince1970
-                if acted { logger.debug("round", metadata: ["t": "\(String(format: "%.4f", t0))", "ms": "\(String(format: "%.2f", (t1 - t0) * 1000))"]) }
+                if acted {
+                    let r = ledger.roundTrips - trips
+                    logger.debug("round", metadata: ["t": "\(String(format: "%.4f", t0))", "ms": "\(String(format: "%.2f", (t1 - t0) * 1000))",
+                                                     "ledger_calls": "\(r.count)", "ledger_ms": "\(String(format: "%.2f", r.seconds * 1000))"])
+                }
                 if !acted {
                     let tail = try ledger.waitForAppend(after: cursor(), matching: filters, timeout: idle)
                     let t2 = Date().timeIntervalSince1970

@@ -182,11 +182,22 @@ public protocol Ledger: Sendable {
     /// had shown (PostgreSQL's lazily committed layer posts), whose numbers the next rows then take. A reader that
     /// sees it change reads its last rows again. 0 for backends that cannot lose a shown row (SQLite).
     var connectionEpoch: Int { get }
+    /// Statements sent to a database server so far, and the time spent waiting for their answers (for the serving
+    /// loops' logs and `bench ring`'s per-phase breakdown); zero for backends in the process (SQLite).
+    var roundTrips: RoundTrips { get }
     /// Sequence numbers of stored rows outside 1 … `LedgerEntry.maxSequence` (at most `limit`): tampering.
     func sequencesOutOfRange(limit: Int) throws -> [Int64]
     /// Like `entries(in:matching:)`, but bringing at most `maxBytes` of payload into memory (at least one entry):
     /// what a block reads each round, whatever anyone appended.
     func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage
+    /// What a member reads each round, in one round trip where the backend can: the ledger's tail, and the entries
+    /// after `cursor` up to it that match any of `filters` (at most `maxBytes` of payload, at least one entry). The
+    /// page's `through` is the tail when nothing is left to read.
+    func entries(after cursor: Int64, matching filters: [EntryFilter], maxBytes: Int) throws -> (page: LedgerPage, tail: Int64)
+    /// False only when the backend's notifications are complete and name no row after `sequence` that may match
+    /// `filters` — so a reader may skip its read; true when one may have been appended (or the backend cannot tell).
+    /// A hint from notifications (no round trip), like `waitForAppend(after:matching:timeout:)`.
+    func mayHaveAppended(after sequence: Int64, matching filters: [EntryFilter]) -> Bool
     /// The headers (no payloads) of the entries in `range` that match any of `filters`; rows that do not decode are
     /// left out. Not authenticated: for reports, never for decisions.
     func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader]
@@ -198,6 +209,15 @@ extension Ledger {
     }
 
     public var connectionEpoch: Int { 0 }
+    public var roundTrips: RoundTrips { RoundTrips() }
+
+    public func entries(after cursor: Int64, matching filters: [EntryFilter], maxBytes: Int) throws -> (page: LedgerPage, tail: Int64) {
+        let tail = try lastSequence()
+        guard tail > cursor else { return (LedgerPage(entries: [], through: tail), tail) }
+        return (try entries(in: (cursor + 1)...tail, matching: filters, maxBytes: maxBytes), tail)
+    }
+
+    public func mayHaveAppended(after sequence: Int64, matching filters: [EntryFilter]) -> Bool { true }
 
     /// The sequence number of `author`'s last entry at or before `tail`, reading headers backwards in windows that
     /// double (so a long ledger is not read whole for a recent entry); nil when it has none.
@@ -312,4 +332,44 @@ public struct EntryFilter: Sendable, Equatable {
     public func matches(kind k: EntryKind, author a: [UInt8], queryID q: String?) -> Bool {
         (kind == nil || kind == k) && (author.map { $0 == a } ?? true) && (queryID == nil || queryID == q)
     }
+}
+
+/// A count of round trips to a ledger's server and the time they took.
+public struct RoundTrips: Sendable, Equatable {
+    public var count = 0
+    public var seconds = 0.0
+    public init(count: Int = 0, seconds: Double = 0) { self.count = count; self.seconds = seconds }
+    public static func - (a: RoundTrips, b: RoundTrips) -> RoundTrips { RoundTrips(count: a.count - b.count, seconds: a.seconds - b.seconds) }
+}
+
+/// Lower-case hexadecimal of bytes (keys, hashes and ids in files and messages).
+public func hex<S: Sequence>(_ b: S) -> String where S.Element == UInt8 {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(b.underestimatedCount * 2)
+    for x in b { out.append(digits[Int(x >> 4)]); out.append(digits[Int(x & 15)]) }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// Bytes from hexadecimal (either case); nil for anything else.
+public func unhex(_ s: String) -> [UInt8]? {
+    let u = Array(s.utf8)
+    guard u.count % 2 == 0 else { return nil }
+    var out = [UInt8]()
+    out.reserveCapacity(u.count / 2)
+    func nib(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 97...102: return c - 87
+        case 65...70: return c - 55
+        default: return nil
+        }
+    }
+    var i = 0
+    while i < u.count {
+        guard let h = nib(u[i]), let l = nib(u[i + 1]) else { return nil }
+        out.append(h << 4 | l)
+        i += 2
+    }
+    return out
 }

@@ -106,6 +106,7 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     public func lastSequence() throws -> Int64 { tail }
 
     public var connectionEpoch: Int { base.connectionEpoch }
+    public var roundTrips: RoundTrips { base.roundTrips }
 
     public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
         _ = try base.waitForAppend(after: sequence, matching: filters, timeout: timeout)

@@ -45,7 +45,21 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     private var listener: Task<Void, Never>?
 
     public static let table = "deepring_entries"
+    /// The channel every append is notified on (for waits that want every row: `ledger show --follow`, tests).
     public static let channel = "deepring_ledger"
+    /// The channel an append of `kind` by `author` is also notified on — and, with no author, the one for every
+    /// append of that kind. A serving process listens only on the channels of the rows it waits for, so one post wakes
+    /// the one process it is for instead of every process of the ring (each wake-up costs a few context switches, and
+    /// a ring's processes share the cores).
+    public static func channel(kind: EntryKind, author: [UInt8]?) -> String {
+        guard let a = author else { return "deepring_\(kind.rawValue)" }
+        return "deepring_\(kind.rawValue)_" + hex(a.prefix(8))
+    }
+    /// The channel a wait with `filter` listens on: its kind and author's, its kind's, or every append's.
+    static func channel(for filter: EntryFilter) -> String {
+        guard let k = filter.kind else { return channel }
+        return channel(kind: k, author: filter.author)
+    }
     /// The triggers that make the table a ledger; a table missing one, or with one disabled, is refused at open.
     static let triggers = ["deepring_no_change", "deepring_no_truncate", "deepring_chain"]
 
@@ -279,7 +293,13 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     /// the deadline allows (the body must be safe to repeat). Any other error closes the connection too (it may be in
     /// a failed transaction) and is thrown.
     func withConnection<T: Sendable>(lazy: Bool = false, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) throws -> T {
-        try blocking(timeout: deadline + .seconds(5)) { [self] in
+        let started = ContinuousClock.now
+        defer {
+            let d = ContinuousClock.now - started
+            let s = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+            lock.withLock { _roundTrips.count += 1; _roundTrips.seconds += s }
+        }
+        return try blocking(timeout: deadline + .seconds(5)) { [self] in
             let until = ContinuousClock.now + deadline
             while true {
                 let c = try await checkout(until: until, lazy: lazy)
@@ -374,27 +394,41 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     // MARK: listening
 
-    /// A background connection listening on the channel; every notification wakes the waiters.
+    /// A background connection listening on the channels waits need (`wantChannels`); every notification wakes the
+    /// waiters. When the set grows, the listener connects again with the new set (notifications missed meanwhile
+    /// are covered by the gap it records: waits read the table until a notification proves the channels complete).
     func startListening() {
         let configuration = self.configuration, logger = self.logger, wake = self.wake, configurationDescription = url.description
+        let wants = self.wants
         listener = Task.detached(executorPreference: LedgerExecutor.shared) {
             var pause = Duration.milliseconds(100)
             while !Task.isCancelled {
+                let channels = wants.channels
                 var connection: PostgresConnection?
                 do {
                     let c = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
                     connection = c
                     pause = .milliseconds(100)
-                    try await c.listen(on: PostgresLedger.channel) { notifications in
+                    try await PostgresLedger.listen(on: c, to: channels[...], streams: []) { streams in
                         wake.restarted()
-                        wake.listening(true)
+                        wake.listening(true, channels: Set(channels))
                         wake.signal()   // anything appended while (re)connecting is read again
-                        for try await n in notifications { wake.notified(n.payload) }
+                        try await withThrowingTaskGroup(of: Bool.self) { group in
+                            for n in streams { group.addTask { for try await x in n { wake.notified(x.payload) }; return false } }
+                            group.addTask {
+                                while !Task.isCancelled, wants.channels == channels { try await Task.sleep(for: .milliseconds(100)) }
+                                return true
+                            }
+                            // A stream ended (the connection is gone), or the channels changed: listen again.
+                            _ = try await group.next()
+                            group.cancelAll()
+                            try? await c.close()
+                        }
                     }
-                    wake.listening(false)
+                    wake.listening(false, channels: [])
                     try? await c.close()
                 } catch {
-                    wake.listening(false)
+                    wake.listening(false, channels: [])
                     if let c = connection { try? await c.close() }
                     if Task.isCancelled { return }
                     logger.warning("ledger notifications lost; listening again", metadata: ["ledger": "\(configurationDescription)", "retry_in_ms": "\(PostgresLedger.milliseconds(pause))"])
@@ -405,13 +439,29 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }
     }
 
+    /// LISTENs on each of `channels` in turn on `c`, then runs `body` with their notification streams.
+    static func listen(on c: PostgresConnection, to channels: ArraySlice<String>, streams: [PostgresNotificationSequence],
+                       _ body: @Sendable ([PostgresNotificationSequence]) async throws -> Void) async throws {
+        guard let first = channels.first else { return try await body(streams) }
+        try await c.listen(on: first) { s in try await listen(on: c, to: channels.dropFirst(), streams: streams + [s], body) }
+    }
+
+    /// Makes sure the listener listens on what `filters` need (nil: every append).
+    func want(_ filters: [EntryFilter]?) { wants.add(filters) }
+    private let wants = ChannelWants()
+
     private nonisolated(unsafe) var _connectionEpoch = 0
     /// Connections lost or refused so far: after one, the server may have crashed and lost its last lazily committed
     /// rows, and readers re-read what they had read last.
     public var connectionEpoch: Int { lock.withLock { _connectionEpoch } }
+    private nonisolated(unsafe) var _roundTrips = RoundTrips()
+    /// Operations run on the server so far (each one or a few statements), and the time the callers waited for them.
+    public var roundTrips: RoundTrips { lock.withLock { _roundTrips } }
 
     /// True while the listening connection is up (appends elsewhere wake this process's waiters at once).
     public var isListening: Bool { wake.isListening }
+    /// The channels the listening connection listens on now (for tests).
+    var listenedChannels: Set<String> { wake.listenedChannels }
     /// Notifications received so far (for tests and health reports).
     public var notificationsReceived: Int { wake.notifications }
 
@@ -542,8 +592,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq
             """
         do {
-            try await run(PostgresQuery(unsafeSQL: "WITH ins AS (\(insert)) SELECT pg_notify('\(channel)', seq::text || ' ' || $3 || ' ' || encode($5, 'hex') || ' ' || COALESCE($4, '')) FROM ins", binds: bindings),
-                          on: c, logger: logger)
+            // Three channels (see `channel(kind:author:)`): every append's, the kind's, and the kind and author's.
+            let n = "seq::text || ' ' || $3 || ' ' || encode($5, 'hex') || ' ' || COALESCE($4, '')"
+            try await run(PostgresQuery(unsafeSQL: """
+                WITH ins AS (\(insert)) SELECT pg_notify('\(channel)', \(n)), pg_notify('deepring_' || $3, \(n)),
+                  pg_notify('deepring_' || $3 || '_' || substr(encode($5, 'hex'), 1, 16), \(n)) FROM ins
+                """, binds: bindings), on: c, logger: logger)
         } catch let p as PSQLError where p.serverInfo?[.sqlState] == "54000" {
             // The notification queue is full (a listener holding a transaction open stops it draining): the entry
             // goes in without its notification, and waiters find it at their next re-read.
@@ -589,6 +643,51 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }
     }
 
+    /// One round trip: the tail (its number and hash, which the next append chains on) and the page after `cursor`,
+    /// from one snapshot.
+    public func entries(after cursor: Int64, matching filters: [EntryFilter], maxBytes: Int) throws -> (page: LedgerPage, tail: Int64) {
+        let logger = self.logger
+        let lo = max(0, cursor), b = max(0, maxBytes)
+        let filter = filters.isEmpty ? "false" : PostgresLedger.filterSQL(filters)
+        let (rows, more, tail) = try withConnection { c -> ([LedgerRow], Bool, (Int64, [UInt8])?) in
+            let sql = """
+                WITH t AS (SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1),
+                m AS MATERIALIZED (
+                  SELECT seq, sum(octet_length(payload)::bigint) OVER (ORDER BY seq) AS run, row_number() OVER (ORDER BY seq) AS n
+                  FROM deepring_entries WHERE seq > \(lo) AND seq <= (SELECT seq FROM t) AND seq <= \(LedgerEntry.maxSequence) AND (\(filter))
+                  ORDER BY seq),
+                k AS (SELECT seq FROM m WHERE n = 1 OR run <= \(b))
+                SELECT t.seq, t.hash, e.seq, e.prev_hash, e.kind, e.query_id, e.author, e.payload, e.hash, e.signature,
+                       (SELECT count(*) FROM m) > (SELECT count(*) FROM k)
+                FROM t LEFT JOIN (k JOIN deepring_entries e ON e.seq = k.seq) ON true ORDER BY e.seq
+                """
+            var out: [LedgerRow] = []
+            var more = false
+            var tail: (Int64, [UInt8])?
+            for try await row in try await c.query(PostgresQuery(unsafeSQL: sql), logger: logger) {
+                let r = row.makeRandomAccess()
+                guard let ts = try? r[0].decode(Int64.self), let th = try? r[1].decode(ByteBuffer.self) else {
+                    throw LedgerError.storage("the ledger's tail row does not decode")
+                }
+                tail = (ts, Array(th.readableBytesView))
+                guard let seq = try? r[2].decode(Int64?.self) else { continue }   // no entry matched: the tail alone
+                if let m = try? r[10].decode(Bool.self) { more = m }
+                do {
+                    out.append(PostgresLedger.decode(seq, try r[3].decode(ByteBuffer.self), try r[4].decode(String.self), try r[5].decode(String?.self),
+                                                     try r[6].decode(ByteBuffer.self), try r[7].decode(ByteBuffer.self), try r[8].decode(ByteBuffer.self),
+                                                     try r[9].decode(ByteBuffer.self)))
+                } catch {
+                    out.append(.malformed(sequence: seq, reason: "a column has the wrong type"))
+                }
+            }
+            return (out, more, tail)
+        }
+        guard let (t, h) = tail else { return (LedgerPage(entries: [], through: 0), 0) }
+        if h.count == 32 { noteTail(t, h) }
+        let through = more ? (rows.last?.sequence ?? t) : t
+        return (LedgerPage(entries: rows.compactMap(\.entry), through: max(through, lo)), t)
+    }
+
     public func lastSequence() throws -> Int64 {
         let logger = self.logger
         return try withConnection { c in
@@ -599,6 +698,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     }
 
     public func waitForRows(after sequence: Int64, timeout: Duration) throws -> [LedgerRow] {
+        want(nil)
         let until = ContinuousClock.now + timeout
         while true {
             let generation = wake.generation
@@ -611,23 +711,30 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     /// Sleeps on the notifications: returns when one names a row after `sequence` that may match `filters`
     /// (checked against the notifications kept, so rows appended before the call count too), when notifications
-    /// may have been missed (not listening, or more arrived than are kept), or at `timeout`.
+    /// may have been missed (not listening, or more arrived than are kept), or at `timeout`. A notification that
+    /// wakes a waiter for the first time returns at once, with no round trip (the caller's read finds the row); one
+    /// that woke a waiter before is checked against the table, and forgotten when its row is not there — anyone may
+    /// NOTIFY, and a forged notification of a row beyond the tail must not wake every later wait at once.
     public func waitForAppend(after sequence: Int64, matching filters: [EntryFilter], timeout: Duration) throws -> Int64 {
         if filters.isEmpty { return try waitForAppend(after: sequence, timeout: timeout) }
+        want(filters)
         let until = ContinuousClock.now + timeout
         while true {
             let generation = wake.generation
-            switch wake.relevant(after: sequence, filters: filters) {
+            switch wake.relevant(after: sequence, filters: filters, claim: true) {
+            case .fresh(let seq):
+                return seq
             case .yes:
-                // Only a row that is there counts: a notification of a row beyond the table's tail is forged (anyone
-                // may NOTIFY) and is forgotten, lest it wake every later wait at once.
+                let mark = wake.notifications
                 let tail = try lastSequence()
                 if tail > sequence { return tail }
-                wake.forget(above: tail)
+                wake.forget(above: tail, arrivedBefore: mark)
             case .unknown:
                 // Not sure (not listening, or notifications may be missing): only what the table says counts.
+                let mark = wake.notifications
                 let tail = try lastSequence()
                 if tail > sequence { return tail }
+                wake.forget(above: tail, arrivedBefore: mark)
             case .no: break
             }
             if ContinuousClock.now >= until { return try lastSequence() }
@@ -635,7 +742,13 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }
     }
 
+    public func mayHaveAppended(after sequence: Int64, matching filters: [EntryFilter]) -> Bool {
+        if case .no = wake.relevant(after: sequence, filters: filters, claim: false) { return false }
+        return true
+    }
+
     public func waitForAppend(after sequence: Int64, timeout: Duration) throws -> Int64 {
+        want(nil)
         let until = ContinuousClock.now + timeout
         while true {
             let generation = wake.generation
@@ -684,7 +797,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         filters.map { f -> String in
             var parts: [String] = []
             if let k = f.kind { parts.append("kind = '\(k.rawValue)'") }
-            if let a = f.author { parts.append("author = '\\x\(a.map { String(format: "%02x", $0) }.joined())'::bytea") }
+            if let a = f.author { parts.append("author = '\\x\(hex(a))'::bytea") }
             if let q = f.queryID { parts.append(LedgerEntry.isValidQueryID(q) ? "query_id = '\(q)'" : "false") }
             return parts.isEmpty ? "true" : "(" + parts.joined(separator: " AND ") + ")"
         }.joined(separator: " OR ")
@@ -779,6 +892,32 @@ struct AttemptTimedOut: Error, CustomStringConvertible {
 /// What the `afterCommit` test hook throws to play a lost connection.
 struct SimulatedConnectionLoss: Error {}
 
+/// The channels the listener listens on: every append's until a wait names what it waits for; then the channels of
+/// the filters waited for (and every append's again only once a wait without filters is made).
+final class ChannelWants: @unchecked Sendable {
+    private let lock = NSLock()
+    private var specific: Set<String> = [], all = false, filtered = false
+
+    var channels: [String] {
+        lock.withLock {
+            var set = specific
+            if all || !filtered { set.insert(PostgresLedger.channel) }
+            return set.sorted()
+        }
+    }
+
+    func add(_ filters: [EntryFilter]?) {
+        lock.withLock {
+            if let f = filters {
+                filtered = true
+                for x in f { specific.insert(PostgresLedger.channel(for: x)) }
+            } else {
+                all = true
+            }
+        }
+    }
+}
+
 /// The entry an append last tried (shared by the retries of one append).
 final class AttemptBox: @unchecked Sendable {
     private let lock = NSLock()
@@ -800,16 +939,21 @@ final class Wakeups: @unchecked Sendable {
     var notifications: Int { condition.lock(); defer { condition.unlock() }; return _notifications }
     var isListening: Bool { condition.lock(); defer { condition.unlock() }; return _listening }
 
-    func listening(_ on: Bool) { condition.lock(); _listening = on; condition.unlock() }
+    /// The channels listened on while listening.
+    private var channels: Set<String> = []
+
+    var listenedChannels: Set<String> { condition.lock(); defer { condition.unlock() }; return channels }
+
+    func listening(_ on: Bool, channels: Set<String>) { condition.lock(); _listening = on; self.channels = channels; condition.unlock() }
 
     /// The latest notifications of appends, parsed — (seq, kind, author, query id) — at most `kept`, oldest first
     /// from `recentHead`. A payload that does not parse (anyone may NOTIFY on the channel) is not kept: it only
     /// wakes the waiters. Notifications of the rows after `gapAfter` and before `gapUntil` may have been missed
     /// (appended while the listener reconnected).
-    private var recent: [(seq: Int64, kind: EntryKind, author: [UInt8], queryID: String?)] = []
+    private var recent: [(seq: Int64, kind: EntryKind, author: [UInt8], queryID: String?, claimed: Bool, arrival: Int)] = []
     private var recentHead = 0
     private var lastSeen: Int64 = 0
-    private var gap: (after: Int64, until: Int64?)? = (0, nil)
+    private var gap: (after: Int64, until: Int64?, arrival: Int)? = (0, nil, 0)
     static let kept = 4096
 
     /// A notification arrived: counted, kept, and the waiters woken.
@@ -818,48 +962,67 @@ final class Wakeups: @unchecked Sendable {
         _notifications &+= 1
         let f = payload.split(separator: " ", omittingEmptySubsequences: false)
         if f.count == 4, let seq = Int64(f[0]), let kind = EntryKind(rawValue: String(f[1])), let author = Wakeups.unhex(f[2]) {
-            let n = (seq, kind, author, f[3].isEmpty ? nil : String(f[3]))
+            let n = (seq, kind, author, f[3].isEmpty ? nil : String(f[3]), false, _notifications)
             if recent.count < Wakeups.kept { recent.append(n) } else {
                 recent[recentHead] = n
                 recentHead = (recentHead + 1) % Wakeups.kept
             }
-            if let g = gap, g.until == nil { gap = (g.after, seq) }
+            if let g = gap, g.until == nil { gap = (g.after, seq, _notifications) }
             lastSeen = max(lastSeen, seq)
         }
         condition.unlock()
         signal()
     }
 
-    enum Relevance { case yes, no, unknown }
+    enum Relevance {
+        /// A matching notification that has not woken a waiter yet (the newest such row's number).
+        case fresh(Int64)
+        /// Matching notifications, all of which woke a waiter before (they may be forged: check the table).
+        case yes
+        case no, unknown
+    }
 
     /// Whether a row after `sequence` that may match `filters` was notified; `unknown` when notifications of rows
-    /// after `sequence` may be missing (not listening, appended while the listener reconnected, or forgotten).
-    func relevant(after sequence: Int64, filters: [EntryFilter]) -> Relevance {
+    /// after `sequence` may be missing (not listening, appended while the listener reconnected, or forgotten). With
+    /// `claim`, the matching notifications are marked as having woken a waiter.
+    func relevant(after sequence: Int64, filters: [EntryFilter], claim: Bool) -> Relevance {
         condition.lock(); defer { condition.unlock() }
         guard _listening else { return .unknown }
+        // Only notifications on a channel that covers each filter can answer for it.
+        if !channels.contains(PostgresLedger.channel) && !filters.allSatisfy({ channels.contains(PostgresLedger.channel(for: $0)) }) { return .unknown }
         if let g = gap, sequence + 1 < (g.until ?? .max) { return .unknown }
-        var oldest = Int64.max
-        for n in recent {
+        var oldest = Int64.max, matched = false, fresh: Int64?
+        for i in recent.indices {
+            let n = recent[i]
             oldest = min(oldest, n.seq)
-            if n.seq > sequence && filters.contains(where: { $0.matches(kind: n.kind, author: n.author, queryID: n.queryID) }) { return .yes }
+            guard n.seq > sequence && filters.contains(where: { $0.matches(kind: n.kind, author: n.author, queryID: n.queryID) }) else { continue }
+            matched = true
+            if !n.claimed { fresh = max(fresh ?? n.seq, n.seq) }
+            if claim { recent[i].claimed = true }
         }
+        if let f = fresh { return .fresh(f) }
+        if matched { return .yes }
         if recent.count == Wakeups.kept && oldest > sequence + 1 { return .unknown }
         return .no
     }
 
     /// Drops the kept notifications of rows past `tail` (forged: no such row exists).
-    func forget(above tail: Int64) {
+    func forget(above tail: Int64, arrivedBefore mark: Int) {
         condition.lock()
-        recent.removeAll { $0.seq > tail }
+        // Only notifications that arrived before the read of `tail` began: a row commits before it is notified, so
+        // such a row was there to be read. One that arrived during the read may be of a row committed after it.
+        recent.removeAll { $0.seq > tail && $0.arrival <= mark }
         recentHead = 0
-        if lastSeen > tail { lastSeen = tail }
+        if lastSeen > tail { lastSeen = recent.map(\.seq).max() ?? tail }
+        // A forged notification must not close the gap of a reconnect either (it would keep waits unsure for good).
+        if let g = gap, let u = g.until, u > tail, g.arrival <= mark { gap = (g.after, nil, 0) }
         condition.unlock()
     }
 
     /// A new listening session: rows appended since the last notification seen may have gone unnotified.
     func restarted() {
         condition.lock()
-        gap = (lastSeen, nil)
+        gap = (lastSeen, nil, 0)
         condition.unlock()
     }
 
@@ -891,14 +1054,8 @@ final class Wakeups: @unchecked Sendable {
     }
 }
 
-final class Outcome<T>: @unchecked Sendable {
-    var result: Result<T, any Error>?
-    let done = DispatchSemaphore(value: 0)
-}
-
-/// A task executor on a thread of its own: the ledger's async work runs there, never on the cooperative pool, so a
-/// caller blocked waiting for it (the `Ledger` protocol is synchronous) can never starve it — not even when the caller
-/// is itself a task on that pool.
+/// A task executor on a thread of its own: the listener's work runs there, and jobs an operation's task leaves behind
+/// once its caller has stopped running them (see `CallerExecutor`).
 final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
     static let shared = LedgerExecutor()
     private let condition = NSCondition()
@@ -910,8 +1067,9 @@ final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
         t.start()
     }
 
-    func enqueue(_ job: consuming ExecutorJob) {
-        let j = UnownedJob(job)
+    func enqueue(_ job: consuming ExecutorJob) { enqueue(UnownedJob(job)) }
+
+    func enqueue(_ j: UnownedJob) {
         condition.lock()
         jobs.append(j)
         condition.signal()
@@ -929,18 +1087,72 @@ final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
     }
 }
 
+/// The executor of one synchronous ledger call: its jobs run on the thread that made the call and waits for it, so
+/// an operation costs no hand-off to another thread and back (two wake-ups of a sleeping core, about a third of a
+/// loopback round trip measured here) — and a caller that is itself a task of the cooperative pool can never starve
+/// it. Jobs that arrive after the caller has stopped (work the operation left behind) go to `LedgerExecutor`.
+final class CallerExecutor: TaskExecutor, @unchecked Sendable {
+    private let condition = NSCondition()
+    private var jobs: [UnownedJob] = []
+    private var done = false, closed = false
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let j = UnownedJob(job)
+        condition.lock()
+        if closed { condition.unlock(); LedgerExecutor.shared.enqueue(j); return }
+        jobs.append(j)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Called by the operation's task as its last act.
+    func finish() { condition.lock(); done = true; condition.signal(); condition.unlock() }
+
+    /// Runs the jobs on the calling thread until the task has finished (true) or `deadline` has passed (false).
+    func runJobs(until deadline: Date) -> Bool {
+        while true {
+            condition.lock()
+            while jobs.isEmpty && !done { if !condition.wait(until: deadline) { break } }
+            if jobs.isEmpty {
+                let finished = done
+                condition.unlock()
+                return finished
+            }
+            let j = jobs.removeFirst()
+            condition.unlock()
+            j.runSynchronously(on: asUnownedTaskExecutor())
+        }
+    }
+
+    /// From now on jobs go to `LedgerExecutor`, with any still queued.
+    func close() {
+        condition.lock()
+        closed = true
+        let left = jobs
+        jobs.removeAll()
+        condition.unlock()
+        for j in left { LedgerExecutor.shared.enqueue(j) }
+    }
+}
+
+final class Outcome<T>: @unchecked Sendable {
+    var result: Result<T, any Error>?
+}
+
 /// Runs async work from synchronous code (the `Ledger` protocol is synchronous: blocks run on their own threads), with
-/// a deadline: the work is cancelled when it passes. The work runs on `LedgerExecutor`.
+/// a deadline: the work is cancelled when it passes. The work runs on the calling thread (`CallerExecutor`).
 func blocking<T>(timeout: Duration = .seconds(60), _ work: @escaping @Sendable () async throws -> T) throws -> T {
     let o = Outcome<T>()
-    let task = Task(executorPreference: LedgerExecutor.shared) {
+    let executor = CallerExecutor()
+    defer { executor.close() }
+    let task = Task(executorPreference: executor) {
         do { o.result = .success(try await work()) } catch { o.result = .failure(error) }
-        o.done.signal()
+        executor.finish()
     }
     let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) * 1e-18
-    if o.done.wait(timeout: .now() + seconds) == .timedOut {
+    if !executor.runJobs(until: Date(timeIntervalSinceNow: seconds)) {
         task.cancel()
-        _ = o.done.wait(timeout: .now() + 5)
+        _ = executor.runJobs(until: Date(timeIntervalSinceNow: 5))
         throw LedgerError.storage("the ledger did not answer within \(Int(seconds)) s")
     }
     guard let r = o.result else { throw LedgerError.storage("the ledger operation did not finish") }

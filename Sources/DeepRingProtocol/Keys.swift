@@ -1,3 +1,4 @@
+import DeepRingLedger
 import Crypto
 import DeepRingEngine
 import Foundation
@@ -179,37 +180,6 @@ public enum KeyFile {
     }
 }
 
-/// Lower-case hexadecimal of bytes (keys, hashes and ids in files and messages).
-public func hex<S: Sequence>(_ b: S) -> String where S.Element == UInt8 {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    out.reserveCapacity(b.underestimatedCount * 2)
-    for x in b { out.append(digits[Int(x >> 4)]); out.append(digits[Int(x & 15)]) }
-    return String(decoding: out, as: UTF8.self)
-}
-
-/// Bytes from hexadecimal (either case); nil for anything else.
-public func unhex(_ s: String) -> [UInt8]? {
-    let u = Array(s.utf8)
-    guard u.count % 2 == 0 else { return nil }
-    var out = [UInt8]()
-    out.reserveCapacity(u.count / 2)
-    func nib(_ c: UInt8) -> UInt8? {
-        switch c {
-        case 48...57: return c - 48
-        case 97...102: return c - 87
-        case 65...70: return c - 55
-        default: return nil
-        }
-    }
-    var i = 0
-    while i < u.count {
-        guard let h = nib(u[i]), let l = nib(u[i + 1]) else { return nil }
-        out.append(h << 4 | l)
-        i += 2
-    }
-    return out
-}
 
 /// A fresh random id: 16 bytes as 32 hex digits (block folders, query ids).
 public func randomID() -> String { hex((0..<16).map { _ in UInt8.random(in: 0...255) }) }

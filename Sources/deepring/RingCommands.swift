@@ -77,9 +77,13 @@ struct Verify: ParsableCommand {
         (neighbours updated), re-issues ring.json, rebuilds a corrupted checkpoint from the blocks' verified copies, \
         and says what it cannot repair. Exit status: 0 intact (or repaired), 3 not authentic, 1 error.
 
-        With --ledger postgres://… (a ring sealed into a database), the ledger checked is that one (its form, and its \
-        first entry this ring's seal). --restore is then refused: in that deployment the blocks run elsewhere, and \
-        `owner serve` restores them over the ledger in its authenticity rounds.
+        With --ledger URL|PATH (a ring whose blocks run as their own processes, `block serve`), the ledger checked is \
+        that one (its form, and its first entry this ring's seal), and then an authenticity round runs through it \
+        (§3.3), beside a running `owner serve` or without one: a challenge signed by the ouroboros; each block \
+        attests HASH_j over the parameters it holds in memory, chained on its predecessor's, and whether its file is \
+        intact; the chain is compared with the owner's record. A block that does not attest within --round-timeout \
+        is named. With --restore, a block found tampered is sent its sealed parameters over the ledger and the round \
+        called again, until authentic. --no-round checks only the files and the ledger's form (and only reads).
         """)
 
     @Option(help: "Ring directory.") var ring: String
@@ -87,23 +91,35 @@ struct Verify: ParsableCommand {
     @Flag(help: "Repair what the owner can (restore, re-provision, re-issue) until the ring is authentic.") var restore = false
     @Option(help: "Seconds to wait for a running query before --restore gives up.") var lockTimeout: Double = 60
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: "With --ledger: seconds the blocks have to attest in the authenticity round.") var roundTimeout: Double = 15
+    @Flag(help: "With --ledger: no authenticity round (check the files and the ledger's form only).") var noRound = false
 
     func validate() throws {
         guard lockTimeout >= 0 && lockTimeout.isFinite else { throw ValidationError("--lock-timeout must be a non-negative number of seconds") }
-        if ledgerOptions.ledger != nil && restore {
-            throw ValidationError("--restore repairs a ring run on this host; with --ledger, `owner serve` restores blocks over the ledger")
-        }
+        guard roundTimeout >= 1 && roundTimeout <= 3600 else { throw ValidationError("--round-timeout must be between 1 and 3600 seconds") }
+        if ledgerOptions.ledger == nil && noRound { throw ValidationError("--no-round goes with --ledger") }
+        if noRound && restore { throw ValidationError("--restore with --ledger restores in the authenticity round: drop --no-round") }
     }
 
     func run() throws {
         do {
-            let before: RingCheckReport, after: RingCheckReport
+            let before: RingCheckReport; var after: RingCheckReport
             var repairs = RingCheck.Repairs()
+            var round: LedgerRoundReport?
             if ledgerOptions.ledger != nil {
-                let l = try ledgerOptions.open(ring: ring, readOnly: true)
+                let l = try ledgerOptions.open(ring: ring, readOnly: noRound)
                 defer { (l as? PostgresLedger)?.close() }
                 before = try RingCheck.run(ring, ledger: l)
                 after = before
+                if !noRound {
+                    do {
+                        round = try LedgerRound.run(directory: ring, ledger: l, restore: restore, timeout: roundTimeout, progress: { stderrPrint($0) })
+                    } catch RingError.notAuthentic(let why) {
+                        stderrPrint("no authenticity round through the ledger: \(why)")   // named in the findings too
+                    }
+                    // What the round restored shows in the files of blocks that live here.
+                    if restore, round?.restores ?? 0 > 0 { after = try RingCheck.run(ring, ledger: l) }
+                }
             } else if restore {
                 (before, repairs, after) = try RingCheck.repair(ring, lockTimeout: lockTimeout, onWait: { stderrPrint($0) })
             } else {
@@ -117,7 +133,11 @@ struct Verify: ParsableCommand {
                 let obj: [String: Any] = ["authentic": before.authentic, "first_tampered": before.firstTampered?.name ?? NSNull(),
                                           "findings": findings(before), "notes": before.notes,
                                           "restored": repairs.restored, "reprovisioned": repairs.reprovisioned, "actions": repairs.actions,
-                                          "authentic_after": after.authentic, "findings_after": findings(after)]
+                                          "authentic_after": after.authentic, "findings_after": findings(after),
+                                          "round": round.map { r -> [String: Any] in
+                                              ["authentic": r.authentic, "detail": r.detail, "rounds": r.rounds, "restores": r.restores,
+                                               "events": r.events.map { ["round": $0.round, "event": $0.event, "detail": $0.detail] }]
+                                          } ?? NSNull()]
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
             } else {
                 for n in before.notes { print("note: \(n)") }
@@ -136,7 +156,12 @@ struct Verify: ParsableCommand {
                     }
                 }
             }
-            if !after.authentic { throw ExitCode(exitNotAuthentic) }
+            if let r = round, !json {
+                for e in r.events where e.event == "restoring" { print("restored over the ledger: \(e.detail)") }
+                print(r.authentic ? "authentic through the ledger: \(r.detail) (\(plural(r.rounds, "round")))"
+                                  : "NOT AUTHENTIC through the ledger: \(r.detail)")
+            }
+            if !after.authentic || round.map({ !$0.authentic }) == true { throw ExitCode(exitNotAuthentic) }
         } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
     }
 }

@@ -229,8 +229,10 @@ struct RingUp: ParsableCommand {
     @Option(help: "Seconds a query may stay open before the owner refuses it.") var queryTimeout: Double = 60
     @Option(help: "Seconds between the owner's authenticity rounds (0: only the first).") var checkEvery: Double = 30
     @Option(help: "Log level of the processes.") var logLevel: String = "info"
+    @Option(help: "Compute threads of each block process (default: one per core; the processes share this machine's cores).") var memberThreads: Int?
 
     func validate() throws {
+        if let t = memberThreads, !(1...256).contains(t) { throw ValidationError("--member-threads must be between 1 and 256") }
         guard InputFile.isDirectory(ring) else { throw ValidationError("--ring \(ring) is not a folder") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
         guard queryTimeout >= 1 && queryTimeout <= 86_400 else { throw ValidationError("--query-timeout must be between 1 and 86400 seconds") }
@@ -242,7 +244,7 @@ struct RingUp: ParsableCommand {
         do {
             let local = try LocalRing(ring: ring, ledgerOptions: ledgerOptions, logDir: logDir,
                                       ownerArguments: ["--query-timeout", "\(queryTimeout)", "--check-every", "\(checkEvery)"],
-                                      logLevel: logLevel)
+                                      logLevel: logLevel, memberArguments: memberThreads.map { ["--threads", "\($0)"] } ?? [])
             local.startAll()
             print("ring up: owner + \(local.children.count - 1) blocks on \(local.ledgerArgument) — pids "
                   + local.children.map { "\($0.name)=\($0.process?.processIdentifier ?? 0)" }.joined(separator: " "))

@@ -209,7 +209,8 @@ extension DeploymentTests {
             try r.settle()
             guard case .success? = try r.outcome(q, keys) else { Issue.record("the query was not answered"); return }
             try r.junkQueries(12)
-            r.blocks[1] = try BlockAgent(directory: r.blockDir(2), ledger: r.ledger, resumeWindow: 10)   // restart of block 2
+            r.blocks.remove(at: 1)   // restart of block 2: the old process is gone (it held the folder's lock)
+            r.blocks.insert(try BlockAgent(directory: r.blockDir(2), ledger: r.ledger, resumeWindow: 10), at: 1)
             let b1 = r.blocks[0], b2 = r.blocks[1]
             let o = try #require(try r.layerPosts(q, by: r.ouroboros).first)
             let y = try b1.node.own.checkedForward(try b1.node.open(try LayerPost.decode(o), from: o))
@@ -221,6 +222,26 @@ extension DeploymentTests {
             for _ in 0..<4 { _ = try r.blocks[2].step() }
             let framed = try r.finalAlarms(q).filter { $0.suspect == b2.signingKey }
             #expect(framed.isEmpty, "the honest block 2 is named in \(framed.count) final alarm(s): \(framed.map(\.reason))")
+        }
+
+        /// A block folder served twice on one host (`block serve` started again by mistake, or `ring up` twice): the
+        /// second process would answer every input again, and the successor would name the block for second posts.
+        /// The second one is refused; once the first is gone, the folder can be served again.
+        @Test(.timeLimit(.minutes(1)))
+        func aBlockFolderIsServedByOneProcessAtATime() throws {
+            let r = try AttackAgents()
+            #expect(throws: RingError.self) { _ = try BlockAgent(directory: r.blockDir(1), ledger: r.ledger) }
+            do {
+                _ = try BlockAgent(directory: r.blockDir(1), ledger: r.ledger)
+            } catch {
+                #expect("\(error)".contains("already serving"), "\(error)")
+            }
+            r.blocks.remove(at: 0)
+            r.blocks.insert(try BlockAgent(directory: r.blockDir(1), ledger: r.ledger), at: 0)
+            try r.settle()
+            let (q, keys) = try r.ask(attackInput())
+            try r.settle()
+            guard case .success? = try r.outcome(q, keys) else { Issue.record("the query was not answered after the restart"); return }
         }
 
         /// Q6: `RingNode.step` moves its cursor past its own appends that follow its page. A layer post is committed
@@ -346,7 +367,7 @@ extension DeploymentTests {
 }
 
 
-/// Q3 on PostgreSQL: anyone who may connect can NOTIFY on `deepring_ledger` (no privilege is needed). One
+/// Q3 on PostgreSQL: anyone who may connect can NOTIFY on the ledger's channels (no privilege is needed). One
 /// notification naming a row far in the future (`9000000000000000000 layer <key> q`) stays among the 4,096 kept and
 /// makes `waitForAppend(after:matching:)` answer `.yes` at once for every waiter whose filters it matches — a busy
 /// loop of `SELECT max(seq)` until 4,096 later notifications push it out (on an idle ring: for ever).
@@ -379,7 +400,9 @@ extension DeploymentTests {
                 }
                 let baseline = try calls(in: 0.9)
                 #expect(baseline <= 4, "before the spoof: \(baseline) waits")
-                try PostgresLedger.execute(["NOTIFY deepring_ledger, '9000000000000000000 layer \(hex(predecessor)) q'"], on: querent)
+                // On every channel a waiter for that row listens on: every append's, and the kind and author's.
+                let spoof = "'9000000000000000000 layer \(hex(predecessor)) q'"
+                try PostgresLedger.execute(["NOTIFY deepring_ledger, \(spoof)", "NOTIFY \"\(PostgresLedger.channel(kind: .layer, author: predecessor))\", \(spoof)"], on: querent)
                 while l.notificationsReceived < 2 && Date() < until { usleep(20_000) }
                 let spun = try calls(in: 1.0)
                 #expect(spun <= 5, "after one spoofed NOTIFY by the querent role, \(spun) waits of 300 ms returned within 1 s")

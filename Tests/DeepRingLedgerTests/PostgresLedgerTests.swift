@@ -109,6 +109,40 @@ struct PostgresLedgerTests {
         #expect(try waiter.waitForEntries(after: 1, timeout: .milliseconds(50)).isEmpty)
     }
 
+    /// A waiter that names what it waits for listens only on those rows' channels: appends by others do not wake its
+    /// process at all, `mayHaveAppended` answers without a round trip — false for them, true for its own rows — and
+    /// a wait for its rows returns at once on their notification.
+    @Test func aWaiterIsWokenOnlyByTheRowsItWaitsFor() throws {
+        let db = try TestPostgres.database()
+        let waiter = try PostgresLedger(url: db.url), writer = try PostgresLedger(url: db.url)
+        let mine = LedgerSigner(), other = LedgerSigner()
+        let filters = [EntryFilter(kind: .layer, author: mine.publicKey)]
+        // The first wait names the channels; the listener listens on them from then on.
+        _ = try waiter.waitForAppend(after: 0, matching: filters, timeout: .milliseconds(50))
+        let until = Date().addingTimeInterval(10)
+        let wanted: Set = [PostgresLedger.channel(kind: .layer, author: mine.publicKey)]
+        while waiter.listenedChannels != wanted && Date() < until { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(waiter.listenedChannels == wanted)
+        // Its first notification closes the gap the reconnect left (rows before it may not have been notified).
+        try writer.append(kind: .layer, queryID: "q", payload: [0], signer: mine)
+        while waiter.notificationsReceived < 1 && Date() < until { Thread.sleep(forTimeInterval: 0.02) }
+        let tail = try waiter.lastSequence()
+        #expect(!waiter.mayHaveAppended(after: tail, matching: filters), "the waiter cannot tell that nothing of its own came")
+        let before = waiter.notificationsReceived
+        for i in 0..<5 { try writer.append(kind: .layer, queryID: "q\(i)", payload: [1], signer: other) }
+        try writer.append(kind: .alarm, queryID: "q", payload: [1], signer: mine)
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(waiter.notificationsReceived == before, "rows by others, or of other kinds, reached the waiter's process")
+        #expect(!waiter.mayHaveAppended(after: tail, matching: filters))
+        try writer.append(kind: .layer, queryID: "q", payload: [2], signer: mine)
+        let t0 = Date()
+        let woke = try waiter.waitForAppend(after: tail, matching: filters, timeout: .seconds(5))
+        #expect(woke == tail + 7 && Date().timeIntervalSince(t0) < 2, "woke at \(woke) after \(Date().timeIntervalSince(t0)) s")
+        #expect(waiter.mayHaveAppended(after: tail, matching: filters))
+        let (page, t) = try waiter.entries(after: tail, matching: filters, maxBytes: 1 << 20)
+        #expect(t == tail + 7 && page.entries.map(\.sequence) == [tail + 7] && page.through == tail + 7)
+    }
+
     @Test func theDatabaseRefusesToChangeOrRemoveEntriesWhoeverAsks() throws {
         let db = try TestPostgres.database()
         let ledger = try PostgresLedger(url: db.url)
