@@ -33,8 +33,10 @@ public final class BlockAgent {
     /// parameter file that is not the one the descriptor names) and checks that `ledger` is its ring's. Then
     /// resumes: inputs among the last `resumeWindow` entries that it has not answered are answered.
     public init(directory: String, ledger: any Ledger, resumeWindow: Int64 = 20_000) throws {
+        let b = try BlockBundle.load(directory)
         // One process per block folder: a second one (started twice by mistake) would answer every input again, and
         // its successor would name the block for a second post.
+        // (Taken once the folder is known to be a block's: a wrong --dir gets no lock file.)
         do {
             guard let l = try RingLock.acquire(directory + "/serve.lock", exclusive: true, create: true, timeout: 0, what: "block") else {
                 throw RingError.notARing("\(directory)/serve.lock cannot be made")
@@ -43,7 +45,6 @@ public final class BlockAgent {
         } catch RingError.busy {
             throw RingError.busy("another process is already serving the block in \(directory) (it holds \(directory)/serve.lock)")
         }
-        let b = try BlockBundle.load(directory)
         let d = b.descriptor
         guard let second = unhex(d.secondPredecessor), second.count == 32 else {
             throw RingError.notAuthentic("\(directory)/block.json names no second predecessor")

@@ -127,11 +127,13 @@ public final class OwnerAgent {
         // What the ouroboros read in its page, and its own deliveries and alarms: a query it has not reached yet is
         // not open yet.
         let tail = node.cursor
-        let seen = node.watched
+        var seen = node.watched.sorted(by: { $0.sequence < $1.sequence })[...]
         node.watched.removeAll()
+        // An error (an append that failed in an outage) leaves the rows not handled yet for the next round.
+        defer { node.watched = Array(seen) + node.watched }
         var handled = Set<Int64>()
-        for e in seen.sorted(by: { $0.sequence < $1.sequence }) where handled.insert(e.sequence).inserted {
-            guard let q = e.queryID else { continue }
+        while let e = seen.first {
+            guard handled.insert(e.sequence).inserted, let q = e.queryID else { seen.removeFirst(); continue }
             switch e.kind {
             case .query:
                 // Started by the ouroboros (an authentic query it could open) and not ended yet.
@@ -143,7 +145,7 @@ public final class OwnerAgent {
                 }
             case .alarm:
                 guard open[q] != nil, e.isAuthentic, members.contains(e.author),
-                      let a = try? Alarm.decode(e), case .validation(let v) = a.body, v.final else { continue }
+                      let a = try? Alarm.decode(e), case .validation(let v) = a.body, v.final else { break }
                 // Prop. 1 names a block only from its successor, the one member that validates its output; an
                 // alarm from anyone else names its own author (a member raising alarms it cannot have seen).
                 let why: String
@@ -158,8 +160,9 @@ public final class OwnerAgent {
                 }
                 try end(q, .compromised, why)
                 acted = true
-            default: continue
+            default: break
             }
+            seen.removeFirst()
         }
         let t = now()
         for (q, o) in open where t - o.started > queryTimeout {

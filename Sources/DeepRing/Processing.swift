@@ -321,6 +321,9 @@ final class RingNode {
     static let sideKinds: Set<EntryKind> = [.challenge, .attestation, .restore]
     private var seenEpoch = 0
     static let rereadAfterLoss: Int64 = 2000
+    /// When this node last read its page; it reads at least every `maxReadInterval` seconds.
+    private var lastRead = 0.0
+    static let maxReadInterval = 1.0
 
     // MARK: resuming
 
@@ -388,9 +391,13 @@ final class RingNode {
         // The second predecessor's posts hold the H this node validates against: read with the page, not apart.
         if cachesSecondPredecessor { filters.append(EntryFilter(kind: .layer, author: secondPredecessor)) }
         filters += sideFilters + watchFilters
-        // Nothing for this node was notified since the last page (a backend with complete notifications says so
-        // without a round trip): no read.
-        guard rewound || ledger.mayHaveAppended(after: cursor, matching: filters) else { return false }
+        // Nothing this node acts on was notified since the last page (a backend with complete notifications says so
+        // without a round trip): no read — but never more than a second without one, whatever the notifications
+        // say (anyone may send them, and a full queue drops them). The second predecessor's posts and the node's own
+        // rows are only read along, never a reason to read.
+        let actionable = filters.filter { f in f.author != publicKeys.signing && !(f.kind == .layer && f.author == secondPredecessor && cachesSecondPredecessor) }
+        guard rewound || now() - lastRead >= RingNode.maxReadInterval || ledger.mayHaveAppended(after: cursor, matching: actionable) else { return false }
+        lastRead = now()
         let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             // One round trip: the tail and what is new up to it.
             let (page, tail) = try ledger.entries(after: cursor, matching: filters, maxBytes: RingNode.roundBudget)

@@ -28,6 +28,7 @@ public struct QuerentSession: Sendable {
         let (queryID, keys, payload) = try querent.ask(x.reshaped([x.batch] + m.inputShape))
         let posted = try ledger.append(kind: .query, queryID: queryID, payload: payload, signer: LedgerSigner(keys.signing))
         var cursor = posted.sequence
+        var lastRead = now()
         let deadline = t0 + timeout
         while true {
             let left = deadline - now()
@@ -36,9 +37,12 @@ public struct QuerentSession: Sendable {
             }
             let filter = [EntryFilter(kind: .delivery, queryID: queryID)]
             _ = try ledger.waitForAppend(after: cursor, matching: filter, timeout: .milliseconds(Int(min(left, 1) * 1000)))
-            guard ledger.mayHaveAppended(after: cursor, matching: filter) else { continue }
-            let (page, _) = try ledger.entries(after: cursor, matching: filter, maxBytes: 64 << 20)
-            cursor = max(cursor, page.through)
+            // Read when a delivery may have come — and at least once a second whatever the notifications say.
+            guard now() - lastRead >= 1 || ledger.mayHaveAppended(after: cursor, matching: filter) else { continue }
+            lastRead = now()
+            let (page, tail) = try ledger.entries(after: cursor, matching: filter, maxBytes: 64 << 20)
+            // Past what was read — or back to the tail, when a crashed server lost rows this querent had seen.
+            cursor = tail < cursor ? tail : max(cursor, page.through)
             for e in page.entries {
                 // Not the ouroboros's: someone else's row (anyone may append); keep waiting. The ouroboros's own
                 // delivery that does not open is its fault: an error, never a skip.

@@ -395,8 +395,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     // MARK: listening
 
     /// A background connection listening on the channels waits need (`wantChannels`); every notification wakes the
-    /// waiters. When the set grows, the listener connects again with the new set (notifications missed meanwhile
-    /// are covered by the gap it records: waits read the table until a notification proves the channels complete).
+    /// waiters. When the set grows, the listener connects again with the new set; until it has read the tail after its
+    /// last LISTEN, waits read the table (rows appended meanwhile may have gone unnotified).
     func startListening() {
         let configuration = self.configuration, logger = self.logger, wake = self.wake, configurationDescription = url.description
         let wants = self.wants
@@ -409,8 +409,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                     let c = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
                     connection = c
                     pause = .milliseconds(100)
+                    wake.restarted()
                     try await PostgresLedger.listen(on: c, to: channels[...], streams: []) { streams in
-                        wake.restarted()
+                        // Rows committed after this read are notified: notifications are complete past its tail.
+                        var tail: Int64 = 0
+                        for try await t in try await c.query("SELECT COALESCE(MAX(seq), 0) FROM deepring_entries", logger: logger).decode(Int64.self) { tail = t }
+                        wake.complete(after: tail)
                         wake.listening(true, channels: Set(channels))
                         wake.signal()   // anything appended while (re)connecting is read again
                         try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -482,6 +486,59 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             var on = false
             for try await v in try await c.query("SELECT current_setting('default_transaction_read_only')", logger: logger).decode(String.self) { on = v == "on" }
             return on
+        }
+    }
+
+    // MARK: the watchdog
+
+    /// True when this process's role may end other sessions (a superuser, or a member of `pg_signal_backend`): what
+    /// `endHeldAppends` needs.
+    public func mayEndOtherSessions() throws -> Bool {
+        let logger = self.logger
+        return try withConnection { c in
+            var may = false
+            for try await v in try await c.query("""
+                SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+                """, logger: logger).decode(Bool.self) { may = v }
+            return may
+        }
+    }
+
+    /// A session that held an uncommitted append to the ledger too long, and was ended.
+    public struct HeldAppend: Sendable {
+        public let pid: Int32
+        public let user: String
+        public let seconds: Double
+        public let ended: Bool
+    }
+
+    /// The owner's watchdog: ends the other sessions whose transaction has held an uncommitted write to the ledger
+    /// table for more than `limit` (`pg_terminate_backend`). Any role that may insert (a querent) can insert the next
+    /// row and keep its transaction open, and every other append then waits for it: a denial of service, never a fork.
+    /// Honest appends are single statements that commit in milliseconds. Returns the sessions found (`ended` false for
+    /// one this role may not end: a superuser's, say).
+    public func endHeldAppends(olderThan limit: Duration) throws -> [HeldAppend] {
+        let logger = self.logger
+        let seconds = max(0.1, Double(limit.components.seconds) + Double(limit.components.attoseconds) * 1e-18)
+        return try withConnection { c in
+            var out: [HeldAppend] = []
+            let rows = try await c.query("""
+                WITH held AS (
+                  SELECT a.pid, COALESCE(a.usename::text, '') AS usename, extract(epoch FROM now() - a.xact_start)::float8 AS secs,
+                         -- Only a superuser may end a superuser's session (anything else is an error, not a false).
+                         (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                           OR NOT COALESCE((SELECT rolsuper FROM pg_roles r WHERE r.oid = a.usesysid), true) AS may
+                  FROM pg_stat_activity a
+                  WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_xid IS NOT NULL
+                  AND a.xact_start < now() - make_interval(secs => \(seconds))
+                  AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'public.deepring_entries'::regclass
+                              AND l.mode = 'RowExclusiveLock' AND l.granted))
+                SELECT pid, usename, secs, CASE WHEN may THEN COALESCE(pg_terminate_backend(pid), false) ELSE false END FROM held
+                """, logger: logger)
+            for try await (pid, user, held, ended) in rows.decode((Int32, String, Double, Bool).self) {
+                out.append(HeldAppend(pid: pid, user: user, seconds: held, ended: ended))
+            }
+            return out
         }
     }
 
@@ -683,7 +740,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             return (out, more, tail)
         }
         guard let (t, h) = tail else { return (LedgerPage(entries: [], through: 0), 0) }
-        if h.count == 32 { noteTail(t, h) }
+        // The tail as read, even below the one remembered (a crashed server lost rows): the next append chains on it.
+        if h.count == 32 { lock.withLock { knownTail = (t, h) } }
         let through = more ? (rows.last?.sequence ?? t) : t
         return (LedgerPage(entries: rows.compactMap(\.entry), through: max(through, lo)), t)
     }
@@ -948,12 +1006,13 @@ final class Wakeups: @unchecked Sendable {
 
     /// The latest notifications of appends, parsed — (seq, kind, author, query id) — at most `kept`, oldest first
     /// from `recentHead`. A payload that does not parse (anyone may NOTIFY on the channel) is not kept: it only
-    /// wakes the waiters. Notifications of the rows after `gapAfter` and before `gapUntil` may have been missed
-    /// (appended while the listener reconnected).
+    /// wakes the waiters. Notifications are complete only for rows numbered `completeFrom` or later: the listener
+    /// sets it from a read of the tail made after its last LISTEN (never from a notification, which anyone may
+    /// forge); nil while it (re)connects. Past `evictedUpTo`, a notification kept may have been pushed out.
     private var recent: [(seq: Int64, kind: EntryKind, author: [UInt8], queryID: String?, claimed: Bool, arrival: Int)] = []
     private var recentHead = 0
-    private var lastSeen: Int64 = 0
-    private var gap: (after: Int64, until: Int64?, arrival: Int)? = (0, nil, 0)
+    private var completeFrom: Int64?
+    private var evictedUpTo: Int64 = 0
     static let kept = 4096
 
     /// A notification arrived: counted, kept, and the waiters woken.
@@ -964,11 +1023,10 @@ final class Wakeups: @unchecked Sendable {
         if f.count == 4, let seq = Int64(f[0]), let kind = EntryKind(rawValue: String(f[1])), let author = Wakeups.unhex(f[2]) {
             let n = (seq, kind, author, f[3].isEmpty ? nil : String(f[3]), false, _notifications)
             if recent.count < Wakeups.kept { recent.append(n) } else {
+                evictedUpTo = max(evictedUpTo, recent[recentHead].seq)
                 recent[recentHead] = n
                 recentHead = (recentHead + 1) % Wakeups.kept
             }
-            if let g = gap, g.until == nil { gap = (g.after, seq, _notifications) }
-            lastSeen = max(lastSeen, seq)
         }
         condition.unlock()
         signal()
@@ -990,11 +1048,10 @@ final class Wakeups: @unchecked Sendable {
         guard _listening else { return .unknown }
         // Only notifications on a channel that covers each filter can answer for it.
         if !channels.contains(PostgresLedger.channel) && !filters.allSatisfy({ channels.contains(PostgresLedger.channel(for: $0)) }) { return .unknown }
-        if let g = gap, sequence + 1 < (g.until ?? .max) { return .unknown }
-        var oldest = Int64.max, matched = false, fresh: Int64?
+        guard let from = completeFrom, sequence + 1 >= from, evictedUpTo <= sequence else { return .unknown }
+        var matched = false, fresh: Int64?
         for i in recent.indices {
             let n = recent[i]
-            oldest = min(oldest, n.seq)
             guard n.seq > sequence && filters.contains(where: { $0.matches(kind: n.kind, author: n.author, queryID: n.queryID) }) else { continue }
             matched = true
             if !n.claimed { fresh = max(fresh ?? n.seq, n.seq) }
@@ -1002,7 +1059,6 @@ final class Wakeups: @unchecked Sendable {
         }
         if let f = fresh { return .fresh(f) }
         if matched { return .yes }
-        if recent.count == Wakeups.kept && oldest > sequence + 1 { return .unknown }
         return .no
     }
 
@@ -1013,16 +1069,22 @@ final class Wakeups: @unchecked Sendable {
         // such a row was there to be read. One that arrived during the read may be of a row committed after it.
         recent.removeAll { $0.seq > tail && $0.arrival <= mark }
         recentHead = 0
-        if lastSeen > tail { lastSeen = recent.map(\.seq).max() ?? tail }
-        // A forged notification must not close the gap of a reconnect either (it would keep waits unsure for good).
-        if let g = gap, let u = g.until, u > tail, g.arrival <= mark { gap = (g.after, nil, 0) }
+        // A notification pushed out that named a row past the tail was forged: it must not keep waits unsure.
+        if evictedUpTo > tail { evictedUpTo = tail }
         condition.unlock()
     }
 
-    /// A new listening session: rows appended since the last notification seen may have gone unnotified.
+    /// A new listening session: until `complete(from:)`, rows may go unnotified.
     func restarted() {
         condition.lock()
-        gap = (lastSeen, nil, 0)
+        completeFrom = nil
+        condition.unlock()
+    }
+
+    /// Every LISTEN of the session is in force, and `tail` was read after them: rows numbered past it are notified.
+    func complete(after tail: Int64) {
+        condition.lock()
+        completeFrom = tail + 1
         condition.unlock()
     }
 

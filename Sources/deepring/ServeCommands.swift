@@ -165,9 +165,11 @@ struct OwnerCommand: ParsableCommand {
         @OptionGroup var logOptions: LogOptions
         @Option(help: "Seconds a query may stay open before it is refused, naming the silent member.") var queryTimeout: Double = 60
         @Option(help: "Seconds between authenticity rounds (the first runs before any query); 0: only the first.") var checkEvery: Double = 30
+        @Option(help: ArgumentHelp("PostgreSQL: end other sessions that hold an uncommitted append to the ledger longer than this many seconds (a denial of service: every other append waits); 0: off. Needs a role that may (a superuser, or GRANT pg_signal_backend TO the owner's role).", valueName: "seconds")) var watchdog: Double = 10
         @OptionGroup var threadOptions: ThreadOptions
 
         func validate() throws {
+            guard watchdog == 0 || (watchdog >= 1 && watchdog <= 3600) else { throw ValidationError("--watchdog must be 0 or between 1 and 3600 seconds") }
             guard ledgerOptions.ledger != nil else { throw ValidationError("give --ledger URL (or the path of the ring's ledger.sqlite)") }
             guard queryTimeout >= 1 && queryTimeout <= 86_400 else { throw ValidationError("--query-timeout must be between 1 and 86400 seconds") }
             guard checkEvery == 0 || (checkEvery >= 0.5 && checkEvery <= 86_400) else { throw ValidationError("--check-every must be 0 or between 0.5 and 86400 seconds") }
@@ -185,7 +187,25 @@ struct OwnerCommand: ParsableCommand {
                 agent.checkEvery = checkEvery
                 log.info("serving", metadata: ["ring": "\(agent.ring.manifest.ringID)", "blocks": "\(agent.ring.manifest.blockCount)",
                                                "ouroboros": "\(keyPrefix(agent.ring.manifest.ouroboros.signing))", "pid": "\(getpid())"])
+                // The watchdog, where the database lets this role end other sessions (asked in the loop, so that an
+                // outage at the start is retried like any other).
+                let watched = watchdog > 0 ? ledger as? PostgresLedger : nil
+                var mayWatch: Bool?
+                var lastWatch = 0.0
                 ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: agent.wakeFilters, cursor: { agent.cursor }) {
+                    if let pg = watched, mayWatch == nil {
+                        mayWatch = try pg.mayEndOtherSessions()
+                        if mayWatch == false {
+                            log.warning("watchdog off: this role may not end other sessions (GRANT pg_signal_backend TO it, or run with --watchdog 0)")
+                        }
+                    }
+                    if let pg = watched, mayWatch == true, now() - lastWatch >= 1 {
+                        lastWatch = now()
+                        for h in try pg.endHeldAppends(olderThan: .milliseconds(Int(watchdog * 1000))) {
+                            log.warning(h.ended ? "ended a session holding an append open" : "a session holds an append open (may not end it)",
+                                        metadata: ["pid": "\(h.pid)", "user": "\(h.user)", "held_s": "\(Int(h.seconds))"])
+                        }
+                    }
                     let acted = try agent.step()
                     for e in agent.takeEvents() {
                         if e.event == "delivered" { log.debug("delivered", metadata: ["query": "\(e.queryID)"]) }

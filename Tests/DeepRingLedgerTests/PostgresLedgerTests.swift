@@ -143,6 +143,79 @@ struct PostgresLedgerTests {
         #expect(t == tail + 7 && page.entries.map(\.sequence) == [tail + 7] && page.through == tail + 7)
     }
 
+    /// Attacker review of the per-channel wake-ups: anyone may NOTIFY. A flood of forged notifications that pushes
+    /// a genuine one out of the kept window must leave the waiter unsure (it reads), never sure that nothing came —
+    /// else a querent would miss its own delivery for good.
+    @Test func forgedNotificationsPushingAGenuineOneOutLeaveTheWaiterUnsure() throws {
+        let db = try TestPostgres.database()
+        let waiter = try PostgresLedger(url: db.url), writer = try PostgresLedger(url: db.url)
+        let filters = [EntryFilter(kind: .delivery, queryID: "q")]
+        _ = try waiter.waitForAppend(after: 0, matching: filters, timeout: .milliseconds(50))
+        let until = Date().addingTimeInterval(10)
+        let wanted: Set = [PostgresLedger.channel(kind: .delivery, author: nil)]
+        while (waiter.listenedChannels != wanted || waiter.mayHaveAppended(after: 0, matching: filters)) && Date() < until {
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        #expect(!waiter.mayHaveAppended(after: 0, matching: filters), "the listener never became sure")
+        let s = LedgerSigner()
+        let e = try writer.append(kind: .delivery, queryID: "q", payload: [1], signer: s)
+        while waiter.notificationsReceived < 1 && Date() < until { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(waiter.mayHaveAppended(after: e.sequence - 1, matching: filters))
+        // 5,000 forged notifications of old rows of other queries: the genuine one is pushed out of the 4,096 kept.
+        let querent = try TestPostgres.role("deepring_querent", on: db)
+        try PostgresLedger.execute(["SELECT pg_notify('deepring_delivery', '1 delivery \(hex(s.publicKey)) x' || i) FROM generate_series(1, 5000) i"], on: querent)
+        while waiter.notificationsReceived < 5001 && Date() < until { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(waiter.notificationsReceived >= 5001)
+        #expect(waiter.mayHaveAppended(after: e.sequence - 1, matching: filters), "the waiter is sure nothing came: its delivery would be lost")
+    }
+
+    /// A querent that inserts the next row and keeps its transaction open stops every other append (each waits for
+    /// that row's fate): the owner's watchdog ends that session, and the waiting append goes through.
+    @Test(.timeLimit(.minutes(1)))
+    func theWatchdogEndsASessionThatHoldsAnAppendOpen() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url), watchdog = try PostgresLedger(url: db.url)
+        #expect(try watchdog.mayEndOtherSessions(), "the test server's superuser may end other sessions")
+        let first = try ledger.append(kind: .seal, queryID: nil, payload: [1], signer: LedgerSigner())
+        let q = try TestPostgres.role("deepring_querent", on: db)
+        #expect(try !PostgresLedger(url: q).mayEndOtherSessions(), "a querent may not end other sessions")
+        func random(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
+        func literal(_ b: [UInt8]) -> String { "'\\x" + hex(b) + "'" }
+        // The next row, with its true entry hash (the chain trigger checks it; no database can check the signature).
+        let author = random(32)
+        let hash = LedgerEntry.computeHash(sequence: 2, previousHash: first.hash, kind: .query, queryID: "held", author: author, payload: [1])
+        let held = Process()
+        held.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        held.arguments = ["psql", "-X", "-q", "postgresql://\(q.user)@\(q.host):\(q.port)/\(q.database)", "-c", """
+            BEGIN; INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
+            VALUES (2, \(literal(first.hash)), 'query', 'held', \(literal(author)), '\\x01', \(literal(hash)), \(literal(random(64)))); SELECT pg_sleep(50); COMMIT;
+            """]
+        held.environment = ProcessInfo.processInfo.environment.merging(["PGPASSWORD": q.password ?? ""]) { $1 }
+        held.standardOutput = FileHandle.nullDevice
+        held.standardError = FileHandle.nullDevice
+        try held.run()
+        defer { if held.isRunning { held.terminate() } }
+        Thread.sleep(forTimeInterval: 1.5)
+        #expect(held.isRunning, "psql did not hold its transaction open")
+        let done = ResultBox()
+        let s = LedgerSigner()
+        let t = Thread { done.set(Result { try ledger.append(kind: .layer, queryID: "after", payload: [2], signer: s) }) }
+        t.start()
+        Thread.sleep(forTimeInterval: 1.0)
+        #expect(done.value == nil, "the append did not wait for the held row")
+        let ended = try watchdog.endHeldAppends(olderThan: .seconds(1))
+        #expect(ended.count == 1 && ended.first?.ended == true && ended.first?.user == q.user, "\(ended)")
+        let until = Date().addingTimeInterval(15)
+        while done.value == nil && Date() < until { Thread.sleep(forTimeInterval: 0.02) }
+        guard case .success(let e)? = done.value else { Issue.record("the append did not go through: \(String(describing: done.value))"); return }
+        #expect(e.sequence == 2)
+        held.waitUntilExit()
+        #expect(held.terminationStatus != 0, "psql's session was not ended")
+        #expect(try watchdog.endHeldAppends(olderThan: .seconds(1)).isEmpty)
+        let report = LedgerAudit.audit(ledger, ringKeys: [first.author, s.publicKey])
+        #expect(report.isClean && report.entries == 2, "\(report)")
+    }
+
     @Test func theDatabaseRefusesToChangeOrRemoveEntriesWhoeverAsks() throws {
         let db = try TestPostgres.database()
         let ledger = try PostgresLedger(url: db.url)
@@ -328,6 +401,13 @@ final class ErrorBox: @unchecked Sendable {
     private var errors: [String] = []
     func add(_ e: Error) { lock.withLock { errors.append("\(e)") } }
     var all: [String] { lock.withLock { errors } }
+}
+
+final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<LedgerEntry, Error>?
+    func set(_ r: Result<LedgerEntry, Error>) { lock.withLock { result = r } }
+    var value: Result<LedgerEntry, Error>? { lock.withLock { result } }
 }
 
 final class OnceFlag: @unchecked Sendable {
