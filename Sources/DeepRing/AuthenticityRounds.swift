@@ -1,4 +1,3 @@
-import Crypto
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol
@@ -74,23 +73,21 @@ final class AuthenticityRounds {
     /// whether it read anything (or has more to read), and the outcome once the round has ended.
     func collect() throws -> (acted: Bool, outcome: Outcome?) {
         guard var r = current else { return (false, nil) }
-        let tail = try ledger.lastSequence()
         var acted = false
-        if tail > r.cursor {
-            // Only members' attestations of this round, a bounded page at a time (anyone may append big rows).
-            let page = try ledger.entries(in: (r.cursor + 1)...tail, matching: members.dropFirst().map {
-                EntryFilter(kind: .attestation, author: $0, queryID: r.id)
-            }, maxBytes: 1 << 20)
-            for e in page.entries {
-                guard let j = members.firstIndex(of: e.author), j > 0, r.attestations[j] == nil, e.isAuthentic,
-                      let a = try? Attestation.decode(e) else { continue }
-                r.attestations[j] = a
-                acted = true
-            }
-            r.cursor = page.through
-            if page.through < tail { acted = true }
-            current = r
+        // Only members' attestations of this round, a bounded page at a time (anyone may append big rows), with the
+        // tail in the same round trip.
+        let (page, tail) = try ledger.entries(after: r.cursor, matching: members.dropFirst().map {
+            EntryFilter(kind: .attestation, author: $0, queryID: r.id)
+        }, maxBytes: 1 << 20)
+        for e in page.entries {
+            guard let j = members.firstIndex(of: e.author), j > 0, r.attestations[j] == nil, e.isAuthentic,
+                  let a = try? Attestation.decode(e) else { continue }
+            r.attestations[j] = a
+            acted = true
         }
+        r.cursor = max(r.cursor, page.through)
+        if page.through < tail { acted = true }
+        current = r
         let n = members.count - 1
         if r.attestations.count == n || now() - r.started > timeout { return (true, try judge(r)) }
         return (acted, nil)
@@ -187,10 +184,7 @@ public enum LedgerRound {
         auth.timeout = timeout
         auth.restoreTampered = restore
         // HASH_O (Eq. 2) over the ouroboros's file, checked against its sealed digest by `ouroborosHolding`.
-        var sha = SHA256()
-        ParamsEncoding.hash(held[0], into: &sha)
-        ParamsEncoding.hash(held[1], into: &sha)
-        let h = Array(sha.finalize())
+        let h = HashChain.hashes(holders: [(held[0], held[1])])[0]
         func report(_ authentic: Bool, _ detail: String) -> LedgerRoundReport {
             LedgerRoundReport(authentic: authentic, detail: detail, rounds: auth.rounds, restores: auth.restores, events: auth.events.map { ($0.queryID, $0.event, $0.detail) })
         }

@@ -37,14 +37,11 @@ public final class BlockAgent {
         // One process per block folder: a second one (started twice by mistake) would answer every input again, and
         // its successor would name the block for a second post.
         // (Taken once the folder is known to be a block's: a wrong --dir gets no lock file.)
-        do {
-            guard let l = try RingLock.acquire(directory + "/serve.lock", exclusive: true, create: true, timeout: 0, what: "block") else {
-                throw RingError.notARing("\(directory)/serve.lock cannot be made")
-            }
-            lock = l
-        } catch RingError.busy {
-            throw RingError.busy("another process is already serving the block in \(directory) (it holds \(directory)/serve.lock)")
+        guard let l = try RingLock.acquire(directory + "/serve.lock", exclusive: true, create: true, timeout: 0,
+                                           what: "another process is already serving the block in \(directory) (it holds \(directory)/serve.lock)") else {
+            throw RingError.notARing("\(directory)/serve.lock cannot be made")
         }
+        lock = l
         let d = b.descriptor
         guard let second = unhex(d.secondPredecessor), second.count == 32 else {
             throw RingError.notAuthentic("\(directory)/block.json names no second predecessor")

@@ -1,4 +1,3 @@
-import Crypto
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol
@@ -34,7 +33,7 @@ public final class OwnerAgent {
     public var rounds: Int { auth.rounds }
     public var restores: Int { auth.restores }
     /// The authenticity rounds across hosts (§3.3, §3.4.4).
-    private var auth: AuthenticityRounds!
+    private let auth: AuthenticityRounds
     /// The ouroboros's two layers as sealed (their specs and names) and the owner's verified checkpoint.
     private let held: [RingLayer]
     private let checkpoint: [RingLayer]
@@ -77,9 +76,10 @@ public final class OwnerAgent {
         members = [o.signing] + signing
         self.ring = ring
         self.ledger = ledger
+        let everyone = members
+        auth = AuthenticityRounds(ring: ring, ledger: ledger, signer: node.signer, members: everyone, checkpoint: checkpoint,
+                                  describe: { AuthenticityRounds.describe($0, members: everyone, ring: ring) })
         try node.resume(ledger: ledger, window: resumeWindow)
-        auth = AuthenticityRounds(ring: ring, ledger: ledger, signer: node.signer, members: members, checkpoint: checkpoint,
-                                  describe: { [unowned self] in self.describe($0) })
         node.watchFilters = [EntryFilter(kind: .query), EntryFilter(kind: .delivery, author: members[0])]
             + members.map { EntryFilter(kind: .alarm, author: $0) }
     }
@@ -183,10 +183,7 @@ public final class OwnerAgent {
 
     /// HASH_O (Eq. 2) over the parameters the ouroboros computes with.
     private var ouroborosHash: [UInt8] {
-        var sha = SHA256()
-        ParamsEncoding.hash(held[0].current(in: node.own), into: &sha)
-        ParamsEncoding.hash(held[1].current(in: node.next), into: &sha)
-        return Array(sha.finalize())
+        HashChain.hashes(holders: [(held[0].current(in: node.own), held[1].current(in: node.next))])[0]
     }
 
     /// Reads the running round; when it ends, restores the ouroboros's own parameters if they differ, and calls the

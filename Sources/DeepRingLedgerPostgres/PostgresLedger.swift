@@ -394,7 +394,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
 
     // MARK: listening
 
-    /// A background connection listening on the channels waits need (`wantChannels`); every notification wakes the
+    /// A background connection listening on the channels waits need (`want`); every notification wakes the
     /// waiters. When the set grows, the listener connects again with the new set; until it has read the tail after its
     /// last LISTEN, waits read the table (rows appended meanwhile may have gone unnotified).
     func startListening() {
@@ -504,7 +504,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         }
     }
 
-    /// A session that held an uncommitted append to the ledger too long, and was ended.
+    /// A session found holding an uncommitted append to the ledger too long, and whether it was ended.
     public struct HeldAppend: Sendable {
         public let pid: Int32
         public let user: String
@@ -782,13 +782,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
             switch wake.relevant(after: sequence, filters: filters, claim: true) {
             case .fresh(let seq):
                 return seq
-            case .yes:
-                let mark = wake.notifications
-                let tail = try lastSequence()
-                if tail > sequence { return tail }
-                wake.forget(above: tail, arrivedBefore: mark)
-            case .unknown:
-                // Not sure (not listening, or notifications may be missing): only what the table says counts.
+            case .yes, .unknown:
+                // Notified before (perhaps forged), or not sure (not listening, or notifications may be missing): only
+                // what the table says counts.
                 let mark = wake.notifications
                 let tail = try lastSequence()
                 if tail > sequence { return tail }
@@ -1020,7 +1016,7 @@ final class Wakeups: @unchecked Sendable {
         condition.lock()
         _notifications &+= 1
         let f = payload.split(separator: " ", omittingEmptySubsequences: false)
-        if f.count == 4, let seq = Int64(f[0]), let kind = EntryKind(rawValue: String(f[1])), let author = Wakeups.unhex(f[2]) {
+        if f.count == 4, let seq = Int64(f[0]), let kind = EntryKind(rawValue: String(f[1])), let author = unhex(String(f[2])), author.count == 32 {
             let n = (seq, kind, author, f[3].isEmpty ? nil : String(f[3]), false, _notifications)
             if recent.count < Wakeups.kept { recent.append(n) } else {
                 evictedUpTo = max(evictedUpTo, recent[recentHead].seq)
@@ -1074,7 +1070,7 @@ final class Wakeups: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// A new listening session: until `complete(from:)`, rows may go unnotified.
+    /// A new listening session: until `complete(after:)`, rows may go unnotified.
     func restarted() {
         condition.lock()
         completeFrom = nil
@@ -1086,18 +1082,6 @@ final class Wakeups: @unchecked Sendable {
         condition.lock()
         completeFrom = tail + 1
         condition.unlock()
-    }
-
-    static func unhex<S: StringProtocol>(_ s: S) -> [UInt8]? {
-        let u = Array(s.utf8)
-        guard u.count == 64 else { return nil }
-        var out = [UInt8](repeating: 0, count: 32)
-        for i in 0..<32 {
-            func v(_ c: UInt8) -> UInt8? { c >= 48 && c <= 57 ? c - 48 : (c >= 97 && c <= 102 ? c - 87 : nil) }
-            guard let hi = v(u[2 * i]), let lo = v(u[2 * i + 1]) else { return nil }
-            out[i] = hi << 4 | lo
-        }
-        return out
     }
 
     func signal() {
@@ -1116,7 +1100,14 @@ final class Wakeups: @unchecked Sendable {
     }
 }
 
-/// A task executor on a thread of its own: the ledger's async work (operations and the listener) runs there.
+final class Outcome<T>: @unchecked Sendable {
+    var result: Result<T, any Error>?
+    let done = DispatchSemaphore(value: 0)
+}
+
+/// A task executor on a thread of its own: the ledger's async work runs there, never on the cooperative pool, so a
+/// caller blocked waiting for it (the `Ledger` protocol is synchronous) can never starve it — not even when the caller
+/// is itself a task on that pool.
 final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
     static let shared = LedgerExecutor()
     private let condition = NSCondition()
@@ -1128,9 +1119,8 @@ final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
         t.start()
     }
 
-    func enqueue(_ job: consuming ExecutorJob) { enqueue(UnownedJob(job)) }
-
-    func enqueue(_ j: UnownedJob) {
+    func enqueue(_ job: consuming ExecutorJob) {
+        let j = UnownedJob(job)
         condition.lock()
         jobs.append(j)
         condition.signal()
@@ -1148,15 +1138,8 @@ final class LedgerExecutor: TaskExecutor, @unchecked Sendable {
     }
 }
 
-final class Outcome<T>: @unchecked Sendable {
-    var result: Result<T, any Error>?
-    let done = DispatchSemaphore(value: 0)
-}
-
 /// Runs async work from synchronous code (the `Ledger` protocol is synchronous: blocks run on their own threads), with
-/// a deadline: the work is cancelled when it passes. The work runs on `LedgerExecutor`, never on the cooperative pool,
-/// so a caller blocked waiting for it can never starve it — not even when the caller is itself a task on that pool.
-/// (Running the work on the calling thread instead saved no measurable time here, and a crash test once hung with it.)
+/// a deadline: the work is cancelled when it passes. The work runs on `LedgerExecutor`.
 func blocking<T>(timeout: Duration = .seconds(60), _ work: @escaping @Sendable () async throws -> T) throws -> T {
     let o = Outcome<T>()
     let task = Task(executorPreference: LedgerExecutor.shared) {

@@ -106,6 +106,7 @@ struct Verify: ParsableCommand {
             let before: RingCheckReport; var after: RingCheckReport
             var repairs = RingCheck.Repairs()
             var round: LedgerRoundReport?
+            var roundNotRun = false
             if ledgerOptions.ledger != nil {
                 let l = try ledgerOptions.open(ring: ring, readOnly: noRound)
                 defer { (l as? PostgresLedger)?.close() }
@@ -115,7 +116,9 @@ struct Verify: ParsableCommand {
                     do {
                         round = try LedgerRound.run(directory: ring, ledger: l, restore: restore, timeout: roundTimeout, progress: { stderrPrint($0) })
                     } catch RingError.notAuthentic(let why) {
-                        stderrPrint("no authenticity round through the ledger: \(why)")   // named in the findings too
+                        // What cannot be checked is not authentic (the findings name it too, as a rule).
+                        stderrPrint("no authenticity round through the ledger: \(why)")
+                        roundNotRun = true
                     }
                     // What the round restored shows in the files of blocks that live here.
                     if restore, round?.restores ?? 0 > 0 { after = try RingCheck.run(ring, ledger: l) }
@@ -161,7 +164,7 @@ struct Verify: ParsableCommand {
                 print(r.authentic ? "authentic through the ledger: \(r.detail) (\(plural(r.rounds, "round")))"
                                   : "NOT AUTHENTIC through the ledger: \(r.detail)")
             }
-            if !after.authentic || round.map({ !$0.authentic }) == true { throw ExitCode(exitNotAuthentic) }
+            if !after.authentic || roundNotRun || round.map({ !$0.authentic }) == true { throw ExitCode(exitNotAuthentic) }
         } catch let e as ExitCode { throw e } catch { throw ringFail(error) }
     }
 }

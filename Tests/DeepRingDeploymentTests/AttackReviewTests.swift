@@ -233,6 +233,7 @@ extension DeploymentTests {
             #expect(throws: RingError.self) { _ = try BlockAgent(directory: r.blockDir(1), ledger: r.ledger) }
             do {
                 _ = try BlockAgent(directory: r.blockDir(1), ledger: r.ledger)
+                Issue.record("a second agent served the folder")
             } catch {
                 #expect("\(error)".contains("already serving"), "\(error)")
             }
