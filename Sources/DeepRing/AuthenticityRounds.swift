@@ -32,10 +32,10 @@ final class AuthenticityRounds {
     let ring: SealedRing
     let ledger: any Ledger
     let signer: LedgerSigner
-    /// Members' signing keys in ring order (0 = the ouroboros).
-    let members: [[UInt8]]
+    /// Members' signing keys in ring order (0 = the ouroboros); replaced by a key rotation.
+    var members: [[UInt8]]
     let checkpoint: [RingLayer]
-    let describe: ([UInt8]?) -> String
+    var describe: ([UInt8]?) -> String
     /// Seconds the blocks have to attest before the round names the silent one.
     var timeout: Double = 15
     /// Send a tampered block its sealed file (else the round only names it).

@@ -14,7 +14,12 @@ public final class BlockAgent {
     let node: RingNode
     public let ledger: any Ledger
     let directory: String
-    let descriptor: BlockDescriptor
+    private(set) var descriptor: BlockDescriptor
+    /// The owner's public key (the anchor in `keys.json`): it signs every descriptor this block takes on.
+    let owner: [UInt8]
+    /// The key pairs this block made for the next generation, answering a rotation call (also in `keys.next.json`,
+    /// 0600, until the owner's placement names them).
+    private var pendingKeys: BlockKeys?
     /// The layers as the bundle holds them: their specs and tensor names, to read back what the node computes with.
     let ownLayer: RingLayer, nextLayer: RingLayer
     /// The authenticity rounds: the tail when this process started (older rounds are not answered again), rounds
@@ -33,7 +38,7 @@ public final class BlockAgent {
     /// parameter file that is not the one the descriptor names) and checks that `ledger` is its ring's. Then
     /// resumes: inputs among the last `resumeWindow` entries that it has not answered are answered.
     public init(directory: String, ledger: any Ledger, resumeWindow: Int64 = 20_000) throws {
-        let b = try BlockBundle.load(directory)
+        var b = try BlockBundle.load(directory)
         // One process per block folder: a second one (started twice by mistake) would answer every input again, and
         // its successor would name the block for a second post.
         // (Taken once the folder is known to be a block's: a wrong --dir gets no lock file.)
@@ -42,6 +47,15 @@ public final class BlockAgent {
             throw RingError.notARing("\(directory)/serve.lock cannot be made")
         }
         lock = l
+        // A rotation this block answered before it stopped: the owner's placement may be on the ledger already.
+        if let pending = try BlockBundle.pendingKeys(directory) {
+            if try BlockAgent.findPlacement(directory: directory, bundle: b, pending: pending, ledger: ledger, window: resumeWindow) {
+                b = try BlockBundle.load(directory)
+            } else {
+                pendingKeys = pending
+            }
+        }
+        owner = b.owner
         let d = b.descriptor
         guard let second = unhex(d.secondPredecessor), second.count == 32 else {
             throw RingError.notAuthentic("\(directory)/block.json names no second predecessor")
@@ -74,7 +88,7 @@ public final class BlockAgent {
     private var roundFilters: [EntryFilter] {
         let o = descriptor.ouroboros.signing
         return [EntryFilter(kind: .challenge, author: o), EntryFilter(kind: .attestation, author: node.predecessor.signing),
-                EntryFilter(kind: .restore, author: o)]
+                EntryFilter(kind: .restore, author: o), EntryFilter(kind: .rotation, author: o), EntryFilter(kind: .placement, author: o)]
     }
 
     /// Handles what appeared on the ledger since the last call — queries' posts and alarms, then authenticity
@@ -114,10 +128,94 @@ public final class BlockAgent {
                     events.append((round, "restore refused", "\(error)"))
                 }
                 acted = true
+            case .rotation:
+                guard let c = try? RotationCall.decode(e), c.ringID == descriptor.ringID,
+                      c.generation == UInt64(descriptor.generation + 1) else { continue }
+                try rekey(call: round, generation: c.generation)
+                acted = true
+            case .placement:
+                guard let pending = pendingKeys, let p = try? PlacementOrder.decode(e), p.recipient == pending.publicKeys.signing else { continue }
+                do {
+                    let d = try BlockAgent.adopt(p, entry: e, pending: pending, current: descriptor, owner: owner, directory: directory)
+                    take(d, keys: pending, from: e.sequence)
+                    events.append((round, "rotated", "new key pairs and neighbours for generation \(d.generation)"))
+                } catch {
+                    events.append((round, "placement refused", "\(error)"))
+                }
+                acted = true
             default: continue
             }
         }
         return acted
+    }
+
+    // MARK: key rotation (the paper's reshuffle, across hosts)
+
+    /// Answers the owner's rotation call: new key pairs, kept in `keys.next.json` (0600) before anything is posted
+    /// (a crash never loses keys the owner may already have), and their public halves sealed to the ouroboros,
+    /// signed with the current key. The block computes with its current keys until the owner's placement names the
+    /// new ones.
+    private func rekey(call: String, generation: UInt64) throws {
+        let keys = BlockKeys()
+        try KeyFile.write(keys, owner: owner, to: directory + "/" + BlockBundle.pendingKeysFile)
+        pendingKeys = keys
+        var w = BinaryWriter(capacity: 64)
+        keys.publicKeys.write(to: &w)
+        let sealed = try HPKEBox.seal(w.bytes, to: descriptor.ouroboros.agreement,
+                                      aad: RekeyPost.aad(call: call, author: node.publicKeys.signing))
+        try ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: generation, sealedKeys: sealed).encoded(), signer: node.signer)
+        events.append((call, "rekey", "new key pairs for generation \(generation), public keys sealed to the ouroboros"))
+    }
+
+    /// Takes on an adopted descriptor: new keys and neighbours in the node.
+    private func take(_ d: BlockDescriptor, keys: BlockKeys, from sequence: Int64) {
+        guard let second = unhex(d.secondPredecessor) else { return }
+        node.adopt(keys: keys, predecessor: d.predecessor, successor: d.successor, secondPredecessor: second, from: sequence)
+        descriptor = d
+        pendingKeys = nil
+        node.sideFilters = roundFilters
+    }
+
+    /// Checks a placement addressed to this block's pending keys and makes it this block's: the descriptor must be
+    /// the owner's, for this block (its id, ring, layer and file: a rotation changes keys, never parameters), for the
+    /// next generation, naming exactly the pending keys and the same ouroboros. Then `block.json` is replaced
+    /// (atomically) and `keys.next.json` renamed over `keys.json`: a crash in between leaves a descriptor naming the
+    /// pending keys, which the next start completes (`BlockBundle.load`).
+    static func adopt(_ p: PlacementOrder, entry e: LedgerEntry, pending: BlockKeys, current: BlockDescriptor, owner: [UInt8],
+                      directory: String) throws -> BlockDescriptor {
+        guard e.isAuthentic, e.author == current.ouroboros.signing, let call = e.queryID else {
+            throw RingError.notAuthentic("the placement is not the ouroboros's")
+        }
+        let bytes = Array(try HPKEBox.open(p.sealedDescriptor[...], with: pending.agreement,
+                                           aad: PlacementOrder.aad(call: call, recipient: pending.publicKeys.signing)))
+        let d = try BlockDescriptor.parse(bytes, path: "the placement's descriptor")
+        guard d.isSigned(by: owner) else { throw RingError.notAuthentic("the placement's descriptor is not signed by the block's owner") }
+        guard d.ringID == current.ringID, d.id == current.id, d.keys == pending.publicKeys, d.ouroboros == current.ouroboros,
+              d.generation == current.generation + 1, UInt64(d.generation) == p.generation,
+              d.previousHash == current.previousHash, d.hash == current.hash,
+              d.paramsDigest == current.paramsDigest, d.paramsSize == current.paramsSize else {
+            throw RingError.notAuthentic("the placement's descriptor is not this block's next one (ring, id, keys, generation, hashes or parameter file differ)")
+        }
+        try writeFileAtomically(bytes, to: directory + "/block.json", permissions: 0o644)
+        guard rename(directory + "/" + BlockBundle.pendingKeysFile, directory + "/keys.json") == 0 else {
+            throw RingError.restoreFailed("cannot install the new keys in \(directory)")
+        }
+        try? fsyncPath(directory)
+        return d
+    }
+
+    /// At start, with keys pending: the owner's placement for them among the last `window` entries, taken on when
+    /// found. True when it was.
+    static func findPlacement(directory: String, bundle b: BlockBundle, pending: BlockKeys, ledger: any Ledger, window: Int64) throws -> Bool {
+        let tail = try ledger.lastSequence()
+        guard tail >= 1 else { return false }
+        let headers = try ledger.headers(in: max(1, tail - window + 1)...tail, matching: [EntryFilter(kind: .placement, author: b.descriptor.ouroboros.signing)])
+        for h in headers.reversed() {
+            guard let e = try ledger.entry(at: h.sequence), let p = try? PlacementOrder.decode(e), p.recipient == pending.publicKeys.signing else { continue }
+            _ = try adopt(p, entry: e, pending: pending, current: b.descriptor, owner: b.owner, directory: directory)
+            return true
+        }
+        return false
     }
 
     /// HASH_j (Eq. 1) over what this block computes with now.
@@ -170,6 +268,7 @@ public final class BlockAgent {
 
     /// The rows that may be work for this block: its predecessor's posts, and its successor's alarms (a retry).
     public var wakeFilters: [EntryFilter] {
+        // (Read at every wait: a rotation changes the neighbours' keys.)
         [EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .alarm, author: node.successor.signing)]
             + roundFilters
     }

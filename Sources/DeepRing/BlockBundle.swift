@@ -22,12 +22,19 @@ struct BlockBundle {
     static func load(_ dir: String, checkDigest: Bool = true) throws -> BlockBundle {
         let id = (dir as NSString).lastPathComponent
         let k = try KeyFile.read(dir + "/keys.json")
-        guard let keys = k.memberKeys, let owner = k.owner else {
+        guard var keys = k.memberKeys, let owner = k.owner else {
             throw RingError.notAuthentic("\(dir)/keys.json lacks the agreement key or the owner's key")
         }
         let d = try BlockDescriptor.read(dir + "/block.json")
         guard d.isSigned(by: owner) else { throw RingError.notAuthentic("\(dir)/block.json is not signed by the block's owner") }
         guard d.id == id else { throw RingError.notAuthentic("\(dir)/block.json describes block \(d.id), not \(id)") }
+        if d.keys != keys.publicKeys, let pending = try pendingKeys(dir), d.keys == pending.publicKeys {
+            // A rotation interrupted between its two renames: the owner's descriptor names the pending keys.
+            guard rename(dir + "/" + pendingKeysFile, dir + "/keys.json") == 0 else {
+                throw RingError.restoreFailed("cannot install the new keys in \(dir)")
+            }
+            keys = pending
+        }
         guard d.keys == keys.publicKeys else { throw RingError.notAuthentic("\(dir)/block.json names other keys than the block holds") }
         let bytes = try InputFile.read(dir + "/params.safetensors", limit: d.paramsSize)
         guard !checkDigest || hex(SHA256.hash(data: bytes)) == d.paramsDigest else {
@@ -35,6 +42,16 @@ struct BlockBundle {
         }
         let layers = try BlockFile.parse(bytes, prefixes: ["own", "next"], path: dir + "/params.safetensors")
         return BlockBundle(id: id, keys: keys, owner: owner, descriptor: d, own: layers[0], next: layers[1])
+    }
+
+    /// Key pairs a block made for the next generation and the owner has not placed yet (0600, like `keys.json`).
+    static let pendingKeysFile = "keys.next.json"
+
+    static func pendingKeys(_ dir: String) throws -> BlockKeys? {
+        let path = dir + "/" + pendingKeysFile
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        guard let k = try KeyFile.read(path).memberKeys else { throw RingError.notAuthentic("\(path) lacks the agreement key") }
+        return k
     }
 }
 

@@ -17,15 +17,22 @@ public final class OwnerAgent {
     public var queryTimeout: Double = 60
     /// Queries started and not yet ended: id → when this process saw them.
     private var open: [String: (started: Double, from: Int64)] = [:]
-    /// Members' signing keys in ring order (0 = the ouroboros).
-    let members: [[UInt8]]
+    /// Members' signing keys in ring order (0 = the ouroboros); replaced by every key rotation.
+    private(set) var members: [[UInt8]]
+    /// Rotate every block's keys after this many queries have ended (0: never). The paper reshuffles after every
+    /// query; across hosts a rotation drains the ring first (≈ a query's latency), so it is done every N queries.
+    public var rotateEvery = 100
+    private var endedAtLastRotation = 0
+    /// Key rotations across hosts (`KeyRotation`).
+    private let rotation: KeyRotation
+    public var rotations: Int { rotation.rotations }
     public private(set) var answered = 0, refused = 0
     /// Seconds between authenticity rounds (the first runs before any query is served); 0: only that first one.
     public var checkEvery: Double = 30
-    /// Seconds the blocks have to attest before the round names the silent one.
+    /// Seconds the blocks have to attest (or to post their new keys in a rotation) before the owner names the silent one.
     public var roundTimeout: Double {
         get { auth.timeout }
-        set { auth.timeout = newValue }
+        set { auth.timeout = newValue; rotation.timeout = newValue }
     }
     private var lastRoundEnd: Double?
     /// The latest round's outcome: authentic, or what was wrong.
@@ -79,18 +86,26 @@ public final class OwnerAgent {
         let everyone = members
         auth = AuthenticityRounds(ring: ring, ledger: ledger, signer: node.signer, members: everyone, checkpoint: checkpoint,
                                   describe: { AuthenticityRounds.describe($0, members: everyone, ring: ring) })
+        rotation = KeyRotation(ring: ring, ledger: ledger, signer: node.signer, agreement: keys.agreement)
         try node.resume(ledger: ledger, window: resumeWindow)
-        node.watchFilters = [EntryFilter(kind: .query), EntryFilter(kind: .delivery, author: members[0])]
-            + members.map { EntryFilter(kind: .alarm, author: $0) }
+        node.watchFilters = OwnerAgent.watchFilters(members)
+        auth.describe = { [unowned self] in self.describe($0) }
+        // A rotation committed before an earlier process stopped, not yet published: publish it.
+        _ = try rotation.resumeInterrupted()
+    }
+
+    static func watchFilters(_ members: [[UInt8]]) -> [EntryFilter] {
+        [EntryFilter(kind: .query), EntryFilter(kind: .delivery, author: members[0])] + members.map { EntryFilter(kind: .alarm, author: $0) }
     }
 
     /// What the owner has read: during an authenticity round, the round's attestations (so that it sleeps until the
     /// next one instead of spinning), else its queries and alarms.
-    public var cursor: Int64 { auth.current?.cursor ?? node.cursor }
+    public var cursor: Int64 { auth.current?.cursor ?? rotation.cursor ?? node.cursor }
 
     /// The rows that may be work for the owner: queries, the last block's posts, members' alarms, and deliveries.
     public var wakeFilters: [EntryFilter] {
-        [EntryFilter(kind: .query), EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .attestation)]
+        [EntryFilter(kind: .query), EntryFilter(kind: .layer, author: node.predecessor.signing), EntryFilter(kind: .attestation),
+         EntryFilter(kind: .rekey)]
             + members.map { EntryFilter(kind: .alarm, author: $0) }
     }
 
@@ -101,15 +116,56 @@ public final class OwnerAgent {
     /// own work (start queries, deliver), then the bookkeeping of open queries — final alarms and deadlines. True
     /// when it did anything or has more to read.
     public func step() throws -> Bool {
-        if auth.current == nil, lastRoundEnd.map({ checkEvery > 0 && now() - $0 >= checkEvery }) ?? true {
+        if auth.current == nil, rotation.isIdle, lastRoundEnd.map({ checkEvery > 0 && now() - $0 >= checkEvery }) ?? true {
             try auth.start(ouroborosHash: ouroborosHash)
         }
         if auth.current != nil { return try collect() }
+        // A key rotation when due: queries wait (held) until those in flight have ended, then the exchange runs.
+        if rotation.isIdle, rotateEvery > 0, answered + refused - endedAtLastRotation >= rotateEvery {
+            rotation.drain()
+            node.holdQueries = true
+        }
+        if rotation.isDraining && open.isEmpty {
+            try rotation.call()
+            events += rotation.takeEvents()
+        }
+        if rotation.cursor != nil { return try rotate() }
         var acted = try node.step(ledger: ledger)
         for f in node.failures { events.append((f.queryID, "error", "\(f.error)")) }
         node.failures.removeAll()
         if try watch() { acted = true }
         return acted
+    }
+
+    /// Runs the key rotation's exchange; once it is committed (or abandoned), takes on the new neighbours and member
+    /// set and starts the queries that waited.
+    private func rotate() throws -> Bool {
+        let (acted, committed) = try rotation.collect(members: members, describe: { [unowned self] in self.describe($0) })
+        events += rotation.takeEvents()
+        if let keys = committed, let first = keys.first, let last = keys.last {
+            let o = node.publicKeys
+            node.adopt(keys: node.keys, predecessor: last, successor: first,
+                       secondPredecessor: Placement.secondPredecessor(keys.count, keys.map(\.signing), o.signing), from: node.cursor)
+            members = [o.signing] + keys.map(\.signing)
+            auth.members = members
+            node.watchFilters = OwnerAgent.watchFilters(members)
+        }
+        guard rotation.isIdle else { return acted }
+        endedAtLastRotation = answered + refused
+        try releaseHeldQueries()
+        return true
+    }
+
+    /// Starts the queries that arrived during a rotation (they are open from now on: their deadline runs from here).
+    private func releaseHeldQueries() throws {
+        node.holdQueries = false
+        let held = node.heldQueries
+        node.heldQueries.removeAll()
+        for e in held {
+            guard let q = e.queryID else { continue }
+            do { try node.startQuery(e, ledger: ledger) } catch { events.append((q, "error", "\(error)")) }
+            if node.querents[q] != nil && open[q] == nil { open[q] = (now(), e.sequence) }
+        }
     }
 
     /// Takes the events since the last call.

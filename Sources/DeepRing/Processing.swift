@@ -113,6 +113,27 @@ final class RingNode {
         self.publicKeys = keys.publicKeys
     }
 
+    /// Takes on a new placement from the owner (a key rotation across hosts): new key pairs and neighbours, and a
+    /// fresh start of the per-query bookkeeping, which belongs to the old keys (the owner rotates only when no query
+    /// is in flight). Reads again from `from` on — the placement's own entry — with the new filters: a post from
+    /// the new predecessor may follow it in the page already read.
+    func adopt(keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8], from: Int64) {
+        rekey(name: name, keys: keys, predecessor: predecessor, successor: successor, secondPredecessor: secondPredecessor)
+        lastPost = BoundedMap(capacity: 1 << 12)
+        accepted = BoundedMap(capacity: RingNode.acceptedMemory)
+        computedFrom = BoundedMap(capacity: 1 << 12)
+        acceptedInputs.removeAll()
+        recent.removeAll(); recentBytes = 0
+        cursor = min(cursor, from)
+        acceptedFloor = cursor
+        lastRead = 0
+    }
+
+    /// At the ouroboros during a key rotation: query rows are kept in `heldQueries`, not started (a query started
+    /// now would meet members changing keys under it); the owner starts them once the rotation ends.
+    var holdQueries = false
+    var heldQueries: [LedgerEntry] = []
+
     // MARK: posting
 
     /// Posts this node's output for `queryID`, computed from entry `consumed`.
@@ -318,7 +339,7 @@ final class RingNode {
     /// node's page — one read per round, not two — and collected in `sideEntries` for it.
     var sideFilters: [EntryFilter] = []
     var sideEntries: [LedgerEntry] = []
-    static let sideKinds: Set<EntryKind> = [.challenge, .attestation, .restore]
+    static let sideKinds: Set<EntryKind> = [.challenge, .attestation, .restore, .rotation, .rekey, .placement]
     private var seenEpoch = 0
     static let rereadAfterLoss: Int64 = 2000
     /// When this node last read its page; it reads at least every `maxReadInterval` seconds.
@@ -419,6 +440,8 @@ final class RingNode {
             if RingNode.sideKinds.contains(e.kind) { sideEntries.append(e); continue }
             do {
                 switch e.kind {
+                case .query where isOuroboros && holdQueries:
+                    heldQueries.append(e)
                 case .query where isOuroboros:
                     let before = ownAppends.count
                     try startQuery(e, ledger: ledger)

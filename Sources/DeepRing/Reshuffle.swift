@@ -40,16 +40,26 @@ enum Placement {
             case .bytes(let b): try writeNewFile(b, to: dir + "/params.safetensors", permissions: 0o644); inodes.append(nil)
             }
             try writeNewFile(KeyFile.serialize(keys[j], owner: owner), to: dir + "/keys.json", permissions: 0o600)
-            var d = BlockDescriptor(ringID: record.ringID, id: ids[j], generation: record.generation, keys: keys[j].publicKeys,
-                                    predecessor: j == 0 ? ouroboros : keys[j - 1].publicKeys,
-                                    successor: j + 1 < n ? keys[j + 1].publicKeys : ouroboros, ouroboros: ouroboros,
-                                    secondPredecessor: Placement.secondPredecessor(j, keys.map(\.publicKeys.signing), ouroboros.signing),
-                                    previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1],
-                                    paramsSize: record.fileSizes[j + 1])
-            try d.sign(with: identity)
+            let d = try descriptor(j, id: ids[j], record: record, keys: keys.map(\.publicKeys), ouroboros: ouroboros, identity: identity)
             try writeNewFile(try encodeJSON(d), to: dir + "/block.json", permissions: 0o644)
         }
         return Built(ids: ids, keys: keys, linkedInodes: inodes)
+    }
+
+    /// The owner-signed descriptor of the block at ring position `j + 1` (0-based `j`) of generation
+    /// `record.generation`, whose blocks hold `keys` in ring order: its neighbours' keys, its hashes (Eq. 1) and its
+    /// parameter file's digest.
+    static func descriptor(_ j: Int, id: String, record: OwnerRecord, keys: [PublicKeys], ouroboros: PublicKeys,
+                           identity: Curve25519.Signing.PrivateKey) throws -> BlockDescriptor {
+        let n = keys.count
+        var d = BlockDescriptor(ringID: record.ringID, id: id, generation: record.generation, keys: keys[j],
+                                predecessor: j == 0 ? ouroboros : keys[j - 1],
+                                successor: j + 1 < n ? keys[j + 1] : ouroboros, ouroboros: ouroboros,
+                                secondPredecessor: Placement.secondPredecessor(j, keys.map(\.signing), ouroboros.signing),
+                                previousHash: record.hashes[j], hash: record.hashes[j + 1], paramsDigest: record.fileDigests[j + 1],
+                                paramsSize: record.fileSizes[j + 1])
+        try d.sign(with: identity)
+        return d
     }
 
     /// The signing key two places before ring position `j + 1` (0-based `j` into `blocks`, the blocks' signing keys

@@ -6,8 +6,8 @@ import Foundation
 /// `deepring ledger audit`: the ledger's chain, hashes, signatures and replays (`LedgerAudit`), and who may write:
 /// member keys come only from announcements the ouroboros signed — the `seal` entry and every `reshuffle` entry —
 /// and the ouroboros's key only from a manifest the owner signed (never from a block's files). Only the ouroboros
-/// writes `seal`, `reshuffle`, `delivery`, `restore` and `challenge` entries; a block writes `layer` posts, `alarm`s and
-/// `attestation`s, from its
+/// writes `seal`, `reshuffle`, `delivery`, `restore`, `challenge`, `rotation` and `placement` entries; a block writes
+/// `layer` posts, `alarm`s, `attestation`s and `rekey`s, from its
 /// key's announcement on, until the next announcement retires it (a retired key may still finish the queries that
 /// were asked before it was retired). Queries may be signed by anyone.
 public enum RingAudit {
@@ -32,7 +32,7 @@ public enum RingAudit {
                 }
                 return true
             }
-            guard e.kind == .layer || e.kind == .alarm || e.kind == .attestation else { return false }
+            guard e.kind == .layer || e.kind == .alarm || e.kind == .attestation || e.kind == .rekey else { return false }
             if current.contains(e.author) { return true }
             guard previous.contains(e.author), let q = e.queryID, let start = queryStarts[q] else { return false }
             return start < lastAnnouncement

@@ -47,7 +47,8 @@ public struct RingPaths: Sendable {
     static let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
                                           "ouroboros.safetensors", "runtime.lock", "state.lock"]
     /// A block's files; `serve.lock` is held by the `block serve` process serving the folder.
-    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock"]
+    /// `keys.next.json`: key pairs made for a rotation the owner has not placed yet.
+    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock", "keys.next.json"]
 
     /// `.NAME.tmp-PID`, the temporary file of an atomic write of `NAME` (one of `names`), which a crash may leave.
     static func isTemporary(_ n: String, of names: Set<String>) -> Bool {

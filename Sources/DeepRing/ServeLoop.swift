@@ -55,7 +55,7 @@ public final class StopSignal: @unchecked Sendable {
 /// dies of an outage, and stops cleanly on SIGTERM.
 public enum ServeLoop {
     public static func run(ledger: any Ledger, logger: Logger, stop: StopSignal, idle: Duration = .milliseconds(500),
-                           wakeFor filters: [EntryFilter] = [], cursor: () -> Int64, step: () throws -> Bool) {
+                           wakeFor filters: () -> [EntryFilter] = { [] }, cursor: () -> Int64, step: () throws -> Bool) {
         var backoff = 0.1
         var failing = false
         while !stop.isStopped {
@@ -72,7 +72,7 @@ public enum ServeLoop {
                                                      "ledger_calls": "\(r.count)", "ledger_ms": "\(String(format: "%.2f", r.seconds * 1000))"])
                 }
                 if !acted {
-                    let tail = try ledger.waitForAppend(after: cursor(), matching: filters, timeout: idle)
+                    let tail = try ledger.waitForAppend(after: cursor(), matching: filters(), timeout: idle)
                     let t2 = Date().timeIntervalSince1970
                     logger.trace("woke", metadata: ["t": "\(String(format: "%.4f", t2))", "waited_ms": "\(String(format: "%.2f", (t2 - t1) * 1000))", "tail": "\(tail)"])
                 }

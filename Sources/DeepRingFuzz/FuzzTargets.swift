@@ -93,6 +93,15 @@ public enum FuzzTargets {
         FuzzTarget(name: "reshuffle", summary: "member announcements of seal and reshuffle entries (MembersAnnouncement.decode)", run: { b in
             consume(try? MembersAnnouncement.decode(b))
         }, seeds: { [MembersAnnouncement(ringID: "ring", generation: 4, members: [ownerKey, ownerKey]).encoded()] }),
+        FuzzTarget(name: "rotation", summary: "key rotation: calls, rekeys and placements (and opening their sealed parts)", run: { b in
+            consume(try? RotationCall.decode(b))
+            if let r = try? RekeyPost.decode(b) { consume(try? HPKEBox.open(r.sealedKeys[...], with: agreement, aad: [])) }
+            if let p = try? PlacementOrder.decode(b) {
+                consume(try? HPKEBox.open(p.sealedDescriptor[...], with: agreement, aad: []))
+                consume(try? BlockDescriptor.parse(p.sealedDescriptor, path: "fuzz"))
+            }
+        }, seeds: { [RotationCall(ringID: "ring", generation: 3).encoded(), RekeyPost(generation: 3, sealedKeys: [1, 2, 3]).encoded(),
+                     PlacementOrder(generation: 3, recipient: ownerKey, sealedDescriptor: Array("{}".utf8)).encoded()] }),
         FuzzTarget(name: "restore", summary: "restore records (RestoreRecord.decode)", run: { b in consume(try? RestoreRecord.decode(b)) },
                    seeds: { [RestoreRecord(holder: "ouroboros", action: .parameters).encoded()] }),
         FuzzTarget(name: "authenticity", summary: "authenticity rounds: challenges, attestations, restore orders (and opening them)", run: { b in

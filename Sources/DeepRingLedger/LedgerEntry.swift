@@ -7,6 +7,9 @@ public enum EntryKind: String, Sendable, CaseIterable, Codable {
     case seal, query, layer, delivery, alarm, restore, reshuffle
     /// The authenticity round across hosts: the owner's challenge, each block's attestation.
     case challenge, attestation
+    /// Key rotation across hosts (the paper's reshuffle): the owner's call, each member's new public keys sealed to
+    /// the owner, the owner's new descriptor sealed to each member.
+    case rotation, rekey, placement
 }
 
 /// One row of the append-only ledger. The entry hash covers every other field (with the previous entry's

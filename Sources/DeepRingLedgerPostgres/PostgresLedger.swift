@@ -194,6 +194,9 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
           signature BYTEA NOT NULL CHECK (length(signature) = 64)
         )
         """,
+        // A ledger made by an older build knows fewer kinds: the closed set is brought up to date.
+        "ALTER TABLE deepring_entries DROP CONSTRAINT IF EXISTS deepring_entries_kind_check",
+        "ALTER TABLE deepring_entries ADD CONSTRAINT deepring_entries_kind_check CHECK (kind IN (\(EntryKind.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", "))))",
         "CREATE OR REPLACE FUNCTION public.deepring_append_only() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$\(appendOnlyBody)$$",
         "DROP TRIGGER IF EXISTS deepring_no_change ON deepring_entries",
         "CREATE TRIGGER deepring_no_change BEFORE UPDATE OR DELETE ON deepring_entries FOR EACH ROW EXECUTE FUNCTION deepring_append_only()",

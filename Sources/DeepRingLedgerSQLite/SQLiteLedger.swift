@@ -275,9 +275,10 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
                                                arguments: args)
                 while let r = try rows.next() {
                     guard let seq = try? SQLiteLedger.int(r, "seq", nil), let k = try? SQLiteLedger.text(r, "kind", seq, optional: false),
-                          let kind = EntryKind(rawValue: k), let q = try? SQLiteLedger.text(r, "query_id", seq, optional: true),
+                          let kind = EntryKind(rawValue: k), let q: String?? = try? SQLiteLedger.text(r, "query_id", seq, optional: true),
                           let a = try? SQLiteLedger.blob(r, "author", seq, size: 32) else { continue }
-                    out.append(LedgerRowHeader(sequence: seq, kind: kind, queryID: q, author: a))
+                    // (`q` is the optional query id: a row without one — seal, reshuffle — is a header too.)
+                    out.append(LedgerRowHeader(sequence: seq, kind: kind, queryID: q ?? nil, author: a))
                 }
                 return out
             }

@@ -5,6 +5,7 @@ import DeepRingLedger
 public enum PayloadType: UInt8, Sendable, CaseIterable {
     case members = 1, query = 2, layerPost = 3, alarm = 4, delivery = 5, restore = 6
     case challenge = 7, attestation = 8, restoreOrder = 9
+    case rotationCall = 10, rekey = 11, placement = 12
 }
 
 /// A typed, versioned ledger payload, encoded with the `BinaryWriter` codec as
@@ -454,6 +455,82 @@ public struct RestoreOrder: LedgerPayload {
     }
 
     public static func aad(round: String, recipient: [UInt8]) -> [UInt8] { Array("DeepRing restore v1".utf8) + Array(round.utf8) + recipient }
+}
+
+// MARK: key rotation across hosts (the paper's reshuffle, §3.4)
+
+/// The owner's call for a key rotation (entry kind `rotation`, query id: the call's id): every member is to make new
+/// key pairs for placement generation `generation` and post their public keys sealed to the ouroboros.
+public struct RotationCall: LedgerPayload {
+    public static let type = PayloadType.rotationCall
+    public static let kinds: Set<EntryKind> = [.rotation]
+    public var ringID: String
+    public var generation: UInt64
+
+    public init(ringID: String, generation: UInt64) { self.ringID = ringID; self.generation = generation }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.string(ringID)
+        w.u64(generation)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(ringID: try r.string(max: PayloadLimits.name, "ring id"), generation: try r.u64("generation"))
+    }
+}
+
+/// A member's answer to a rotation call (entry kind `rekey`, query id: the call's id), signed by its current key:
+/// its new public keys, HPKE-sealed to the ouroboros — so that no ledger observer can link the old key to the new.
+public struct RekeyPost: LedgerPayload {
+    public static let type = PayloadType.rekey
+    public static let kinds: Set<EntryKind> = [.rekey]
+    public var generation: UInt64
+    /// The new `PublicKeys` (signing ‖ agreement), sealed to the ouroboros's agreement key (associated data: `aad`).
+    public var sealedKeys: [UInt8]
+
+    public init(generation: UInt64, sealedKeys: [UInt8]) { self.generation = generation; self.sealedKeys = sealedKeys }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.u64(generation)
+        w.bytes(sealedKeys)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(generation: try r.u64("generation"), sealedKeys: try r.bytes(max: PayloadLimits.sealedKey, "sealed keys"))
+    }
+
+    /// Binds the sealed keys to the call and to the member that posts them (its current signing key).
+    public static func aad(call: String, author: [UInt8]) -> [UInt8] { Array("DeepRing rekey v1".utf8) + Array(call.utf8) + author }
+}
+
+/// The owner's answer to a member's new keys (entry kind `placement`, query id: the call's id): the member's new
+/// owner-signed descriptor — its new keys, its new neighbours' — sealed to its new agreement key and addressed to
+/// its new signing key. The placements of one rotation are posted in random order.
+public struct PlacementOrder: LedgerPayload {
+    public static let type = PayloadType.placement
+    public static let kinds: Set<EntryKind> = [.placement]
+    public var generation: UInt64
+    /// The member's new signing key.
+    public var recipient: [UInt8]
+    /// The descriptor's JSON, HPKE-sealed to the member's new agreement key (associated data: `aad`).
+    public var sealedDescriptor: [UInt8]
+
+    public init(generation: UInt64, recipient: [UInt8], sealedDescriptor: [UInt8]) {
+        self.generation = generation; self.recipient = recipient; self.sealedDescriptor = sealedDescriptor
+    }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.u64(generation)
+        w.raw(recipient)
+        w.bytes(sealedDescriptor)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(generation: try r.u64("generation"), recipient: try r.key("recipient"),
+             sealedDescriptor: try r.bytes(max: 2 * BlockDescriptor.maxSize, "sealed descriptor"))
+    }
+
+    public static func aad(call: String, recipient: [UInt8]) -> [UInt8] { Array("DeepRing placement v1".utf8) + Array(call.utf8) + recipient }
 }
 
 /// `s` cut at a character boundary to at most `max` bytes of UTF-8.

@@ -125,7 +125,7 @@ struct BlockCommand: ParsableCommand {
                 }
                 log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\((try? ledgerOptions.postgresURL())??.description ?? ledgerOptions.ledger ?? "")",
                                                "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())"])
-                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: agent.wakeFilters, cursor: { agent.cursor }) {
+                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor }) {
                     if flip.take() {
                         agent.flipBitInMemory()
                         log.warning("TEST HOOK: flipped a bit of the parameters in memory")
@@ -166,9 +166,11 @@ struct OwnerCommand: ParsableCommand {
         @Option(help: "Seconds a query may stay open before it is refused, naming the silent member.") var queryTimeout: Double = 60
         @Option(help: "Seconds between authenticity rounds (the first runs before any query); 0: only the first.") var checkEvery: Double = 30
         @Option(help: ArgumentHelp("PostgreSQL: end other sessions that hold an uncommitted append to the ledger longer than this many seconds (a denial of service: every other append waits); 0: off. Needs a role that may (a superuser, or GRANT pg_signal_backend TO the owner's role).", valueName: "seconds")) var watchdog: Double = 10
+        @Option(help: ArgumentHelp("Rotate every block's key pairs after this many queries have ended (0: never): queries wait while the ring drains, the blocks post new public keys sealed to the owner, and the owner sends each its new neighbours' keys (the paper's reshuffle, across hosts).", valueName: "queries")) var rotateEvery: Int = 100
         @OptionGroup var threadOptions: ThreadOptions
 
         func validate() throws {
+            guard rotateEvery >= 0 else { throw ValidationError("--rotate-every must be 0 (never) or more") }
             guard watchdog == 0 || (watchdog >= 1 && watchdog <= 3600) else { throw ValidationError("--watchdog must be 0 or between 1 and 3600 seconds") }
             guard ledgerOptions.ledger != nil else { throw ValidationError("give --ledger URL (or the path of the ring's ledger.sqlite)") }
             guard queryTimeout >= 1 && queryTimeout <= 86_400 else { throw ValidationError("--query-timeout must be between 1 and 86400 seconds") }
@@ -185,6 +187,7 @@ struct OwnerCommand: ParsableCommand {
                 let agent = try OwnerAgent(directory: ring, ledger: ledger)
                 agent.queryTimeout = queryTimeout
                 agent.checkEvery = checkEvery
+                agent.rotateEvery = rotateEvery
                 log.info("serving", metadata: ["ring": "\(agent.ring.manifest.ringID)", "blocks": "\(agent.ring.manifest.blockCount)",
                                                "ouroboros": "\(keyPrefix(agent.ring.manifest.ouroboros.signing))", "pid": "\(getpid())"])
                 // The watchdog, where the database lets this role end other sessions (asked in the loop, so that an
@@ -192,7 +195,7 @@ struct OwnerCommand: ParsableCommand {
                 let watched = watchdog > 0 ? ledger as? PostgresLedger : nil
                 var mayWatch: Bool?
                 var lastWatch = 0.0
-                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: agent.wakeFilters, cursor: { agent.cursor }) {
+                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor }) {
                     if let pg = watched, mayWatch == nil {
                         mayWatch = try pg.mayEndOtherSessions()
                         if mayWatch == false {
@@ -209,7 +212,7 @@ struct OwnerCommand: ParsableCommand {
                     let acted = try agent.step()
                     for e in agent.takeEvents() {
                         if e.event == "delivered" { log.debug("delivered", metadata: ["query": "\(e.queryID)"]) }
-                        else if ["authentic", "restoring", "restored", "not authentic"].contains(e.event) {
+                        else if ["authentic", "restoring", "restored", "not authentic", "rotation called", "rotated", "rotation completed"].contains(e.event) {
                             log.notice("\(e.event)", metadata: ["round": "\(e.queryID)", "detail": "\(e.detail)"])
                         } else {
                             log.warning("\(e.event)", metadata: ["query": "\(e.queryID)", "detail": "\(e.detail)"])
@@ -218,7 +221,7 @@ struct OwnerCommand: ParsableCommand {
                     return acted
                 }
                 log.info("totals", metadata: ["delivered": "\(agent.answered)", "refused": "\(agent.refused)",
-                                              "authenticity_rounds": "\(agent.rounds)", "restores": "\(agent.restores)"])
+                                              "authenticity_rounds": "\(agent.rounds)", "restores": "\(agent.restores)", "rotations": "\(agent.rotations)"])
             } catch {
                 log.error("cannot serve", metadata: ["error": "\(error)"])
                 throw ringFail(error)
@@ -250,8 +253,10 @@ struct RingUp: ParsableCommand {
     @Option(help: "Seconds between the owner's authenticity rounds (0: only the first).") var checkEvery: Double = 30
     @Option(help: "Log level of the processes.") var logLevel: String = "info"
     @Option(help: "Compute threads of each block process (default: one per core; the processes share this machine's cores).") var memberThreads: Int?
+    @Option(help: "Rotate every block's key pairs after this many queries (0: never); see `owner serve --help`.") var rotateEvery: Int = 100
 
     func validate() throws {
+        guard rotateEvery >= 0 else { throw ValidationError("--rotate-every must be 0 (never) or more") }
         if let t = memberThreads, !(1...256).contains(t) { throw ValidationError("--member-threads must be between 1 and 256") }
         guard InputFile.isDirectory(ring) else { throw ValidationError("--ring \(ring) is not a folder") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
@@ -263,7 +268,7 @@ struct RingUp: ParsableCommand {
         stop.install()
         do {
             let local = try LocalRing(ring: ring, ledgerOptions: ledgerOptions, logDir: logDir,
-                                      ownerArguments: ["--query-timeout", "\(queryTimeout)", "--check-every", "\(checkEvery)"],
+                                      ownerArguments: ["--query-timeout", "\(queryTimeout)", "--check-every", "\(checkEvery)", "--rotate-every", "\(rotateEvery)"],
                                       logLevel: logLevel, memberArguments: memberThreads.map { ["--threads", "\($0)"] } ?? [])
             local.startAll()
             print("ring up: owner + \(local.children.count - 1) blocks on \(local.ledgerArgument) — pids "

@@ -125,8 +125,11 @@ final class CountingLedger: Ledger, @unchecked Sendable {
 
     @discardableResult
     func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
-        try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
+        if lock.withLock({ failing.contains(kind) }) { throw LedgerError.storage("test: appends of \(kind) fail") }
+        return try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
     }
+    /// Appends of these kinds fail (a process that stops, or loses its database, at that point).
+    var failing: Set<EntryKind> = []
     func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
         let r = try base.rows(from: sequence, limit: limit)
         count(r.compactMap(\.entry))

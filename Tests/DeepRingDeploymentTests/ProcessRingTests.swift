@@ -94,6 +94,10 @@ extension DeploymentTests {
             #expect(log.wrong == 0)
             let report = try audit(ring)
             #expect(report.isClean, "\(report)")
+            // Keys rotated over the ledger on the way (`owner serve` rotates every 100 queries by default): every
+            // block process took on new keys at least once.
+            #expect(ring.waitForLog(ring.owner, "] rotated", times: 5, timeout: 1), "\(ring.logs)")
+            for b in ring.blocks { #expect(ring.waitForLog(b, "] rotated", timeout: 1), "\(b.logText)") }
             // Each process holds only its own folder: the block processes were given nothing but their bundle.
             for (i, b) in ring.blocks.enumerated() {
                 let args = b.arguments.joined(separator: " ")

@@ -1,0 +1,156 @@
+@testable import DeepRing
+import DeepRingEngine
+import DeepRingLedger
+import DeepRingProtocol
+import Foundation
+import Testing
+
+// Key rotation across hosts (`KeyRotation`): the blocks make their own key pairs, the owner learns only their public
+// halves (sealed to it), and sends each block its new neighbours' keys. Played with the in-process agents that
+// `block serve` and `owner serve` run, over one SQLite ledger.
+extension DeploymentTests {
+    @Suite(.serialized) struct KeyRotationTests {
+        /// Signing keys of every block, from the agents and from their folders' key files.
+        func keys(_ r: AttackAgents) throws -> (agents: [[UInt8]], files: [[UInt8]]) {
+            let files = try (1...r.blocks.count).map { j -> [UInt8] in
+                Array(try KeyFile.read(r.blockDir(j) + "/keys.json").signing.publicKey.rawRepresentation)
+            }
+            return (r.blocks.map(\.signingKey), files)
+        }
+
+        func answer(_ r: AttackAgents, _ k: Int) throws -> Tensor? {
+            let (q, keys) = try r.ask(attackInput(k))
+            try r.settle()
+            guard case .success(let t)? = try r.outcome(q, keys) else { return nil }
+            return t
+        }
+
+        @Test(.timeLimit(.minutes(1)))
+        func blocksRotateTheirOwnKeysOverTheLedgerAndAnswersStayTheSame() throws {
+            let r = try AttackAgents()
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 2
+            try r.settle()
+            let before = try keys(r)
+            let first = try #require(try answer(r, 1))
+            _ = try #require(try answer(r, 2))
+            try r.settle()
+            #expect(owner.rotations == 1, "two queries ended: one rotation")
+            let after = try keys(r)
+            for j in 0..<r.blocks.count {
+                #expect(after.agents[j] != before.agents[j], "block \(j + 1) computes with new keys")
+                #expect(after.files[j] == after.agents[j], "block \(j + 1)'s keys.json holds the keys it computes with")
+                #expect(!FileManager.default.fileExists(atPath: r.blockDir(j + 1) + "/keys.next.json"))
+                let d = try BlockDescriptor.read(r.blockDir(j + 1) + "/block.json")
+                #expect(d.generation == 1 && d.isSigned(by: r.ring.ownerKey) && d.keys.signing == after.agents[j])
+            }
+            // The new keys travel sealed: no rekey row carries a new key in the clear.
+            for e in try r.all([EntryFilter(kind: .rekey)]) {
+                for k in after.agents { #expect(!contains(e.payload, k), "a rekey row shows a new signing key") }
+            }
+            // The same input, through the new keys, gives the same bytes.
+            let again = try #require(try answer(r, 1))
+            #expect(again.data.map(\.bitPattern) == first.data.map(\.bitPattern))
+            let audit = RingAudit.audit(r.ledger, manifest: r.ring.manifest)
+            #expect(audit.isClean, "\(audit)")
+        }
+
+        /// A block stopped after it posted its new keys (killed: its agent gone) misses the owner's placement; started
+        /// again, it finds the placement on the ledger and takes it on.
+        @Test(.timeLimit(.minutes(1)))
+        func aBlockStoppedDuringARotationTakesItsPlacementWhenItStartsAgain() throws {
+            let r = try AttackAgents()
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 1
+            try r.settle()
+            let (q, k) = try r.ask(attackInput(3))
+            // Until the call: the query ends, the owner drains and calls.
+            for _ in 0..<50 where try r.all([EntryFilter(kind: .rotation)]).isEmpty {
+                _ = try owner.step()
+                for b in r.blocks { _ = try b.step() }
+            }
+            #expect(try r.outcome(q, k) != nil)
+            for b in r.blocks { _ = try b.step() }   // every block posts its rekey
+            let victim = 2
+            let oldKey = r.blocks[victim - 1].signingKey
+            r.blocks.remove(at: victim - 1)          // kill -9: the agent is gone, its folder stays
+            #expect(FileManager.default.fileExists(atPath: r.blockDir(victim) + "/keys.next.json"))
+            for _ in 0..<10 { _ = try owner.step(); for b in r.blocks { _ = try b.step() } }
+            #expect(owner.rotations == 1)
+            let restarted = try BlockAgent(directory: r.blockDir(victim), ledger: r.ledger)
+            r.blocks.insert(restarted, at: victim - 1)
+            #expect(restarted.signingKey != oldKey, "the restarted block took on its placement")
+            #expect(!FileManager.default.fileExists(atPath: r.blockDir(victim) + "/keys.next.json"))
+            #expect(try answer(r, 4) != nil, "the ring answers with the new keys")
+            #expect(RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean)
+        }
+
+        /// The owner stops between its commit and its placements (the first append fails): started again, it posts the
+        /// placements again, and the ring answers.
+        @Test(.timeLimit(.minutes(1)))
+        func anOwnerStoppedAfterItsCommitPublishesTheRotationWhenItStartsAgain() throws {
+            let r = try AttackAgents(counting: true)
+            let counter = try #require(r.counter)
+            do {
+                let owner = try #require(r.owner)
+                owner.rotateEvery = 1
+                try r.settle()
+                counter.failing = [.placement]
+                _ = try r.ask(attackInput(5))
+                var failed = false
+                for _ in 0..<50 where !failed {
+                    do { _ = try owner.step() } catch { failed = true }
+                    for b in r.blocks { _ = try b.step() }
+                }
+                #expect(failed, "the first placement's append failed")
+                let rows = try r.ledger.entries(in: 1...(try r.ledger.lastSequence()), matching: EntryKind.allCases.map { EntryFilter(kind: $0) }).map { "\($0.sequence) \($0.kind) \($0.queryID ?? "")" }
+                #expect(try r.all([EntryFilter(kind: .placement)]).isEmpty, "\(rows)")
+            }
+            r.owner = nil   // the owner's process is gone
+            counter.failing = []
+            let before = r.blocks.map(\.signingKey)
+            let o = try OwnerAgent(directory: r.dir, ledger: r.agentLedger, lockTimeout: 5)
+            o.checkEvery = 0
+            o.rotateEvery = 0
+            r.owner = o
+            try r.settle()
+            #expect(zip(before, r.blocks.map(\.signingKey)).allSatisfy { $0 != $1 }, "every block took on the published placement")
+            #expect(try answer(r, 6) != nil)
+            #expect(RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean)
+        }
+
+        /// A member that posts another member's current keys as its new ones is refused (it would take over that
+        /// member's place); an outsider's rekey is not read at all; the rotation completes with the genuine keys.
+        @Test(.timeLimit(.minutes(1)))
+        func aRekeyWithKeysInUseIsRefused() throws {
+            let r = try AttackAgents()
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 0
+            try r.settle()
+            _ = try answer(r, 7)
+            owner.rotateEvery = 1
+            // The call is out; before the blocks answer, block 1 answers with block 2's keys.
+            for _ in 0..<5 { _ = try owner.step() }
+            let call = try #require(try r.all([EntryFilter(kind: .rotation)]).last?.queryID)
+            #expect(owner.rotations == 0)
+            let b1 = r.blocks[0], b2 = r.blocks[1]
+            var w = BinaryWriter(capacity: 64)
+            b2.node.publicKeys.write(to: &w)
+            let sealed = try HPKEBox.seal(w.bytes, to: r.ring.manifest.ouroboros.agreement, aad: RekeyPost.aad(call: call, author: b1.signingKey))
+            try r.ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: 1, sealedKeys: sealed).encoded(), signer: b1.node.signer)
+            let stranger = LedgerSigner()
+            try r.ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: 1, sealedKeys: sealed).encoded(), signer: stranger)
+            let before = r.blocks.map(\.signingKey)
+            try r.settle()
+            #expect(owner.rotations == 1)
+            #expect(zip(before, r.blocks.map(\.signingKey)).allSatisfy { $0 != $1 }, "every block rotated to the keys it made itself")
+            #expect(owner.members.dropFirst().elementsEqual(r.blocks.map(\.signingKey)), "the owner's member set is the blocks' own new keys")
+            #expect(try answer(r, 8) != nil)
+        }
+    }
+}
+
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard needle.count <= haystack.count else { return false }
+    return (0...(haystack.count - needle.count)).contains { i in haystack[i..<(i + needle.count)].elementsEqual(needle) }
+}
