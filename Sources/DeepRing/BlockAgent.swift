@@ -49,7 +49,7 @@ public final class BlockAgent {
         lock = l
         // A rotation this block answered before it stopped: the owner's placement may be on the ledger already.
         if let pending = try BlockBundle.pendingKeys(directory) {
-            if try BlockAgent.findPlacement(directory: directory, bundle: b, pending: pending, ledger: ledger, window: resumeWindow) {
+            if try BlockAgent.findPlacement(directory: directory, current: b.descriptor, owner: b.owner, pending: pending, ledger: ledger, window: resumeWindow) != nil {
                 b = try BlockBundle.load(directory)
             } else {
                 pendingKeys = pending
@@ -129,8 +129,19 @@ public final class BlockAgent {
                 }
                 acted = true
             case .rotation:
-                guard let c = try? RotationCall.decode(e), c.ringID == descriptor.ringID,
-                      c.generation == UInt64(descriptor.generation + 1) else { continue }
+                guard let c = try? RotationCall.decode(e), c.ringID == descriptor.ringID else { continue }
+                // A call beyond the next generation: this block missed the placement of the last one (it was down
+                // longer than its resume window). Its pending keys find it anywhere on the ledger.
+                if c.generation > UInt64(descriptor.generation + 1), let pending = pendingKeys,
+                   let d = try? BlockAgent.findPlacement(directory: directory, current: descriptor, owner: owner, pending: pending,
+                                                          ledger: ledger, window: e.sequence) {
+                    take(d, keys: pending, from: node.cursor)
+                    events.append((round, "rotated", "took on the placement of generation \(d.generation), found on the ledger"))
+                }
+                guard c.generation == UInt64(descriptor.generation + 1) else {
+                    events.append((round, "rotation ignored", "the call is for generation \(c.generation); this block holds generation \(descriptor.generation)"))
+                    continue
+                }
                 try rekey(call: round, generation: c.generation)
                 acted = true
             case .placement:
@@ -206,16 +217,16 @@ public final class BlockAgent {
 
     /// At start, with keys pending: the owner's placement for them among the last `window` entries, taken on when
     /// found. True when it was.
-    static func findPlacement(directory: String, bundle b: BlockBundle, pending: BlockKeys, ledger: any Ledger, window: Int64) throws -> Bool {
+    static func findPlacement(directory: String, current: BlockDescriptor, owner: [UInt8], pending: BlockKeys, ledger: any Ledger,
+                              window: Int64) throws -> BlockDescriptor? {
         let tail = try ledger.lastSequence()
-        guard tail >= 1 else { return false }
-        let headers = try ledger.headers(in: max(1, tail - window + 1)...tail, matching: [EntryFilter(kind: .placement, author: b.descriptor.ouroboros.signing)])
+        guard tail >= 1 else { return nil }
+        let headers = try ledger.headers(in: max(1, tail - window + 1)...tail, matching: [EntryFilter(kind: .placement, author: current.ouroboros.signing)])
         for h in headers.reversed() {
             guard let e = try ledger.entry(at: h.sequence), let p = try? PlacementOrder.decode(e), p.recipient == pending.publicKeys.signing else { continue }
-            _ = try adopt(p, entry: e, pending: pending, current: b.descriptor, owner: b.owner, directory: directory)
-            return true
+            return try adopt(p, entry: e, pending: pending, current: current, owner: owner, directory: directory)
         }
-        return false
+        return nil
     }
 
     /// HASH_j (Eq. 1) over what this block computes with now.

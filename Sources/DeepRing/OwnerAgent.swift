@@ -121,20 +121,24 @@ public final class OwnerAgent {
         }
         if auth.current != nil { return try collect() }
         // A key rotation when due: queries wait (held) until those in flight have ended, then the exchange runs.
-        if rotation.isIdle, rotateEvery > 0, answered + refused - endedAtLastRotation >= rotateEvery {
-            rotation.drain()
-            node.holdQueries = true
-        }
+        if rotation.isIdle, rotateEvery > 0, answered + refused - endedAtLastRotation >= rotateEvery { requestRotation() }
         if rotation.isDraining && open.isEmpty {
             try rotation.call()
             events += rotation.takeEvents()
         }
         if rotation.cursor != nil { return try rotate() }
+        if rotation.isIdle && !node.heldQueries.isEmpty { try releaseHeldQueries() }
         var acted = try node.step(ledger: ledger)
         for f in node.failures { events.append((f.queryID, "error", "\(f.error)")) }
         node.failures.removeAll()
         if try watch() { acted = true }
         return acted
+    }
+
+    /// Rotates every block's keys as soon as the queries in flight have ended (whatever `rotateEvery` says).
+    public func requestRotation() {
+        rotation.drain()
+        node.holdQueries = true
     }
 
     /// Runs the key rotation's exchange; once it is committed (or abandoned), takes on the new neighbours and member
@@ -157,14 +161,15 @@ public final class OwnerAgent {
     }
 
     /// Starts the queries that arrived during a rotation (they are open from now on: their deadline runs from here).
+    /// (One at a time, each taken off the list once started: an outage half-way leaves the rest for the next step.)
     private func releaseHeldQueries() throws {
         node.holdQueries = false
-        let held = node.heldQueries
-        node.heldQueries.removeAll()
-        for e in held {
-            guard let q = e.queryID else { continue }
-            do { try node.startQuery(e, ledger: ledger) } catch { events.append((q, "error", "\(error)")) }
-            if node.querents[q] != nil && open[q] == nil { open[q] = (now(), e.sequence) }
+        while let seq = node.heldQueries.first {
+            if let e = try ledger.entry(at: seq), e.kind == .query, let q = e.queryID {
+                do { try node.startQuery(e, ledger: ledger) } catch { events.append((q, "error", "\(error)")) }
+                if node.querents[q] != nil && open[q] == nil { open[q] = (now(), e.sequence) }
+            }
+            node.heldQueries.removeFirst()
         }
     }
 

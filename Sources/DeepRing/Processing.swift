@@ -129,10 +129,13 @@ final class RingNode {
         lastRead = 0
     }
 
-    /// At the ouroboros during a key rotation: query rows are kept in `heldQueries`, not started (a query started
-    /// now would meet members changing keys under it); the owner starts them once the rotation ends.
+    /// At the ouroboros during a key rotation: query rows are not started (a query started now would meet members
+    /// changing keys under it) but noted by sequence number in `heldQueries` — numbers, not rows: anyone may post
+    /// big query rows while the ring drains — and the owner starts them once the rotation ends (at most
+    /// `maxHeldQueries`; a querent whose row is beyond gets a refusal naming the rotation).
     var holdQueries = false
-    var heldQueries: [LedgerEntry] = []
+    var heldQueries: [Int64] = []
+    static let maxHeldQueries = 1 << 16
 
     // MARK: posting
 
@@ -441,7 +444,11 @@ final class RingNode {
             do {
                 switch e.kind {
                 case .query where isOuroboros && holdQueries:
-                    heldQueries.append(e)
+                    if heldQueries.count < RingNode.maxHeldQueries {
+                        heldQueries.append(e.sequence)
+                    } else if e.isAuthentic, seenQueries.insert(q) {
+                        try appendOwn(.delivery, q, Delivery(.refusal(.timeout, detail: "too many queries arrived during a key rotation; ask again")).encoded(), ledger)
+                    }
                 case .query where isOuroboros:
                     let before = ownAppends.count
                     try startQuery(e, ledger: ledger)

@@ -85,6 +85,36 @@ extension DeploymentTests {
             #expect(RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean)
         }
 
+        /// A block down for a whole rotation, its placement beyond its resume window when it starts again: it
+        /// computes with its old keys (and is out of the ring) until the next call, which is for a generation past
+        /// its own — then it finds its placement anywhere on the ledger, takes it on, and answers the call.
+        @Test(.timeLimit(.minutes(1)))
+        func aBlockThatMissedAWholeRotationCatchesUpAtTheNextCall() throws {
+            let r = try AttackAgents()
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 0
+            try r.settle()
+            owner.requestRotation()
+            for _ in 0..<3 { _ = try owner.step() }          // the call is out
+            for b in r.blocks { _ = try b.step() }           // every block posts its rekey
+            let victim = 3
+            r.blocks.remove(at: victim - 1)                  // … and block 3 goes down
+            for _ in 0..<10 { _ = try owner.step(); for b in r.blocks { _ = try b.step() } }
+            #expect(owner.rotations == 1)
+            try r.junkQueries(10)                            // its placement is far behind now
+            let late = try BlockAgent(directory: r.blockDir(victim), ledger: r.ledger, resumeWindow: 3)
+            r.blocks.insert(late, at: victim - 1)
+            #expect(FileManager.default.fileExists(atPath: r.blockDir(victim) + "/keys.next.json"), "its placement is beyond its window")
+            let stale = late.signingKey
+            owner.requestRotation()
+            try r.settle()
+            #expect(owner.rotations == 2)
+            #expect(late.signingKey != stale)
+            #expect(owner.members.dropFirst().elementsEqual(r.blocks.map(\.signingKey)), "every block, the late one too, is in generation 2")
+            #expect(try answer(r, 10) != nil)
+            #expect(RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean)
+        }
+
         /// The owner stops between its commit and its placements (the first append fails): started again, it posts the
         /// placements again, and the ring answers.
         @Test(.timeLimit(.minutes(1)))
@@ -117,6 +147,39 @@ extension DeploymentTests {
             #expect(zip(before, r.blocks.map(\.signingKey)).allSatisfy { $0 != $1 }, "every block took on the published placement")
             #expect(try answer(r, 6) != nil)
             #expect(RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean)
+        }
+
+        /// A query asked while the ring drains for a rotation waits: the ouroboros starts it only after the new
+        /// generation is announced, and it is answered under the new keys; the query in flight when the rotation
+        /// became due finishes under the old ones.
+        @Test(.timeLimit(.minutes(1)))
+        func aQueryAskedDuringARotationWaitsAndIsAnsweredUnderTheNewKeys() throws {
+            let r = try AttackAgents()
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 0
+            try r.settle()
+            let expected = try #require(try answer(r, 9))
+            let (a, ka) = try r.ask(attackInput(9))
+            _ = try owner.step()                              // starts the first query
+            #expect(try !r.layerPosts(a, by: r.ouroboros).isEmpty)
+            owner.rotateEvery = 1                             // due now: one query has ended
+            let (q, k) = try r.ask(attackInput(9))
+            for _ in 0..<3 { _ = try owner.step() }          // draining: the first query is still in flight
+            owner.rotateEvery = 0                             // this one rotation only
+            #expect(try r.layerPosts(q, by: r.ouroboros).isEmpty, "a query asked while the ring drains waits")
+            #expect(try r.all([EntryFilter(kind: .rotation)]).isEmpty, "no call while a query is in flight")
+            try r.settle()
+            for (id, key) in [(a, ka), (q, k)] {
+                guard case .success(let got)? = try r.outcome(id, key) else { Issue.record("query \(id) was not answered"); continue }
+                #expect(got.data.map(\.bitPattern) == expected.data.map(\.bitPattern))
+            }
+            let called = try #require(try r.all([EntryFilter(kind: .rotation)]).last?.sequence)
+            let announced = try #require(try r.all([EntryFilter(kind: .reshuffle)]).last?.sequence)
+            let delivered = try #require(try r.all([EntryFilter(kind: .delivery, queryID: a)]).first?.sequence)
+            let started = try #require(try r.layerPosts(q, by: r.ouroboros).first?.sequence)
+            #expect(delivered < called, "the query in flight ended before the call")
+            #expect(started > announced, "the held query started only after the new generation was announced")
+            #expect(owner.rotations == 1)
         }
 
         /// A member that posts another member's current keys as its new ones is refused (it would take over that
