@@ -134,7 +134,7 @@ public final class BlockAgent {
                 // longer than its resume window). Its pending keys find it anywhere on the ledger.
                 if c.generation > UInt64(descriptor.generation + 1), let pending = pendingKeys,
                    let d = try? BlockAgent.findPlacement(directory: directory, current: descriptor, owner: owner, pending: pending,
-                                                          ledger: ledger, window: e.sequence) {
+                                                          ledger: ledger, window: LedgerEntry.maxSequence) {
                     take(d, keys: pending, from: node.cursor)
                     events.append((round, "rotated", "took on the placement of generation \(d.generation), found on the ledger"))
                 }
@@ -166,10 +166,19 @@ public final class BlockAgent {
     /// (a crash never loses keys the owner may already have), and their public halves sealed to the ouroboros,
     /// signed with the current key. The block computes with its current keys until the owner's placement names the
     /// new ones.
+    ///
+    /// Keys already pending are posted again, never replaced: a call read twice (a page read again after a lost
+    /// connection) must not orphan keys the owner may have committed already; pending keys of an abandoned rotation
+    /// never signed anything, so using them for the next call links nothing (the post is sealed afresh).
     private func rekey(call: String, generation: UInt64) throws {
-        let keys = BlockKeys()
-        try KeyFile.write(keys, owner: owner, to: directory + "/" + BlockBundle.pendingKeysFile)
-        pendingKeys = keys
+        let keys: BlockKeys
+        if let pending = pendingKeys {
+            keys = pending
+        } else {
+            keys = BlockKeys()
+            try KeyFile.write(keys, owner: owner, to: directory + "/" + BlockBundle.pendingKeysFile)
+            pendingKeys = keys
+        }
         var w = BinaryWriter(capacity: 64)
         keys.publicKeys.write(to: &w)
         let sealed = try HPKEBox.seal(w.bytes, to: descriptor.ouroboros.agreement,
@@ -215,8 +224,8 @@ public final class BlockAgent {
         return d
     }
 
-    /// At start, with keys pending: the owner's placement for them among the last `window` entries, taken on when
-    /// found. True when it was.
+    /// With keys pending: the owner's placement for them among the last `window` entries (headers first, so a wide
+    /// window stays cheap), taken on when found; its descriptor, or nil.
     static func findPlacement(directory: String, current: BlockDescriptor, owner: [UInt8], pending: BlockKeys, ledger: any Ledger,
                               window: Int64) throws -> BlockDescriptor? {
         let tail = try ledger.lastSequence()

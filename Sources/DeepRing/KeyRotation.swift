@@ -93,7 +93,9 @@ final class KeyRotation {
     /// and publishes it. Returns whether it read anything, and the new members' keys (ring order) once committed.
     func collect(members: [[UInt8]], describe: ([UInt8]?) -> String) throws -> (acted: Bool, committed: [PublicKeys]?) {
         guard case .collecting(var c) = state else { return (false, nil) }
-        let (page, tail) = try ledger.entries(after: c.cursor, matching: [EntryFilter(kind: .rekey, queryID: c.id)], maxBytes: 1 << 20)
+        // Only members' rekeys of this call (anyone may post rows naming the call's id).
+        let (page, tail) = try ledger.entries(after: c.cursor, matching: members.dropFirst().map { EntryFilter(kind: .rekey, author: $0, queryID: c.id) },
+                                               maxBytes: 1 << 20)
         let current = Set(members)
         for e in page.entries {
             guard let j = members.firstIndex(of: e.author), j > 0, c.keys[j] == nil, e.isAuthentic,
