@@ -81,6 +81,16 @@ public final class BlockAgent {
         // a new round, and restores again, if anything is still off).
         roundsAfter = try ledger.lastSequence()
         node.sideFilters = roundFilters
+        node.endsPage = { [unowned self] e in self.changesKeys(e) }
+    }
+
+    /// True for the ouroboros's placement addressed to this block's pending keys: the node's page ends there, so that
+    /// a post addressed to the new keys after it (a query released at the end of the rotation) is read with them,
+    /// not taken by the old keys for a misaddressed post.
+    private func changesKeys(_ e: LedgerEntry) -> Bool {
+        guard e.kind == .placement, e.author == descriptor.ouroboros.signing, let pending = pendingKeys,
+              let p = try? PlacementOrder.decode(e) else { return false }
+        return p.recipient == pending.publicKeys.signing
     }
 
     /// The authenticity round's rows for this block: the ouroboros's challenges and restores, its predecessor's
@@ -179,8 +189,9 @@ public final class BlockAgent {
             try KeyFile.write(keys, owner: owner, to: directory + "/" + BlockBundle.pendingKeysFile)
             pendingKeys = keys
         }
-        var w = BinaryWriter(capacity: 64)
+        var w = BinaryWriter(capacity: 160)
         keys.publicKeys.write(to: &w)
+        w.raw(Array(try keys.signing.signature(for: RekeyPost.proof(call: call, author: node.publicKeys.signing))))
         let sealed = try HPKEBox.seal(w.bytes, to: descriptor.ouroboros.agreement,
                                       aad: RekeyPost.aad(call: call, author: node.publicKeys.signing))
         try ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: generation, sealedKeys: sealed).encoded(), signer: node.signer)

@@ -137,14 +137,25 @@ final class KeyRotation {
         return (acted, nil)
     }
 
-    /// Opens a member's sealed new public keys (and checks that they are keys).
+    /// Opens a member's sealed new public keys and checks them: the new signing key proves it is held (its
+    /// signature over the call and the member's current key), and the agreement key can be sealed to (a low-order
+    /// point cannot: it would stop the owner at its placement, after its commit).
     private func open(_ p: RekeyPost, call: String, author: [UInt8]) throws -> PublicKeys {
         let plain = try HPKEBox.open(p.sealedKeys[...], with: agreement, aad: RekeyPost.aad(call: call, author: author))
         var r = BinaryReader(Array(plain)[...])
         let k = try PublicKeys.read(from: &r)
+        let proof = try r.raw(64, "proof of possession")
         try r.end()
-        _ = try Curve25519.Signing.PublicKey(rawRepresentation: k.signing)
-        _ = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: k.agreement)
+        let signing = try Curve25519.Signing.PublicKey(rawRepresentation: k.signing)
+        guard signing.isValidSignature(proof, for: RekeyPost.proof(call: call, author: author)) else {
+            throw RingError.notAuthentic("the new signing key's proof of possession does not verify")
+        }
+        // A low-order point gives the all-zero shared secret with any key (X25519 clamps scalars to multiples of 8).
+        let secret = try Curve25519.KeyAgreement.PrivateKey().sharedSecretFromKeyAgreement(
+            with: try Curve25519.KeyAgreement.PublicKey(rawRepresentation: k.agreement))
+        guard secret.withUnsafeBytes({ $0.contains { $0 != 0 } }) else {
+            throw RingError.notAuthentic("the new agreement key is a low-order point")
+        }
         return k
     }
 

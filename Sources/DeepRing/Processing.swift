@@ -342,6 +342,8 @@ final class RingNode {
     /// node's page — one read per round, not two — and collected in `sideEntries` for it.
     var sideFilters: [EntryFilter] = []
     var sideEntries: [LedgerEntry] = []
+    /// Side rows after which the page ends (handled by the owner before anything that follows them).
+    var endsPage: ((LedgerEntry) -> Bool)?
     static let sideKinds: Set<EntryKind> = [.challenge, .attestation, .restore, .rotation, .rekey, .placement]
     private var seenEpoch = 0
     static let rereadAfterLoss: Int64 = 2000
@@ -422,7 +424,7 @@ final class RingNode {
         let actionable = filters.filter { f in f.author != publicKeys.signing && !(f.kind == .layer && f.author == secondPredecessor && cachesSecondPredecessor) }
         guard rewound || now() - lastRead >= RingNode.maxReadInterval || ledger.mayHaveAppended(after: cursor, matching: actionable) else { return false }
         lastRead = now()
-        let (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
+        var (entries, through) = try timing.time(\.ledger) { () throws -> ([LedgerEntry], Int64) in
             // One round trip: the tail and what is new up to it.
             let (page, tail) = try ledger.entries(after: cursor, matching: filters, maxBytes: RingNode.roundBudget)
             behind = page.through < tail
@@ -436,6 +438,13 @@ final class RingNode {
             cursor = c
         }
         var acted = false
+        // A row that changes this node's keys or neighbours (its placement) ends the page: what follows it is read
+        // again once its owner has taken it on (a post addressed to the new keys is not the old keys' business).
+        if let ends = endsPage, let i = entries.firstIndex(where: { RingNode.sideKinds.contains($0.kind) && ends($0) }) {
+            entries.removeSubrange((i + 1)...)
+            through = entries[i].sequence
+            behind = true
+        }
         for e in entries {
             if watchFilters.contains(where: { $0.matches(e) }) { watched.append(e) }
             guard let q = e.queryID else { continue }

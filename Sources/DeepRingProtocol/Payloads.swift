@@ -485,7 +485,9 @@ public struct RekeyPost: LedgerPayload {
     public static let type = PayloadType.rekey
     public static let kinds: Set<EntryKind> = [.rekey]
     public var generation: UInt64
-    /// The new `PublicKeys` (signing ‖ agreement), sealed to the ouroboros's agreement key (associated data: `aad`).
+    /// The new `PublicKeys` (signing ‖ agreement) and the new signing key's signature over `proof(call:author:)` —
+    /// proof that the member holds the key it asks to be placed under — sealed to the ouroboros's agreement key
+    /// (associated data: `aad`).
     public var sealedKeys: [UInt8]
 
     public init(generation: UInt64, sealedKeys: [UInt8]) { self.generation = generation; self.sealedKeys = sealedKeys }
@@ -501,6 +503,8 @@ public struct RekeyPost: LedgerPayload {
 
     /// Binds the sealed keys to the call and to the member that posts them (its current signing key).
     public static func aad(call: String, author: [UInt8]) -> [UInt8] { Array("DeepRing rekey v1".utf8) + Array(call.utf8) + author }
+    /// What the new signing key signs: the call and the member's current key (a key cannot be claimed by another).
+    public static func proof(call: String, author: [UInt8]) -> [UInt8] { Array("DeepRing rekey proof v1".utf8) + Array(call.utf8) + author }
 }
 
 /// The owner's answer to a member's new keys (entry kind `placement`, query id: the call's id): the member's new

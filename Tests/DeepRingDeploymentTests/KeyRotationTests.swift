@@ -2,6 +2,7 @@
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol
+import Crypto
 import Foundation
 import Testing
 
@@ -180,6 +181,76 @@ extension DeploymentTests {
             #expect(delivered < called, "the query in flight ended before the call")
             #expect(started > announced, "the held query started only after the new generation was announced")
             #expect(owner.rotations == 1)
+            // Block 1 read its placement and the released query's first post in one page: it answered with its new
+            // keys, and its old ones raised no alarm about a post addressed to someone else.
+            #expect(try r.all([EntryFilter(kind: .alarm)]).isEmpty, "no alarm")
+            let audit = RingAudit.audit(r.ledger, manifest: r.ring.manifest)
+            #expect(audit.isClean, "\(audit)")
+        }
+
+        /// A rotation call read twice (a page read again after a lost connection): every block posts the keys it made
+        /// at the first reading again — never new ones, which would orphan the keys the owner commits — and the
+        /// rotation completes with them.
+        @Test(.timeLimit(.minutes(1)))
+        func aRotationCallReadTwiceIsAnsweredWithTheSameKeys() throws {
+            let r = try AttackAgents(counting: true)
+            let owner = try #require(r.owner)
+            let counter = try #require(r.counter)
+            owner.rotateEvery = 0
+            try r.settle()
+            owner.requestRotation()
+            for _ in 0..<3 { _ = try owner.step() }          // the call is out
+            for b in r.blocks { _ = try b.step() }           // every block posts its rekey
+            counter.epoch += 1                               // the connection was lost: the last rows are read again
+            for b in r.blocks { _ = try b.step() }
+            #expect(try r.all([EntryFilter(kind: .rekey)]).count == 2 * r.blocks.count, "the call was answered twice")
+            try r.settle()
+            #expect(owner.rotations == 1)
+            #expect(owner.members.dropFirst().elementsEqual(r.blocks.map(\.signingKey)), "every block computes with the keys the owner committed")
+            for j in 1...r.blocks.count { #expect(!FileManager.default.fileExists(atPath: r.blockDir(j) + "/keys.next.json")) }
+            #expect(try answer(r, 11) != nil)
+            #expect(RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean)
+        }
+
+        /// A member's new keys sealed with a proof of possession signed by `prover`.
+        func forgedRekey(_ r: AttackAgents, call: String, author: BlockAgent, keys: PublicKeys,
+                         prover: Curve25519.Signing.PrivateKey) throws -> [UInt8] {
+            var w = BinaryWriter(capacity: 160)
+            keys.write(to: &w)
+            w.raw(Array(try prover.signature(for: RekeyPost.proof(call: call, author: author.signingKey))))
+            return try HPKEBox.seal(w.bytes, to: r.ring.manifest.ouroboros.agreement, aad: RekeyPost.aad(call: call, author: author.signingKey))
+        }
+
+        /// New keys without proof that the member holds them (another party's public keys, a proof made by another
+        /// key), or with an agreement key nothing can be sealed to (a low-order point), are not taken: the member
+        /// is named when the call times out, and every block keeps its keys.
+        @Test(.timeLimit(.minutes(1)))
+        func newKeysWithoutProofOfPossessionOrUnusableAreRefused() throws {
+            for attack in 0..<2 {
+                let r = try AttackAgents()
+                let owner = try #require(r.owner)
+                owner.rotateEvery = 0
+                owner.roundTimeout = 0.5
+                try r.settle()
+                let b1 = r.blocks[0]
+                owner.requestRotation()
+                for _ in 0..<3 { _ = try owner.step() }
+                let call = try #require(try r.all([EntryFilter(kind: .rotation)]).last?.queryID)
+                let other = BlockKeys()
+                var keys = other.publicKeys
+                var prover = other.signing
+                if attack == 0 { prover = Curve25519.Signing.PrivateKey() }        // a proof by a key it does not name
+                else { keys = PublicKeys(signing: keys.signing, agreement: [UInt8](repeating: 0, count: 32)) }   // low order
+                let sealed = try forgedRekey(r, call: call, author: b1, keys: keys, prover: prover)
+                try r.ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: 1, sealedKeys: sealed).encoded(), signer: b1.node.signer)
+                let others = Array(r.blocks.dropFirst())
+                r.blocks = others                       // block 1 posted only the forged rekey
+                let before = others.map(\.signingKey)
+                for _ in 0..<20 { try r.settle(); Thread.sleep(forTimeInterval: 0.05) }
+                #expect(owner.rotations == 0, "attack \(attack): the rotation did not complete")
+                #expect(others.map(\.signingKey) == before, "attack \(attack): every block keeps its keys")
+                #expect(owner.takeEvents().contains { $0.event == "rotation abandoned" && $0.detail.contains("ring position 1") })
+            }
         }
 
         /// A member that posts another member's current keys as its new ones is refused (it would take over that
@@ -197,9 +268,8 @@ extension DeploymentTests {
             let call = try #require(try r.all([EntryFilter(kind: .rotation)]).last?.queryID)
             #expect(owner.rotations == 0)
             let b1 = r.blocks[0], b2 = r.blocks[1]
-            var w = BinaryWriter(capacity: 64)
-            b2.node.publicKeys.write(to: &w)
-            let sealed = try HPKEBox.seal(w.bytes, to: r.ring.manifest.ouroboros.agreement, aad: RekeyPost.aad(call: call, author: b1.signingKey))
+            // (With block 2's proof of possession, as if the two colluded: the in-use check stands on its own.)
+            let sealed = try forgedRekey(r, call: call, author: b1, keys: b2.node.publicKeys, prover: b2.node.keys.signing)
             try r.ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: 1, sealedKeys: sealed).encoded(), signer: b1.node.signer)
             let stranger = LedgerSigner()
             try r.ledger.append(kind: .rekey, queryID: call, payload: RekeyPost(generation: 1, sealedKeys: sealed).encoded(), signer: stranger)
