@@ -288,8 +288,9 @@ PY
   if [ "$rc" -eq 0 ] && ! pgrep -f "serve --.*$dir" >/dev/null; then pass=$((pass + 1)); else
     echo "FAIL: ring up ($label) did not stop all its processes on SIGTERM (rc $rc)"; pgrep -af "serve --" || true; fail=$((fail + 1)); fi
 }
-expect_exit 0 "seal for ring up" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/upring"
+expect_exit 0 "seal for ring up (with a spare)" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/upring" --spares 1
 ring_up_check sqlite "$tmp/upring"
+grep -q "waiting as a spare" "$tmp"/uplogs-sqlite/spare-*.log && pass=$((pass + 1)) || { echo "FAIL: ring up started no spare"; fail=$((fail + 1)); }
 expect_exit 0 "ledger audit after ring up" "$bin" ledger audit --ring "$tmp/upring"
 expect_exit 0 "bench ring --deployment both (short)" "$bin" bench ring --deployment both --model "$tmp/m.safetensors" --queries 5 --querents 2 --json
 python3 - "$tmp/out" <<'PY' || { echo "FAIL: bench ring --deployment output"; fail=$((fail + 1)); }
@@ -311,6 +312,17 @@ p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-3] ^= 0x40; open(p, "wb
 PY
 expect_exit 3 "block serve refuses a tampered parameter file" "$bin" block serve --dir "$tmp/tampered-block" --ledger "$tmp/upring/ledger.sqlite"
 expect_exit 3 "block serve refuses another ring's ledger" "$bin" block serve --dir "$tmp/upring/blocks/$up_block" --ledger "$tmp/ring/ledger.sqlite"
+expect_exit 64 "seal --spares out of range" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/spring" --spares 65
+up_spare=$(ls "$tmp/upring/spares" | head -1)
+expect_exit 1 "block serve: a spare's folder without --spare" "$bin" block serve --dir "$tmp/upring/spares/$up_spare" --ledger "$tmp/upring/ledger.sqlite"
+grep -q "serve it with --spare" "$tmp/err" || { echo "FAIL: the spare's error does not say --spare"; fail=$((fail + 1)); }
+cp -a "$tmp/upring/spares/$up_spare" "$tmp/forged-spare-$up_spare"
+mkdir -p "$tmp/forged" && mv "$tmp/forged-spare-$up_spare" "$tmp/forged/$up_spare"
+python3 - "$tmp/forged/$up_spare/spare.json" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p)); s = d["signature"]; d["signature"] = ("0" if s[0] != "0" else "1") + s[1:]; json.dump(d, open(p, "w"))
+PY
+expect_exit 3 "block serve --spare refuses a spare.json not signed by the owner" "$bin" block serve --spare --dir "$tmp/forged/$up_spare" --ledger "$tmp/upring/ledger.sqlite"
 
 # The PostgreSQL ledger (when a server is given, as in CI): init twice, show, and the errors a user meets.
 if [ -n "${DEEPRING_TEST_POSTGRES_URL:-}" ]; then

@@ -76,7 +76,9 @@ public final class BlockAgent {
         self.directory = directory
         descriptor = d
         ownLayer = b.own; nextLayer = b.next
-        resumedPosts = try node.resume(ledger: ledger, window: resumeWindow)
+        // A former spare: the slot was another block's before its placement, and so were the posts before it.
+        let floor = try BlockAgent.sparePlacementSequence(directory: directory, ouroboros: d.ouroboros.signing, ledger: ledger) ?? 0
+        resumedPosts = try node.resume(ledger: ledger, window: resumeWindow, after: floor)
         // Rounds start afresh: old challenges are not answered again, old restores not taken again (the owner calls
         // a new round, and restores again, if anything is still off).
         roundsAfter = try ledger.lastSequence()
@@ -87,11 +89,16 @@ public final class BlockAgent {
     /// True for the ouroboros's placement addressed to this block's pending keys: the node's page ends there, so that
     /// a post addressed to the new keys after it (a query released at the end of the rotation) is read with them,
     /// not taken by the old keys for a misaddressed post.
+    /// (And for its eviction notice: nothing after it is this block's business.)
     private func changesKeys(_ e: LedgerEntry) -> Bool {
-        guard e.kind == .placement, e.author == descriptor.ouroboros.signing, let pending = pendingKeys,
-              let p = try? PlacementOrder.decode(e) else { return false }
+        guard e.kind == .placement, e.author == descriptor.ouroboros.signing else { return false }
+        if let n = try? EvictionNotice.decode(e) { return n.evicted == node.publicKeys.signing }
+        guard let pending = pendingKeys, let p = try? PlacementOrder.decode(e) else { return false }
         return p.recipient == pending.publicKeys.signing
     }
+
+    /// Why the owner evicted this block (its keys left the member set), once it did: the block stops serving.
+    public private(set) var evictedReason: String?
 
     /// The authenticity round's rows for this block: the ouroboros's challenges and restores, its predecessor's
     /// attestations (read with the node's page).
@@ -104,6 +111,7 @@ public final class BlockAgent {
     /// Handles what appeared on the ledger since the last call — queries' posts and alarms, then authenticity
     /// rounds and restores; true when it posted or has more to read.
     public func step() throws -> Bool {
+        guard evictedReason == nil else { return false }
         let acted = try node.step(ledger: ledger)
         return try rounds() || acted
     }
@@ -155,6 +163,12 @@ public final class BlockAgent {
                 try rekey(call: round, generation: c.generation)
                 acted = true
             case .placement:
+                if let n = try? EvictionNotice.decode(e) {
+                    guard n.evicted == node.publicKeys.signing, e.author == o else { continue }
+                    evictedReason = n.reason
+                    events.append((round, "evicted", "the owner evicted this block at generation \(n.generation): \(n.reason)"))
+                    return true
+                }
                 guard let pending = pendingKeys, let p = try? PlacementOrder.decode(e), p.recipient == pending.publicKeys.signing else { continue }
                 do {
                     let d = try BlockAgent.adopt(p, entry: e, pending: pending, current: descriptor, owner: owner, directory: directory)
@@ -247,6 +261,21 @@ public final class BlockAgent {
             return try adopt(p, entry: e, pending: pending, current: current, owner: owner, directory: directory)
         }
         return nil
+    }
+
+    /// For a block that was a spare (its folder keeps `spare.json`): the sequence number of the ouroboros's
+    /// placement that gave it its slot (addressed to the spare's own keys), or nil for a block sealed as one.
+    static func sparePlacementSequence(directory: String, ouroboros: [UInt8], ledger: any Ledger) throws -> Int64? {
+        let path = directory + "/" + SpareAgent.descriptorFile
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let spare = try SpareDescriptor.read(path).keys.signing
+        let tail = try ledger.lastSequence()
+        guard tail >= 1 else { return nil }
+        for h in try ledger.headers(in: 1...tail, matching: [EntryFilter(kind: .placement, author: ouroboros)]) {
+            guard let e = try ledger.entry(at: h.sequence), e.isAuthentic, let p = try? SparePlacement.decode(e), p.recipient == spare else { continue }
+            return e.sequence
+        }
+        throw RingError.notAuthentic("\(directory) was a spare, but the ledger holds no placement of it")
     }
 
     /// HASH_j (Eq. 1) over what this block computes with now.

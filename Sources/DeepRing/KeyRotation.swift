@@ -45,6 +45,14 @@ final class KeyRotation {
         var cursor: Int64
         /// New public keys by ring position (1 … n).
         var keys: [Int: PublicKeys] = [:]
+        /// The block this rotation evicts, if any: its slot goes to a spare, whose keys the owner holds already.
+        let eviction: Eviction?
+    }
+    /// A block to evict (Prop. 1 named it) and the spare that takes its ring position.
+    struct Eviction {
+        let position: Int
+        let spare: OwnerRecord.SpareEntry
+        let reason: String
     }
 
     let ring: SealedRing
@@ -55,11 +63,19 @@ final class KeyRotation {
     var timeout: Double = 15
     private(set) var state = State.idle
     private(set) var rotations = 0
+    private(set) var evictions = 0
     var events: [(queryID: String, event: String, detail: String)] = []
 
-    init(ring: SealedRing, ledger: any Ledger, signer: LedgerSigner, agreement: Curve25519.KeyAgreement.PrivateKey) {
-        self.ring = ring; self.ledger = ledger; self.signer = signer; self.agreement = agreement
+    /// The parameter file of a ring position, from the owner's checkpoint (what a spare placed there receives).
+    let holderFile: (Int) -> [UInt8]
+
+    init(ring: SealedRing, ledger: any Ledger, signer: LedgerSigner, agreement: Curve25519.KeyAgreement.PrivateKey,
+         holderFile: @escaping (Int) -> [UInt8]) {
+        self.ring = ring; self.ledger = ledger; self.signer = signer; self.agreement = agreement; self.holderFile = holderFile
     }
+
+    /// A spare not placed yet, if the ring has one.
+    var availableSpare: OwnerRecord.SpareEntry? { ring.record.spares.first { $0.placed == nil } }
 
     var isIdle: Bool { if case .idle = state { return true } else { return false } }
     var isDraining: Bool { if case .draining = state { return true } else { return false } }
@@ -72,15 +88,18 @@ final class KeyRotation {
         return events
     }
 
-    /// Posts the rotation call (the caller has drained the ring).
-    func call() throws {
+    /// Posts the rotation call (the caller has drained the ring); with `eviction`, the evicted block's slot goes to
+    /// the spare (its new keys are not waited for, nor taken).
+    func call(evicting eviction: Eviction? = nil) throws {
         let id = "rotation-" + randomID().prefix(16)
         let g = ring.record.generation + 1
         let cursor = try ledger.lastSequence()
         try ledger.append(kind: .rotation, queryID: id, payload: RotationCall(ringID: ring.manifest.ringID, generation: UInt64(g)).encoded(),
                           signer: signer)
-        state = .collecting(Call(id: id, generation: g, started: now(), cursor: cursor))
-        events.append((id, "rotation called", "generation \(g)"))
+        var c = Call(id: id, generation: g, started: now(), cursor: cursor, eviction: eviction)
+        if let e = eviction { c.keys[e.position] = e.spare.keys }
+        state = .collecting(c)
+        events.append((id, "rotation called", "generation \(g)" + (eviction.map { ", evicting ring position \($0.position) to spare \($0.spare.id)" } ?? "")))
     }
 
     /// Gives up a rotation that is draining or collecting: every block keeps its current keys.
@@ -94,16 +113,19 @@ final class KeyRotation {
     func collect(members: [[UInt8]], describe: ([UInt8]?) -> String) throws -> (acted: Bool, committed: [PublicKeys]?) {
         guard case .collecting(var c) = state else { return (false, nil) }
         // Only members' rekeys of this call (anyone may post rows naming the call's id).
-        let (page, tail) = try ledger.entries(after: c.cursor, matching: members.dropFirst().map { EntryFilter(kind: .rekey, author: $0, queryID: c.id) },
-                                               maxBytes: 1 << 20)
+        // (Not the evicted block's: its slot is the spare's.)
+        let asked = members.indices.dropFirst().filter { $0 != c.eviction?.position }.map { EntryFilter(kind: .rekey, author: members[$0], queryID: c.id) }
+        let (page, tail) = try ledger.entries(after: c.cursor, matching: asked, maxBytes: 1 << 20)
         let current = Set(members)
+        let spares = ring.record.spares.map(\.keys)
         for e in page.entries {
             guard let j = members.firstIndex(of: e.author), j > 0, c.keys[j] == nil, e.isAuthentic,
                   let p = try? RekeyPost.decode(e), p.generation == UInt64(c.generation),
                   let keys = try? open(p, call: c.id, author: e.author) else { continue }
             // Keys never seen in the ring: a member cannot take over another's keys, old or new.
             guard !current.contains(keys.signing), !c.keys.values.contains(where: { $0.signing == keys.signing || $0.agreement == keys.agreement }),
-                  !ring.record.members.contains(where: { $0.agreement == keys.agreement }) else {
+                  !ring.record.members.contains(where: { $0.agreement == keys.agreement }),
+                  !spares.contains(where: { $0.signing == keys.signing || $0.agreement == keys.agreement }) else {
                 events.append((c.id, "rekey refused", "\(describe(e.author)) posted keys already in use"))
                 continue
             }
@@ -115,9 +137,15 @@ final class KeyRotation {
         let n = members.count - 1
         if c.keys.count == n {
             let keys = (1...n).compactMap { c.keys[$0] }
+            let leaving = c.eviction.map { describe(members[$0.position]) }
             var r = ring.record
             r.generation = c.generation
             r.members = keys
+            if let ev = c.eviction, let i = r.spares.firstIndex(where: { $0.id == ev.spare.id }) {
+                r.order[ev.position - 1] = ev.spare.id
+                r.spares[i].placed = c.generation
+                r.spares[i].replaced = hex(members[ev.position])
+            }
             do {
                 let lock = try ring.paths.stateLockExclusive()
                 try ring.commit(r)   // the commit point
@@ -125,6 +153,10 @@ final class KeyRotation {
             }
             try publish(call: c.id)
             rotations += 1
+            if let ev = c.eviction {
+                evictions += 1
+                events.append((c.id, "evicted", "\(leaving ?? "") left the ring; spare \(ev.spare.id) holds ring position \(ev.position) from generation \(c.generation) on: \(ev.reason)"))
+            }
             events.append((c.id, "rotated", "generation \(c.generation): every block has new key pairs and neighbours"))
             state = .idle
             return (true, keys)
@@ -161,16 +193,32 @@ final class KeyRotation {
 
     /// Posts every block its placement (random order) — its new descriptor, sealed to its new agreement key — then
     /// announces the committed generation's member keys (random order).
+    ///
+    /// A spare placed in this generation gets its descriptor and its parameter file (`SparePlacement`), and the
+    /// block it replaces an `EvictionNotice` first.
     func publish(call: String) throws {
         let r = ring.record
         let o = ring.manifest.ouroboros
+        let g = UInt64(r.generation)
+        for s in r.spares where s.placed == r.generation {
+            guard let old = s.replaced.flatMap(unhex), old.count == 32 else { continue }
+            try ledger.append(kind: .placement, queryID: call,
+                              payload: EvictionNotice(generation: g, evicted: old, reason: "validation named this block (Prop. 1); spare \(s.id) holds its ring position").encoded(),
+                              signer: signer)
+        }
         for j in r.members.indices.shuffled() {
             let d = try Placement.descriptor(j, id: r.order[j], record: r, keys: r.members, ouroboros: o, identity: ring.identity)
             let k = r.members[j]
-            let sealed = try HPKEBox.seal(try encodeJSON(d), to: k.agreement, aad: PlacementOrder.aad(call: call, recipient: k.signing))
-            try ledger.append(kind: .placement, queryID: call,
-                              payload: PlacementOrder(generation: UInt64(r.generation), recipient: k.signing, sealedDescriptor: sealed).encoded(),
-                              signer: signer)
+            let payload: [UInt8]
+            if r.spares.contains(where: { $0.id == r.order[j] && $0.placed == r.generation }) {
+                let plain = SparePlacement.plaintext(descriptor: try encodeJSON(d), file: holderFile(j + 1))
+                let sealed = try HPKEBox.seal(plain, to: k.agreement, aad: SparePlacement.aad(call: call, recipient: k.signing))
+                payload = SparePlacement(generation: g, recipient: k.signing, sealed: sealed).encoded(capacity: sealed.count + 64)
+            } else {
+                let sealed = try HPKEBox.seal(try encodeJSON(d), to: k.agreement, aad: PlacementOrder.aad(call: call, recipient: k.signing))
+                payload = PlacementOrder(generation: g, recipient: k.signing, sealedDescriptor: sealed).encoded()
+            }
+            try ledger.append(kind: .placement, queryID: call, payload: payload, signer: signer)
         }
         // Last: the announcement marks the generation as published (an owner that stops before it posts every
         // placement again when it starts). No new key signs anything before it: the owner starts no query until then.

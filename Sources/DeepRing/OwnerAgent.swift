@@ -26,6 +26,18 @@ public final class OwnerAgent {
     /// Key rotations across hosts (`KeyRotation`).
     private let rotation: KeyRotation
     public var rotations: Int { rotation.rotations }
+    /// Blocks evicted to spares (`KeyRotation.Eviction`).
+    public var evictions: Int { rotation.evictions }
+    /// The eviction under way (its rotation not ended yet), and the queries that wait for it to run again: query
+    /// id and query row.
+    private var evicting: KeyRotation.Eviction?
+    private var parked: [(queryID: String, from: Int64)] = []
+    /// Per query run again: how many evictions it caused, and the spare placed for it last (a spare named again
+    /// for the same query points at Prop. 1's other suspect).
+    private var evictionsFor: [String: Int] = [:]
+    private var placedFor: [String: [UInt8]] = [:]
+    /// At most this many evictions for one query; then it is refused.
+    static let maxEvictionsPerQuery = 2
     public private(set) var answered = 0, refused = 0
     /// Seconds between authenticity rounds (the first runs before any query is served); 0: only that first one.
     public var checkEvery: Double = 30
@@ -86,7 +98,9 @@ public final class OwnerAgent {
         let everyone = members
         auth = AuthenticityRounds(ring: ring, ledger: ledger, signer: node.signer, members: everyone, checkpoint: checkpoint,
                                   describe: { AuthenticityRounds.describe($0, members: everyone, ring: ring) })
-        rotation = KeyRotation(ring: ring, ledger: ledger, signer: node.signer, agreement: keys.agreement)
+        let layers = checkpoint
+        rotation = KeyRotation(ring: ring, ledger: ledger, signer: node.signer, agreement: keys.agreement,
+                               holderFile: { ring.sealedHolderFile($0, layers: layers) })
         try node.resume(ledger: ledger, window: resumeWindow)
         node.watchFilters = OwnerAgent.watchFilters(members)
         auth.describe = { [unowned self] in self.describe($0) }
@@ -123,10 +137,11 @@ public final class OwnerAgent {
         // A key rotation when due: queries wait (held) until those in flight have ended, then the exchange runs.
         if rotation.isIdle, rotateEvery > 0, answered + refused - endedAtLastRotation >= rotateEvery { requestRotation() }
         if rotation.isDraining && open.isEmpty {
-            try rotation.call()
+            try rotation.call(evicting: evicting)
             events += rotation.takeEvents()
         }
         if rotation.cursor != nil { return try rotate() }
+        if rotation.isIdle && evicting == nil && !parked.isEmpty { try rerunParkedQueries() }
         if rotation.isIdle && !node.heldQueries.isEmpty { try releaseHeldQueries() }
         var acted = try node.step(ledger: ledger)
         for f in node.failures { events.append((f.queryID, "error", "\(f.error)")) }
@@ -153,11 +168,63 @@ public final class OwnerAgent {
             members = [o.signing] + keys.map(\.signing)
             auth.members = members
             node.watchFilters = OwnerAgent.watchFilters(members)
+            if let ev = evicting {
+                for p in parked { placedFor[p.queryID] = ev.spare.keys.signing }
+                evicting = nil
+            }
         }
         guard rotation.isIdle else { return acted }
         endedAtLastRotation = answered + refused
+        if let ev = evicting {
+            // Abandoned: the compromised block is still in the ring, so its queries are refused.
+            evicting = nil
+            for p in parked {
+                parked.removeFirst()
+                try end(p.queryID, .compromised, ev.reason + "; evicting it to a spare failed (the key rotation was abandoned)")
+            }
+        }
+        try rerunParkedQueries()
         try releaseHeldQueries()
         return true
+    }
+
+    /// Validation named `culprit` (a ring position) for query `q`: evicts it to a spare and runs the query again once
+    /// the spare holds its slot — the query is parked meanwhile. Returns false (the caller refuses the query) when
+    /// there is nothing to evict it to, or when the query caused too many evictions already. A spare named again for
+    /// the query it was placed for, on a hash mismatch, points at Prop. 1's other suspect: the block that computed
+    /// the H (`hashFrom`), which is evicted instead.
+    private func evict(_ q: String, culprit: Int, alarm v: ValidationAlarm, why: String) throws -> Bool {
+        guard culprit > 0, let o = open[q], evictionsFor[q, default: 0] < OwnerAgent.maxEvictionsPerQuery else { return false }
+        var target = culprit
+        if members[culprit] == placedFor[q], v.reason == .hashMismatch, let h = v.hashFrom, let j = members.firstIndex(of: h), j > 0 {
+            target = j
+        }
+        if evicting == nil {
+            guard let spare = rotation.availableSpare else { return false }
+            evicting = KeyRotation.Eviction(position: target, spare: spare, reason: why)
+            events.append((q, "evicting", "\(describe(members[target])): \(why); spare \(spare.id) takes its ring position, and the query runs again"))
+        }
+        // (With an eviction under way for another block, the query waits for it and runs again: if its own culprit
+        // is still in the ring, validation names it again.)
+        open[q] = nil
+        node.querents[q] = nil
+        parked.append((q, o.from))
+        evictionsFor[q, default: 0] += 1
+        requestRotation()
+        return true
+    }
+
+    /// Runs the parked queries again from their rows, under the new generation (one at a time, each taken off the
+    /// list once started).
+    private func rerunParkedQueries() throws {
+        while let p = parked.first {
+            if let e = try ledger.entry(at: p.from), e.kind == .query, e.queryID == p.queryID {
+                do { try node.startQuery(e, ledger: ledger, again: true) } catch { events.append((p.queryID, "error", "\(error)")) }
+                if node.querents[p.queryID] != nil { open[p.queryID] = (now(), p.from) }
+                events.append((p.queryID, "running again", "under generation \(ring.record.generation)"))
+            }
+            parked.removeFirst()
+        }
     }
 
     /// Starts the queries that arrived during a rotation (they are open from now on: their deadline runs from here).
@@ -210,17 +277,22 @@ public final class OwnerAgent {
                 // Prop. 1 names a block only from its successor, the one member that validates its output; an
                 // alarm from anyone else names its own author (a member raising alarms it cannot have seen).
                 let why: String
+                let culprit: Int
                 if let js = members.firstIndex(of: v.suspect), members.firstIndex(of: e.author) == (js + 1) % members.count {
+                    culprit = js
                     if v.reason == .hashMismatch {
                         why = "validation failed for good; \(describe(v.suspect)), or \(v.hashFrom.map { describe($0) } ?? "the block holding the copy of its layer"), is compromised (or \(describe(e.author)), which validated it)"
                     } else {
                         why = "\(describe(v.suspect)): \(v.reason) (reported by \(describe(e.author)), which validates it; one of the two is compromised)"
                     }
                 } else {
+                    culprit = members.firstIndex(of: e.author) ?? 0
                     why = "\(describe(e.author)) raised an alarm about \(describe(v.suspect)), whose output it does not validate: \(describe(e.author)) is compromised"
                 }
-                try end(q, .compromised, why)
                 acted = true
+                if try evict(q, culprit: culprit, alarm: v, why: why) { break }
+                let spares = ring.record.spares
+                try end(q, .compromised, why + (spares.isEmpty ? "" : evictionsFor[q] != nil ? "; evicting did not help" : "; no spare block is left to take its place"))
             default: break
             }
             seen.removeFirst()

@@ -270,9 +270,10 @@ final class RingNode {
 
     /// Query phase (Eq. 3) at the ouroboros: anyone may post a query, so everything is checked, and a query that
     /// cannot be answered gets a refusal (never a crash of the ring, never silence).
-    func startQuery(_ e: LedgerEntry, ledger: any Ledger) throws {
+    /// `again`: a query started before, run again from its row (after its compromised block was evicted).
+    func startQuery(_ e: LedgerEntry, ledger: any Ledger, again: Bool = false) throws {
         guard let q = e.queryID, timing.time(\.crypto, { e.isAuthentic }) else { return }
-        guard seenQueries.insert(q) else { return }
+        guard seenQueries.insert(q) || again else { return }
         func refuse(_ r: RefusalReason, _ detail: String) throws {
             try appendOwn(.delivery, q, Delivery(.refusal(r, detail: detail)).encoded(), ledger)
         }
@@ -361,14 +362,16 @@ final class RingNode {
     /// ouroboros, queries it already started or ended are not started again, and those started but not delivered
     /// get their querent's key back from the query row. Returns the number of own posts found.
     @discardableResult
-    func resume(ledger: any Ledger, window: Int64) throws -> Int {
+    ///
+    /// `floor`: nothing at or before it is this member's (a spare's placement: the slot was another block's before).
+    func resume(ledger: any Ledger, window: Int64, after floor: Int64 = 0) throws -> Int {
         let tail = try ledger.lastSequence()
         let me = publicKeys.signing
         // From the member's own last entry on (less a margin, for inputs it had not answered yet), or the last
         // `window` entries if those reach further back: rows anyone appended while it was down cannot push work out
         // of reach.
         let lastOwn = try ledger.lastSequence(by: me, upTo: tail) ?? 0
-        let start = max(1, min(tail - window + 1, lastOwn - 1000))
+        let start = max(1, floor + 1, min(tail - window + 1, lastOwn - 1000))
         cursor = start - 1
         acceptedFloor = start
         guard tail >= start else { return 0 }

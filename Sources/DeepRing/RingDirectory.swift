@@ -36,6 +36,8 @@ public struct RingPaths: Sendable {
     public var stateLock: String { owner + "/state.lock" }
     public var blocks: String { root + "/blocks" }
     public var nextBlocks: String { root + "/blocks.next" }
+    /// Spare blocks' folders (`seal --spares N`): each goes to a host of its own, like a block's.
+    public var spares: String { root + "/spares" }
     public func block(_ id: String) -> String { blocks + "/" + id }
 
     /// `blocks.old-` and 16 hex digits: a placement retired by a reshuffle (and nothing else is ever deleted as one).
@@ -43,17 +45,23 @@ public struct RingPaths: Sendable {
         name.hasPrefix("blocks.old-") && name.utf8.count == 27 && isHexDigits(name.dropFirst(11))
     }
 
-    static let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next"]
+    static let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next", "spares"]
     static let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
                                           "ouroboros.safetensors", "runtime.lock", "state.lock"]
     /// A block's files; `serve.lock` is held by the `block serve` process serving the folder.
     /// `keys.next.json`: key pairs made for a rotation the owner has not placed yet.
-    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock", "keys.next.json"]
+    /// `spare.json`: a spare's owner-signed descriptor (a spare placed in the ring keeps it).
+    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock", "keys.next.json", "spare.json"]
 
     /// `.NAME.tmp-PID`, the temporary file of an atomic write of `NAME` (one of `names`), which a crash may leave.
     static func isTemporary(_ n: String, of names: Set<String>) -> Bool {
         guard n.hasPrefix("."), let r = n.range(of: ".tmp-", options: .backwards) else { return false }
         return names.contains(String(n[n.index(after: n.startIndex)..<r.lowerBound])) && Int32(n[r.upperBound...]) != nil
+    }
+
+    /// The spare folders in `spares/` (names of 32 hex digits, real folders), sorted.
+    public var spareIDs: [String] {
+        (RingPaths.realFolder(spares) ?? []).filter { $0.utf8.count == 32 && isHexDigits($0) && RingPaths.realFolder(spares + "/" + $0) != nil }.sorted()
     }
 
     /// The block folders in `blocks/` (names of 32 hex digits, real folders), sorted.
@@ -85,7 +93,7 @@ public struct RingPaths: Sendable {
         }
         let topOK = top.allSatisfy { n in
             if n == "owner" { return true }   // its entries are checked below
-            if n == "blocks" || n == "blocks.next" || RingPaths.isRetiredPlacement(n) { return placement(root + "/" + n) }
+            if n == "blocks" || n == "blocks.next" || n == "spares" || RingPaths.isRetiredPlacement(n) { return placement(root + "/" + n) }
             if RingPaths.topNames.contains(n) { return InputFile.isRegular(root + "/" + n) }
             return RingPaths.isTemporary(n, of: RingPaths.topNames)
         }

@@ -8,8 +8,8 @@ import Foundation
 /// `owner/record.json`: the owner's private record — ring order, original hashes (HASH_O, HASH_1 … HASH_n) and the
 /// digests that check the checkpoint and the holders' files — signed by the owner's identity key.
 public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
-    public static let currentFormat = "deepring-record-v3"
-    public static let domain = "DeepRing owner record v3"
+    public static let currentFormat = "deepring-record-v4"
+    public static let domain = "DeepRing owner record v4"
 
     public internal(set) var format: String
     public internal(set) var ringID: String
@@ -26,7 +26,18 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
     /// Every block's public keys, in ring order: what the owner's process needs of its members (its neighbours'
     /// keys, the member set) without reading their folders.
     public internal(set) var members: [PublicKeys]
+    /// The spare blocks (`seal --spares N`): their ids and public keys, and the generation from which each holds
+    /// an evicted block's slot (nil: still waiting).
+    public internal(set) var spares: [SpareEntry]
     public var signature: String
+
+    public struct SpareEntry: Codable, Equatable, Sendable {
+        public var id: String
+        public var keys: PublicKeys
+        public var placed: Int?
+        /// The signing key (hex) of the block whose slot it took.
+        public var replaced: String?
+    }
 
     public func canonicalFields(into w: inout BinaryWriter) {
         w.string(format)
@@ -36,7 +47,15 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
         w.i64(Int64(checkpointSize))
         w.i64(Int64(generation))
         w.list(members) { w, k in k.write(to: &w) }
+        w.list(spares) { w, s in
+            w.string(s.id)
+            s.keys.write(to: &w)
+            w.i64(Int64(s.placed ?? -1))
+            w.string(s.replaced ?? "")
+        }
     }
+
+    public static let maxSpares = 64
 
     /// Parses and checks the record's form for a ring of `blockCount` blocks (not its signature).
     public static func parse(_ bytes: [UInt8], path: String, blockCount: Int) throws -> OwnerRecord {
@@ -47,6 +66,8 @@ public struct OwnerRecord: Codable, Equatable, Sendable, OwnerSigned {
               r.fileSizes.count == blockCount + 1, r.fileSizes.allSatisfy({ $0 > 0 && $0 <= ModelFile.maxFileSize }),
               r.checkpointSize > 0, r.checkpointSize <= 2 * ModelFile.maxFileSize,
               r.order.allSatisfy({ isHex($0, 16) }), Set(r.order).count == r.order.count,
+              r.spares.count <= maxSpares, r.spares.allSatisfy({ isHex($0.id, 16) && ($0.placed ?? 0) >= 0 }),
+              Set(r.spares.map(\.id)).count == r.spares.count,
               (r.hashes + r.layerDigests + r.fileDigests).allSatisfy({ isHex($0, 32) }) else {
             throw RingError.malformedFile(path, "not a valid owner record for \(blockCount) blocks")
         }
@@ -121,7 +142,10 @@ public final class SealedRing {
     /// `ledger`: the ring's ledger is that one (a PostgreSQL database, for blocks on many hosts) instead of
     /// `DIR/ledger.sqlite`. It must be empty: one ring per ledger.
     public static func seal(_ model: Model, into directory: String, force: Bool = false, protecting: [String] = [],
-                            ledger: (any Ledger)? = nil) throws -> SealedRing {
+                            ledger: (any Ledger)? = nil, spares: Int = 0) throws -> SealedRing {
+        guard (0...OwnerRecord.maxSpares).contains(spares) else {
+            throw RingError.refused("--spares must be between 0 and \(OwnerRecord.maxSpares)")
+        }
         let replacing = try RingTarget.check(directory, force: force, protected: protecting)
         if let l = ledger {
             let n = try l.lastSequence()
@@ -137,7 +161,7 @@ public final class SealedRing {
         let tmp = parent + "/.\(name).sealing-\(getpid())-\(randomID().prefix(8))"
         TemporaryPaths.register(tmp)
         defer { TemporaryPaths.unregister(tmp); removeTree(tmp) }
-        let ring = try write(model, into: tmp, ledger: ledger)
+        let ring = try write(model, into: tmp, ledger: ledger, spares: spares)
         if replacing {
             // Not while a process runs the ring (it writes into the folder by path): wait for it, up to a minute.
             let running = try RingPaths(directory).runtimeLock(timeout: 60)
@@ -156,7 +180,7 @@ public final class SealedRing {
     }
 
     /// Writes a complete ring into the empty folder `dir`.
-    private static func write(_ model: Model, into dir: String, ledger shared: (any Ledger)?) throws -> (manifest: RingManifest, record: OwnerRecord, identity: Curve25519.Signing.PrivateKey) {
+    private static func write(_ model: Model, into dir: String, ledger shared: (any Ledger)?, spares: Int) throws -> (manifest: RingManifest, record: OwnerRecord, identity: Curve25519.Signing.PrivateKey) {
         let fm = FileManager.default
         let p = RingPaths(dir)
         let layers = RingLayer.split(model)
@@ -184,12 +208,13 @@ public final class SealedRing {
         var record = OwnerRecord(format: OwnerRecord.currentFormat, ringID: ringID, order: [], hashes: hashes.map { hex($0) },
                                  layerDigests: all.map { hex(SHA256.hash(data: ParamsEncoding.encode($0))) },
                                  fileDigests: fileDigests, fileSizes: [ouroFile.count] + blockFiles.map(\.count),
-                                 checkpointSize: checkpoint.count, generation: 0, members: [], signature: "")
+                                 checkpointSize: checkpoint.count, generation: 0, members: [], spares: [], signature: "")
         // The first placement is built exactly as every later one (fresh ids and keys, signed descriptors).
         let placement = try Placement.build(paths: p, record: record, ouroboros: ouroKeys.publicKeys, identity: identity,
                                             into: p.blocks, sources: blockFiles.map { .bytes($0) })
         record.order = placement.ids
         record.members = placement.keys.map(\.publicKeys)
+        record.spares = try (0..<spares).map { _ in try SealedRing.writeSpare(paths: p, ringID: ringID, ouroboros: ouroKeys.publicKeys, identity: identity) }
         try record.sign(with: identity)
         try writeNewFile(try encodeJSON(record), to: p.record, permissions: 0o600)
         try writeNewFile(checkpoint, to: p.checkpoint, permissions: 0o600)
@@ -207,6 +232,25 @@ public final class SealedRing {
         }
         syncFileSystem(dir)
         return (manifest, record, identity)
+    }
+
+    /// A spare's folder, `spares/<id>/`: its key pairs (0600, anchored to the owner's key) and its owner-signed
+    /// `spare.json`. Returns its record entry.
+    private static func writeSpare(paths p: RingPaths, ringID: String, ouroboros: PublicKeys,
+                                   identity: Curve25519.Signing.PrivateKey) throws -> OwnerRecord.SpareEntry {
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: p.spares) {
+            try fm.createDirectory(atPath: p.spares, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o755])
+        }
+        let id = randomID()
+        let dir = p.spares + "/" + id
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let keys = BlockKeys()
+        try writeNewFile(KeyFile.serialize(keys, owner: Array(identity.publicKey.rawRepresentation)), to: dir + "/keys.json", permissions: 0o600)
+        var d = SpareDescriptor(ringID: ringID, id: id, keys: keys.publicKeys, ouroboros: ouroboros)
+        try d.sign(with: identity)
+        try writeNewFile(try encodeJSON(d), to: dir + "/" + SpareAgent.descriptorFile, permissions: 0o644)
+        return OwnerRecord.SpareEntry(id: id, keys: keys.publicKeys, placed: nil, replaced: nil)
     }
 
     // MARK: open

@@ -54,11 +54,14 @@ public final class StopSignal: @unchecked Sendable {
 /// cut — is logged and retried with exponential backoff (0.1 s doubling to 5 s); the process never spins, never
 /// dies of an outage, and stops cleanly on SIGTERM.
 public enum ServeLoop {
+    /// `until`: the loop also ends (without a stop) once it is true after a step — a spare once placed, a block once
+    /// evicted.
     public static func run(ledger: any Ledger, logger: Logger, stop: StopSignal, idle: Duration = .milliseconds(500),
-                           wakeFor filters: () -> [EntryFilter] = { [] }, cursor: () -> Int64, step: () throws -> Bool) {
+                           wakeFor filters: () -> [EntryFilter] = { [] }, cursor: () -> Int64, until: () -> Bool = { false },
+                           step: () throws -> Bool) {
         var backoff = 0.1
         var failing = false
-        while !stop.isStopped {
+        while !stop.isStopped && !until() {
             do {
                 let t0 = Date().timeIntervalSince1970
                 let trips = ledger.roundTrips
@@ -84,7 +87,7 @@ public enum ServeLoop {
                 backoff = min(backoff * 2, 5)
             }
         }
-        logger.notice("stopped", metadata: ["signal": "\(stop.signalName ?? "")"])
+        if stop.isStopped { logger.notice("stopped", metadata: ["signal": "\(stop.signalName ?? "")"]) }
     }
 }
 

@@ -102,6 +102,18 @@ public enum FuzzTargets {
             }
         }, seeds: { [RotationCall(ringID: "ring", generation: 3).encoded(), RekeyPost(generation: 3, sealedKeys: [1, 2, 3]).encoded(),
                      PlacementOrder(generation: 3, recipient: ownerKey, sealedDescriptor: Array("{}".utf8)).encoded()] }),
+        FuzzTarget(name: "eviction", summary: "eviction to spares: spare placements and eviction notices (and opening their sealed parts), spare descriptors", run: { b in
+            consume(try? EvictionNotice.decode(b))
+            consume(try? SpareDescriptor.parse(Array(b), path: "fuzz"))
+            if let p = try? SparePlacement.decode(b) {
+                consume(try? HPKEBox.open(p.sealed[...], with: agreement, aad: []))
+                if let (d, f) = try? SparePlacement.contents(p.sealed) {
+                    consume(try? BlockDescriptor.parse(d, path: "fuzz"))
+                    consume(try? BlockFile.parse(f, prefixes: ["own", "next"], path: "fuzz"))
+                }
+            }
+        }, seeds: { [EvictionNotice(generation: 2, evicted: ownerKey, reason: "named").encoded(),
+                     SparePlacement(generation: 2, recipient: ownerKey, sealed: SparePlacement.plaintext(descriptor: Array("{}".utf8), file: [1, 2])).encoded()] }),
         FuzzTarget(name: "restore", summary: "restore records (RestoreRecord.decode)", run: { b in consume(try? RestoreRecord.decode(b)) },
                    seeds: { [RestoreRecord(holder: "ouroboros", action: .parameters).encoded()] }),
         FuzzTarget(name: "authenticity", summary: "authenticity rounds: challenges, attestations, restore orders (and opening them)", run: { b in

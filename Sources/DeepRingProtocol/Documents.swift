@@ -132,6 +132,49 @@ public struct RingManifest: Codable, Equatable, Sendable, OwnerSigned {
 /// keys, the ouroboros's public keys (the ring's one public member: the block's bundle is self-contained), the signing key of its predecessor's predecessor (to check that the H it validates came from there),
 /// HASH_{j−1} and HASH_j, the digest of its parameter file — signed by the owner. No layer index: a block does not
 /// know its position. A block trusts its descriptor only when it is signed by the owner key in its `keys.json`.
+/// `spare.json` in a spare block's folder (`seal --spares N` makes `DIR/spares/<id>/`): the owner-signed statement
+/// that the spare `id`, holding `keys`, may be placed in the ring `ringID`. A spare holds no parameters until the
+/// owner evicts a block and sends it that block's (`SparePlacement`).
+public struct SpareDescriptor: Codable, Equatable, Sendable, OwnerSigned {
+    public static let currentFormat = "deepring-spare-v1"
+    public static let domain = "DeepRing spare descriptor v1"
+
+    public var format: String
+    public var ringID: String
+    public var id: String
+    public var keys: PublicKeys
+    public var ouroboros: PublicKeys
+    public var signature: String
+
+    public init(ringID: String, id: String, keys: PublicKeys, ouroboros: PublicKeys) {
+        format = SpareDescriptor.currentFormat
+        self.ringID = ringID; self.id = id; self.keys = keys; self.ouroboros = ouroboros
+        signature = ""
+    }
+
+    public func canonicalFields(into w: inout BinaryWriter) {
+        w.string(format)
+        w.string(ringID)
+        w.string(id)
+        keys.write(to: &w)
+        ouroboros.write(to: &w)
+    }
+
+    /// Parses a spare descriptor and checks its form (not its signature).
+    public static func parse(_ bytes: [UInt8], path: String) throws -> SpareDescriptor {
+        let d = try decodeStrictJSON(SpareDescriptor.self, from: bytes, path: path)
+        guard d.format == currentFormat, !d.ringID.isEmpty, d.ringID.utf8.count <= PayloadLimits.name, isHex(d.id, bytes: 16),
+              isHex(d.signature, bytes: 64) else {
+            throw RingError.malformedFile(path, "not a valid spare descriptor")
+        }
+        return d
+    }
+
+    public static func read(_ path: String) throws -> SpareDescriptor {
+        try parse(try InputFile.read(path, limit: BlockDescriptor.maxSize), path: path)
+    }
+}
+
 public struct BlockDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public static let currentFormat = "deepring-block-v3"
     public static let domain = "DeepRing block descriptor v3"

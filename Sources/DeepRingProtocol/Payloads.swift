@@ -6,6 +6,7 @@ public enum PayloadType: UInt8, Sendable, CaseIterable {
     case members = 1, query = 2, layerPost = 3, alarm = 4, delivery = 5, restore = 6
     case challenge = 7, attestation = 8, restoreOrder = 9
     case rotationCall = 10, rekey = 11, placement = 12
+    case sparePlacement = 13, eviction = 14
 }
 
 /// A typed, versioned ledger payload, encoded with the `BinaryWriter` codec as
@@ -535,6 +536,80 @@ public struct PlacementOrder: LedgerPayload {
     }
 
     public static func aad(call: String, recipient: [UInt8]) -> [UInt8] { Array("DeepRing placement v1".utf8) + Array(call.utf8) + recipient }
+}
+
+// MARK: eviction to spares (Prop. 1's compromised block leaves the ring)
+
+/// The owner's order to a spare block (entry kind `placement`, query id: the rotation call's id): the slot of an
+/// evicted block is the spare's from the next generation on. `sealed` is HPKE-sealed to the spare's agreement key
+/// (associated data: `aad`) and holds, as two length-prefixed fields, the spare's owner-signed descriptor (JSON)
+/// and its parameter file — the evicted block's layer and its copy of the next one, from the owner's checkpoint.
+public struct SparePlacement: LedgerPayload {
+    public static let type = PayloadType.sparePlacement
+    public static let kinds: Set<EntryKind> = [.placement]
+    public var generation: UInt64
+    /// The spare's signing key.
+    public var recipient: [UInt8]
+    public var sealed: [UInt8]
+
+    public init(generation: UInt64, recipient: [UInt8], sealed: [UInt8]) {
+        self.generation = generation; self.recipient = recipient; self.sealed = sealed
+    }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.u64(generation)
+        w.raw(recipient)
+        w.bytes(sealed)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(generation: try r.u64("generation"), recipient: try r.key("recipient"), sealed: try r.bytes(max: HPKEBox.maxSealed, "sealed placement"))
+    }
+
+    public static func aad(call: String, recipient: [UInt8]) -> [UInt8] { Array("DeepRing spare placement v1".utf8) + Array(call.utf8) + recipient }
+
+    /// What `sealed` holds once opened: the descriptor's JSON and the parameter file, length-prefixed.
+    public static func plaintext(descriptor: [UInt8], file: [UInt8]) -> [UInt8] {
+        var w = BinaryWriter(capacity: descriptor.count + file.count + 16)
+        w.bytes(descriptor)
+        w.bytes(file)
+        return w.bytes
+    }
+
+    /// Splits an opened `sealed` into the descriptor's JSON and the parameter file (bounded; nothing after them).
+    public static func contents(_ plain: [UInt8]) throws -> (descriptor: [UInt8], file: [UInt8]) {
+        var r = BinaryReader(plain[...])
+        let d = try r.bytes(max: BlockDescriptor.maxSize, "descriptor")
+        let f = try r.bytes(max: LedgerEntry.maxPayload, "parameter file")
+        try r.end()
+        return (d, f)
+    }
+}
+
+/// The owner's notice to an evicted block (entry kind `placement`, query id: the rotation call's id): its keys left
+/// the member set at `generation`. An honest block that was named (Prop. 1 names one of two) stops serving; a
+/// compromised one may ignore it, but no member validates its posts any more.
+public struct EvictionNotice: LedgerPayload {
+    public static let type = PayloadType.eviction
+    public static let kinds: Set<EntryKind> = [.placement]
+    public var generation: UInt64
+    /// The evicted block's signing key.
+    public var evicted: [UInt8]
+    public var reason: String
+
+    public init(generation: UInt64, evicted: [UInt8], reason: String) {
+        self.generation = generation; self.evicted = evicted; self.reason = truncatedUTF8(reason, max: PayloadLimits.message)
+    }
+
+    public func encodeFields(into w: inout BinaryWriter) {
+        w.u64(generation)
+        w.raw(evicted)
+        w.string(reason)
+    }
+
+    public static func decodeFields(from r: inout BinaryReader<ArraySlice<UInt8>>) throws -> Self {
+        Self(generation: try r.u64("generation"), evicted: try r.key("evicted"), reason: try r.string(max: PayloadLimits.message, "reason"))
+    }
 }
 
 /// `s` cut at a character boundary to at most `max` bytes of UTF-8.

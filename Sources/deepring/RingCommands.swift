@@ -10,6 +10,8 @@ import Logging
 
 /// Exit status for "not authentic": a tampered ring, a ring.json that is not the pinned owner's, a dirty ledger.
 let exitNotAuthentic: Int32 = 3
+/// The exit status of a block the owner evicted from its ring (`ring up` does not restart it).
+let exitEvicted: Int32 = 4
 
 /// Maps an error to the exit status: 3 for anything that is not authentic, 1 for the rest.
 func ringFail(_ error: Error) -> ExitCode {
@@ -31,16 +33,21 @@ struct Seal: ParsableCommand {
         any other file or folder. With --ledger postgres://…, the ring's ledger is that (empty, `ledger init`-ed) \
         database instead of DIR/ledger.sqlite: copy each DIR/blocks/<id>/ to a block's host and start it with \
         `block serve`, keep DIR/owner/ on the owner's host (`owner serve`), and give querents DIR/ring.json. \
-        Example: deepring seal mlp.safetensors --ring ring/
+        --spares N also writes DIR/spares/<id>/ (a spare's key pairs and owner-signed spare.json, no parameters): \
+        start each on a host of its own with `block serve --spare`; when validation names a compromised block, the \
+        owner evicts it and gives its slot to a spare. \
+        Example: deepring seal mlp.safetensors --ring ring/ --spares 2
         """)
 
     @Argument(help: "Model file (.safetensors written by `deepring train`).") var model: String
     @Option(help: "Ring directory to create (must not exist or be empty).") var ring: String
     @Flag(help: "Replace DIR if it is an existing ring folder.") var force = false
+    @Option(help: "Spare blocks to provision (0–\(OwnerRecord.maxSpares)): they take the slots of evicted blocks.") var spares = 0
     @OptionGroup var ledgerOptions: LedgerOptions
 
     func validate() throws {
         if let l = ledgerOptions.ledger { try LedgerOptions.checkPostgres(l) }
+        guard (0...OwnerRecord.maxSpares).contains(spares) else { throw ValidationError("--spares must be between 0 and \(OwnerRecord.maxSpares)") }
     }
 
     func run() throws {
@@ -49,10 +56,11 @@ struct Seal: ParsableCommand {
             let t0 = now()
             let shared = try ledgerOptions.postgresURL().map { try PostgresLedger(url: $0, logger: quietLogger("deepring.ledger")) }
             defer { shared?.close() }
-            let r = try SealedRing.seal(m, into: ring, force: force, protecting: [model], ledger: shared)
+            let r = try SealedRing.seal(m, into: ring, force: force, protecting: [model], ledger: shared, spares: spares)
             let fp = r.manifest.ownerFingerprint
             print(String(format: "sealed %@ into %@: ouroboros + %d blocks, ring %@ (%.2f s)", model as NSString, ring as NSString,
                          r.manifest.blockCount, r.manifest.ringID as NSString, now() - t0))
+            if spares > 0 { print("spares: \(spares) in \(ring)/spares/ (serve each with `deepring block serve --spare --dir …`)") }
             print("owner key fingerprint: \(fp)")
             do {
                 try KnownRings(path: KnownRings.defaultPath).remember(r.manifest.ringID, fingerprint: fp, location: KnownRings.location(of: ring))

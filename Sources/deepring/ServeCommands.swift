@@ -89,8 +89,11 @@ struct BlockCommand: ParsableCommand {
             whose first entry is not its ring's seal. After a restart it answers what arrived while it was down and \
             never answers an input twice. Logs structured lines on stderr; stops cleanly on SIGTERM or Ctrl-C; \
             reconnects with backoff. Example: deepring block serve --dir /srv/block --ledger postgres://block7@db:5432/ring
+
+            With --spare, BLOCKDIR is a spare's folder (`seal --spares N` wrote DIR/spares/<id>/: its keys.json and             its owner-signed spare.json, no parameters): it waits until the owner evicts a block that validation named             (Prop. 1) and sends it that block's slot — its descriptor and parameter file, sealed to it — then serves             as a block (started again, it serves as that block). A block the owner evicts stops serving and exits             with status 4.
             """)
-        @Option(help: "The block's folder (its bundle).") var dir: String
+        @Option(help: "The block's folder (its bundle), or with --spare a spare's folder.") var dir: String
+        @Flag(help: "Serve a spare: wait for the owner to place it in the ring (after an eviction), then serve as a block.") var spare = false
         @OptionGroup var ledgerOptions: LedgerOptions
         @OptionGroup var logOptions: LogOptions
         @Option(help: ArgumentHelp("ATTACK (experiments only): add this value to every input the block computes on — a compromised block, for the validation and eviction tests.", visibility: .hidden))
@@ -112,6 +115,22 @@ struct BlockCommand: ParsableCommand {
             do {
                 let ledger = try openServingLedger(ledgerOptions, logger: log, stop: stop)
                 defer { (ledger as? PostgresLedger)?.close() }
+                if SpareAgent.isWaitingSpare(dir) {
+                    guard spare else {
+                        throw RingError.refused("\(dir) is a spare's folder that holds no block yet: serve it with --spare")
+                    }
+                    let s = try SpareAgent(directory: dir, ledger: ledger)
+                    log[metadataKey: "spare"] = "\(s.id)"
+                    log.info("waiting as a spare", metadata: ["key": "\(keyPrefix(s.signingKey))", "pid": "\(getpid())"])
+                    ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { s.wakeFilters }, cursor: { s.cursor },
+                                  until: { s.placedAt != nil }) {
+                        let placed = try s.step()
+                        for e in s.takeEvents() { log.notice("\(e.event)", metadata: ["call": "\(e.call)", "detail": "\(e.detail)"]) }
+                        return placed
+                    }
+                    if stop.isStopped { return }
+                    log[metadataKey: "spare"] = nil
+                }
                 let agent = try BlockAgent(directory: dir, ledger: ledger)
                 log[metadataKey: "block"] = "\(agent.id)"
                 if let e = attackPerturb {
@@ -125,7 +144,8 @@ struct BlockCommand: ParsableCommand {
                 }
                 log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\((try? ledgerOptions.postgresURL())??.description ?? ledgerOptions.ledger ?? "")",
                                                "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())"])
-                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor }) {
+                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor },
+                              until: { agent.evictedReason != nil }) {
                     if flip.take() {
                         agent.flipBitInMemory()
                         log.warning("TEST HOOK: flipped a bit of the parameters in memory")
@@ -137,6 +157,12 @@ struct BlockCommand: ParsableCommand {
                     }
                     return acted
                 }
+                if let why = agent.evictedReason, !stop.isStopped {
+                    log.warning("evicted: stopping", metadata: ["detail": "\(why)"])
+                    throw ExitCode(exitEvicted)
+                }
+            } catch let e as ExitCode {
+                throw e
             } catch {
                 log.error("cannot serve", metadata: ["error": "\(error)"])
                 throw ringFail(error)
@@ -212,7 +238,8 @@ struct OwnerCommand: ParsableCommand {
                     let acted = try agent.step()
                     for e in agent.takeEvents() {
                         if e.event == "delivered" { log.debug("delivered", metadata: ["query": "\(e.queryID)"]) }
-                        else if ["authentic", "restoring", "restored", "not authentic", "rotation called", "rotated", "rotation completed"].contains(e.event) {
+                        else if ["authentic", "restoring", "restored", "not authentic", "rotation called", "rotated", "rotation completed",
+                                  "running again"].contains(e.event) {
                             log.notice("\(e.event)", metadata: ["round": "\(e.queryID)", "detail": "\(e.detail)"])
                         } else {
                             log.warning("\(e.event)", metadata: ["query": "\(e.queryID)", "detail": "\(e.detail)"])
@@ -221,7 +248,8 @@ struct OwnerCommand: ParsableCommand {
                     return acted
                 }
                 log.info("totals", metadata: ["delivered": "\(agent.answered)", "refused": "\(agent.refused)",
-                                              "authenticity_rounds": "\(agent.rounds)", "restores": "\(agent.restores)", "rotations": "\(agent.rotations)"])
+                                              "authenticity_rounds": "\(agent.rounds)", "restores": "\(agent.restores)", "rotations": "\(agent.rotations)",
+                                              "evictions": "\(agent.evictions)"])
             } catch {
                 log.error("cannot serve", metadata: ["error": "\(error)"])
                 throw ringFail(error)
@@ -237,7 +265,8 @@ struct RingUp: ParsableCommand {
         commandName: "up",
         abstract: "Start the owner and every block of a ring as separate local processes; report their health; stop them all on Ctrl-C.",
         discussion: """
-        Starts `owner serve --ring DIR` and, for every DIR/blocks/<id>/, `block serve --dir DIR/blocks/<id>` — each \
+        Starts `owner serve --ring DIR` and, for every DIR/blocks/<id>/, `block serve --dir DIR/blocks/<id>` (and \
+        for every spare DIR/spares/<id>/, `block serve --spare --dir …`) — each \
         its own process holding only its own folder — on the ring's ledger (--ledger, or DIR/ledger.sqlite). Their \
         log lines go to stderr (or to --log-dir/<name>.log). A process that exits is reported and restarted with \
         backoff (1 s doubling to 30 s); one that refuses to start on untrusted files (exit status 3) is not. Ctrl-C \
@@ -335,6 +364,8 @@ final class LocalRing {
         let common = ["--ledger", ledgerArgument, "--log-level", logLevel] + memberArguments
         children = [Child(name: "owner", arguments: ["owner", "serve", "--ring", root] + ownerArguments + common)]
         children += blocks.map { Child(name: "block-" + $0, arguments: ["block", "serve", "--dir", root + "/blocks/" + $0] + common) }
+        // Spares (`seal --spares N`): each waits for a slot, then serves as a block.
+        children += RingPaths(root).spareIDs.map { Child(name: "spare-" + $0, arguments: ["block", "serve", "--spare", "--dir", RingPaths(root).spares + "/" + $0] + common) }
     }
 
     func start(_ c: Child) {
@@ -369,6 +400,11 @@ final class LocalRing {
                 if p.terminationReason == .exit && status == exitNotAuthentic {
                     c.givenUp = true
                     stderrPrint("ring up: \(c.name) refused to serve (its files or the ledger are not authentic; see its log) — not restarted")
+                    continue
+                }
+                if p.terminationReason == .exit && status == exitEvicted {
+                    c.givenUp = true
+                    stderrPrint("ring up: \(c.name) was evicted from the ring by its owner (see its log) — not restarted")
                     continue
                 }
                 c.nextStart = t + c.backoff

@@ -26,10 +26,14 @@ final class AttackAgents {
     let counter: CountingLedger?
     var owner: OwnerAgent?
     var blocks: [BlockAgent]
+    /// Spares waiting for a slot; once placed, each serves as a block in the slot of the block it replaced, which
+    /// goes to `evicted`.
+    var spares: [SpareAgent] = []
+    var evicted: [BlockAgent] = []
 
-    init(counting: Bool = false) throws {
+    init(counting: Bool = false, spares: Int = 0) throws {
         dir = NSTemporaryDirectory() + "deepring-attack-\(UUID().uuidString.prefix(8))"
-        ring = try SealedRing.seal(try smallModel(seed: 5), into: dir)
+        ring = try SealedRing.seal(try smallModel(seed: 5), into: dir, spares: spares)
         let sqlite = try SQLiteLedger(path: dir + "/ledger.sqlite")
         let c: CountingLedger? = counting ? CountingLedger(sqlite) : nil
         let used: any Ledger = c.map { $0 as any Ledger } ?? sqlite
@@ -41,7 +45,10 @@ final class AttackAgents {
         o.checkEvery = 0
         owner = o
         blocks = try ring.placement.map { try BlockAgent(directory: root + "/blocks/" + $0, ledger: used) }
+        self.spares = try RingPaths(root).spareIDs.map { try SpareAgent(directory: root + "/spares/" + $0, ledger: used) }
     }
+
+    func spareDir(_ id: String) -> String { dir + "/spares/" + id }
 
     deinit { try? FileManager.default.removeItem(atPath: dir) }
 
@@ -53,6 +60,12 @@ final class AttackAgents {
             var acted = false
             if let o = owner, try o.step() { acted = true }
             for b in blocks { if try b.step() { acted = true } }
+            for s in spares { if try s.step() { acted = true } }
+            for (i, s) in spares.enumerated().reversed() where s.placedAt != nil {
+                spares.remove(at: i)
+                let b = try BlockAgent(directory: spareDir(s.id), ledger: agentLedger)
+                if let k = blocks.firstIndex(where: { $0.evictedReason != nil }) { evicted.append(blocks[k]); blocks[k] = b } else { blocks.append(b) }
+            }
             if !acted { return }
         }
     }

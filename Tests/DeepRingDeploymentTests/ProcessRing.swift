@@ -95,19 +95,21 @@ final class ProcessRing: @unchecked Sendable {
     let manifest: RingManifest
     let owner: MemberProcess
     let blocks: [MemberProcess]
+    /// Spare processes (`block serve --spare`), each on its own copy of its folder.
+    let spares: [MemberProcess]
     let memberURL: PostgresURL
     let querentURL: PostgresURL
     let plain: [RingLayer]
 
     /// Seals `model` through `admin` (a database with an initialized ledger) and starts every member.
     init(model: Model, database admin: PostgresURL, queryTimeout: Double = 20, checkEvery: Double = 0, blockArguments: [String] = [],
-         memberURL member: PostgresURL, querentURL querent: PostgresURL) throws {
+         spares spareCount: Int = 0, memberURL member: PostgresURL, querentURL querent: PostgresURL) throws {
         root = NSTemporaryDirectory() + "deepring-processes-\(UUID().uuidString.prefix(8))"
         sealed = root + "/sealed"
         try FileManager.default.createDirectory(atPath: root + "/hosts", withIntermediateDirectories: true)
         let ledger = try PostgresLedger(url: member)
         defer { ledger.close() }
-        let ring = try SealedRing.seal(model, into: sealed, ledger: ledger)
+        let ring = try SealedRing.seal(model, into: sealed, ledger: ledger, spares: spareCount)
         manifest = ring.manifest
         plain = try ring.plainLayers()
         memberURL = member
@@ -140,8 +142,19 @@ final class ProcessRing: @unchecked Sendable {
                                     environment: env, log: root + "/block-\(id).log"))
         }
         blocks = bs
-        for m in [owner] + blocks { try m.start() }
+        var ss: [MemberProcess] = []
+        for id in RingPaths(sealed).spareIDs {
+            let host = root + "/hosts/" + id
+            try copy(sealed + "/spares/" + id, host)
+            ss.append(MemberProcess(name: "spare \(id)", arguments: ["block", "serve", "--spare", "--dir", host, "--ledger", ledgerArgument],
+                                    environment: env, log: root + "/spare-\(id).log"))
+        }
+        spares = ss
+        for m in [owner] + blocks + spares { try m.start() }
         for m in [owner] + blocks { try m.waitUntilServing() }
+        for m in spares where !waitForLog(m, "waiting as a spare", timeout: 60) {
+            throw RingError.notARing("\(m.name) did not start: \(m.logText.suffix(2000))")
+        }
     }
 
     /// Where block `position`'s process keeps its folder (its host's copy).
@@ -167,6 +180,18 @@ final class ProcessRing: @unchecked Sendable {
         return m
     }
 
+    /// Stops the block at `position` and starts it again with `--attack-perturb 0.5` (a compromised block): the
+    /// running process.
+    func restartPerturbing(position: Int) throws -> MemberProcess {
+        let bad = try block(position: position)
+        _ = bad.terminate()
+        let perturbing = MemberProcess(name: bad.name, arguments: bad.arguments + ["--attack-perturb", "0.5"],
+                                       environment: bad.environment, log: bad.log + ".attack")
+        try perturbing.start()
+        try perturbing.waitUntilServing()
+        return perturbing
+    }
+
     /// The plain model's logits for `x`, from the owner's checkpoint.
     func expected(_ x: Tensor) throws -> Tensor {
         var y = x.reshaped([x.batch] + manifest.inputShape)
@@ -179,14 +204,14 @@ final class ProcessRing: @unchecked Sendable {
     }
 
     /// Every member stopped by SIGTERM: their exit statuses (nil for one that had to be killed).
-    func stop() -> [Int32?] { ([owner] + blocks).map { $0.terminate() } }
+    func stop() -> [Int32?] { ([owner] + blocks + spares).map { $0.terminate() } }
 
     deinit {
-        for m in [owner] + blocks where m.isRunning { m.kill9() }
+        for m in [owner] + blocks + spares where m.isRunning { m.kill9() }
         try? FileManager.default.removeItem(atPath: root)
     }
 
-    var logs: String { ([owner] + blocks).map { "== \($0.name)\n" + String($0.logText.suffix(3000)) }.joined(separator: "\n") }
+    var logs: String { ([owner] + blocks + spares).map { "== \($0.name)\n" + String($0.logText.suffix(3000)) }.joined(separator: "\n") }
 }
 
 /// Outcomes of a stream of queries.

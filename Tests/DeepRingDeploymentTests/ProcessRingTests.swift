@@ -144,19 +144,41 @@ extension DeploymentTests {
             #expect(twice.posts.isEmpty && twice.validationAlarms == 0, "a restarted member never answers an input twice: \(twice)")
         }
 
-        /// A block that perturbs its input (an explicit attack flag): its successor's validation names it, and the query
-        /// is refused — never a wrong answer. (Eviction to spares is not built yet.)
+        /// A block that perturbs its input (an explicit attack flag), in a ring with a spare: its successor's validation
+        /// names it, the owner evicts it to the spare (which receives the block's parameters over the ledger), and the
+        /// query is answered, bit-identical to the plain model; the evicted block stops (status 4), and the next
+        /// queries pass through the spare.
+        @Test(.timeLimit(.minutes(3)))
+        func aPerturbingBlockIsEvictedToASpareAndTheQueryIsAnswered() throws {
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let ring = try ProcessRing(model: try smallModel(), database: db.url, spares: 1, memberURL: member, querentURL: querent)
+            let perturbing = try ring.restartPerturbing(position: 2)
+            defer { perturbing.kill9() }
+            let session = try ring.querent()
+            for k in 0..<3 {
+                let x = Tensor(shape: [1, 6, 6, 1], data: (0..<36).map { Float(($0 * (k + 5)) % 36) / 36 })
+                let y = try session.query(x, timeout: 60)
+                #expect(y.logits.data.map(\.bitPattern) == (try ring.expected(x)).data.map(\.bitPattern), "query \(k): \(ring.logs)")
+            }
+            let spare = try #require(ring.spares.first)
+            #expect(ring.waitForLog(spare, "] placed") && ring.waitForLog(spare, "] serving"), "the spare took the slot: \(spare.logText.suffix(2000))")
+            #expect(ring.waitForLog(ring.owner, "] evicted"), "\(ring.owner.logText.suffix(3000))")
+            let until = Date().addingTimeInterval(10)
+            while perturbing.isRunning && Date() < until { usleep(50_000) }
+            #expect(!perturbing.isRunning && perturbing.process?.terminationStatus == 4, "the evicted block stopped: \(perturbing.logText.suffix(2000))")
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+        }
+
+        /// A block that perturbs its input (an explicit attack flag) in a ring without spares: its successor's validation
+        /// names it, and the query is refused, naming it — never a wrong answer.
         @Test(.timeLimit(.minutes(3)))
         func aPerturbingBlockIsNamedAndNothingWrongIsDelivered() throws {
             let db = try TestPostgres.database()
             let (member, querent) = try roles(db)
             let ring = try ProcessRing(model: try smallModel(), database: db.url, memberURL: member, querentURL: querent)
-            let bad = try ring.block(position: 2)
-            _ = bad.terminate()
-            let perturbing = MemberProcess(name: bad.name, arguments: bad.arguments + ["--attack-perturb", "0.5"],
-                                           environment: bad.environment, log: bad.log + ".attack")
-            try perturbing.start()
-            try perturbing.waitUntilServing()
+            let perturbing = try ring.restartPerturbing(position: 2)
             defer { perturbing.kill9() }
             let session = try ring.querent()
             let x = Tensor(shape: [1, 6, 6, 1], data: (0..<36).map { Float($0) / 36 })
