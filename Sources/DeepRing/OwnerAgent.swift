@@ -23,6 +23,12 @@ public final class OwnerAgent {
     /// query; across hosts a rotation drains the ring first (≈ a query's latency), so it is done every N queries.
     public var rotateEvery = 100
     private var endedAtLastRotation = 0
+    /// The first key pairs are made by `seal`, on the owner's host. With this on, the owner rotates every block's keys
+    /// before its first query when the ring is still at generation 0 — each block makes its own, and the sealed ones
+    /// (which the owner's host saw) never sign a query. A block silent then keeps its sealed keys until the next
+    /// rotation.
+    public var enrollAtStart = true
+    private var enrollmentAsked = false
     /// Key rotations across hosts (`KeyRotation`).
     private let rotation: KeyRotation
     public var rotations: Int { rotation.rotations }
@@ -134,6 +140,13 @@ public final class OwnerAgent {
             try auth.start(ouroborosHash: ouroborosHash)
         }
         if auth.current != nil { return try collect() }
+        if !enrollmentAsked {
+            enrollmentAsked = true
+            if enrollAtStart && ring.record.generation == 0 && rotation.isIdle {
+                requestRotation()
+                events.append(("", "enrolling", "every block replaces the key pairs seal made with its own before the first query"))
+            }
+        }
         // A key rotation when due: queries wait (held) until those in flight have ended, then the exchange runs.
         if rotation.isIdle, rotateEvery > 0, answered + refused - endedAtLastRotation >= rotateEvery { requestRotation() }
         if rotation.isDraining && open.isEmpty {

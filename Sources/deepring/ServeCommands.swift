@@ -239,7 +239,7 @@ struct OwnerCommand: ParsableCommand {
                     for e in agent.takeEvents() {
                         if e.event == "delivered" { log.debug("delivered", metadata: ["query": "\(e.queryID)"]) }
                         else if ["authentic", "restoring", "restored", "not authentic", "rotation called", "rotated", "rotation completed",
-                                  "running again"].contains(e.event) {
+                                  "running again", "enrolling"].contains(e.event) {
                             log.notice("\(e.event)", metadata: ["round": "\(e.queryID)", "detail": "\(e.detail)"])
                         } else {
                             log.warning("\(e.event)", metadata: ["query": "\(e.queryID)", "detail": "\(e.detail)"])

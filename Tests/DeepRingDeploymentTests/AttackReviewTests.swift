@@ -43,6 +43,7 @@ final class AttackAgents {
         agentLedger = used
         let o = try OwnerAgent(directory: root, ledger: used, lockTimeout: 5)
         o.checkEvery = 0
+        o.enrollAtStart = false   // (the tests that want it turn it on; counts of rotations start at 0)
         owner = o
         blocks = try ring.placement.map { try BlockAgent(directory: root + "/blocks/" + $0, ledger: used) }
         self.spares = try RingPaths(root).spareIDs.map { try SpareAgent(directory: root + "/spares/" + $0, ledger: used) }

@@ -56,6 +56,35 @@ extension DeploymentTests {
             #expect(audit.isClean, "\(audit)")
         }
 
+        /// Enrollment: the owner rotates before its first query when the ring is at generation 0, so the key pairs
+        /// `seal` made on the owner's host never sign a query — the first query is answered under the blocks' own.
+        @Test(.timeLimit(.minutes(1)))
+        func theKeysSealMadeAreReplacedBeforeTheFirstQuery() throws {
+            let r = try AttackAgents()
+            do {
+                let owner = try #require(r.owner)
+                owner.enrollAtStart = true
+                owner.rotateEvery = 0
+                let sealed = r.blocks.map(\.signingKey)
+                let (q, k) = try r.ask(attackInput(2))
+                try r.settle()
+                guard case .success? = try r.outcome(q, k) else { Issue.record("the first query was not answered"); return }
+                #expect(owner.rotations == 1)
+                #expect(zip(sealed, r.blocks.map(\.signingKey)).allSatisfy { $0 != $1 }, "every block computes with keys it made")
+                for e in try r.all([EntryFilter(kind: .layer, queryID: q)]) {
+                    #expect(!sealed.contains(e.author), "a key seal made signed a post of the first query")
+                }
+            }
+            // A restarted owner (generation 1 now) does not enroll again.
+            r.owner = nil
+            let again = try OwnerAgent(directory: r.dir, ledger: r.agentLedger, lockTimeout: 5)
+            again.checkEvery = 0
+            again.rotateEvery = 0
+            r.owner = again
+            #expect(try answer(r, 3) != nil)
+            #expect(again.rotations == 0)
+        }
+
         /// A block stopped after it posted its new keys (killed: its agent gone) misses the owner's placement; started
         /// again, it finds the placement on the ledger and takes it on.
         @Test(.timeLimit(.minutes(1)))
