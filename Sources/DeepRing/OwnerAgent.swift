@@ -38,10 +38,8 @@ public final class OwnerAgent {
     /// id and query row.
     private var evicting: KeyRotation.Eviction?
     private var parked: [(queryID: String, from: Int64)] = []
-    /// Per query run again: how many evictions it caused, and the spare placed for it last (a spare named again
-    /// for the same query points at Prop. 1's other suspect).
+    /// Per query run again: how many evictions it caused.
     private var evictionsFor: [String: Int] = [:]
-    private var placedFor: [String: [UInt8]] = [:]
     /// At most this many evictions for one query; then it is refused.
     static let maxEvictionsPerQuery = 2
     public private(set) var answered = 0, refused = 0
@@ -181,10 +179,7 @@ public final class OwnerAgent {
             members = [o.signing] + keys.map(\.signing)
             auth.members = members
             node.watchFilters = OwnerAgent.watchFilters(members)
-            if let ev = evicting {
-                for p in parked { placedFor[p.queryID] = ev.spare.keys.signing }
-                evicting = nil
-            }
+            evicting = nil
         }
         guard rotation.isIdle else { return acted }
         endedAtLastRotation = answered + refused
@@ -201,25 +196,40 @@ public final class OwnerAgent {
         return true
     }
 
-    /// Validation named `culprit` (a ring position) for query `q`: evicts it to a spare and runs the query again once
-    /// the spare holds its slot — the query is parked meanwhile. Returns false (the caller refuses the query) when
-    /// there is nothing to evict it to, or when the query caused too many evictions already. A spare named again for
-    /// the query it was placed for, on a hash mismatch, points at Prop. 1's other suspect: the block that computed
-    /// the H (`hashFrom`), which is evicted instead.
-    private func evict(_ q: String, culprit: Int, alarm v: ValidationAlarm, why: String) throws -> Bool {
-        guard culprit > 0, let o = open[q], evictionsFor[q, default: 0] < OwnerAgent.maxEvictionsPerQuery else { return false }
+    /// Validation named `culprit` (a ring position) for query `q`, on an alarm by the member at `accuser`: evicts it
+    /// to a spare and runs the query again once the spare holds its slot — the query is parked meanwhile. Returns
+    /// false (the caller refuses the query) when there is nothing to evict it to, when the block to evict holds a
+    /// file too big for one ledger entry, or when the query caused too many evictions already.
+    ///
+    /// A slot a spare was placed in (fresh from the owner's checkpoint) named again by its successor points away
+    /// from the spare: on a hash mismatch at Prop. 1's other suspect, the block that computed the H — the slot's
+    /// predecessor, which the alarm's `hashFrom` must name (never a block the accuser picks freely); for any other
+    /// reason at the accuser itself. So one compromised block costs at most one spare before it is suspected.
+    private func evict(_ q: String, culprit: Int, accuser: Int, alarm v: ValidationAlarm, why: String) throws -> Bool {
+        guard culprit > 0, open[q] != nil, evictionsFor[q, default: 0] < OwnerAgent.maxEvictionsPerQuery else { return false }
         var target = culprit
-        if members[culprit] == placedFor[q], v.reason == .hashMismatch, let h = v.hashFrom, let j = members.firstIndex(of: h), j > 0 {
-            target = j
+        var reason = why
+        let r = ring.record
+        if accuser == (culprit + 1) % members.count, r.spares.contains(where: { $0.placed != nil && $0.id == r.order[culprit - 1] }) {
+            if v.reason == .hashMismatch {
+                guard culprit - 1 > 0, v.hashFrom == members[culprit - 1] else { return false }
+                target = culprit - 1
+                reason = "\(describe(members[culprit])), a spare placed from the checkpoint, was named again on a hash mismatch: the H it failed was computed by \(describe(members[culprit - 1])) (Prop. 1's other suspect)"
+            } else {
+                guard accuser > 0 else { return false }
+                target = accuser
+                reason = "\(describe(members[culprit])), a spare placed from the checkpoint, was named again by \(describe(members[accuser])), which is suspected now"
+            }
         }
+        guard r.fileSizes[target] + (1 << 16) <= LedgerEntry.maxPayload else { return false }
         if evicting == nil {
             guard let spare = rotation.availableSpare else { return false }
-            evicting = KeyRotation.Eviction(position: target, spare: spare, reason: why)
-            events.append((q, "evicting", "\(describe(members[target])): \(why); spare \(spare.id) takes its ring position, and the query runs again"))
+            evicting = KeyRotation.Eviction(position: target, spare: spare, reason: reason)
+            events.append((q, "evicting", "\(describe(members[target])): \(reason); spare \(spare.id) takes its ring position, and the query runs again"))
         }
         // (With an eviction under way for another block, the query waits for it and runs again: if its own culprit
         // is still in the ring, validation names it again.)
-        open[q] = nil
+        guard let o = open.removeValue(forKey: q) else { return false }
         node.querents[q] = nil
         parked.append((q, o.from))
         evictionsFor[q, default: 0] += 1
@@ -285,7 +295,9 @@ public final class OwnerAgent {
                     events.append((q, "delivered", ""))
                 }
             case .alarm:
-                guard open[q] != nil, e.isAuthentic, members.contains(e.author),
+                // (Not for a query the ouroboros delivered already: an alarm read in the same page as the last
+                // block's post comes before the delivery.)
+                guard open[q] != nil, node.querents[q] != nil, e.isAuthentic, members.contains(e.author),
                       let a = try? Alarm.decode(e), case .validation(let v) = a.body, v.final else { break }
                 // Prop. 1 names a block only from its successor, the one member that validates its output; an
                 // alarm from anyone else names its own author (a member raising alarms it cannot have seen).
@@ -303,7 +315,7 @@ public final class OwnerAgent {
                     why = "\(describe(e.author)) raised an alarm about \(describe(v.suspect)), whose output it does not validate: \(describe(e.author)) is compromised"
                 }
                 acted = true
-                if try evict(q, culprit: culprit, alarm: v, why: why) { break }
+                if try evict(q, culprit: culprit, accuser: members.firstIndex(of: e.author) ?? 0, alarm: v, why: why) { break }
                 let spares = ring.record.spares
                 try end(q, .compromised, why + (spares.isEmpty ? "" : evictionsFor[q] != nil ? "; evicting did not help" : "; no spare block is left to take its place"))
             default: break

@@ -377,6 +377,24 @@ final class RingNode {
         guard tail >= start else { return 0 }
         let own = try ledger.pagedEntries(in: start...tail, matching: [EntryFilter(kind: .layer, author: me),
                                                                       EntryFilter(kind: .delivery, author: me)], pageBytes: 64 << 20)
+        // A block's inputs — its predecessor's posts that its own posts consumed — read a page at a time, not one
+        // round trip each (a restart over a 20,000-row window met thousands); only what resuming needs of each is
+        // kept. One not among them (a predecessor of an earlier generation) is read alone.
+        var inputs: [Int64: (queryID: String?, consumed: Int64?)] = [:]
+        if !isOuroboros {
+            let wanted = Set(own.compactMap { e in e.kind == .layer ? (try? LayerPost.decode(e))?.consumed : nil })
+            if let lo = wanted.min(), let hi = wanted.max() {
+                var from = lo
+                while from <= hi {
+                    let page = try ledger.entries(in: from...hi, matching: [EntryFilter(kind: .layer, author: predecessor.signing)], maxBytes: 16 << 20)
+                    for e in page.entries where wanted.contains(e.sequence) && e.isAuthentic {
+                        inputs[e.sequence] = (e.queryID, (try? LayerPost.decode(e))?.consumed)
+                    }
+                    guard page.through < hi else { break }
+                    from = page.through + 1
+                }
+            }
+        }
         for e in own {
             guard let q = e.queryID, e.isAuthentic else { continue }
             if e.kind == .delivery {
@@ -388,6 +406,10 @@ final class RingNode {
             lastPost[q] = e.sequence
             _ = consumedEntries.insert(p.consumedHash)
             if computedFrom[q] == nil { computedFrom[q] = p.consumed }
+            if let input = inputs[p.consumed] {
+                if input.queryID == q, let c = input.consumed { accepted[q] = Acceptance(input: c, retryAsked: false, failures: 0) }
+                continue
+            }
             guard let src = try ledger.entry(at: p.consumed), src.queryID == q, src.isAuthentic else { continue }
             if isOuroboros {
                 if src.kind == .query, seenQueries.insert(q), let r = try? QueryRequest.decode(src) { querents[q] = r.querent }

@@ -9,7 +9,8 @@ import Foundation
 /// writes `seal`, `reshuffle`, `delivery`, `restore`, `challenge`, `rotation` and `placement` entries; a block writes
 /// `layer` posts, `alarm`s, `attestation`s and `rekey`s, from its
 /// key's announcement on, until the next announcement retires it (a retired key may still finish the queries that
-/// were asked before it was retired). Queries may be signed by anyone.
+/// were asked before it was retired) — except a key the ouroboros evicted, which may write nothing from its eviction
+/// notice on. Queries may be signed by anyone.
 public enum RingAudit {
     /// Tracks the member set while the auditor reads the ledger in order.
     final class Members: @unchecked Sendable {
@@ -19,6 +20,9 @@ public enum RingAudit {
         var previous: Set<[UInt8]> = []
         var lastAnnouncement: Int64 = 0
         var queryStarts = BoundedMap<String, Int64>(capacity: 1 << 16)
+        /// Keys the ouroboros evicted (`EvictionNotice`): from the notice on they may not write, not even to finish a
+        /// query (a rekey answering the rotation call that evicted them is harmless: nothing takes it).
+        var evicted: Set<[UInt8]> = []
 
         init(ouroboros: [UInt8], ringID: String) { self.ouroboros = ouroboros; self.ringID = ringID }
 
@@ -30,9 +34,11 @@ public enum RingAudit {
                     current = Set(m.members)
                     lastAnnouncement = e.sequence
                 }
+                if e.kind == .placement, let n = try? EvictionNotice.decode(e) { evicted.insert(n.evicted) }
                 return true
             }
             guard e.kind == .layer || e.kind == .alarm || e.kind == .attestation || e.kind == .rekey else { return false }
+            if evicted.contains(e.author) { return e.kind == .rekey }
             if current.contains(e.author) { return true }
             guard previous.contains(e.author), let q = e.queryID, let start = queryStarts[q] else { return false }
             return start < lastAnnouncement

@@ -204,6 +204,10 @@ public final class SealedRing {
             BlockFile.serialize(layers: [("own", layers[j]), ("next", j + 1 < layers.count ? layers[j + 1] : ouroboros)])
         }
         fileDigests += blockFiles.map { hex(SHA256.hash(data: $0)) }
+        // A spare receives an evicted block's file in one ledger entry.
+        if spares > 0, let j = blockFiles.firstIndex(where: { $0.count + (1 << 16) > LedgerEntry.maxPayload }) {
+            throw RingError.refused("block \(j + 1)'s parameter file is \(blockFiles[j].count >> 20) MiB: a spare could not receive it in one ledger entry (at most \(LedgerEntry.maxPayload >> 20) MiB); seal without --spares")
+        }
         let checkpoint = BlockFile.serialize(layers: all.enumerated().map { ("L\($0.offset)", $0.element) })
         var record = OwnerRecord(format: OwnerRecord.currentFormat, ringID: ringID, order: [], hashes: hashes.map { hex($0) },
                                  layerDigests: all.map { hex(SHA256.hash(data: ParamsEncoding.encode($0))) },

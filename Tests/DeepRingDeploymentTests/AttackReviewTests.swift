@@ -144,7 +144,13 @@ final class CountingLedger: Ledger, @unchecked Sendable {
     }
     /// Appends of these kinds fail (a process that stops, or loses its database, at that point).
     var failing: Set<EntryKind> = []
+    /// Reads (row, page and header calls): what would be round trips to a database.
+    private var readCalls = 0
+    var reads: Int { lock.withLock { readCalls } }
+    func resetReads() { lock.withLock { readCalls = 0 } }
+    private func called() { lock.withLock { readCalls += 1 } }
     func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow] {
+        called()
         let r = try base.rows(from: sequence, limit: limit)
         count(r.compactMap(\.entry))
         return r
@@ -160,18 +166,45 @@ final class CountingLedger: Ledger, @unchecked Sendable {
     }
     func sequencesOutOfRange(limit: Int) throws -> [Int64] { try base.sequencesOutOfRange(limit: limit) }
     func entries(in range: ClosedRange<Int64>, matching filters: [EntryFilter], maxBytes: Int) throws -> LedgerPage {
+        called()
         let p = try base.entries(in: range, matching: filters, maxBytes: maxBytes)
         count(p.entries)
         return p
     }
     func headers(in range: ClosedRange<Int64>, matching filters: [EntryFilter]) throws -> [LedgerRowHeader] {
-        try base.headers(in: range, matching: filters)
+        called()
+        return try base.headers(in: range, matching: filters)
     }
 }
 
 extension DeploymentTests {
     @Suite(.serialized)
     struct AttackReviewTests {
+        /// A block restarted after many queries reads its inputs a page at a time, not one round trip per own post
+        /// found in its window — and still never answers an input twice.
+        @Test(.timeLimit(.minutes(2)))
+        func aRestartedBlockReadsItsWindowInPages() throws {
+            let r = try AttackAgents(counting: true)
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 0
+            let counter = try #require(r.counter)
+            try r.settle()
+            for k in 0..<150 { _ = try r.ask(attackInput(k % 7)) }
+            try r.settle(2000)
+            #expect(owner.answered == 150)
+            let victim = 3
+            r.blocks.remove(at: victim - 1)
+            counter.resetReads()
+            let restarted = try BlockAgent(directory: r.blockDir(victim), ledger: r.agentLedger)
+            #expect(restarted.resumedPosts == 150)
+            #expect(counter.reads < 30, "\(counter.reads) reads to resume after 150 own posts")
+            r.blocks.insert(restarted, at: victim - 1)
+            let (q, k) = try r.ask(attackInput(1))
+            try r.settle()
+            #expect(try r.outcome(q, k) != nil)
+            #expect(try r.all([EntryFilter(kind: .alarm)]).isEmpty, "no input answered twice, no alarm")
+        }
+
         // MARK: findings (failed before their fixes)
 
         /// Q3: while a round waits for a block (silent, slow or malicious), the owner's cursor stays where the round

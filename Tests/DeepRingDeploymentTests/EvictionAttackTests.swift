@@ -6,8 +6,8 @@ import DeepRingProtocol
 import Foundation
 import Testing
 
-// Attacker review of eviction to spares (commit 2eac24c). Each test asserts the secure behaviour and FAILS while
-// the weakness it names exists. A compromised block holds its valid keys: it may sign any alarm it likes.
+// Attacker review of eviction to spares (a helper session, 2026-12-02 14:30, against commit 2eac24c). Each test
+// asserts the secure behaviour; each failed before its fix (noted "FAILS while the weakness exists" below). A compromised block holds its valid keys: it may sign any alarm it likes.
 extension DeploymentTests {
     @Suite(.serialized) struct EvictionAttackTests {
         /// One pass over every agent, as `AttackAgents.settle` does, swapping placed spares in as blocks. `afterOwner`

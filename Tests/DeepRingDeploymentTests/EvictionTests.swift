@@ -55,6 +55,11 @@ extension DeploymentTests {
             #expect(try r.all([EntryFilter(kind: .alarm)]).count == alarms)
             let audit = RingAudit.audit(r.ledger, manifest: r.ring.manifest)
             #expect(audit.isClean, "\(audit)")
+            // The evicted key writes nothing more: a post it signs now, even for the query it was in, is flagged.
+            let queries = try r.all([EntryFilter(kind: .query)])
+            let rerun = try #require(queries.count == 3 ? queries[1].queryID : nil)   // asked before the eviction's announcement
+            try r.ledger.append(kind: .alarm, queryID: rerun, payload: [1, 4, 0], signer: suspect.node.signer)
+            #expect(!RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean, "an evicted key's row passed the audit")
         }
 
         /// Prop. 1 names two suspects on a hash mismatch: the block whose output differs, and the block that computed
