@@ -76,9 +76,11 @@ public final class BlockAgent {
         self.directory = directory
         descriptor = d
         ownLayer = b.own; nextLayer = b.next
-        // A former spare: the slot was another block's before its placement, and so were the posts before it.
-        let floor = try BlockAgent.sparePlacementSequence(directory: directory, ouroboros: d.ouroboros.signing, ledger: ledger) ?? 0
-        resumedPosts = try node.resume(ledger: ledger, window: resumeWindow, after: floor)
+        // The ouroboros's placements on the whole ledger, once: a former spare's own (the slot was another block's
+        // before it, and so were the posts before it), and an eviction notice this block missed while it was down.
+        let history = try BlockAgent.placementHistory(directory: directory, keys: b.keys.publicKeys, ouroboros: d.ouroboros.signing, ledger: ledger)
+        evictedReason = history.evicted
+        resumedPosts = try node.resume(ledger: ledger, window: resumeWindow, after: history.sparePlacement ?? 0)
         // Rounds start afresh: old challenges are not answered again, old restores not taken again (the owner calls
         // a new round, and restores again, if anything is still off).
         roundsAfter = try ledger.lastSequence()
@@ -97,7 +99,8 @@ public final class BlockAgent {
         return p.recipient == pending.publicKeys.signing
     }
 
-    /// Why the owner evicted this block (its keys left the member set), once it did: the block stops serving.
+    /// Why the owner evicted this block (its keys left the member set), once it did — read at start too, for a
+    /// block that was down when its notice was posted: the block stops serving.
     public private(set) var evictedReason: String?
 
     /// The authenticity round's rows for this block: the ouroboros's challenges and restores, its predecessor's
@@ -263,19 +266,29 @@ public final class BlockAgent {
         return nil
     }
 
-    /// For a block that was a spare (its folder keeps `spare.json`): the sequence number of the ouroboros's
-    /// placement that gave it its slot (addressed to the spare's own keys), or nil for a block sealed as one.
-    static func sparePlacementSequence(directory: String, ouroboros: [UInt8], ledger: any Ledger) throws -> Int64? {
+    /// What the ouroboros's placements on the ledger say of this block, read a page at a time: for a former spare
+    /// (its folder keeps `spare.json`), the sequence number of the placement that gave it its slot (addressed to the
+    /// spare's own keys); and the reason of an eviction notice naming its current keys, if one was posted.
+    static func placementHistory(directory: String, keys: PublicKeys, ouroboros: [UInt8], ledger: any Ledger) throws
+        -> (sparePlacement: Int64?, evicted: String?) {
         let path = directory + "/" + SpareAgent.descriptorFile
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let spare = try SpareDescriptor.read(path).keys.signing
+        let spare = FileManager.default.fileExists(atPath: path) ? try SpareDescriptor.read(path).keys.signing : nil
         let tail = try ledger.lastSequence()
-        guard tail >= 1 else { return nil }
-        for h in try ledger.headers(in: 1...tail, matching: [EntryFilter(kind: .placement, author: ouroboros)]) {
-            guard let e = try ledger.entry(at: h.sequence), e.isAuthentic, let p = try? SparePlacement.decode(e), p.recipient == spare else { continue }
-            return e.sequence
+        var placed: Int64?, evicted: String?
+        var from: Int64 = 1
+        while from <= tail {
+            let page = try ledger.entries(in: from...tail, matching: [EntryFilter(kind: .placement, author: ouroboros)], maxBytes: 16 << 20)
+            for e in page.entries where e.isAuthentic {
+                if let n = try? EvictionNotice.decode(e), n.evicted == keys.signing { evicted = n.reason }
+                if placed == nil, let spare, let p = try? SparePlacement.decode(e), p.recipient == spare { placed = e.sequence }
+            }
+            guard page.through < tail else { break }
+            from = page.through + 1
         }
-        throw RingError.notAuthentic("\(directory) was a spare, but the ledger holds no placement of it")
+        if spare != nil && placed == nil {
+            throw RingError.notAuthentic("\(directory) was a spare, but the ledger holds no placement of it")
+        }
+        return (placed, evicted)
     }
 
     /// HASH_j (Eq. 1) over what this block computes with now.

@@ -62,6 +62,31 @@ extension DeploymentTests {
             #expect(!RingAudit.audit(r.ledger, manifest: r.ring.manifest).isClean, "an evicted key's row passed the audit")
         }
 
+        /// A block down when its eviction notice was posted reads it when it starts again, and stops.
+        @Test(.timeLimit(.minutes(1)))
+        func anEvictedBlockThatWasDownStopsWhenItStarts() throws {
+            let r = try AttackAgents(spares: 1)
+            let owner = try #require(r.owner)
+            owner.rotateEvery = 0
+            try r.settle()
+            r.blocks[1].perturbInputs(by: 0.25)
+            let (q, k) = try r.ask(attackInput(2))
+            for _ in 0..<200 where try r.all([EntryFilter(kind: .rotation)]).isEmpty {
+                _ = try owner.step()
+                for b in r.blocks { _ = try b.step() }
+            }
+            do {
+                let down = r.blocks.remove(at: 1)             // the suspect goes down before the notice
+                try r.settle()
+                #expect(down.evictedReason == nil, "(it was down: it did not read its notice)")
+            }
+            guard case .success? = try r.outcome(q, k) else { Issue.record("the query was not answered"); return }
+            #expect(owner.evictions == 1)
+            let restarted = try BlockAgent(directory: r.blockDir(2), ledger: r.agentLedger)
+            #expect(restarted.evictedReason != nil, "the restarted block found its eviction notice")
+            #expect(try !restarted.step())
+        }
+
         /// Prop. 1 names two suspects on a hash mismatch: the block whose output differs, and the block that computed
         /// the H it was checked against (its predecessor, from its copy of the layer). Here the predecessor's copy is
         /// tampered with: the owner first evicts the honest block; the spare in its slot is named again for the same

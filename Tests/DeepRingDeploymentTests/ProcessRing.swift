@@ -214,6 +214,15 @@ final class ProcessRing: @unchecked Sendable {
     var logs: String { ([owner] + blocks + spares).map { "== \($0.name)\n" + String($0.logText.suffix(3000)) }.joined(separator: "\n") }
 }
 
+/// The files process `pid` has open now (the targets of /proc/PID/fd that are paths).
+func openFiles(_ pid: Int32) -> [String] {
+    let dir = "/proc/\(pid)/fd"
+    return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).compactMap { fd in
+        guard let t = try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/" + fd), t.hasPrefix("/") else { return nil }
+        return t
+    }
+}
+
 /// Outcomes of a stream of queries.
 final class QueryLog: @unchecked Sendable {
     private let lock = NSLock()

@@ -103,6 +103,14 @@ extension DeploymentTests {
                 let args = b.arguments.joined(separator: " ")
                 #expect(!args.contains(ring.sealed) && !args.contains("/owner"), "block \(i): \(args)")
             }
+            // … and what each process has open (its /proc/PID/fd) of the ring's files is in its own folder only.
+            for m in [ring.owner] + ring.blocks {
+                let own = m === ring.owner ? ring.root + "/hosts/owner" : (m.arguments.drop { $0 != "--dir" }.dropFirst().first ?? "?")
+                // (Its log, which the test keeps beside the hosts, aside.)
+                let open = openFiles(m.pid).filter { $0.hasPrefix(ring.root + "/hosts/") || $0.hasPrefix(ring.sealed) }
+                #expect(!open.isEmpty, "\(m.name) holds its lock file open: the listing sees it")
+                #expect(open.allSatisfy { $0.hasPrefix(own + "/") }, "\(m.name) has open: \(open)")
+            }
             #expect(ring.stop().allSatisfy { $0 == 0 }, "every member stops cleanly on SIGTERM\n\(ring.logs)")
         }
 
