@@ -186,9 +186,9 @@ public final class OwnerAgent {
         if let ev = evicting {
             // Abandoned: the compromised block is still in the ring, so its queries are refused.
             evicting = nil
-            for p in parked {
-                parked.removeFirst()
+            while let p = parked.first {
                 try end(p.queryID, .compromised, ev.reason + "; evicting it to a spare failed (the key rotation was abandoned)")
+                parked.removeFirst()
             }
         }
         try rerunParkedQueries()
@@ -242,7 +242,8 @@ public final class OwnerAgent {
     private func rerunParkedQueries() throws {
         while let p = parked.first {
             if let e = try ledger.entry(at: p.from), e.kind == .query, e.queryID == p.queryID {
-                do { try node.startQuery(e, ledger: ledger, again: true) } catch { events.append((p.queryID, "error", "\(error)")) }
+                // (An append that fails leaves the query first on the list, for the next step.)
+                try node.startQuery(e, ledger: ledger, again: true)
                 if node.querents[p.queryID] != nil { open[p.queryID] = (now(), p.from) }
                 events.append((p.queryID, "running again", "under generation \(ring.record.generation)"))
             }
@@ -256,7 +257,8 @@ public final class OwnerAgent {
         node.holdQueries = false
         while let seq = node.heldQueries.first {
             if let e = try ledger.entry(at: seq), e.kind == .query, let q = e.queryID {
-                do { try node.startQuery(e, ledger: ledger) } catch { events.append((q, "error", "\(error)")) }
+                // (An append that fails leaves the query first on the list, for the next step.)
+                try node.startQuery(e, ledger: ledger)
                 if node.querents[q] != nil && open[q] == nil { open[q] = (now(), e.sequence) }
             }
             node.heldQueries.removeFirst()

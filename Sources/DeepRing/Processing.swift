@@ -271,9 +271,21 @@ final class RingNode {
     /// Query phase (Eq. 3) at the ouroboros: anyone may post a query, so everything is checked, and a query that
     /// cannot be answered gets a refusal (never a crash of the ring, never silence).
     /// `again`: a query started before, run again from its row (after its compromised block was evicted).
+    /// A query is seen once its post (or refusal) is on the ledger: one whose append failed (an outage) is started
+    /// again when its row is handled again.
     func startQuery(_ e: LedgerEntry, ledger: any Ledger, again: Bool = false) throws {
         guard let q = e.queryID, timing.time(\.crypto, { e.isAuthentic }) else { return }
-        guard seenQueries.insert(q) || again else { return }
+        guard again || !seenQueries.contains(q) else { return }
+        do {
+            try open(e, queryID: q, ledger: ledger)
+        } catch {
+            querents[q] = nil
+            throw error
+        }
+        _ = seenQueries.insert(q)
+    }
+
+    private func open(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws {
         func refuse(_ r: RefusalReason, _ detail: String) throws {
             try appendOwn(.delivery, q, Delivery(.refusal(r, detail: detail)).encoded(), ledger)
         }
@@ -470,7 +482,7 @@ final class RingNode {
             through = entries[i].sequence
             behind = true
         }
-        for e in entries {
+        page: for e in entries {
             if watchFilters.contains(where: { $0.matches(e) }) { watched.append(e) }
             guard let q = e.queryID else { continue }
             if cachesSecondPredecessor && e.author == secondPredecessor && e.kind == .layer { remember(e); continue }
@@ -485,7 +497,16 @@ final class RingNode {
                     }
                 case .query where isOuroboros:
                     let before = ownAppends.count
-                    try startQuery(e, ledger: ledger)
+                    do {
+                        try startQuery(e, ledger: ledger)
+                    } catch {
+                        // Its post could not be appended (an outage): the page ends before the row, which is read
+                        // and started again at the next step.
+                        failures.append((q, error))
+                        through = e.sequence - 1
+                        behind = true
+                        break page
+                    }
                     if ownAppends.count != before { acted = true }
                 case .layer:
                     if try process(e, queryID: q, ledger: ledger) { acted = true }

@@ -85,6 +85,32 @@ extension DeploymentTests {
             #expect(again.rotations == 0)
         }
 
+        /// The first post of a query asked during a rotation fails (an outage): the query starts at the next step —
+        /// neither dropped nor left open with no post until its deadline.
+        @Test(.timeLimit(.minutes(1)))
+        func aQueryWhoseFirstPostFailsIsStartedAtTheNextStep() throws {
+            let r = try AttackAgents(counting: true)
+            let owner = try #require(r.owner)
+            let counter = try #require(r.counter)
+            owner.rotateEvery = 0
+            try r.settle()
+            owner.requestRotation()
+            let (q, k) = try r.ask(attackInput(4))
+            for _ in 0..<3 { _ = try owner.step() }          // held; the call is out
+            for b in r.blocks { _ = try b.step() }           // every block posts its rekey
+            counter.failing = [.layer]
+            var failed = false
+            for _ in 0..<10 where !failed {
+                _ = try owner.step()
+                failed = owner.takeEvents().contains { $0.queryID == q && $0.event == "error" }
+            }
+            #expect(failed, "the query's first post failed")
+            #expect(owner.rotations == 1)
+            counter.failing = []
+            try r.settle()
+            guard case .success? = try r.outcome(q, k) else { Issue.record("the held query was not answered after the outage"); return }
+        }
+
         /// A block stopped after it posted its new keys (killed: its agent gone) misses the owner's placement; started
         /// again, it finds the placement on the ledger and takes it on.
         @Test(.timeLimit(.minutes(1)))
