@@ -19,6 +19,16 @@ extension DeploymentTests {
             return (r.blocks.map(\.signingKey), files)
         }
 
+        /// In-process agents over a byte-counting ledger whose appends can be made to fail; rotations only on request.
+        func countingRing() throws -> (AttackAgents, OwnerAgent, CountingLedger) {
+            let r = try AttackAgents(counting: true)
+            let owner = try #require(r.owner)
+            let counter = try #require(r.counter)
+            owner.rotateEvery = 0
+            try r.settle()
+            return (r, owner, counter)
+        }
+
         func answer(_ r: AttackAgents, _ k: Int) throws -> Tensor? {
             let (q, keys) = try r.ask(attackInput(k))
             try r.settle()
@@ -89,11 +99,7 @@ extension DeploymentTests {
         /// neither dropped nor left open with no post until its deadline.
         @Test(.timeLimit(.minutes(1)))
         func aQueryWhoseFirstPostFailsIsStartedAtTheNextStep() throws {
-            let r = try AttackAgents(counting: true)
-            let owner = try #require(r.owner)
-            let counter = try #require(r.counter)
-            owner.rotateEvery = 0
-            try r.settle()
+            let (r, owner, counter) = try countingRing()
             owner.requestRotation()
             let (q, k) = try r.ask(attackInput(4))
             for _ in 0..<3 { _ = try owner.step() }          // held; the call is out
@@ -248,11 +254,7 @@ extension DeploymentTests {
         /// rotation completes with them.
         @Test(.timeLimit(.minutes(1)))
         func aRotationCallReadTwiceIsAnsweredWithTheSameKeys() throws {
-            let r = try AttackAgents(counting: true)
-            let owner = try #require(r.owner)
-            let counter = try #require(r.counter)
-            owner.rotateEvery = 0
-            try r.settle()
+            let (r, owner, counter) = try countingRing()
             owner.requestRotation()
             for _ in 0..<3 { _ = try owner.step() }          // the call is out
             for b in r.blocks { _ = try b.step() }           // every block posts its rekey
