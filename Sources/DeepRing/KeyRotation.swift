@@ -64,6 +64,8 @@ final class KeyRotation {
     private(set) var state = State.idle
     private(set) var rotations = 0
     private(set) var evictions = 0
+    /// Where the current generation was announced (found by `resumeInterrupted`).
+    private(set) var announcedAt: Int64 = 0
     var events: [(queryID: String, event: String, detail: String)] = []
 
     /// The parameter file of a ring position, from the owner's checkpoint (what a spare placed there receives).
@@ -239,11 +241,13 @@ final class KeyRotation {
             guard let e = try ledger.entry(at: h.sequence), e.isAuthentic, let m = try? MembersAnnouncement.decode(e),
                   m.ringID == ring.manifest.ringID else { continue }
             announced = Int(clamping: m.generation)
+            announcedAt = h.sequence
             break
         }
         guard ring.record.generation > announced else { return false }
         let id = "rotation-" + randomID().prefix(16)
         try publish(call: id)
+        announcedAt = try ledger.lastSequence()
         events.append((id, "rotation completed", "generation \(ring.record.generation) was committed before the owner stopped; its placements are posted again"))
         return true
     }

@@ -110,6 +110,7 @@ public final class OwnerAgent {
         auth.describe = { [unowned self] in self.describe($0) }
         // A rotation committed before an earlier process stopped, not yet published: publish it.
         _ = try rotation.resumeInterrupted()
+        try resumeParkedQueries(window: resumeWindow)
     }
 
     static func watchFilters(_ members: [[UInt8]]) -> [EntryFilter] {
@@ -235,6 +236,26 @@ public final class OwnerAgent {
         evictionsFor[q, default: 0] += 1
         requestRotation()
         return true
+    }
+
+    /// At start: queries an earlier process of the owner parked for an eviction and had not run again — started
+    /// (their querent known) and not delivered, their last post older than the current generation's announcement,
+    /// so under keys that have left — are parked again, to run under the current generation.
+    private func resumeParkedQueries(window: Int64) throws {
+        let announced = rotation.announcedAt
+        guard announced > 0 else { return }
+        let mine = [EntryFilter(kind: .layer, author: node.publicKeys.signing)]
+        let before = try ledger.headers(in: max(1, announced - window)...announced, matching: mine)
+        let after = Set(try ledger.headers(in: announced...max(announced, try ledger.lastSequence()), matching: mine).compactMap(\.queryID))
+        var seen = Set<String>()
+        for h in before.reversed() {
+            guard let q = h.queryID, seen.insert(q).inserted, node.querents[q] != nil, !after.contains(q),
+                  let e = try ledger.entry(at: h.sequence), e.isAuthentic, let p = try? LayerPost.decode(e) else { continue }
+            node.querents[q] = nil
+            parked.append((q, p.consumed))
+            events.append((q, "parked", "started under keys that have left the ring (the owner stopped before it ran again): it runs again"))
+        }
+        parked.reverse()
     }
 
     /// Runs the parked queries again from their rows, under the new generation (one at a time, each taken off the

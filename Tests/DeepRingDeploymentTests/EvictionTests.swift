@@ -87,6 +87,43 @@ extension DeploymentTests {
             #expect(try !restarted.step())
         }
 
+        /// The owner stops after the eviction's commit, before the parked query ran again (its first post fails):
+        /// started again, it finds the query started under keys that have left, and runs it again.
+        @Test(.timeLimit(.minutes(1)))
+        func anOwnerStoppedBeforeItRanAParkedQueryAgainRunsItWhenItStarts() throws {
+            let r = try AttackAgents(counting: true, spares: 1)
+            let counter = try #require(r.counter)
+            var asked: (String, BlockKeys)?
+            do {
+                let owner = try #require(r.owner)
+                owner.rotateEvery = 0
+                try r.settle()
+                r.blocks[1].perturbInputs(by: 0.25)
+                asked = try r.ask(attackInput(3))
+                for _ in 0..<200 where try r.all([EntryFilter(kind: .rotation)]).isEmpty {
+                    _ = try owner.step()
+                    for b in r.blocks { _ = try b.step() }
+                }
+                for b in r.blocks { _ = try b.step() }       // every block posts its rekey
+                counter.failing = [.layer]                   // the re-run's first post fails: the owner stops there
+                var failed = false
+                for _ in 0..<10 where !failed { do { _ = try owner.step() } catch { failed = true } }
+                #expect(failed && owner.evictions == 1)
+            }
+            r.owner = nil
+            counter.failing = []
+            try r.settle()                                   // the blocks and the spare take their placements meanwhile
+            let o = try OwnerAgent(directory: r.dir, ledger: r.agentLedger, lockTimeout: 5)
+            o.checkEvery = 0
+            o.rotateEvery = 0
+            o.enrollAtStart = false
+            r.owner = o
+            try r.settle()
+            let (q, k) = try #require(asked)
+            guard case .success? = try r.outcome(q, k) else { Issue.record("the parked query was not run again by the new owner"); return }
+            #expect(o.takeEvents().contains { $0.queryID == q && $0.event == "parked" })
+        }
+
         /// Prop. 1 names two suspects on a hash mismatch: the block whose output differs, and the block that computed
         /// the H it was checked against (its predecessor, from its copy of the layer). Here the predecessor's copy is
         /// tampered with: the owner first evicts the honest block; the spare in its slot is named again for the same
