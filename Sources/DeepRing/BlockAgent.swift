@@ -92,8 +92,9 @@ public final class BlockAgent {
     /// a post addressed to the new keys after it (a query released at the end of the rotation) is read with them,
     /// not taken by the old keys for a misaddressed post.
     /// (And for its eviction notice: nothing after it is this block's business.)
+    /// (Only a signed row: a forged one claiming the ouroboros must not make every page one row long.)
     private func changesKeys(_ e: LedgerEntry) -> Bool {
-        guard e.kind == .placement, e.author == descriptor.ouroboros.signing else { return false }
+        guard e.kind == .placement, e.author == descriptor.ouroboros.signing, e.isAuthentic else { return false }
         if let n = try? EvictionNotice.decode(e) { return n.evicted == node.publicKeys.signing }
         guard let pending = pendingKeys, let p = try? PlacementOrder.decode(e) else { return false }
         return p.recipient == pending.publicKeys.signing

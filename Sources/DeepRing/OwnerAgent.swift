@@ -207,7 +207,7 @@ public final class OwnerAgent {
     /// predecessor, which the alarm's `hashFrom` must name (never a block the accuser picks freely); for any other
     /// reason at the accuser itself. So one compromised block costs at most one spare before it is suspected.
     private func evict(_ q: String, culprit: Int, accuser: Int, alarm v: ValidationAlarm, why: String) throws -> Bool {
-        guard culprit > 0, open[q] != nil, evictionsFor[q, default: 0] < OwnerAgent.maxEvictionsPerQuery else { return false }
+        guard culprit > 0, let o = open[q], evictionsFor[q, default: 0] < OwnerAgent.maxEvictionsPerQuery else { return false }
         var target = culprit
         var reason = why
         let r = ring.record
@@ -230,7 +230,7 @@ public final class OwnerAgent {
         }
         // (With an eviction under way for another block, the query waits for it and runs again: if its own culprit
         // is still in the ring, validation names it again.)
-        guard let o = open.removeValue(forKey: q) else { return false }
+        open[q] = nil
         node.querents[q] = nil
         parked.append((q, o.from))
         evictionsFor[q, default: 0] += 1
@@ -326,7 +326,8 @@ public final class OwnerAgent {
                 // alarm from anyone else names its own author (a member raising alarms it cannot have seen).
                 let why: String
                 let culprit: Int
-                if let js = members.firstIndex(of: v.suspect), members.firstIndex(of: e.author) == (js + 1) % members.count {
+                let accuser = members.firstIndex(of: e.author) ?? 0
+                if let js = members.firstIndex(of: v.suspect), accuser == (js + 1) % members.count {
                     culprit = js
                     if v.reason == .hashMismatch {
                         why = "validation failed for good; \(describe(v.suspect)), or \(v.hashFrom.map { describe($0) } ?? "the block holding the copy of its layer"), is compromised (or \(describe(e.author)), which validated it)"
@@ -334,13 +335,13 @@ public final class OwnerAgent {
                         why = "\(describe(v.suspect)): \(v.reason) (reported by \(describe(e.author)), which validates it; one of the two is compromised)"
                     }
                 } else {
-                    culprit = members.firstIndex(of: e.author) ?? 0
+                    culprit = accuser
                     why = "\(describe(e.author)) raised an alarm about \(describe(v.suspect)), whose output it does not validate: \(describe(e.author)) is compromised"
                 }
                 acted = true
-                if try evict(q, culprit: culprit, accuser: members.firstIndex(of: e.author) ?? 0, alarm: v, why: why) { break }
-                let spares = ring.record.spares
-                try end(q, .compromised, why + (spares.isEmpty ? "" : evictionsFor[q] != nil ? "; evicting did not help" : "; no spare block is left to take its place"))
+                if try evict(q, culprit: culprit, accuser: accuser, alarm: v, why: why) { break }
+                let note = ring.record.spares.isEmpty ? "" : evictionsFor[q] != nil ? "; evicting did not help" : "; no spare block is left to take its place"
+                try end(q, .compromised, why + note)
             default: break
             }
             seen.removeFirst()
