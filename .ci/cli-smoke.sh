@@ -121,6 +121,9 @@ cmp -s "$tmp/ring/ring.json" "$tmp/ring.json.good" || { echo "FAIL: ring.json wa
 expect_exit 3 "query with another pinned owner" "$bin" query --ring "$tmp/ring" --dataset synthetic --count 3 \
   --owner-key "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 expect_exit 64 "malformed --owner-key" "$bin" query --ring "$tmp/ring" --dataset synthetic --owner-key nope
+expect_exit 64 "--retries without --ledger" "$bin" query --ring "$tmp/ring" --dataset synthetic --retries 2
+grep -q "served ring (--ledger)" "$tmp/err" || { echo "FAIL: --retries without --ledger does not say why"; fail=$((fail + 1)); }
+expect_exit 64 "--retries out of range" "$bin" query --ring "$tmp/ring" --dataset synthetic --retries 1000 --ledger "$tmp/ring/ledger.sqlite"
 # 2. block.json naming the attacker's successor key: named by verify, re-provisioned before the next query.
 blk=$(ls "$tmp/ring/blocks" | head -1)
 python3 - "$tmp/ring/blocks/$blk/block.json" <<'PY'
@@ -288,6 +291,12 @@ PY
   if [ "$rc" -eq 0 ] && ! pgrep -f "serve --.*$dir" >/dev/null; then pass=$((pass + 1)); else
     echo "FAIL: ring up ($label) did not stop all its processes on SIGTERM (rc $rc)"; pgrep -af "serve --" || true; fail=$((fail + 1)); fi
 }
+# A querent of a ring nobody serves: each query times out, is asked again once (--retries 1), and the error names why.
+expect_exit 0 "seal a ring nobody serves" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/idlering"
+expect_exit 1 "query --retries of a ring nobody serves" "$bin" query --ring "$tmp/idlering/ring.json" --ledger "$tmp/idlering/ledger.sqlite" \
+  --dataset synthetic --count 1 --batch 1 --timeout 1 --retries 1
+{ grep -q "asking again (1 of 1)" "$tmp/err" && grep -q "timed out" "$tmp/err"; } && pass=$((pass + 1)) || {
+  echo "FAIL: query --retries did not ask again, or did not say why it gave up"; sed 's/^/    /' "$tmp/err" | head -5; fail=$((fail + 1)); }
 expect_exit 0 "seal for ring up (with a spare)" "$bin" seal "$tmp/m.safetensors" --ring "$tmp/upring" --spares 1
 ring_up_check sqlite "$tmp/upring"
 grep -q "waiting as a spare" "$tmp"/uplogs-sqlite/spare-*.log && pass=$((pass + 1)) || { echo "FAIL: ring up started no spare"; fail=$((fail + 1)); }

@@ -43,7 +43,9 @@ final class AuthenticityRounds {
     /// Restores of one block in a row before giving up on it.
     static let maxRestores = 3
     private(set) var current: Round?
-    private var restoresInRow = 0
+    /// Restores sent to each ring position since the ring was last authentic: a block that is still tampered after
+    /// `maxRestores` of its own is given up on, whatever the other blocks needed (n tampered blocks take n restores).
+    private var restoresInRow: [Int: Int] = [:]
     private(set) var rounds = 0, restores = 0
     /// The latest round's outcome: authentic, or what was wrong.
     private(set) var last: (authentic: Bool, detail: String)?
@@ -112,19 +114,19 @@ final class AuthenticityRounds {
             if a.previousHash != previous || a.hash != hashes[j] || !a.fileIntact {
                 let why = !a.fileIntact ? "its parameter file differs from the sealed one" : "its HASH differs from the record"
                 guard restoreTampered else { return notAuthentic(r, "\(describe(members[j])): \(why)") }
-                guard restoresInRow < AuthenticityRounds.maxRestores else {
-                    restoresInRow = 0
+                guard restoresInRow[j, default: 0] < AuthenticityRounds.maxRestores else {
+                    restoresInRow = [:]
                     return notAuthentic(r, "\(describe(members[j])): \(why), still after \(AuthenticityRounds.maxRestores) restores")
                 }
                 try sendRestore(position: j, round: r.id)
-                restoresInRow += 1
+                restoresInRow[j, default: 0] += 1
                 restores += 1
                 events.append((r.id, "restoring", "\(describe(members[j])): \(why)"))
                 return .restoring(position: j)
             }
             previous = a.hash
         }
-        restoresInRow = 0
+        restoresInRow = [:]
         last = (true, "every block's HASH matches the record")
         events.append((r.id, "authentic", "\(members.count - 1) blocks attested"))
         return .authentic

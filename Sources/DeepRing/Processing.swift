@@ -173,7 +173,9 @@ final class RingNode {
         if let f = forgery { h = f.adjust(hash: h) }
         let payload = LayerPost(consumed: input.sequence, consumedHash: input.hash, recipient: successor.signing,
                                 sealedKey: k, ciphertext: ArraySlice(x), nextHash: h).encoded()
-        let mine = try timing.time(\.ledger) { try appendOwn(.layer, queryID, payload, ledger) }
+        // Only while the input is on the ledger: a server that crashed may have lost it (with its last lazily
+        // committed rows) after this node read it, and a post of a lost input would name its own number as input.
+        let mine = try timing.time(\.ledger) { try appendOwn(.layer, queryID, payload, ledger, requiring: EntryReference(consumed)) }
         lastPost[queryID] = mine.sequence
         _ = consumedEntries.insert(consumed.hash)
         if computedFrom[queryID] == nil { computedFrom[queryID] = consumed.sequence }
@@ -307,13 +309,14 @@ final class RingNode {
     }
 
     /// Delivery (Eq. 12): the validated last output, sealed to the querent.
-    func deliver(_ output: Tensor, queryID q: String, ledger: any Ledger) throws {
+    func deliver(_ output: Tensor, queryID q: String, from e: LedgerEntry, ledger: any Ledger) throws {
         guard let querent = querents[q] else { return }
         querents[q] = nil
         let sealed = try timing.time(\.crypto) {
             try HPKEBox.seal(TensorWire.encode(output), to: querent, aad: QueryRequest.aad(queryID: q, querent: querent))
         }
-        try appendOwn(.delivery, q, Delivery(.answer(sealed: sealed)).encoded(), ledger)
+        // Only while the last block's post is on the ledger (as for a layer post): every answer stays traceable.
+        try appendOwn(.delivery, q, Delivery(.answer(sealed: sealed)).encoded(), ledger, requiring: EntryReference(e))
     }
 
     /// True when the second predecessor's posts are read with each page (kept in `recent` for `reference`).
@@ -339,8 +342,9 @@ final class RingNode {
     /// Appends an entry of this node's, and notes its sequence number: the next round need not read back its own
     /// entries when nobody appended in between.
     @discardableResult
-    func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger) throws -> LedgerEntry {
-        let e = try ledger.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
+    func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger,
+                   requiring: EntryReference? = nil) throws -> LedgerEntry {
+        let e = try ledger.append(kind: kind, queryID: queryID, payload: payload, signer: signer, requiring: requiring)
         ownAppends.append(e.sequence)
         if watchFilters.contains(where: { $0.matches(e) }) { watched.append(e) }
         return e
@@ -565,7 +569,9 @@ final class RingNode {
             return true
         case .input(let x, _):
             if isOuroboros {
-                try deliver(x, queryID: q, ledger: ledger)
+                try deliver(x, queryID: q, from: e, ledger: ledger)
+                // Delivered from this entry: read again (a page re-read after a lost connection), it is no second post.
+                _ = consumedEntries.insert(e.hash)
             } else {
                 let input = perturbInput?(x) ?? x
                 let y = try timing.time(\.compute) { try own.checkedForward(input) }

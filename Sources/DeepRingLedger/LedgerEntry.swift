@@ -129,6 +129,9 @@ public enum LedgerError: Error, CustomStringConvertible, Equatable {
     case storage(String)
     /// The database is not what a ledger is (a changed schema, a trigger or view, a FIFO): refused before use.
     case untrusted(String)
+    /// The entry an append depended on is no longer on the ledger (a database server that crashed lost it with its
+    /// last lazily committed rows): nothing was appended.
+    case dependencyLost(sequence: Int64)
 
     public var description: String {
         switch self {
@@ -136,6 +139,7 @@ public enum LedgerError: Error, CustomStringConvertible, Equatable {
         case .invalidArgument(let m): return "invalid ledger entry: \(m)"
         case .storage(let m): return "ledger storage error: \(m)"
         case .untrusted(let m): return "not a trustworthy ledger: \(m)"
+        case .dependencyLost(let s): return "entry \(s), which this append depends on, is no longer on the ledger (lost in a database crash); nothing was appended"
         }
     }
 }
@@ -157,13 +161,34 @@ public enum LedgerRow: Sendable, Equatable {
     public var entry: LedgerEntry? { if case .entry(let e) = self { return e } else { return nil } }
 }
 
+/// An entry named by its number and hash (what an append may depend on).
+public struct EntryReference: Sendable, Equatable {
+    public var sequence: Int64
+    public var hash: [UInt8]
+    public init(sequence: Int64, hash: [UInt8]) { self.sequence = sequence; self.hash = hash }
+    public init(_ e: LedgerEntry) { self.init(sequence: e.sequence, hash: e.hash) }
+}
+
+extension Ledger {
+    /// Appends an entry that depends on no other.
+    @discardableResult
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+        try append(kind: kind, queryID: queryID, payload: payload, signer: signer, requiring: nil)
+    }
+}
+
 /// The shared, append-only ledger through which DeepRing's blocks talk — and the only thing they share.
 /// Backends: `SQLiteLedger` (one host); a PostgreSQL backend for multi-host rings implements the same protocol.
 public protocol Ledger: Sendable {
     /// Appends an entry signed by `signer` in one transaction: the sequence number and previous hash are taken
     /// from the current last entry inside that transaction, so concurrent writers cannot fork the chain.
+    ///
+    /// With `requiring`, the entry goes in only if that entry is on the ledger — its number, its hash — checked in the
+    /// append's own transaction (else `LedgerError.dependencyLost`, nothing appended): a post that answers an input
+    /// is never appended once that input is gone, as when a crashed server lost its last lazily committed rows and a
+    /// retried append would take the lost input's number.
     @discardableResult
-    func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry
+    func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry
     /// Rows with sequence ≥ `sequence`, in order, at most `limit`, malformed ones included.
     func rows(from sequence: Int64, limit: Int) throws -> [LedgerRow]
     /// Entries with sequence in `range` that match any of `filters`, in order (a block reads only what concerns

@@ -64,8 +64,8 @@ public final class LedgerView: Ledger, @unchecked Sendable {
     }
 
     @discardableResult
-    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
-        let e = try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
+        let e = try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer, requiring: requiring)
         if e.sequence == tail + 1 { add(.entry(e)) } else { try refresh() }
         return e
     }

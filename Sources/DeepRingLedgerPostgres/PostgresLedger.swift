@@ -548,7 +548,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     // MARK: Ledger
 
     @discardableResult
-    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("this ledger was opened read-only") }
         try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
         let logger = self.logger
@@ -575,7 +575,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 let e = try make(s + 1, h)
                 attempt.entry = e
                 do {
-                    try await PostgresLedger.insert(e, on: c, logger: logger)
+                    try await PostgresLedger.insert(e, requiring: requiring, on: c, logger: logger)
                     try hook?()
                     self.counters.add(onKnownTail: 1)
                     return e
@@ -598,7 +598,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
                 let e = try make(seq, prev)
                 attempt.entry = e
                 do {
-                    try await PostgresLedger.insert(e, on: c, logger: logger)
+                    try await PostgresLedger.insert(e, requiring: requiring, on: c, logger: logger)
                 } catch let p as PSQLError where p.serverInfo?[.sqlState] == "23505" {
                     // Another writer took the number (each conflict is another append that went through).
                     attempt.entry = nil
@@ -636,33 +636,20 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         lock.withLock { if knownTail.map({ seq > $0.sequence }) ?? true { knownTail = (seq, hash) } }
     }
 
-    /// Inserts `e` and notifies the channel, in one statement (the notification is sent when the row commits).
-    static func insert(_ e: LedgerEntry, on c: PostgresConnection, logger: Logger) async throws {
-        var bindings = PostgresBindings()
-        bindings.append(e.sequence)
-        bindings.append(ByteBuffer(bytes: e.previousHash))
-        bindings.append(e.kind.rawValue)
-        bindings.append(e.queryID)
-        bindings.append(ByteBuffer(bytes: e.author))
-        bindings.append(ByteBuffer(bytes: e.payload))
-        bindings.append(ByteBuffer(bytes: e.hash))
-        bindings.append(ByteBuffer(bytes: e.signature))
-        let insert = """
-            INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq
-            """
+    /// Inserts `e` and notifies the channel, in one statement (the notification is sent when the row commits). The
+    /// statement is prepared once per connection: parsing and planning it cost more than running it.
+    /// With `requiring`, the row goes in only if that entry is there (number and hash), in the same statement: a
+    /// post whose input a crashed server lost is refused (`LedgerError.dependencyLost`), never appended after it.
+    static func insert(_ e: LedgerEntry, requiring: EntryReference?, on c: PostgresConnection, logger: Logger) async throws {
+        var rows = 0
         do {
-            // Three channels (see `channel(kind:author:)`): every append's, the kind's, and the kind and author's.
-            let n = "seq::text || ' ' || $3 || ' ' || encode($5, 'hex') || ' ' || COALESCE($4, '')"
-            try await run(PostgresQuery(unsafeSQL: """
-                WITH ins AS (\(insert)) SELECT pg_notify('\(channel)', \(n)), pg_notify('deepring_' || $3, \(n)),
-                  pg_notify('deepring_' || $3 || '_' || substr(encode($5, 'hex'), 1, 16), \(n)) FROM ins
-                """, binds: bindings), on: c, logger: logger)
+            for try await _ in try await c.execute(InsertNotified(entry: e, requiring: requiring), logger: logger) { rows += 1 }
         } catch let p as PSQLError where p.serverInfo?[.sqlState] == "54000" {
             // The notification queue is full (a listener holding a transaction open stops it draining): the entry
             // goes in without its notification, and waiters find it at their next re-read.
-            try await run(PostgresQuery(unsafeSQL: insert, binds: bindings), on: c, logger: logger)
+            for try await _ in try await c.execute(InsertOnly(entry: e, requiring: requiring), logger: logger) { rows += 1 }
         }
+        if rows == 0, let d = requiring { throw LedgerError.dependencyLost(sequence: d.sequence) }
     }
 
     /// Runs a statement to its end, reading every row: an error the server raises while running it (a trigger's
@@ -708,23 +695,12 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     public func entries(after cursor: Int64, matching filters: [EntryFilter], maxBytes: Int) throws -> (page: LedgerPage, tail: Int64) {
         let logger = self.logger
         let lo = max(0, cursor), b = max(0, maxBytes)
-        let filter = filters.isEmpty ? "false" : PostgresLedger.filterSQL(filters)
+        let statement = PageAfter(cursor: lo, maxBytes: Int64(b), filters: filters)
         let (rows, more, tail) = try withConnection { c -> ([LedgerRow], Bool, (Int64, [UInt8])?) in
-            let sql = """
-                WITH t AS (SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1),
-                m AS MATERIALIZED (
-                  SELECT seq, sum(octet_length(payload)::bigint) OVER (ORDER BY seq) AS run, row_number() OVER (ORDER BY seq) AS n
-                  FROM deepring_entries WHERE seq > \(lo) AND seq <= (SELECT seq FROM t) AND seq <= \(LedgerEntry.maxSequence) AND (\(filter))
-                  ORDER BY seq),
-                k AS (SELECT seq FROM m WHERE n = 1 OR run <= \(b))
-                SELECT t.seq, t.hash, e.seq, e.prev_hash, e.kind, e.query_id, e.author, e.payload, e.hash, e.signature,
-                       (SELECT count(*) FROM m) > (SELECT count(*) FROM k)
-                FROM t LEFT JOIN (k JOIN deepring_entries e ON e.seq = k.seq) ON true ORDER BY e.seq
-                """
             var out: [LedgerRow] = []
             var more = false
             var tail: (Int64, [UInt8])?
-            for try await row in try await c.query(PostgresQuery(unsafeSQL: sql), logger: logger) {
+            for try await row in try await c.execute(statement, logger: logger) {
                 let r = row.makeRandomAccess()
                 guard let ts = try? r[0].decode(Int64.self), let th = try? r[1].decode(ByteBuffer.self) else {
                     throw LedgerError.storage("the ledger's tail row does not decode")
@@ -1157,4 +1133,102 @@ func blocking<T>(timeout: Duration = .seconds(60), _ work: @escaping @Sendable (
     }
     guard let r = o.result else { throw LedgerError.storage("the ledger operation did not finish") }
     return try r.get()
+}
+
+// MARK: prepared statements
+
+/// An insert of one entry, its columns bound as $1…$8.
+protocol EntryInsert: PostgresPreparedStatement where Row == Bool {
+    var entry: LedgerEntry { get }
+    /// The entry the insert depends on ($9, $10: number and hash; 0 for none).
+    var requiring: EntryReference? { get }
+}
+
+extension EntryInsert {
+    static var bindingDataTypes: [PostgresDataType] { [.int8, .bytea, .text, .text, .bytea, .bytea, .bytea, .bytea, .int8, .bytea] }
+    static var insertSQL: String {
+        """
+        INSERT INTO deepring_entries (seq, prev_hash, kind, query_id, author, payload, hash, signature)
+        SELECT $1, $2, $3, $4, $5, $6, $7, $8
+        WHERE $9 = 0 OR EXISTS (SELECT 1 FROM deepring_entries d WHERE d.seq = $9 AND d.hash = $10) RETURNING seq
+        """
+    }
+
+    func makeBindings() -> PostgresBindings {
+        var b = PostgresBindings()
+        b.append(entry.sequence)
+        b.append(ByteBuffer(bytes: entry.previousHash))
+        b.append(entry.kind.rawValue)
+        b.append(entry.queryID)
+        b.append(ByteBuffer(bytes: entry.author))
+        b.append(ByteBuffer(bytes: entry.payload))
+        b.append(ByteBuffer(bytes: entry.hash))
+        b.append(ByteBuffer(bytes: entry.signature))
+        b.append(requiring?.sequence ?? 0)
+        b.append(ByteBuffer(bytes: requiring?.hash ?? []))
+        return b
+    }
+
+    func decodeRow(_ row: PostgresRow) -> Bool { true }
+}
+
+/// An append and its notifications on three channels (see `PostgresLedger.channel(kind:author:)`): every append's,
+/// the kind's, and the kind and author's. Each names the row as `seq kind author-hex query-id`.
+struct InsertNotified: EntryInsert {
+    static let name = "deepring_insert_notified_v2"
+    static let sql = """
+        WITH ins AS (\(insertSQL)), n AS (SELECT seq::text || ' ' || $3 || ' ' || encode($5, 'hex') || ' ' || COALESCE($4, '') AS v FROM ins)
+        SELECT pg_notify('\(PostgresLedger.channel)', v), pg_notify('deepring_' || $3, v),
+               pg_notify('deepring_' || $3 || '_' || substr(encode($5, 'hex'), 1, 16), v) FROM n
+        """
+    let entry: LedgerEntry
+    let requiring: EntryReference?
+}
+
+/// An append without notifications (when the server's notification queue is full).
+struct InsertOnly: EntryInsert {
+    static let name = "deepring_insert_v2"
+    static let sql = insertSQL
+    let entry: LedgerEntry
+    let requiring: EntryReference?
+}
+
+/// The tail (number and hash) and, from the same snapshot, the rows after a cursor that match any of the filters, in
+/// order, up to a payload budget (at least one row), and whether more match: the one read of a serving member's step.
+/// The filters are bound as three arrays, one element per filter, an empty string (or bytes) for a field the filter
+/// leaves open — no stored kind, author or query id is empty — so the statement is prepared once per connection.
+struct PageAfter: PostgresPreparedStatement {
+    static let name = "deepring_page_after_v1"
+    static let sql = """
+        WITH t AS (SELECT seq, hash FROM deepring_entries ORDER BY seq DESC LIMIT 1),
+        f AS (SELECT * FROM unnest($4::text[], $5::bytea[], $6::text[]) AS f(kind, author, query_id)),
+        m AS MATERIALIZED (
+          SELECT e.seq, sum(octet_length(e.payload)::bigint) OVER (ORDER BY e.seq) AS run, row_number() OVER (ORDER BY e.seq) AS n
+          FROM deepring_entries e WHERE e.seq > $1 AND e.seq <= (SELECT seq FROM t) AND e.seq <= $2
+            AND EXISTS (SELECT 1 FROM f WHERE (f.kind = '' OR f.kind = e.kind) AND (f.author = '' OR f.author = e.author)
+                                          AND (f.query_id = '' OR f.query_id = e.query_id))
+          ORDER BY e.seq),
+        k AS (SELECT seq FROM m WHERE n = 1 OR run <= $3)
+        SELECT t.seq, t.hash, e.seq, e.prev_hash, e.kind, e.query_id, e.author, e.payload, e.hash, e.signature,
+               (SELECT count(*) FROM m) > (SELECT count(*) FROM k)
+        FROM t LEFT JOIN (k JOIN deepring_entries e ON e.seq = k.seq) ON true ORDER BY e.seq
+        """
+    static let bindingDataTypes: [PostgresDataType] = [.int8, .int8, .int8, .textArray, .byteaArray, .textArray]
+    let cursor: Int64
+    let maxBytes: Int64
+    let filters: [EntryFilter]
+    func makeBindings() -> PostgresBindings {
+        // A filter on a query id that is not well formed, or on an empty author, matches no stored row: it is left
+        // out (bound, its empty value would mean "any").
+        let fs = filters.filter { ($0.queryID.map(LedgerEntry.isValidQueryID) ?? true) && ($0.author.map { !$0.isEmpty } ?? true) }
+        var b = PostgresBindings()
+        b.append(cursor)
+        b.append(LedgerEntry.maxSequence)
+        b.append(maxBytes)
+        b.append(fs.map { $0.kind?.rawValue ?? "" })
+        b.append(fs.map { ByteBuffer(bytes: $0.author ?? []) })
+        b.append(fs.map { $0.queryID ?? "" })
+        return b
+    }
+    func decodeRow(_ row: PostgresRow) -> PostgresRow { row }
 }

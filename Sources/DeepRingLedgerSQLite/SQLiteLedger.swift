@@ -132,11 +132,15 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     public func waitForCheckpoint() { checkpointer.queue.sync {} }
 
     @discardableResult
-    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+    public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("the ledger was opened read-only") }
         try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
         do {
             return try write { db in
+                if let d = requiring {
+                    let found = try Data.fetchOne(try db.cachedStatement(sql: "SELECT hash FROM entries WHERE seq = ?"), arguments: [d.sequence])
+                    guard let h = found, [UInt8](h) == d.hash else { throw LedgerError.dependencyLost(sequence: d.sequence) }
+                }
                 let last = try Row.fetchOne(try db.cachedStatement(sql: "SELECT seq, hash FROM entries WHERE seq BETWEEN 1 AND \(LedgerEntry.maxSequence) ORDER BY seq DESC LIMIT 1"))
                 let seq: Int64, prev: [UInt8]
                 if let last {

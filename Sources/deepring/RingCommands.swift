@@ -212,7 +212,8 @@ struct Query: ParsableCommand {
         with status 3 and sends nothing. One process runs a ring at a time: a second query waits up to \
         --lock-timeout seconds. With --json: predictions, accuracy when labels are known, logits_sha256 (SHA-256 of \
         all logits as a tensor, to compare bit for bit), and — where the owner's folder is — plain_agreement, the \
-        fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint).
+        fraction of predictions equal to the plain model's (rebuilt from the owner's checkpoint), and on the \
+        embedded ring plain_logits_sha256, the same hash of the plain model's logits.
 
         With --ledger (a postgres:// URL, or the path of a ring's ledger.sqlite), this host is only a querent of a \
         ring whose members serve elsewhere (`owner serve`, `block serve`, or `ring up`): it needs only ring.json \
@@ -235,6 +236,8 @@ struct Query: ParsableCommand {
     @Option(help: "The ring owner's key fingerprint (SHA256:…, as `seal` prints it) or hex key; refuses a ring.json signed by anyone else.") var ownerKey: String?
     @Option(help: "Seconds to wait for another process running this ring.") var lockTimeout: Double = 60
     @Option(help: "Seconds one query may take before it is given up.") var timeout: Double = 120
+    @Option(help: "With --ledger: ask a query that failed (refused, timed out, the ledger unreachable) again, as a new query, up to N times; each retry is reported on stderr.")
+    var retries: Int = 0
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -254,6 +257,8 @@ struct Query: ParsableCommand {
         if let k = ownerKey, !KeyFingerprint.isWellFormed(k) { throw ValidationError("--owner-key must be SHA256:… (as `seal` prints it) or 64 hex digits") }
         guard lockTimeout >= 0 && lockTimeout.isFinite else { throw ValidationError("--lock-timeout must be a non-negative number of seconds") }
         guard timeout >= 1 && timeout <= 86_400 else { throw ValidationError("--timeout must be between 1 and 86400 seconds") }
+        guard retries >= 0 && retries <= 100 else { throw ValidationError("--retries must be between 0 and 100") }
+        if retries > 0 && ledgerOptions.ledger == nil { throw ValidationError("--retries applies to a querent of a served ring (--ledger)") }
     }
 
     func run() throws {
@@ -329,7 +334,7 @@ struct Query: ParsableCommand {
             let accuracy = labels.map { l in Double(zip(preds, l).filter { $0 == $1 }.count) / Double(max(1, l.count)) }
             if json {
                 var obj: [String: Any] = ["predictions": preds, "plain_agreement": agreement, "count": preds.count,
-                                          "logits_sha256": hex(TensorWire.hash(all)),
+                                          "logits_sha256": hex(TensorWire.hash(all)), "plain_logits_sha256": hex(TensorWire.hash(plain)),
                                           "incomplete_earlier_queries": incomplete,
                                           "queries": queries, "alarms": alarms, "seconds": secs, "restored": rt.restores]
                 if let a = accuracy { obj["accuracy"] = a }
@@ -352,11 +357,22 @@ struct Query: ParsableCommand {
         let session = QuerentSession(manifest: manifest, ledger: ledger)
         let t0 = now()
         var logits: [Tensor] = [], latencies: [Double] = []
-        var i = 0
+        var i = 0, retried = 0
         while i < inputs.batch {
             let j = min(inputs.batch, i + batch)
-            let r = try session.query(inputs.slice(i..<j), timeout: timeout)
-            logits.append(r.logits); latencies.append(r.seconds)
+            var attempt = 0
+            while true {
+                do {
+                    let r = try session.query(inputs.slice(i..<j), timeout: timeout)
+                    logits.append(r.logits); latencies.append(r.seconds)
+                    break
+                } catch {
+                    guard attempt < retries else { throw error }
+                    attempt += 1; retried += 1
+                    stderrPrint("query: images \(i + 1)–\(j) failed (\(error)); asking again (\(attempt) of \(retries))")
+                    Thread.sleep(forTimeInterval: 1)
+                }
+            }
             i = j
         }
         let secs = now() - t0
@@ -374,7 +390,7 @@ struct Query: ParsableCommand {
         let p50 = sorted[sorted.count / 2] * 1000
         if json {
             var obj: [String: Any] = ["predictions": preds, "count": preds.count, "queries": logits.count, "seconds": secs,
-                                      "logits_sha256": hex(TensorWire.hash(all)), "latency_p50_ms": p50]
+                                      "logits_sha256": hex(TensorWire.hash(all)), "latency_p50_ms": p50, "retried": retried]
             if let a = accuracy { obj["accuracy"] = a }
             if let a = agreement { obj["plain_agreement"] = a }
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
@@ -383,6 +399,7 @@ struct Query: ParsableCommand {
                          plural(logits.count, "query", "queries") as NSString, secs, p50))
             if let a = agreement { print(String(format: "agreement with the plain model %.2f%%", a * 100)) }
             if let a = accuracy { print(String(format: "accuracy %.2f%%", a * 100)) }
+            if retried > 0 { print("\(plural(retried, "query", "queries")) asked again after a failure") }
             if preds.count <= 20 { print("predictions: \(preds)") }
         }
     }

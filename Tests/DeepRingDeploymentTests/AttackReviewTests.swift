@@ -138,9 +138,9 @@ final class CountingLedger: Ledger, @unchecked Sendable {
     private func count(_ es: [LedgerEntry]) { let n = es.reduce(0) { $0 + $1.payload.count }; lock.withLock { read += n } }
 
     @discardableResult
-    func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner) throws -> LedgerEntry {
+    func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
         if lock.withLock({ failing.contains(kind) }) { throw LedgerError.storage("test: appends of \(kind) fail") }
-        return try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer)
+        return try base.append(kind: kind, queryID: queryID, payload: payload, signer: signer, requiring: requiring)
     }
     /// Appends of these kinds fail (a process that stops, or loses its database, at that point).
     var failing: Set<EntryKind> = []
@@ -323,6 +323,48 @@ extension DeploymentTests {
                     "block 2 never read its predecessor's post for \(q2) (row \(p2.sequence)): its cursor had passed that number")
         }
 
+        /// Found by the acceptance run (kill -9 of PostgreSQL in its network namespace): block 2 had read block 1's post,
+        /// the crashed server lost that post (a lazy commit), and block 2's append after the restart took the lost
+        /// post's number — a post whose input is itself. Block 3 raised a final `missingInput` alarm and the owner
+        /// evicted honest block 2 to a spare. Now a post goes in only while its input is on the ledger.
+        @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/sqlite3")), .timeLimit(.minutes(1)))
+        func aPostWhoseInputACrashLostIsNeverAppended() throws {
+            let r = try AttackAgents(counting: true)
+            try r.settle()
+            let (q, _) = try r.ask(attackInput(1))
+            _ = try r.owner?.step()
+            let o = try #require(try r.layerPosts(q, by: r.ouroboros).first)
+            _ = try r.blocks[0].node.process(o, queryID: q, ledger: r.ledger)
+            let p1 = try #require(try r.layerPosts(q, by: r.blocks[0].signingKey).first)   // block 2 has read it …
+            try sqlite3Shell(r.dir + "/ledger.sqlite", "DELETE FROM entries WHERE seq = \(p1.sequence)")   // … and it is lost
+            r.counter?.epoch += 1
+            #expect(throws: LedgerError.dependencyLost(sequence: p1.sequence)) {
+                _ = try r.blocks[1].node.process(p1, queryID: q, ledger: r.agentLedger)
+            }
+            #expect(try r.layerPosts(q, by: r.blocks[1].signingKey).isEmpty)
+            try r.settle()
+            #expect(try r.all([EntryFilter(kind: .alarm)]).filter { $0.author != r.ouroboros }.isEmpty, "no member raises an alarm")
+            #expect(r.evicted.isEmpty && r.blocks.allSatisfy { $0.evictedReason == nil })
+        }
+
+        /// Found by the same run: after the server's restart every member reads its last rows again, and the ouroboros
+        /// took the last block's posts of queries it had delivered for second posts — a final `secondPost` alarm
+        /// naming the honest last block for each.
+        @Test(.timeLimit(.minutes(1)))
+        func pagesReadAgainAfterALostConnectionRaiseNoAlarm() throws {
+            let r = try AttackAgents(counting: true)
+            try r.settle()
+            for i in 0..<3 {
+                let (q, keys) = try r.ask(attackInput(i))
+                try r.settle()
+                guard case .success = try #require(try r.outcome(q, keys)) else { Issue.record("query \(i) not answered"); return }
+            }
+            r.counter?.epoch += 1   // every connection ended: the last rows are read again
+            try r.settle()
+            let alarms = try r.all([EntryFilter(kind: .alarm)])
+            #expect(alarms.isEmpty, "\(alarms.map { try? Alarm.decode($0) })")
+        }
+
         /// Q2/Q4: a member's final alarm ends an open query with a refusal that names whatever `suspect` the alarm
         /// says — the owner checks neither that the author is the suspect's successor nor that the named entry is the
         /// suspect's post to it, and never names the author. Block 4 frames block 1.
@@ -412,6 +454,20 @@ extension DeploymentTests {
             try r.settle()
             let restores = try r.all([EntryFilter(kind: .restore)])
             #expect(try restores.map { try RestoreOrder.decode($0).recipient } == [r.blocks[1].signingKey])
+            #expect(owner.lastRound?.authentic == true, "\(String(describing: owner.lastRound))")
+        }
+
+        /// Restores are counted per block: with every block tampered in memory, each gets its own restore and the
+        /// ring ends authentic (counted across blocks, the fourth was given up on "after 3 restores" it never had).
+        @Test(.timeLimit(.minutes(1)))
+        func everyTamperedBlockGetsItsOwnRestores() throws {
+            let r = try AttackAgents()
+            let owner = try #require(r.owner)
+            #expect(r.blocks.count > AuthenticityRounds.maxRestores)
+            for b in r.blocks { b.flipBitInMemory() }
+            try r.settle()
+            let restores = try r.all([EntryFilter(kind: .restore)])
+            #expect(try Set(restores.map { try RestoreOrder.decode($0).recipient }) == Set(r.blocks.map(\.signingKey)))
             #expect(owner.lastRound?.authentic == true, "\(String(describing: owner.lastRound))")
         }
     }

@@ -71,6 +71,24 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
         #expect(try SQLiteLedger(path: ledger.path).allEntries() == all)
     }
 
+    /// An append that depends on an entry goes in only while that entry is there (checked in its transaction).
+    @Test func anAppendThatDependsOnAnEntryGoesInOnlyWhileItIsThere() throws {
+        let ledger = try SQLiteLedger(path: tempLedgerPath())
+        let a = LedgerSigner()
+        let first = try ledger.append(kind: .query, queryID: "q", payload: [1], signer: a)
+        let second = try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: a, requiring: EntryReference(first))
+        #expect(second.sequence == first.sequence + 1)
+        // An entry that is not there (a number past the tail), or is there with another hash, stops the append.
+        #expect(throws: LedgerError.dependencyLost(sequence: 99)) {
+            try ledger.append(kind: .layer, queryID: "q", payload: [3], signer: a, requiring: EntryReference(sequence: 99, hash: first.hash))
+        }
+        #expect(throws: LedgerError.dependencyLost(sequence: first.sequence)) {
+            try ledger.append(kind: .layer, queryID: "q", payload: [4], signer: a, requiring: EntryReference(sequence: first.sequence, hash: second.hash))
+        }
+        #expect(try ledger.lastSequence() == second.sequence, "nothing was appended")
+        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [5], signer: a, requiring: EntryReference(second)).sequence == second.sequence + 1)
+    }
+
     @Test func concurrentWritersNeverForkTheChain() throws {
         let ledger = try SQLiteLedger(path: tempLedgerPath())
         let signers = (0..<4).map { _ in LedgerSigner() }

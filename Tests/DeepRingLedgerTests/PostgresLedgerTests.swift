@@ -75,6 +75,60 @@ struct PostgresLedgerTests {
         #expect(rest.entries.map(\.sequence) == [2] && rest.through == 2)
     }
 
+    /// An append that depends on an entry goes in only while that entry is there (checked in its own statement).
+    @Test func anAppendThatDependsOnAnEntryGoesInOnlyWhileItIsThere() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        let a = LedgerSigner()
+        let first = try ledger.append(kind: .query, queryID: "q", payload: [1], signer: a)
+        let second = try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: a, requiring: EntryReference(first))
+        #expect(second.sequence == first.sequence + 1)
+        // An entry that is not there (a number past the tail), or is there with another hash, stops the append.
+        #expect(throws: LedgerError.dependencyLost(sequence: 99)) {
+            try ledger.append(kind: .layer, queryID: "q", payload: [3], signer: a, requiring: EntryReference(sequence: 99, hash: first.hash))
+        }
+        #expect(throws: LedgerError.dependencyLost(sequence: first.sequence)) {
+            try ledger.append(kind: .layer, queryID: "q", payload: [4], signer: a, requiring: EntryReference(sequence: first.sequence, hash: second.hash))
+        }
+        #expect(try ledger.lastSequence() == second.sequence, "nothing was appended")
+        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [5], signer: a, requiring: EntryReference(second)).sequence == second.sequence + 1)
+    }
+
+    /// The page after a cursor is one prepared statement with the filters bound as arrays (an empty element: a field
+    /// left open). It must select exactly the rows `EntryFilter.matches` selects, for every mix of filters — and a
+    /// filter on an empty author or a malformed query id must match nothing, not everything.
+    @Test func thePreparedPageReadSelectsWhatTheFiltersMatch() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        let a = LedgerSigner(), b = LedgerSigner(), c = LedgerSigner()
+        let kinds: [EntryKind] = [.query, .layer, .alarm, .layer, .delivery]
+        for i in 0..<30 {
+            try ledger.append(kind: kinds[i % kinds.count], queryID: i % 4 == 3 ? nil : "q\(i % 3)",
+                              payload: [UInt8](repeating: UInt8(i), count: 10 + i), signer: [a, b, c][i % 3])
+        }
+        let all = try ledger.allEntries()
+        let cases: [[EntryFilter]] = [
+            [], [EntryFilter()], [EntryFilter(kind: .layer)], [EntryFilter(author: b.publicKey)],
+            [EntryFilter(queryID: "q1")], [EntryFilter(kind: .layer, author: a.publicKey), EntryFilter(kind: .alarm)],
+            [EntryFilter(kind: .layer, author: c.publicKey, queryID: "q2"), EntryFilter(kind: .query, queryID: "q0")],
+            [EntryFilter(author: [])], [EntryFilter(queryID: "")], [EntryFilter(queryID: "no spaces allowed")],
+            [EntryFilter(author: [], queryID: "q1"), EntryFilter(kind: .delivery)],
+        ]
+        for cursor: Int64 in [0, 7, 29, 30] {
+            for fs in cases {
+                // Many statements on one connection: the server plans the prepared one generically after five.
+                let (page, tail) = try ledger.entries(after: cursor, matching: fs, maxBytes: 1 << 20)
+                let expected = all.filter { e in e.sequence > cursor && fs.contains { f in
+                    f.matches(e) && (f.author.map { !$0.isEmpty } ?? true) && (f.queryID.map(LedgerEntry.isValidQueryID) ?? true) } }
+                #expect(page.entries.map(\.sequence) == expected.map(\.sequence), "cursor \(cursor), filters \(fs)")
+                #expect(page.entries == expected && tail == 30 && page.through == 30)
+            }
+        }
+        // A budget ends the page after the row that passes it (at least one row), and says where.
+        let (small, _) = try ledger.entries(after: 0, matching: [EntryFilter(kind: .layer)], maxBytes: 20)
+        #expect(small.entries.map(\.sequence) == [2] && small.through == 2)
+    }
+
     @Test func writersOnManyConnectionsNeverForkTheChain() throws {
         let db = try TestPostgres.database()
         // Four "hosts" (a ledger each, so four sessions), each appending from two threads.
