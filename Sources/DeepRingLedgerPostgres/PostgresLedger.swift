@@ -551,6 +551,8 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("this ledger was opened read-only") }
         try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
+        // No entry is numbered below 1 (and 0 binds as "no dependency"): such a dependency is never there.
+        if let d = requiring, d.sequence < 1 { throw LedgerError.dependencyLost(sequence: d.sequence) }
         let logger = self.logger
         // The entry last tried, by its hash: after a lost connection it may have been committed after all.
         let attempt = AttemptBox()

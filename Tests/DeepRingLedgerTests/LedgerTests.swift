@@ -55,6 +55,23 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
     }
 }
 
+/// Either backend: an append that depends on an entry goes in only while that entry is there, with that hash.
+func checkDependentAppends(_ ledger: any Ledger) throws {
+        let a = LedgerSigner()
+        let first = try ledger.append(kind: .query, queryID: "q", payload: [1], signer: a)
+        let second = try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: a, requiring: EntryReference(first))
+        #expect(second.sequence == first.sequence + 1)
+        // An entry that is not there (a number past the tail), or is there with another hash, stops the append.
+        #expect(throws: LedgerError.dependencyLost(sequence: 99)) {
+            try ledger.append(kind: .layer, queryID: "q", payload: [3], signer: a, requiring: EntryReference(sequence: 99, hash: first.hash))
+        }
+        #expect(throws: LedgerError.dependencyLost(sequence: first.sequence)) {
+            try ledger.append(kind: .layer, queryID: "q", payload: [4], signer: a, requiring: EntryReference(sequence: first.sequence, hash: second.hash))
+        }
+        #expect(try ledger.lastSequence() == second.sequence, "nothing was appended")
+        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [5], signer: a, requiring: EntryReference(second)).sequence == second.sequence + 1)
+}
+
 @Suite struct LedgerTests {
     @Test func appendsAChainedSignedLog() throws {
         let (ledger, keys) = try sampleLedger()
@@ -74,19 +91,7 @@ func tamper(_ ledger: SQLiteLedger, _ sql: String, _ args: StatementArguments = 
     /// An append that depends on an entry goes in only while that entry is there (checked in its transaction).
     @Test func anAppendThatDependsOnAnEntryGoesInOnlyWhileItIsThere() throws {
         let ledger = try SQLiteLedger(path: tempLedgerPath())
-        let a = LedgerSigner()
-        let first = try ledger.append(kind: .query, queryID: "q", payload: [1], signer: a)
-        let second = try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: a, requiring: EntryReference(first))
-        #expect(second.sequence == first.sequence + 1)
-        // An entry that is not there (a number past the tail), or is there with another hash, stops the append.
-        #expect(throws: LedgerError.dependencyLost(sequence: 99)) {
-            try ledger.append(kind: .layer, queryID: "q", payload: [3], signer: a, requiring: EntryReference(sequence: 99, hash: first.hash))
-        }
-        #expect(throws: LedgerError.dependencyLost(sequence: first.sequence)) {
-            try ledger.append(kind: .layer, queryID: "q", payload: [4], signer: a, requiring: EntryReference(sequence: first.sequence, hash: second.hash))
-        }
-        #expect(try ledger.lastSequence() == second.sequence, "nothing was appended")
-        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [5], signer: a, requiring: EntryReference(second)).sequence == second.sequence + 1)
+        try checkDependentAppends(ledger)
     }
 
     @Test func concurrentWritersNeverForkTheChain() throws {

@@ -79,19 +79,7 @@ struct PostgresLedgerTests {
     @Test func anAppendThatDependsOnAnEntryGoesInOnlyWhileItIsThere() throws {
         let db = try TestPostgres.database()
         let ledger = try PostgresLedger(url: db.url)
-        let a = LedgerSigner()
-        let first = try ledger.append(kind: .query, queryID: "q", payload: [1], signer: a)
-        let second = try ledger.append(kind: .layer, queryID: "q", payload: [2], signer: a, requiring: EntryReference(first))
-        #expect(second.sequence == first.sequence + 1)
-        // An entry that is not there (a number past the tail), or is there with another hash, stops the append.
-        #expect(throws: LedgerError.dependencyLost(sequence: 99)) {
-            try ledger.append(kind: .layer, queryID: "q", payload: [3], signer: a, requiring: EntryReference(sequence: 99, hash: first.hash))
-        }
-        #expect(throws: LedgerError.dependencyLost(sequence: first.sequence)) {
-            try ledger.append(kind: .layer, queryID: "q", payload: [4], signer: a, requiring: EntryReference(sequence: first.sequence, hash: second.hash))
-        }
-        #expect(try ledger.lastSequence() == second.sequence, "nothing was appended")
-        #expect(try ledger.append(kind: .layer, queryID: "q", payload: [5], signer: a, requiring: EntryReference(second)).sequence == second.sequence + 1)
+        try checkDependentAppends(ledger)
     }
 
     /// The page after a cursor is one prepared statement with the filters bound as arrays (an empty element: a field
