@@ -24,7 +24,10 @@ let package = Package(
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
         .library(name: "DeepRingLedger", targets: ["DeepRingLedger"]),
         .library(name: "DeepRingProtocol", targets: ["DeepRingProtocol"]),
-        .library(name: "DeepRing", targets: ["DeepRing"]),
+        .library(name: "DeepRingBlock", targets: ["DeepRingBlock"]),
+        .library(name: "DeepRingOwner", targets: ["DeepRingOwner"]),
+        .library(name: "DeepRingClient", targets: ["DeepRingClient"]),
+        .library(name: "DeepRingEmbedded", targets: ["DeepRingEmbedded"]),
         .library(name: "DeepRingAttacks", targets: ["DeepRingAttacks"]),
         .executable(name: "deepring", targets: ["deepring"]),
     ],
@@ -74,23 +77,59 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // What every member of the ring runs (paper §3.4, Eqs. 4–13): processing, validation, the serving loop and
+        // the ring folder's files. The block, the owner's ouroboros and the embedded ring are built on it.
         .target(
-            name: "DeepRing",
+            name: "DeepRingNode",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // One block on its own host: only its folder, its keys, its layer and its copy of the next (no backend:
+        // the caller picks one).
+        .target(
+            name: "DeepRingBlock",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRingNode",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // The owner: sealing, the ouroboros, authenticity rounds and tracking, key rotation, reshuffles, eviction.
+        .target(
+            name: "DeepRingOwner",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRingNode",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // A querent: only the public manifest and the pinned owner key.
+        .target(
+            name: "DeepRingClient",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger", "DeepRingProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Every role in one process over the ring folder's SQLite ledger: the demo, the attacks and the tests.
+        .target(
+            name: "DeepRingEmbedded",
+            dependencies: [
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol",
+                "DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .target(
             name: "DeepRingAttacks",
-            dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRing"],
+            dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded"],
             swiftSettings: engineSettings
         ),
         .target(
             name: "DeepRingFuzz",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRing",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRingOwner", "DeepRingClient",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -102,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", "DeepRingProtocol", "DeepRing", "DeepRingAttacks",
+                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", "DeepRingProtocol", "DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded", "DeepRingAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -116,12 +155,12 @@ let package = Package(
         ),
         .testTarget(
             name: "DeepRingTests",
-            dependencies: ["DeepRing", "DeepRingProtocol", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingEngine",
+            dependencies: ["DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded", "DeepRingProtocol", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingEngine",
                            .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "DeepRingAttacksTests",
-            dependencies: ["DeepRingAttacks", "DeepRing", "DeepRingProtocol", "DeepRingEngine"]
+            dependencies: ["DeepRingAttacks", "DeepRingProtocol", "DeepRingEngine"]
         ),
         .testTarget(
             name: "DeepRingFuzzTests",
@@ -142,7 +181,7 @@ let package = Package(
         // The decentralised deployment: the owner and every block as separate `deepring` processes.
         .testTarget(
             name: "DeepRingDeploymentTests",
-            dependencies: ["DeepRing", "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerPostgres", "DeepRingLedgerSQLite",
+            dependencies: ["DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerPostgres", "DeepRingLedgerSQLite",
                            "DeepRingProtocol", "DeepRingTestSupport"]
         ),
     ]

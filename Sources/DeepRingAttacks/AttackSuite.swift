@@ -1,4 +1,3 @@
-import DeepRing
 import DeepRingEngine
 import DeepRingProtocol
 import Foundation

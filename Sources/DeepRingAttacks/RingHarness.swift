@@ -1,4 +1,6 @@
-import DeepRing
+import DeepRingClient
+import DeepRingEmbedded
+import DeepRingOwner
 import DeepRingEngine
 import DeepRingProtocol
 import DeepRingLedger

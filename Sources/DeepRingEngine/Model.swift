@@ -197,6 +197,8 @@ public final class Model: @unchecked Sendable {
     }
 
     public var inputShape: [Int] { architecture.inputShape }
+    /// The shape (without batch) of this model's output.
+    public var outputShape: [Int] { layers.last?.outputShape ?? inputShape }
 
     /// Forward pass over a batch ([N] + inputShape), returning logits [N, classes].
     public func forward(_ x: Tensor, training: Bool = false) -> Tensor {

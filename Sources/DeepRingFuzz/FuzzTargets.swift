@@ -1,5 +1,6 @@
 import Crypto
-import DeepRing
+import DeepRingClient
+import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerSQLite

@@ -138,6 +138,8 @@ public struct RingManifest: Codable, Equatable, Sendable, OwnerSigned {
 public struct SpareDescriptor: Codable, Equatable, Sendable, OwnerSigned {
     public static let currentFormat = "deepring-spare-v1"
     public static let domain = "DeepRing spare descriptor v1"
+    /// Its file name in the spare's folder.
+    public static let fileName = "spare.json"
 
     public var format: String
     public var ringID: String

@@ -1,5 +1,8 @@
 import ArgumentParser
-import DeepRing
+import DeepRingClient
+import DeepRingEmbedded
+import DeepRingNode
+import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerPostgres

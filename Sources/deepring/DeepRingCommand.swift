@@ -1,5 +1,5 @@
 import ArgumentParser
-import DeepRing
+import DeepRingNode
 import DeepRingEngine
 import Foundation
 

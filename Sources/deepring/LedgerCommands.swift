@@ -1,5 +1,6 @@
 import ArgumentParser
-import DeepRing
+import DeepRingNode
+import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerPostgres

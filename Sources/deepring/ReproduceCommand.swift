@@ -1,5 +1,4 @@
 import ArgumentParser
-import DeepRing
 import DeepRingAttacks
 import DeepRingEngine
 import Foundation

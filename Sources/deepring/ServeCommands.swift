@@ -1,5 +1,7 @@
 import ArgumentParser
-import DeepRing
+import DeepRingBlock
+import DeepRingNode
+import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerPostgres

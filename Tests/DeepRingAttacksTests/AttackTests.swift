@@ -1,4 +1,3 @@
-import DeepRing
 import DeepRingAttacks
 import DeepRingEngine
 import DeepRingProtocol

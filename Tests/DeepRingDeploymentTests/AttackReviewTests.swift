@@ -1,4 +1,7 @@
-@testable import DeepRing
+@testable import DeepRingBlock
+@testable import DeepRingClient
+@testable import DeepRingNode
+@testable import DeepRingOwner
 import DeepRingLedgerPostgres
 import DeepRingEngine
 import DeepRingLedger

@@ -1,4 +1,5 @@
-@testable import DeepRing
+@testable import DeepRingBlock
+@testable import DeepRingOwner
 import Crypto
 import DeepRingEngine
 import DeepRingLedger

@@ -1,4 +1,6 @@
-@testable import DeepRing
+@testable import DeepRingBlock
+@testable import DeepRingClient
+@testable import DeepRingOwner
 import Crypto
 import DeepRingEngine
 import DeepRingLedger

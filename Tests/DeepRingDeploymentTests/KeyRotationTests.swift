@@ -1,4 +1,5 @@
-@testable import DeepRing
+@testable import DeepRingBlock
+@testable import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol

@@ -1,4 +1,6 @@
-@testable import DeepRing
+@testable import DeepRingClient
+@testable import DeepRingNode
+@testable import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerPostgres

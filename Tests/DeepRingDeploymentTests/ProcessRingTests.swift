@@ -1,4 +1,5 @@
-@testable import DeepRing
+@testable import DeepRingClient
+@testable import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerPostgres

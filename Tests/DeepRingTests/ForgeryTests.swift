@@ -1,5 +1,7 @@
 import Crypto
-@testable import DeepRing
+@testable import DeepRingClient
+@testable import DeepRingEmbedded
+@testable import DeepRingNode
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingProtocol

@@ -1,5 +1,9 @@
 import Crypto
-@testable import DeepRing
+@testable import DeepRingBlock
+@testable import DeepRingClient
+@testable import DeepRingEmbedded
+@testable import DeepRingNode
+@testable import DeepRingOwner
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerSQLite

@@ -1,5 +1,4 @@
 import Crypto
-import DeepRing
 import DeepRingEngine
 import DeepRingProtocol
 import Testing

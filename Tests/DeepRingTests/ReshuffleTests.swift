@@ -1,4 +1,5 @@
-import DeepRing
+import DeepRingEmbedded
+import DeepRingOwner
 import DeepRingEngine
 import DeepRingProtocol
 import DeepRingLedger

@@ -1,4 +1,4 @@
-@testable import DeepRing
+@testable import DeepRingOwner
 import DeepRingEngine
 import DeepRingProtocol
 import DeepRingLedger

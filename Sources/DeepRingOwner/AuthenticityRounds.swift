@@ -1,5 +1,6 @@
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 

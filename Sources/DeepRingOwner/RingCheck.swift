@@ -2,6 +2,7 @@ import Crypto
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerSQLite
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 
@@ -77,6 +78,10 @@ public struct RingCheckReport: Sendable {
     /// Facts that are not problems (an interrupted reshuffle a writer will complete).
     public var notes: [String] = []
 
+    package init(findings: [RingFinding] = [], firstTampered: (name: String, position: Int)? = nil, notes: [String] = []) {
+        self.findings = findings; self.firstTampered = firstTampered; self.notes = notes
+    }
+
     public var authentic: Bool { findings.isEmpty }
     public var repairable: Bool { findings.allSatisfy(\.repairable) }
 }
@@ -101,7 +106,7 @@ public enum RingCheck {
     public static func run(_ directory: String, ledger: any Ledger) throws -> RingCheckReport { try examine(directory, ledger: ledger).report }
 
     /// The check, and the ring as the owner's verified files describe it (nil when they cannot be trusted).
-    static func examine(_ directory: String, ledger shared: (any Ledger)? = nil) throws -> (report: RingCheckReport, ring: SealedRing?) {
+    package static func examine(_ directory: String, ledger shared: (any Ledger)? = nil) throws -> (report: RingCheckReport, ring: SealedRing?) {
         let p = RingPaths(directory)
         guard FileManager.default.fileExists(atPath: p.manifest) || FileManager.default.fileExists(atPath: p.owner) else {
             throw RingError.notARing("\(directory) has neither ring.json nor owner/ (create a ring with `deepring seal`)")
@@ -350,7 +355,7 @@ public enum RingCheck {
 
     /// `verify --restore` (and a runtime before it serves): repairs what the owner can, with `alarm` and `restore`
     /// entries on the ledger. The caller holds the runtime lock. Returns what was done; check again for what is left.
-    static func repair(_ ring: SealedRing, report: RingCheckReport, ledger: any Ledger) throws -> Repairs {
+    package static func repair(_ ring: SealedRing, report: RingCheckReport, ledger: any Ledger) throws -> Repairs {
         var done = Repairs()
         guard !report.authentic else { return done }
         let signer = try ring.ouroborosSigner()

@@ -1,5 +1,6 @@
 import DeepRingLedger
 import DeepRingLedgerSQLite
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 

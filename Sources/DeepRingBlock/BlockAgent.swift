@@ -1,6 +1,7 @@
 import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 

@@ -1,6 +1,7 @@
 import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 
@@ -13,7 +14,7 @@ import Foundation
 /// the file, then `block.json` — from then on the folder is a block's, served by `BlockAgent` (a spare started
 /// again after that is a block).
 public final class SpareAgent {
-    public static let descriptorFile = "spare.json"
+    public static let descriptorFile = SpareDescriptor.fileName
 
     public let id: String
     let directory: String

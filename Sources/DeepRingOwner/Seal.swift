@@ -2,6 +2,7 @@ import Crypto
 import DeepRingEngine
 import DeepRingLedger
 import DeepRingLedgerSQLite
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 
@@ -92,11 +93,11 @@ public final class SealedRing {
     public let paths: RingPaths
     public let manifest: RingManifest
     /// Updated by reshuffles (the hashes never change; the placement does).
-    var record: OwnerRecord
+    package var record: OwnerRecord
     /// The owner's identity key: signs the record, the manifest and every block descriptor.
     let identity: Curve25519.Signing.PrivateKey
     /// The next placement, being built in the background (`prepareReshuffle`).
-    var pendingPlacement: PendingPlacement?
+    package var pendingPlacement: PendingPlacement?
     /// The record's hashes as bytes.
     let recordedHashes: [[UInt8]]
 
@@ -116,14 +117,14 @@ public final class SealedRing {
 
     /// The folder of block `id`: in `blocks/`, or in `blocks.next/` when a committed reshuffle was interrupted before
     /// its folders were swapped (readers see it there; the next writer completes the swap).
-    func blockDirectory(_ id: String) -> String {
+    package func blockDirectory(_ id: String) -> String {
         let current = paths.block(id)
         if FileManager.default.fileExists(atPath: current) { return current }
         let next = paths.nextBlocks + "/" + id
         return FileManager.default.fileExists(atPath: next) ? next : current
     }
 
-    func holderPath(_ position: Int) -> String {
+    package func holderPath(_ position: Int) -> String {
         position == 0 ? paths.ouroborosParams : blockDirectory(record.order[position - 1]) + "/params.safetensors"
     }
 
@@ -253,7 +254,7 @@ public final class SealedRing {
         try writeNewFile(KeyFile.serialize(keys, owner: Array(identity.publicKey.rawRepresentation)), to: dir + "/keys.json", permissions: 0o600)
         var d = SpareDescriptor(ringID: ringID, id: id, keys: keys.publicKeys, ouroboros: ouroboros)
         try d.sign(with: identity)
-        try writeNewFile(try encodeJSON(d), to: dir + "/" + SpareAgent.descriptorFile, permissions: 0o644)
+        try writeNewFile(try encodeJSON(d), to: dir + "/" + SpareDescriptor.fileName, permissions: 0o644)
         return OwnerRecord.SpareEntry(id: id, keys: keys.publicKeys, placed: nil, replaced: nil)
     }
 
@@ -318,7 +319,7 @@ public final class SealedRing {
 
     /// The ouroboros's key pairs (those the manifest names) and its two layers (the identity and its copy of layer
     /// 1), from a file with the sealed digest.
-    func ouroborosHolding() throws -> (keys: BlockKeys, layers: [RingLayer]) {
+    package func ouroborosHolding() throws -> (keys: BlockKeys, layers: [RingLayer]) {
         guard let keys = try KeyFile.read(paths.ouroborosKeys).memberKeys, keys.publicKeys == manifest.ouroboros else {
             throw RingError.notAuthentic("owner/keys.json does not hold the ouroboros keys named in the manifest")
         }
@@ -332,7 +333,7 @@ public final class SealedRing {
     func holderName(_ position: Int) -> String { position == 0 ? "ouroboros" : record.order[position - 1] }
 
     /// Holder `position`'s file, read only up to its sealed size (a larger file is refused before it is read).
-    func readHolder(_ position: Int) throws -> [UInt8] {
+    package func readHolder(_ position: Int) throws -> [UInt8] {
         try InputFile.read(holderPath(position), limit: record.fileSizes[position])
     }
 

@@ -41,20 +41,20 @@ public struct RingPaths: Sendable {
     public func block(_ id: String) -> String { blocks + "/" + id }
 
     /// `blocks.old-` and 16 hex digits: a placement retired by a reshuffle (and nothing else is ever deleted as one).
-    static func isRetiredPlacement(_ name: String) -> Bool {
+    package static func isRetiredPlacement(_ name: String) -> Bool {
         name.hasPrefix("blocks.old-") && name.utf8.count == 27 && isHexDigits(name.dropFirst(11))
     }
 
-    static let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next", "spares"]
-    static let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
+    package static let topNames: Set<String> = ["ring.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "owner", "blocks", "blocks.next", "spares"]
+    package static let ownerNames: Set<String> = ["identity.json", "keys.json", "manifest.json", "record.json", "checkpoint.safetensors",
                                           "ouroboros.safetensors", "runtime.lock", "state.lock"]
     /// A block's files; `serve.lock` is held by the `block serve` process serving the folder.
     /// `keys.next.json`: key pairs made for a rotation the owner has not placed yet.
     /// `spare.json`: a spare's owner-signed descriptor (a spare placed in the ring keeps it).
-    static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock", "keys.next.json", "spare.json"]
+    package static let blockNames: Set<String> = ["params.safetensors", "keys.json", "block.json", "serve.lock", "keys.next.json", "spare.json"]
 
     /// `.NAME.tmp-PID`, the temporary file of an atomic write of `NAME` (one of `names`), which a crash may leave.
-    static func isTemporary(_ n: String, of names: Set<String>) -> Bool {
+    package static func isTemporary(_ n: String, of names: Set<String>) -> Bool {
         guard n.hasPrefix("."), let r = n.range(of: ".tmp-", options: .backwards) else { return false }
         return names.contains(String(n[n.index(after: n.startIndex)..<r.lowerBound])) && Int32(n[r.upperBound...]) != nil
     }
@@ -70,7 +70,7 @@ public struct RingPaths: Sendable {
     }
 
     /// The entries of a folder, when it is a real folder (not a link); nil otherwise.
-    static func realFolder(_ path: String) -> [String]? {
+    package static func realFolder(_ path: String) -> [String]? {
         var st = stat()
         guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return nil }
         return try? FileManager.default.contentsOfDirectory(atPath: path)
@@ -103,8 +103,8 @@ public struct RingPaths: Sendable {
 
 /// The bound of a ring's JSON files. Parameter files and the checkpoint are bounded by the sizes the owner's signed
 /// record (and each block's signed descriptor) give them: a file is never read beyond the size it was sealed with.
-enum RingFileLimits {
-    static let json = 1 << 20
+package enum RingFileLimits {
+    package static let json = 1 << 20
 }
 
 // MARK: locks
@@ -119,7 +119,7 @@ public final class RingLock {
 
     /// Takes the lock at `path`. `create`: make the file if missing (writers); readers never create it and get
     /// nil when it does not exist (a copied or older ring).
-    static func acquire(_ path: String, exclusive: Bool, create: Bool, timeout: Double, what: String,
+    package static func acquire(_ path: String, exclusive: Bool, create: Bool, timeout: Double, what: String,
                         onWait: ((String) -> Void)? = nil) throws -> RingLock? {
         let fd = create ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) : open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
@@ -153,13 +153,13 @@ extension RingPaths {
     }
 
     /// Held exclusively while the ring's files change (a restore, a reshuffle's commit) — a few milliseconds.
-    func stateLockExclusive() throws -> RingLock? {
+    package func stateLockExclusive() throws -> RingLock? {
         try RingLock.acquire(stateLock, exclusive: true, create: true, timeout: 60, what: "the ring's files are being read")
     }
 
     /// Held shared by readers (`verify`, `ledger audit`, `ring inspect`) while they read: they see the files before
     /// or after a change, never half of one. Readers never create or change a file.
-    func stateLockShared(timeout: Double = 60) throws -> RingLock? {
+    package func stateLockShared(timeout: Double = 60) throws -> RingLock? {
         try RingLock.acquire(stateLock, exclusive: false, create: false, timeout: timeout, what: "the ring's files are being changed")
     }
 }
@@ -168,7 +168,7 @@ extension RingPaths {
 
 /// Creates a new file (it must not exist) with `bytes`, without fsync: for files inside a folder that is synced and
 /// then committed as a whole (a new placement, a new ring).
-func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
+package func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(permissions))
     guard fd >= 0 else { throw RingError.restoreFailed("cannot create \(path)") }
     defer { close(fd) }
@@ -176,7 +176,7 @@ func writeNewFile(_ bytes: [UInt8], to path: String, permissions: Int) throws {
 }
 
 /// fsync of one file or folder.
-func fsyncPath(_ path: String) throws {
+package func fsyncPath(_ path: String) throws {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw RingError.restoreFailed("cannot open \(path)") }
     defer { close(fd) }
@@ -186,7 +186,7 @@ func fsyncPath(_ path: String) throws {
 @_silgen_name("syncfs") private func c_syncfs(_ fd: Int32) -> Int32
 
 /// Flushes the file system holding `path` (one call for a whole folder of new files).
-func syncFileSystem(_ path: String) {
+package func syncFileSystem(_ path: String) {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd >= 0 { _ = c_syncfs(fd); close(fd) }
 }
@@ -194,7 +194,7 @@ func syncFileSystem(_ path: String) {
 /// Removes a folder tree without ever following a symbolic link, even one swapped in while it runs: every level is
 /// opened relative to its parent's open descriptor with `O_NOFOLLOW`, and entries are removed with `unlinkat` in
 /// that descriptor, so a path component replaced by a link to somewhere else is never walked into.
-func removeTree(_ path: String) {
+package func removeTree(_ path: String) {
     var st = stat()
     guard lstat(path, &st) == 0 else { return }
     guard (st.st_mode & S_IFMT) == S_IFDIR else { unlink(path); return }

@@ -11,7 +11,7 @@ public final class PhaseTiming: @unchecked Sendable {
     public var reshuffle = 0.0
     public init() {}
     public func reset() { compute = 0; crypto = 0; ledger = 0; reshuffle = 0 }
-    @inline(__always) func time<T>(_ phase: ReferenceWritableKeyPath<PhaseTiming, Double>, _ body: () throws -> T) rethrows -> T {
+    @inline(__always) package func time<T>(_ phase: ReferenceWritableKeyPath<PhaseTiming, Double>, _ body: () throws -> T) rethrows -> T {
         let t0 = now()
         defer { self[keyPath: phase] += now() - t0 }
         return try body()
@@ -36,36 +36,36 @@ public final class PhaseTiming: @unchecked Sendable {
 /// adjacent colluding blocks get past validation, as the paper's scheme allows. A post that
 /// fails any of this, that cannot be decrypted, has the wrong shape, or is a second post for the same input that
 /// nobody asked for, is an alarm naming its author (Prop. 1), never a skip. Only a hash mismatch may be retried.
-final class RingNode {
-    var timing = PhaseTiming()
+package final class RingNode {
+    package var timing = PhaseTiming()
     // Identity and neighbours change at every reshuffle; the layers never do.
-    private(set) var name: String
-    private(set) var keys: BlockKeys
-    private(set) var signer: LedgerSigner
-    private(set) var predecessor: PublicKeys
-    private(set) var successor: PublicKeys
-    private(set) var publicKeys: PublicKeys
+    package private(set) var name: String
+    package private(set) var keys: BlockKeys
+    package private(set) var signer: LedgerSigner
+    package private(set) var predecessor: PublicKeys
+    package private(set) var successor: PublicKeys
+    package private(set) var publicKeys: PublicKeys
     /// The signing key of the predecessor's predecessor: the one author whose post the predecessor may consume,
     /// whose H this node validates against.
     private(set) var secondPredecessor: [UInt8]
     /// The ouroboros's signing key: the only author whose post may consume a query row.
     let ouroborosKey: [UInt8]
     /// The layer this node computes and its copy of the next one (replaced only by a restore from the owner).
-    private(set) var own: Model
-    private(set) var next: Model
+    package private(set) var own: Model
+    package private(set) var next: Model
     let isOuroboros: Bool
     /// The successor is the ouroboros, whose layer is the identity: H is then the hash of this node's own output.
-    let nextIsOuroboros: Bool
+    package let nextIsOuroboros: Bool
     /// The shape (without batch) of what this node receives: its layer's input, or for the ouroboros the last
     /// layer's output.
     let inputShape: [Int]
     /// Attack hooks (off unless set): a block that perturbs its input, or that forges its posts.
-    var perturbInput: ((Tensor) -> Tensor)?
-    var forgery: Forgery?
-    var cursor: Int64 = 0
+    package var perturbInput: ((Tensor) -> Tensor)?
+    package var forgery: Forgery?
+    package var cursor: Int64 = 0
     /// Pending queries at the ouroboros: query id → querent's HPKE key; and every query id seen (a second query
     /// with the same id is ignored: the first one's querent gets the answer).
-    var querents = BoundedMap<String, [UInt8]>(capacity: 1 << 12)
+    package var querents = BoundedMap<String, [UInt8]>(capacity: 1 << 12)
     private(set) var seenQueries = BoundedSet<String>(capacity: 1 << 16)
     /// Per query: this node's latest post (a retry is asked of exactly that post, once).
     private var lastPost = BoundedMap<String, Int64>(capacity: 1 << 12)
@@ -84,17 +84,17 @@ final class RingNode {
     private var computedFrom = BoundedMap<String, Int64>(capacity: 1 << 12)
     struct Acceptance { var input: Int64; var retryAsked: Bool; var failures: Int }
     static let maxRetries = 2
-    static let maxBatch = 1 << 16
+    package static let maxBatch = 1 << 16
     /// The most payload bytes one round of `step` reads.
     static let roundBudget = 256 << 20
     /// The most inputs one query may carry in this ring: every post (the input, each layer's output) must fit in a
     /// ledger entry. Set by the runtime from the layers' widths.
-    var maxBatch = RingNode.maxBatch
+    package var maxBatch = RingNode.maxBatch
     /// Errors met while handling entries of a query, by query id: one query's trouble (another querent's, say) must not
     /// stop the others; the runtime raises those of its own query.
-    var failures: [(queryID: String, error: Error)] = []
+    package var failures: [(queryID: String, error: Error)] = []
 
-    init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8],
+    package init(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8],
          own: RingLayer, next: RingLayer, isOuroboros: Bool, nextIsOuroboros: Bool, ouroborosKey: [UInt8], inputShape: [Int]) throws {
         self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing); self.publicKeys = keys.publicKeys
         self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = secondPredecessor
@@ -104,10 +104,10 @@ final class RingNode {
     }
 
     /// Tracking: computes with restored parameters from now on (the same layers, as sealed).
-    func replaceLayers(own: Model, next: Model) { self.own = own; self.next = next }
+    package func replaceLayers(own: Model, next: Model) { self.own = own; self.next = next }
 
     /// Takes on a new placement after a reshuffle: new id, new key pairs, new neighbours' public keys.
-    func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8]) {
+    package func rekey(name: String, keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8]) {
         self.name = name; self.keys = keys; self.signer = LedgerSigner(keys.signing)
         self.predecessor = predecessor; self.successor = successor; self.secondPredecessor = secondPredecessor
         self.publicKeys = keys.publicKeys
@@ -117,7 +117,7 @@ final class RingNode {
     /// fresh start of the per-query bookkeeping, which belongs to the old keys (the owner rotates only when no query
     /// is in flight). Reads again from `from` on — the placement's own entry — with the new filters: a post from
     /// the new predecessor may follow it in the page already read.
-    func adopt(keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8], from: Int64) {
+    package func adopt(keys: BlockKeys, predecessor: PublicKeys, successor: PublicKeys, secondPredecessor: [UInt8], from: Int64) {
         rekey(name: name, keys: keys, predecessor: predecessor, successor: successor, secondPredecessor: secondPredecessor)
         lastPost = BoundedMap(capacity: 1 << 12)
         accepted = BoundedMap(capacity: RingNode.acceptedMemory)
@@ -133,8 +133,8 @@ final class RingNode {
     /// changing keys under it) but noted by sequence number in `heldQueries` — numbers, not rows: anyone may post
     /// big query rows while the ring drains — and the owner starts them once the rotation ends (at most
     /// `maxHeldQueries`; a querent whose row is beyond gets a refusal naming the rotation).
-    var holdQueries = false
-    var heldQueries: [Int64] = []
+    package var holdQueries = false
+    package var heldQueries: [Int64] = []
     static let maxHeldQueries = 1 << 16
 
     // MARK: posting
@@ -275,7 +275,7 @@ final class RingNode {
     /// `again`: a query started before, run again from its row (after its compromised block was evicted).
     /// A query is seen once its post (or refusal) is on the ledger: one whose append failed (an outage) is started
     /// again when its row is handled again.
-    func startQuery(_ e: LedgerEntry, ledger: any Ledger, again: Bool = false) throws {
+    package func startQuery(_ e: LedgerEntry, ledger: any Ledger, again: Bool = false) throws {
         guard let q = e.queryID, timing.time(\.crypto, { e.isAuthentic }) else { return }
         guard again || !seenQueries.contains(q) else { return }
         do {
@@ -342,7 +342,7 @@ final class RingNode {
     /// Appends an entry of this node's, and notes its sequence number: the next round need not read back its own
     /// entries when nobody appended in between.
     @discardableResult
-    func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger,
+    package func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger,
                    requiring: EntryReference? = nil) throws -> LedgerEntry {
         let e = try ledger.append(kind: kind, queryID: queryID, payload: payload, signer: signer, requiring: requiring)
         ownAppends.append(e.sequence)
@@ -352,15 +352,15 @@ final class RingNode {
     /// Rows its owner follows (the ouroboros's bookkeeping of open queries: queries, deliveries, alarms), read with
     /// the node's page and collected in `watched` with the node's own appends of those kinds — in the order read
     /// or appended; an own append read back later appears twice.
-    var watchFilters: [EntryFilter] = []
-    var watched: [LedgerEntry] = []
+    package var watchFilters: [EntryFilter] = []
+    package var watched: [LedgerEntry] = []
     private var ownAppends: [Int64] = []
     /// Rows of kinds the node itself never handles (the authenticity round's) that its owner wants read with the
     /// node's page — one read per round, not two — and collected in `sideEntries` for it.
-    var sideFilters: [EntryFilter] = []
-    var sideEntries: [LedgerEntry] = []
+    package var sideFilters: [EntryFilter] = []
+    package var sideEntries: [LedgerEntry] = []
     /// Side rows after which the page ends (handled by the owner before anything that follows them).
-    var endsPage: ((LedgerEntry) -> Bool)?
+    package var endsPage: ((LedgerEntry) -> Bool)?
     static let sideKinds: Set<EntryKind> = [.challenge, .attestation, .restore, .rotation, .rekey, .placement]
     private var seenEpoch = 0
     static let rereadAfterLoss: Int64 = 2000
@@ -380,7 +380,7 @@ final class RingNode {
     @discardableResult
     ///
     /// `floor`: nothing at or before it is this member's (a spare's placement: the slot was another block's before).
-    func resume(ledger: any Ledger, window: Int64, after floor: Int64 = 0) throws -> Int {
+    package func resume(ledger: any Ledger, window: Int64, after floor: Int64 = 0) throws -> Int {
         let tail = try ledger.lastSequence()
         let me = publicKeys.signing
         // From the member's own last entry on (less a margin, for inputs it had not answered yet), or the last
@@ -441,7 +441,7 @@ final class RingNode {
     /// Handles the ledger entries that appeared since the last call (at most `roundBudget` bytes of them). Returns
     /// true if it posted anything or has more to read.
     @discardableResult
-    func step(ledger: any Ledger) throws -> Bool {
+    package func step(ledger: any Ledger) throws -> Bool {
         // A round reads a bounded amount (anyone with the ledger file may append huge rows); what is left is read
         // in the next rounds.
         var behind = false
@@ -602,17 +602,17 @@ final class RingNode {
 }
 
 /// A set that remembers at most `capacity` elements (the oldest are forgotten first).
-struct BoundedSet<T: Hashable> {
+package struct BoundedSet<T: Hashable> {
     let capacity: Int
     private var set: Set<T> = []
     private var order: [T] = []
     private var head = 0
-    init(capacity: Int) { self.capacity = capacity }
+    package init(capacity: Int) { self.capacity = capacity }
 
-    func contains(_ x: T) -> Bool { set.contains(x) }
+    package func contains(_ x: T) -> Bool { set.contains(x) }
 
     /// Inserts `x`; false when it was already there.
-    mutating func insert(_ x: T) -> Bool {
+    package mutating func insert(_ x: T) -> Bool {
         guard set.insert(x).inserted else { return false }
         order.append(x)
         if order.count - head > capacity { set.remove(order[head]); head += 1 }
@@ -622,14 +622,14 @@ struct BoundedSet<T: Hashable> {
 }
 
 /// A dictionary that remembers at most `capacity` keys (the oldest insertions are forgotten first).
-struct BoundedMap<K: Hashable, V> {
+package struct BoundedMap<K: Hashable, V> {
     let capacity: Int
     private var dict: [K: (value: V, stamp: Int)] = [:]
     private var order: [(key: K, stamp: Int)] = []
     private var head = 0, clock = 0
-    init(capacity: Int) { self.capacity = capacity }
+    package init(capacity: Int) { self.capacity = capacity }
 
-    subscript(key: K) -> V? {
+    package subscript(key: K) -> V? {
         get { dict[key]?.value }
         set {
             guard let v = newValue else { dict[key] = nil; return }

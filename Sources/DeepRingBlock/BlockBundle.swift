@@ -1,6 +1,6 @@
-import DeepRingLedger
 import Crypto
 import DeepRingEngine
+import DeepRingLedger
 import DeepRingProtocol
 import Foundation
 
@@ -8,18 +8,18 @@ import Foundation
 /// what its own secret key file anchors: the descriptor must carry the signature of the owner named in `keys.json`
 /// and describe this very folder and these very keys, and the parameter file must have the digest the descriptor
 /// names. Anything else is a typed error, before a single parameter is used.
-struct BlockBundle {
-    let id: String
-    let keys: BlockKeys
+package struct BlockBundle {
+    package let id: String
+    package let keys: BlockKeys
     /// The owner's public key: the anchor from `keys.json`.
-    let owner: [UInt8]
-    let descriptor: BlockDescriptor
-    let own: RingLayer
-    let next: RingLayer
+    package let owner: [UInt8]
+    package let descriptor: BlockDescriptor
+    package let own: RingLayer
+    package let next: RingLayer
 
     /// Loads the bundle in `dir`. `checkDigest: false` is the attack experiments' compromised block, which runs on
     /// whatever its file holds.
-    static func load(_ dir: String, checkDigest: Bool = true) throws -> BlockBundle {
+    package static func load(_ dir: String, checkDigest: Bool = true) throws -> BlockBundle {
         let id = (dir as NSString).lastPathComponent
         let k = try KeyFile.read(dir + "/keys.json")
         guard var keys = k.memberKeys, let owner = k.owner else {
@@ -53,9 +53,4 @@ struct BlockBundle {
         guard let k = try KeyFile.read(path).memberKeys else { throw RingError.notAuthentic("\(path) lacks the agreement key") }
         return k
     }
-}
-
-extension Model {
-    /// The shape (without batch) of this model's output.
-    var outputShape: [Int] { layers.last?.outputShape ?? inputShape }
 }

@@ -1,6 +1,7 @@
 import Crypto
 import DeepRingEngine
 import DeepRingLedger
+import DeepRingNode
 import DeepRingProtocol
 import Foundation
 #if canImport(Glibc)
@@ -11,7 +12,7 @@ import Glibc
 /// pairs (`keys.json`, 0600, with the owner's public key as the block's trust anchor), its parameter file, and a
 /// descriptor signed by the owner that names its neighbours' public keys and its hashes. Sealing builds the first
 /// placement; every reshuffle and every re-provisioning builds a new one the same way.
-enum Placement {
+package enum Placement {
     /// Where a block's parameter file comes from: hard-linked from the current placement (or copied across file
     /// systems), or written from bytes (sealing, or restored from the checkpoint).
     enum Source { case link(String), bytes([UInt8]) }
@@ -64,7 +65,7 @@ enum Placement {
 
     /// The signing key two places before ring position `j + 1` (0-based `j` into `blocks`, the blocks' signing keys
     /// in ring order): the ring is closed, so before block 1 come the ouroboros and then the last block.
-    static func secondPredecessor(_ j: Int, _ blocks: [[UInt8]], _ ouroboros: [UInt8]) -> [UInt8] {
+    package static func secondPredecessor(_ j: Int, _ blocks: [[UInt8]], _ ouroboros: [UInt8]) -> [UInt8] {
         // Positions around the ring: 0 = the ouroboros, 1 … n = the blocks.
         let n = blocks.count
         let p = ((j + 1) - 2 + (n + 1)) % (n + 1)
@@ -198,7 +199,7 @@ extension SealedRing {
     }
 
     /// Announces the members of the committed placement (in random order) again.
-    func announceMembers(ledger: any Ledger) throws {
+    package func announceMembers(ledger: any Ledger) throws {
         try ledger.append(kind: .reshuffle, queryID: nil,
                           payload: MembersAnnouncement(ringID: manifest.ringID, generation: UInt64(record.generation),
                                                        members: record.members.map(\.signing).shuffled()).encoded(),
@@ -212,7 +213,7 @@ extension SealedRing {
     /// Returns true when it rolled a placement back: the ledger may then already announce that placement's keys,
     /// and the caller announces the keys still in use again.
     @discardableResult
-    static func completeReshuffle(_ paths: RingPaths, record: OwnerRecord) throws -> Bool {
+    package static func completeReshuffle(_ paths: RingPaths, record: OwnerRecord) throws -> Bool {
         let fm = FileManager.default
         var rolledBack = false
         if fm.fileExists(atPath: paths.nextBlocks) {
@@ -253,12 +254,12 @@ extension SealedRing {
 
 /// A placement being built in `blocks.next/` by a background thread, for the placement `order` it replaces (the
 /// ids are random, so an unchanged order means no reshuffle happened since).
-final class PendingPlacement: @unchecked Sendable {
+package final class PendingPlacement: @unchecked Sendable {
     let order: [String]
     private let done = DispatchSemaphore(value: 0)
     private var waited = false
     var result: Result<Placement.Built, Error> = .failure(RingError.restoreFailed("placement not built"))
     init(order: [String]) { self.order = order }
     func finish(_ r: Result<Placement.Built, Error>) { result = r; done.signal() }
-    func wait() { if !waited { done.wait(); waited = true } }
+    package func wait() { if !waited { done.wait(); waited = true } }
 }
