@@ -22,6 +22,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "DeepRingEngine", targets: ["DeepRingEngine"]),
+        .library(name: "DeepRingData", targets: ["DeepRingData"]),
+        .library(name: "DeepRingTraining", targets: ["DeepRingTraining"]),
         .library(name: "DeepRingLedger", targets: ["DeepRingLedger"]),
         .library(name: "DeepRingProtocol", targets: ["DeepRingProtocol"]),
         .library(name: "DeepRingBlock", targets: ["DeepRingBlock"]),
@@ -42,9 +44,21 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        // Inference: tensors, the one parameter buffer, layers, models, kernels, model files. What a block links.
         .target(
             name: "DeepRingEngine",
-            dependencies: ["CZlib"],
+            swiftSettings: engineSettings
+        ),
+        // Data sets: IDX (MNIST), CIFAR-10, Tiny-ImageNet lookup, the synthetic digits.
+        .target(
+            name: "DeepRingData",
+            dependencies: ["DeepRingEngine", "CZlib"],
+            swiftSettings: engineSettings
+        ),
+        // Training (the layers' backward passes drive it), evaluation and the engine benchmark.
+        .target(
+            name: "DeepRingTraining",
+            dependencies: ["DeepRingEngine", "DeepRingData"],
             swiftSettings: engineSettings
         ),
         .target(
@@ -123,13 +137,13 @@ let package = Package(
         ),
         .target(
             name: "DeepRingAttacks",
-            dependencies: ["DeepRingEngine", "DeepRingLedger", "DeepRingProtocol", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded"],
+            dependencies: ["DeepRingEngine", "DeepRingData", "DeepRingLedger", "DeepRingProtocol", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded"],
             swiftSettings: engineSettings
         ),
         .target(
             name: "DeepRingFuzz",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRingOwner", "DeepRingClient",
+                "DeepRingEngine", "DeepRingData", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingProtocol", "DeepRingOwner", "DeepRingClient",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -141,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "deepring",
             dependencies: [
-                "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", "DeepRingProtocol", "DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded", "DeepRingAttacks",
+                "DeepRingEngine", "DeepRingData", "DeepRingTraining", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingLedgerPostgres", "DeepRingProtocol", "DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded", "DeepRingAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -149,18 +163,18 @@ let package = Package(
         ),
         .testTarget(
             name: "DeepRingEngineTests",
-            dependencies: ["DeepRingEngine"],
+            dependencies: ["DeepRingEngine", "DeepRingData", "DeepRingTraining"],
             exclude: ["Fixtures"],
             swiftSettings: [.unsafeFlags(cpuFlags)]
         ),
         .testTarget(
             name: "DeepRingTests",
-            dependencies: ["DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded", "DeepRingProtocol", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingEngine",
+            dependencies: ["DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEmbedded", "DeepRingProtocol", "DeepRingLedger", "DeepRingLedgerSQLite", "DeepRingEngine", "DeepRingData",
                            .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "DeepRingAttacksTests",
-            dependencies: ["DeepRingAttacks", "DeepRingProtocol", "DeepRingEngine"]
+            dependencies: ["DeepRingAttacks", "DeepRingProtocol", "DeepRingEngine", "DeepRingData", "DeepRingTraining"]
         ),
         .testTarget(
             name: "DeepRingFuzzTests",
@@ -181,7 +195,7 @@ let package = Package(
         // The decentralised deployment: the owner and every block as separate `deepring` processes.
         .testTarget(
             name: "DeepRingDeploymentTests",
-            dependencies: ["DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEngine", "DeepRingLedger", "DeepRingLedgerPostgres", "DeepRingLedgerSQLite",
+            dependencies: ["DeepRingNode", "DeepRingBlock", "DeepRingOwner", "DeepRingClient", "DeepRingEngine", "DeepRingData", "DeepRingLedger", "DeepRingLedgerPostgres", "DeepRingLedgerSQLite",
                            "DeepRingProtocol", "DeepRingTestSupport"]
         ),
     ]

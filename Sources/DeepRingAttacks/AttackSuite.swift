@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingData
 import DeepRingProtocol
 import Foundation
 

@@ -2,6 +2,7 @@ import DeepRingClient
 import DeepRingEmbedded
 import DeepRingOwner
 import DeepRingEngine
+import DeepRingData
 import DeepRingProtocol
 import DeepRingLedger
 import Foundation

@@ -2,6 +2,7 @@ import Crypto
 import DeepRingClient
 import DeepRingOwner
 import DeepRingEngine
+import DeepRingData
 import DeepRingLedger
 import DeepRingLedgerSQLite
 import DeepRingProtocol

@@ -2,6 +2,7 @@ import ArgumentParser
 import DeepRingNode
 import DeepRingAttacks
 import DeepRingEngine
+import DeepRingData
 import DeepRingProtocol
 import Foundation
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DeepRingNode
 import DeepRingEngine
+import DeepRingData
 import Foundation
 
 @main

@@ -1,6 +1,8 @@
 import ArgumentParser
 import DeepRingAttacks
 import DeepRingEngine
+import DeepRingData
+import DeepRingTraining
 import Foundation
 
 struct Demo: ParsableCommand {

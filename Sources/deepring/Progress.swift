@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingTraining
 import Foundation
 
 /// Training progress: a live bar on a terminal, one plain line per ~10% of an epoch otherwise.

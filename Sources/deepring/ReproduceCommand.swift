@@ -1,6 +1,7 @@
 import ArgumentParser
 import DeepRingAttacks
 import DeepRingEngine
+import DeepRingTraining
 import Foundation
 
 struct Reproduce: ParsableCommand {

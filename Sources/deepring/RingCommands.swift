@@ -4,6 +4,7 @@ import DeepRingEmbedded
 import DeepRingNode
 import DeepRingOwner
 import DeepRingEngine
+import DeepRingData
 import DeepRingLedger
 import DeepRingLedgerPostgres
 import DeepRingLedgerSQLite

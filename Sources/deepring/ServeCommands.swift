@@ -92,7 +92,11 @@ struct BlockCommand: ParsableCommand {
             never answers an input twice. Logs structured lines on stderr; stops cleanly on SIGTERM or Ctrl-C; \
             reconnects with backoff. Example: deepring block serve --dir /srv/block --ledger postgres://block7@db:5432/ring
 
-            With --spare, BLOCKDIR is a spare's folder (`seal --spares N` wrote DIR/spares/<id>/: its keys.json and             its owner-signed spare.json, no parameters): it waits until the owner evicts a block that validation named             (Prop. 1) and sends it that block's slot — its descriptor and parameter file, sealed to it — then serves             as a block (started again, it serves as that block). A block the owner evicts stops serving and exits             with status 4.
+            With --spare, BLOCKDIR is a spare's folder (`seal --spares N` wrote DIR/spares/<id>/: its keys.json and \
+            its owner-signed spare.json, no parameters): it waits until the owner evicts a block that validation named \
+            (Prop. 1) and sends it that block's slot — its descriptor and parameter file, sealed to it — then serves \
+            as a block (started again, it serves as that block). A block the owner evicts stops serving and exits \
+            with status 4.
             """)
         @Option(help: "The block's folder (its bundle), or with --spare a spare's folder.") var dir: String
         @Flag(help: "Serve a spare: wait for the owner to place it in the ring (after an eviction), then serve as a block.") var spare = false

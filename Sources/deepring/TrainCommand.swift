@@ -1,5 +1,7 @@
 import ArgumentParser
 import DeepRingEngine
+import DeepRingData
+import DeepRingTraining
 import Foundation
 
 enum ModelKind: String, ExpressibleByArgument, CaseIterable {

@@ -1,5 +1,7 @@
 import DeepRingAttacks
 import DeepRingEngine
+import DeepRingData
+import DeepRingTraining
 import DeepRingProtocol
 import Foundation
 import Testing

@@ -1,6 +1,7 @@
 @testable import DeepRingClient
 @testable import DeepRingOwner
 import DeepRingEngine
+import DeepRingData
 import DeepRingLedger
 import DeepRingLedgerPostgres
 import DeepRingProtocol

@@ -1,4 +1,6 @@
 import DeepRingEngine
+import DeepRingData
+import DeepRingTraining
 import Testing
 
 /// DeepRing compares SHA-256 hashes of outputs that different blocks compute: any last-bit difference is a

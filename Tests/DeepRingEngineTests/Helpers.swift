@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingData
 import Foundation
 
 /// The package root, found from this file's path (tests may run from any folder).

@@ -1,4 +1,5 @@
 import DeepRingEngine
+import DeepRingData
 import Foundation
 import Testing
 

@@ -1,4 +1,6 @@
 import DeepRingEngine
+import DeepRingData
+import DeepRingTraining
 import Foundation
 import Testing
 

@@ -5,6 +5,7 @@ import Crypto
 @testable import DeepRingNode
 @testable import DeepRingOwner
 import DeepRingEngine
+import DeepRingData
 import DeepRingLedger
 import DeepRingLedgerSQLite
 import DeepRingProtocol

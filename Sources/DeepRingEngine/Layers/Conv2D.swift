@@ -23,7 +23,7 @@ public final class Conv2D: Layer {
     }
 
     /// Values per row of the im2col matrix.
-    var patchSize: Int { kernel * kernel * inC }
+    package var patchSize: Int { kernel * kernel * inC }
 
     init(spec: LayerSpec, inputShape: [Int], store: ParameterStore, index: Int) {
         self.spec = spec

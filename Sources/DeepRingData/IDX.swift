@@ -1,3 +1,4 @@
+import DeepRingEngine
 import Foundation
 
 /// Reader for the IDX format of MNIST (and any MNIST-format data set), raw or gzip-compressed.

@@ -1,3 +1,5 @@
+import DeepRingData
+import DeepRingEngine
 /// Optimizers over the flat parameter buffer. Only trainable views are updated; weight decay (L2, added to
 /// the gradient) applies to views marked `decays` (weights, not biases or normalisation parameters).
 public enum OptimizerKind: String, Sendable, CaseIterable {

@@ -1,3 +1,4 @@
+import DeepRingEngine
 import Foundation
 
 /// Reader for the CIFAR-10 binary format: records of 1 label byte + 3072 pixel bytes

@@ -1,3 +1,4 @@
+import DeepRingEngine
 import Foundation
 
 /// A labelled image set held in memory: `count` images of `imageShape` ([H, W, C]) as float32 in [0, 1].

@@ -1,3 +1,4 @@
+import DeepRingEngine
 import Foundation
 
 /// The embedded default data set: hand-drawn-style digits 0–9 rendered at 28×28 from stroke templates with

@@ -1,3 +1,4 @@
+import DeepRingEngine
 import CZlib
 import Foundation
 

@@ -1,3 +1,5 @@
+import DeepRingData
+import DeepRingEngine
 import Foundation
 
 public struct TrainingConfig: Sendable {
@@ -164,5 +166,3 @@ public enum Evaluation {
                                 perClassAccuracy: per, confusion: conf, predictions: predictions)
     }
 }
-
-@inline(__always) public func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }

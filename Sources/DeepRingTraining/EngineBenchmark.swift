@@ -1,3 +1,5 @@
+import DeepRingData
+import DeepRingEngine
 import Foundation
 
 /// The figures of `deepring bench engine`. Each is the median of `repeats` timed runs after a warm-up.
