@@ -359,6 +359,8 @@ public final class BlockAgent {
 
     /// The block's current signing key (public), for logs.
     public var signingKey: [UInt8] { node.publicKeys.signing }
+    /// Time spent per phase while answering queries.
+    public var timing: PhaseTiming { node.timing }
 
     /// Attack hook (`block serve --attack-perturb`): this block adds `epsilon` to every input it computes on — the
     /// paper's compromised block (Algorithm 1's perturbation, applied by the block itself).

@@ -79,6 +79,11 @@ public enum LedgerAudit {
             if e.sequence != expected { return bad(.gap(expected: expected, found: e.sequence)) }
             if e.previousHash != prev { return bad(.brokenChain) }
             if e.recomputedHash != e.hash { return bad(.hashMismatch) }
+            // No honest member writes a control entry over its bound (PostgreSQL refuses one; a SQLite file is
+            // anyone's who can write it).
+            if e.payload.count > e.kind.maxPayload {
+                return bad(.unreadable("an entry of kind \(e.kind.rawValue) with \(e.payload.count) payload bytes, over its kind's \(e.kind.maxPayload)"))
+            }
             // Queries are signed by querents' fresh keys (anyone may ask); every other entry needs a ring member.
             if let authorize, e.kind != .query, !authorize(e) { return bad(.unknownAuthor) }
             if !e.signatureIsValid { return bad(.badSignature) }

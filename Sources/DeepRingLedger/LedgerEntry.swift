@@ -10,6 +10,13 @@ public enum EntryKind: String, Sendable, CaseIterable, Codable {
     /// Key rotation across hosts (the paper's reshuffle): the owner's call, each member's new public keys sealed to
     /// the owner, the owner's new descriptor sealed to each member.
     case rotation, rekey, placement
+
+    /// The control kinds: alarms, the authenticity round's challenge and attestations, the rotation's call and new
+    /// keys. Their payloads are hashes, keys and ids — never tensors — so they are bounded far below `maxPayload`
+    /// (PostgreSQL enforces it too): a flood of forged ones costs a reader a signature check each, not megabytes.
+    public static let control: Set<EntryKind> = [.alarm, .challenge, .attestation, .rotation, .rekey]
+    /// The most payload bytes an entry of this kind may carry.
+    public var maxPayload: Int { EntryKind.control.contains(self) ? LedgerEntry.maxControlPayload : LedgerEntry.maxPayload }
 }
 
 /// One row of the append-only ledger. The entry hash covers every other field (with the previous entry's
@@ -38,6 +45,8 @@ public struct LedgerEntry: Sendable, Equatable {
     public static let maxSequence: Int64 = 1 << 62
     public static let domainTag = Array("DeepRing ledger entry v1".utf8)
     public static let maxPayload = 64 << 20
+    /// The most payload bytes of a control entry (`EntryKind.control`).
+    public static let maxControlPayload = 64 << 10
     public static let maxQueryID = 128
 
     /// A query id is 1–128 characters of `[A-Za-z0-9._-]`: anyone may post a query, and readers print ids.
@@ -48,9 +57,12 @@ public struct LedgerEntry: Sendable, Equatable {
         }
     }
 
-    /// What every backend refuses before appending: a payload over `maxPayload`, a query id outside the alphabet.
-    public static func checkAppend(queryID: String?, payload: [UInt8]) throws {
-        guard payload.count <= maxPayload else { throw LedgerError.invalidArgument("payload of \(payload.count) bytes") }
+    /// What every backend refuses before appending: a payload over its kind's bound (`EntryKind.maxPayload`), a
+    /// query id outside the alphabet.
+    public static func checkAppend(kind: EntryKind, queryID: String?, payload: [UInt8]) throws {
+        guard payload.count <= kind.maxPayload else {
+            throw LedgerError.invalidArgument("an entry of kind \(kind.rawValue) carries at most \(kind.maxPayload) payload bytes, not \(payload.count)")
+        }
         if let q = queryID, !isValidQueryID(q) {
             throw LedgerError.invalidArgument("a query id is 1–\(maxQueryID) characters of [A-Za-z0-9._-]")
         }

@@ -197,6 +197,10 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
         // A ledger made by an older build knows fewer kinds: the closed set is brought up to date.
         "ALTER TABLE deepring_entries DROP CONSTRAINT IF EXISTS deepring_entries_kind_check",
         "ALTER TABLE deepring_entries ADD CONSTRAINT deepring_entries_kind_check CHECK (kind IN (\(EntryKind.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", "))))",
+        // Control entries are small (`EntryKind.control`). NOT VALID: rows already there are not re-checked (init
+        // stays idempotent on any ledger); every new row is.
+        "ALTER TABLE deepring_entries DROP CONSTRAINT IF EXISTS deepring_entries_control_size_check",
+        "ALTER TABLE deepring_entries ADD CONSTRAINT deepring_entries_control_size_check CHECK (kind NOT IN (\(EntryKind.control.map { "'\($0.rawValue)'" }.sorted().joined(separator: ", "))) OR length(payload) <= \(LedgerEntry.maxControlPayload)) NOT VALID",
         "CREATE OR REPLACE FUNCTION public.deepring_append_only() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$\(appendOnlyBody)$$",
         "DROP TRIGGER IF EXISTS deepring_no_change ON deepring_entries",
         "CREATE TRIGGER deepring_no_change BEFORE UPDATE OR DELETE ON deepring_entries FOR EACH ROW EXECUTE FUNCTION deepring_append_only()",
@@ -550,7 +554,7 @@ public final class PostgresLedger: Ledger, @unchecked Sendable {
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("this ledger was opened read-only") }
-        try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
+        try LedgerEntry.checkAppend(kind: kind, queryID: queryID, payload: payload)
         // No entry is numbered below 1 (and 0 binds as "no dependency"): such a dependency is never there.
         if let d = requiring, d.sequence < 1 { throw LedgerError.dependencyLost(sequence: d.sequence) }
         let logger = self.logger

@@ -134,7 +134,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     @discardableResult
     public func append(kind: EntryKind, queryID: String?, payload: [UInt8], signer: LedgerSigner, requiring: EntryReference?) throws -> LedgerEntry {
         guard !readOnly else { throw LedgerError.invalidArgument("the ledger was opened read-only") }
-        try LedgerEntry.checkAppend(queryID: queryID, payload: payload)
+        try LedgerEntry.checkAppend(kind: kind, queryID: queryID, payload: payload)
         do {
             return try write { db in
                 if let d = requiring {

@@ -54,11 +54,22 @@ public final class StopSignal: @unchecked Sendable {
 /// cut — is logged and retried with exponential backoff (0.1 s doubling to 5 s); the process never spins, never
 /// dies of an outage, and stops cleanly on SIGTERM.
 public enum ServeLoop {
+    /// Where a serving process's time went, for its closing log line and `bench ring`'s per-phase breakdown.
+    public struct Totals: Sendable {
+        /// Steps that acted (read, computed or posted something) and the seconds they took.
+        public var rounds = 0
+        public var busySeconds = 0.0
+        /// Seconds spent waiting for a wake-up.
+        public var waitingSeconds = 0.0
+    }
+
     /// `until`: the loop also ends (without a stop) once it is true after a step — a spare once placed, a block once
     /// evicted.
+    @discardableResult
     public static func run(ledger: any Ledger, logger: Logger, stop: StopSignal, idle: Duration = .milliseconds(500),
                            wakeFor filters: () -> [EntryFilter] = { [] }, cursor: () -> Int64, until: () -> Bool = { false },
-                           step: () throws -> Bool) {
+                           step: () throws -> Bool) -> Totals {
+        var totals = Totals()
         var backoff = 0.1
         var failing = false
         while !stop.isStopped && !until() {
@@ -70,6 +81,8 @@ public enum ServeLoop {
                 backoff = 0.1
                 let t1 = Date().timeIntervalSince1970
                 if acted {
+                    totals.rounds += 1
+                    totals.busySeconds += t1 - t0
                     let r = ledger.roundTrips - trips
                     logger.debug("round", metadata: ["t": "\(String(format: "%.4f", t0))", "ms": "\(String(format: "%.2f", (t1 - t0) * 1000))",
                                                      "ledger_calls": "\(r.count)", "ledger_ms": "\(String(format: "%.2f", r.seconds * 1000))"])
@@ -77,6 +90,7 @@ public enum ServeLoop {
                 if !acted {
                     let tail = try ledger.waitForAppend(after: cursor(), matching: filters(), timeout: idle)
                     let t2 = Date().timeIntervalSince1970
+                    totals.waitingSeconds += t2 - t1
                     logger.trace("woke", metadata: ["t": "\(String(format: "%.4f", t2))", "waited_ms": "\(String(format: "%.2f", (t2 - t1) * 1000))", "tail": "\(tail)"])
                 }
             } catch {
@@ -88,6 +102,17 @@ public enum ServeLoop {
             }
         }
         if stop.isStopped { logger.notice("stopped", metadata: ["signal": "\(stop.signalName ?? "")"]) }
+        return totals
+    }
+
+    /// The closing log line's figures: the loop's totals, the phases the member timed (compute: its layers; crypto:
+    /// signatures, HPKE, AES-GCM, SHA-256; ledger: its calls) and the ledger's round trips, in milliseconds.
+    public static func totalsMetadata(_ t: Totals, phases: PhaseTiming, ledger: any Ledger) -> Logger.Metadata {
+        func ms(_ s: Double) -> Logger.MetadataValue { "\(String(format: "%.1f", s * 1000))" }
+        let trips = ledger.roundTrips
+        return ["rounds": "\(t.rounds)", "busy_ms": ms(t.busySeconds), "waiting_ms": ms(t.waitingSeconds),
+                "compute_ms": ms(phases.compute), "crypto_ms": ms(phases.crypto), "ledger_ms": ms(phases.ledger),
+                "ledger_calls": "\(trips.count)", "ledger_round_trip_ms": ms(trips.seconds)]
     }
 }
 

@@ -13,6 +13,8 @@ import Foundation
 public final class OwnerAgent {
     public let ring: SealedRing
     let node: RingNode
+    /// Time spent per phase by the ouroboros while answering queries.
+    public var timing: PhaseTiming { node.timing }
     public let ledger: any Ledger
     /// Seconds a query may stay open before the owner refuses it, naming the member that was to act.
     public var queryTimeout: Double = 60

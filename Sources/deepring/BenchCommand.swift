@@ -276,6 +276,11 @@ struct BenchRing: ParsableCommand {
         computed twice at the plain model's speed, plus the SHA-256 and AES-256-GCM passes the protocol requires \
         over every posted tensor (timed here: sha256_gb_per_s, aes_gcm_gb_per_s), spread perfectly over all \
         threads, and nothing else.
+
+        With --deployment, the processes deployment's batch-1 breakdown comes from every member's closing totals \
+        (summed over the members, per query): compute, crypto (signatures, HPKE, AES-GCM, SHA-256), ledger round \
+        trips, the rest of the members' busy time, and what is left of the latency — wake-ups, hops between \
+        processes and the querent's own work.
         """)
 
     @Option(help: "Model file to seal (default: the paper's MLP with random weights).") var model: String?
@@ -447,7 +452,8 @@ extension BenchRing {
             try SealedRing.seal(m, into: ring, ledger: l)
         }
         let manifest = try RingManifest.read(RingPaths(ring).manifest)
-        let local = try LocalRing(ring: ring, ledgerOptions: options, logDir: dir + "/logs", ownerArguments: ["--check-every", "0"], logLevel: "warning",
+        let logs = dir + "/logs"
+        let local = try LocalRing(ring: ring, ledgerOptions: options, logDir: logs, ownerArguments: ["--check-every", "0"], logLevel: "info",
                                   memberArguments: memberThreads.map { ["--threads", "\($0)"] } ?? [])
         local.startAll()
         defer { local.stopAll(quiet: true) }
@@ -455,11 +461,29 @@ extension BenchRing {
         defer { for s in sessions { (s.ledger as? PostgresLedger)?.close() } }
         let s0 = sessions[0]
         _ = try s0.query(x1, timeout: 120)   // the processes start, and the owner's first authenticity round runs
-        _ = try s0.query(x256, timeout: 120)
         var lat: [Double] = []
         let t0 = now()
         for _ in 0..<max(5, queries) { lat.append(try s0.query(x1, timeout: 60).seconds) }
         let one = Double(lat.count) / (now() - t0)
+        // The per-phase breakdown of batch 1: every member's closing totals (its log's last line), summed over the
+        // members and divided by the queries; then the members start again for the other figures.
+        local.stopAll(quiet: true)
+        let phases = BenchRing.memberTotals(logs).mapValues { $0 / Double(lat.count + 1) }
+        let busy = phases["busy_ms"] ?? 0
+        // The ledger's time within the members' rounds (page reads and appends, as each member timed them); the
+        // round trips counted by the client also hold those made while waiting for a wake-up.
+        let ledgerMS = phases["ledger_ms"] ?? 0
+        let breakdown: [(String, Double)] = [
+            ("b1_compute_ms", phases["compute_ms"] ?? 0), ("b1_crypto_ms", phases["crypto_ms"] ?? 0),
+            ("b1_ledger_ms", ledgerMS), ("b1_ledger_calls", phases["ledger_calls"] ?? 0),
+            ("b1_ledger_round_trips_ms", phases["ledger_round_trip_ms"] ?? 0),
+            ("b1_members_busy_ms", busy),
+            ("b1_other_cpu_ms", max(0, busy - (phases["compute_ms"] ?? 0) - (phases["crypto_ms"] ?? 0) - ledgerMS)),
+            ("b1_wakeups_and_querent_ms", max(0, lat.reduce(0, +) / Double(lat.count) * 1e3 - busy)),
+        ]
+        local.startAll()
+        _ = try s0.query(x1, timeout: 120)
+        _ = try s0.query(x256, timeout: 120)
         // K querents at once, each asking one image at a time: the ring pipelines them.
         let each = max(10, queries / querents)
         let errors = ErrorList()
@@ -477,7 +501,21 @@ extension BenchRing {
         for _ in 0..<50 { let t = now(); _ = try s0.ledger.lastSequence(); rtt.append(now() - t) }
         return [("ring_b1_p50_ms", BenchRing.percentile(lat, 0.5) * 1e3), ("ring_b1_p99_ms", BenchRing.percentile(lat, 0.99) * 1e3),
                 ("queries_per_s", one), ("queries_per_s_k", k), ("ring_b256_img_per_s", img),
-                ("ledger_round_trip_ms", BenchRing.percentile(rtt, 0.5) * 1e3), ("hops_per_query", Double(manifest.blockCount + 1))]
+                ("ledger_round_trip_ms", BenchRing.percentile(rtt, 0.5) * 1e3), ("hops_per_query", Double(manifest.blockCount + 1))] + breakdown
+    }
+
+    /// The figures of every member's last `totals` log line in `logDir` (`key=value` metadata), summed.
+    static func memberTotals(_ logDir: String) -> [String: Double] {
+        var sum: [String: Double] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: logDir)) ?? [] where name.hasSuffix(".log") {
+            guard let text = try? String(contentsOfFile: logDir + "/" + name, encoding: .utf8),
+                  let line = text.split(separator: "\n").last(where: { $0.hasSuffix(" totals") }) else { continue }
+            for field in line.split(separator: " ") {
+                let kv = field.split(separator: "=", maxSplits: 1)
+                if kv.count == 2, let v = Double(kv[1]) { sum[String(kv[0]), default: 0] += v }
+            }
+        }
+        return sum
     }
 }
 

@@ -150,8 +150,8 @@ struct BlockCommand: ParsableCommand {
                 }
                 log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\((try? ledgerOptions.postgresURL())??.description ?? ledgerOptions.ledger ?? "")",
                                                "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())"])
-                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor },
-                              until: { agent.evictedReason != nil }) {
+                let totals = ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor },
+                                           until: { agent.evictedReason != nil }) {
                     if flip.take() {
                         agent.flipBitInMemory()
                         log.warning("TEST HOOK: flipped a bit of the parameters in memory")
@@ -163,6 +163,7 @@ struct BlockCommand: ParsableCommand {
                     }
                     return acted
                 }
+                log.info("totals", metadata: ServeLoop.totalsMetadata(totals, phases: agent.timing, ledger: ledger))
                 if let why = agent.evictedReason, !stop.isStopped {
                     log.warning("evicted: stopping", metadata: ["detail": "\(why)"])
                     throw ExitCode(exitEvicted)
@@ -227,7 +228,7 @@ struct OwnerCommand: ParsableCommand {
                 let watched = watchdog > 0 ? ledger as? PostgresLedger : nil
                 var mayWatch: Bool?
                 var lastWatch = 0.0
-                ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor }) {
+                let totals = ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor }) {
                     if let pg = watched, mayWatch == nil {
                         mayWatch = try pg.mayEndOtherSessions()
                         if mayWatch == false {
@@ -255,7 +256,7 @@ struct OwnerCommand: ParsableCommand {
                 }
                 log.info("totals", metadata: ["delivered": "\(agent.answered)", "refused": "\(agent.refused)",
                                               "authenticity_rounds": "\(agent.rounds)", "restores": "\(agent.restores)", "rotations": "\(agent.rotations)",
-                                              "evictions": "\(agent.evictions)"])
+                                              "evictions": "\(agent.evictions)"].merging(ServeLoop.totalsMetadata(totals, phases: agent.timing, ledger: ledger)) { a, _ in a })
             } catch {
                 log.error("cannot serve", metadata: ["error": "\(error)"])
                 throw ringFail(error)

@@ -388,8 +388,9 @@ extension DeploymentTests {
 
         /// Q4 (SQLite: anyone with the file may append any row): the owner reads every `attestation` row of the round
         /// whoever signed it, with no byte budget (`collect`: `ledger.entries(in:matching:)`), unlike `RingNode.step`.
-        /// A stranger's 6 × 4 MiB rows are all brought into memory (64 MiB rows without bound: the owner runs out of
-        /// memory). The same holds for the deadline path (`watch`: every `layer` row of the query, any author).
+        /// A stranger's 6 × 4 MiB rows were all brought into memory (64 MiB rows without bound: the owner runs out of
+        /// memory). The same held for the deadline path (`watch`: every `layer` row of the query, any author). Control
+        /// entries are now bounded (`LedgerEntry.maxControlPayload`): the stranger writes 40 of the biggest allowed.
         @Test(.timeLimit(.minutes(1)))
         func theOwnerReadsEveryStrangersAttestationOfARound() throws {
             let r = try AttackAgents(counting: true)
@@ -398,8 +399,8 @@ extension DeploymentTests {
             _ = try owner.step()                                       // challenge
             let round = try #require(try r.all([EntryFilter(kind: .challenge)]).last?.queryID)
             let stranger = LedgerSigner()
-            for _ in 0..<6 {
-                try r.ledger.append(kind: .attestation, queryID: round, payload: [UInt8](repeating: 7, count: 4 << 20), signer: stranger)
+            for _ in 0..<40 {
+                try r.ledger.append(kind: .attestation, queryID: round, payload: [UInt8](repeating: 7, count: LedgerEntry.maxControlPayload), signer: stranger)
             }
             counter.reset()
             _ = try owner.step()

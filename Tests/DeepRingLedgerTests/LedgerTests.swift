@@ -72,6 +72,19 @@ func checkDependentAppends(_ ledger: any Ledger) throws {
         #expect(try ledger.append(kind: .layer, queryID: "q", payload: [5], signer: a, requiring: EntryReference(second)).sequence == second.sequence + 1)
 }
 
+/// Either backend: control entries (alarms, challenges, attestations, the rotation's) are small; tensors are not.
+func checkControlPayloadBound(_ ledger: any Ledger) throws {
+    let a = LedgerSigner()
+    let bound = LedgerEntry.maxControlPayload
+    for kind in EntryKind.control.sorted(by: { $0.rawValue < $1.rawValue }) {
+        #expect(throws: LedgerError.self, "\(kind)") { try ledger.append(kind: kind, queryID: "q", payload: [UInt8](repeating: 1, count: bound + 1), signer: a) }
+    }
+    let before = try ledger.lastSequence()
+    try ledger.append(kind: .attestation, queryID: "q", payload: [UInt8](repeating: 1, count: bound), signer: a)
+    try ledger.append(kind: .layer, queryID: "q", payload: [UInt8](repeating: 1, count: bound + 1), signer: a)
+    #expect(try ledger.lastSequence() == before + 2)
+}
+
 @Suite struct LedgerTests {
     @Test func appendsAChainedSignedLog() throws {
         let (ledger, keys) = try sampleLedger()
@@ -92,6 +105,24 @@ func checkDependentAppends(_ ledger: any Ledger) throws {
     @Test func anAppendThatDependsOnAnEntryGoesInOnlyWhileItIsThere() throws {
         let ledger = try SQLiteLedger(path: tempLedgerPath())
         try checkDependentAppends(ledger)
+    }
+
+    @Test func controlEntriesAreBoundedFarBelowTensors() throws {
+        try checkControlPayloadBound(try SQLiteLedger(path: tempLedgerPath()))
+        // An oversized control entry that got in anyway (a SQLite file is anyone's who can write it) is an audit finding.
+        let s = LedgerSigner()
+        let payload = [UInt8](repeating: 7, count: LedgerEntry.maxControlPayload + 1)
+        let hash = LedgerEntry.computeHash(sequence: 1, previousHash: LedgerEntry.genesisHash, kind: .attestation, queryID: "r", author: s.publicKey, payload: payload)
+        let e = LedgerEntry(sequence: 1, previousHash: LedgerEntry.genesisHash, kind: .attestation, queryID: "r", author: s.publicKey,
+                            payload: payload, hash: hash, signature: try s.sign(hash))
+        #expect(e.signatureIsValid)
+        let report = LedgerAudit.audit([e])
+        #expect(report.firstProblem?.sequence == 1, "\(report)")
+        var small = e
+        small.payload = Array(payload.dropLast())
+        small.hash = LedgerEntry.computeHash(sequence: 1, previousHash: LedgerEntry.genesisHash, kind: .attestation, queryID: "r", author: s.publicKey, payload: small.payload)
+        small.signature = try s.sign(small.hash)
+        #expect(LedgerAudit.audit([small]).isClean)
     }
 
     @Test func concurrentWritersNeverForkTheChain() throws {

@@ -75,6 +75,28 @@ struct PostgresLedgerTests {
         #expect(rest.entries.map(\.sequence) == [2] && rest.through == 2)
     }
 
+    /// Control entries are bounded by the client and by the database: a member's own INSERT of a big attestation
+    /// (true hash, on the tail) is refused by the table's constraint (an attestation flood costs readers megabytes no more).
+    @Test func theDatabaseBoundsControlEntries() throws {
+        let db = try TestPostgres.database()
+        let ledger = try PostgresLedger(url: db.url)
+        try checkControlPayloadBound(ledger)
+        let member = try TestPostgres.role("deepring_member", on: db)
+        let last = try #require(try ledger.last())
+        let author = [UInt8](repeating: 3, count: 32)
+        func row(_ n: Int, kind: EntryKind) -> String {
+            let h = { (b: [UInt8]) in "'\\x" + b.map { String(format: "%02x", $0) }.joined() + "'" }
+            let payload = [UInt8](repeating: 0xAB, count: n)
+            let hash = LedgerEntry.computeHash(sequence: last.sequence + 1, previousHash: last.hash, kind: kind, queryID: "r", author: author, payload: payload)
+            return "INSERT INTO deepring_entries VALUES (\(last.sequence + 1), \(h(last.hash)), '\(kind.rawValue)', 'r', \(h(author)), \(h(payload)), \(h(hash)), \(h([UInt8](repeating: 5, count: 64))))"
+        }
+        #expect(throws: LedgerError.self) { try PostgresLedger.execute([row(LedgerEntry.maxControlPayload + 1, kind: .attestation)], on: member) }
+        #expect(try ledger.lastSequence() == last.sequence)
+        // The same row as a layer post goes in: the bound is the control kinds' only.
+        try PostgresLedger.execute([row(LedgerEntry.maxControlPayload + 1, kind: .layer)], on: member)
+        #expect(try ledger.lastSequence() == last.sequence + 1)
+    }
+
     /// An append that depends on an entry goes in only while that entry is there (checked in its own statement).
     @Test func anAppendThatDependsOnAnEntryGoesInOnlyWhileItIsThere() throws {
         let db = try TestPostgres.database()
