@@ -5,17 +5,25 @@ import PackageDescription
 // `addingProduct` becomes a libm call and GEMM falls from ~60 to ~0.6 GFLOP/s.
 // The engine is also compiled optimized in debug builds so that `swift test`
 // (debug) runs the numeric tests at release speed.
+// The kernels of each instruction set are a target of their own with that set's `-target-cpu` (Swift has no
+// per-function target attributes); the engine calls one only after asking the CPU (`ISA`).
 #if arch(x86_64)
 let cpuFlags: [String] = ["-target-cpu", "haswell"]
+let avx512Flags: [String] = ["-target-cpu", "znver4"]
 #else
 let cpuFlags: [String] = []
+let avx512Flags: [String] = []
 #endif
 
-let engineSettings: [SwiftSetting] = [
-    .unsafeFlags(cpuFlags),
-    .unsafeFlags(["-O", "-enforce-exclusivity=unchecked"], .when(configuration: .debug)),
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
-]
+func optimized(cpu flags: [String]) -> [SwiftSetting] {
+    [
+        .unsafeFlags(flags),
+        .unsafeFlags(["-O", "-enforce-exclusivity=unchecked"], .when(configuration: .debug)),
+        .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    ]
+}
+
+let engineSettings = optimized(cpu: cpuFlags)
 
 let package = Package(
     name: "DeepRing",
@@ -44,9 +52,19 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        // CPUID and XGETBV: which kernel targets this CPU runs.
+        .target(name: "CDeepRingCPU"),
+        // The one definition of every kernel's FMA chains (inlinable) and the interface of a kernel set.
+        .target(name: "DeepRingKernels", swiftSettings: optimized(cpu: [])),
+        // The same kernels compiled for each instruction set. (Their bodies are DeepRingKernels' inlinable code: after
+        // editing it, touch these targets' files, as an incremental build may not recompile them.)
+        .target(name: "DeepRingKernelsAVX512", dependencies: ["DeepRingKernels"], swiftSettings: optimized(cpu: avx512Flags)),
+        .target(name: "DeepRingKernelsAVX2", dependencies: ["DeepRingKernels"], swiftSettings: optimized(cpu: cpuFlags)),
+        .target(name: "DeepRingKernelsPortable", dependencies: ["DeepRingKernels"], swiftSettings: optimized(cpu: [])),
         // Inference: tensors, the one parameter buffer, layers, models, kernels, model files. What a block links.
         .target(
             name: "DeepRingEngine",
+            dependencies: ["CDeepRingCPU", "DeepRingKernels", "DeepRingKernelsAVX512", "DeepRingKernelsAVX2", "DeepRingKernelsPortable"],
             swiftSettings: engineSettings
         ),
         // Data sets: IDX (MNIST), CIFAR-10, Tiny-ImageNet lookup, the synthetic digits.
@@ -161,9 +179,16 @@ let package = Package(
             ],
             swiftSettings: [.unsafeFlags(cpuFlags)]
         ),
+        // The AVX-512 tile plan compiled for AVX2: checks its tile logic on a CPU without AVX-512.
+        .target(
+            name: "DeepRingKernelsTestSupport",
+            dependencies: ["DeepRingKernels"],
+            path: "Tests/DeepRingKernelsTestSupport",
+            swiftSettings: optimized(cpu: cpuFlags)
+        ),
         .testTarget(
             name: "DeepRingEngineTests",
-            dependencies: ["DeepRingEngine", "DeepRingData", "DeepRingTraining"],
+            dependencies: ["DeepRingEngine", "DeepRingData", "DeepRingTraining", "DeepRingKernels", "DeepRingKernelsTestSupport"],
             exclude: ["Fixtures"],
             swiftSettings: [.unsafeFlags(cpuFlags)]
         ),

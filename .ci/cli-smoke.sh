@@ -28,6 +28,20 @@ import json, sys
 o = json.load(open(sys.argv[1]))
 assert 0 <= o["accuracy"] <= 1 and o["accuracy"] > 0.9, o["accuracy"]
 PY
+# Every kernel path gives the same bits: the portable path's evaluation equals the default path's.
+cp "$tmp/out" "$tmp/eval-default.json"
+expect_exit 0 "eval on the portable kernels" env DEEPRING_ISA=generic "$bin" eval --model "$tmp/demo/mlp.safetensors" --dataset synthetic --json
+python3 - "$tmp/eval-default.json" "$tmp/out" <<'PY' || { echo "FAIL: eval differs between kernel paths"; fail=$((fail + 1)); }
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for k in ("accuracy", "correct", "confusion"):
+    if k in a: assert a[k] == b[k], (k, a[k], b[k])
+PY
+expect_exit 64 "DEEPRING_ISA names no path" env DEEPRING_ISA=sse9 "$bin" eval --model "$tmp/demo/mlp.safetensors" --dataset synthetic
+grep -q "DEEPRING_ISA='sse9' names no instruction set" "$tmp/err" || { echo "FAIL: DEEPRING_ISA message"; fail=$((fail + 1)); }
+if ! grep -q avx512 /proc/cpuinfo; then
+  expect_exit 64 "DEEPRING_ISA=avx512 without AVX-512" env DEEPRING_ISA=avx512 "$bin" bench engine --only gemm
+fi
 expect_exit 1 "bench engine: unknown part" "$bin" bench engine --only nope
 expect_exit 64 "bench engine: no rounds" "$bin" bench engine --rounds 0
 expect_exit 0 "bench engine --only step --json" "$bin" bench engine --only step --json

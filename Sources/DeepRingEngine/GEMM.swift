@@ -2,7 +2,8 @@
 @_silgen_name("mallopt") private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
 #endif
 
-/// Single-precision matrix multiply with packing and a 6×16 register-blocked SIMD micro-kernel.
+/// Single-precision matrix multiply: packing, blocking and threads here; the register tiles of the instruction set
+/// the CPU runs (`KernelSet`, `Engine.isa`).
 ///
 /// Determinism contract (what DeepRing's hash validation relies on): every element of C is produced by
 /// **one sequential fused-multiply-add chain over k = 0, 1, …, K−1**, started from 0 (or from the existing C
@@ -388,97 +389,12 @@ public enum GEMM {
         }
     }
 
-    /// C[rows×cols] (+)= packed A (strips of mr rows, kcur deep) · packed B (strips of nr columns, kcur deep).
-    /// Whole 6×16 tiles go to the micro-kernel. The last rows, when `rows` is not a multiple of 6, are the bottom
-    /// edge of every strip (a batch of 128 leaves 2). 2 edge rows are done two strips at a time (`kernel2x32`),
-    /// 4 one strip at a time (`kernel(rows: 4)`): 8 accumulators each, which keep both FMA units busy. Done as a
-    /// zero-padded 6×16 tile in scratch, as other edge tiles still are, they cost a whole tile plus two copies
-    /// (at 128×784×900 the 2 rows added 9 % to the product of the other 126). Every element keeps its one FMA
-    /// chain over k.
+    /// C[rows×cols] (+)= packed A (strips of mr rows, kcur deep) · packed B (strips of nr columns, kcur deep), by
+    /// the register tiles of the current instruction set (`KernelSet.tiles`, `Engine.isa`).
     @inline(__always)
     static func tiles(rows mcur: Int, cols ncur: Int, kcur: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
                       c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
-        let fullRows = mcur / mr * mr, rest = mcur - fullRows
-        let strips = (ncur + nr - 1) / nr, fullStrips = ncur / nr
-        let ar = aPack + fullRows * kcur, cr = c + fullRows * ldc
-        /// Strip s: its whole 6-row tiles (the edge rows are left to the caller).
-        @inline(__always) func wholeTiles(_ s: Int) {
-            let jr = s * nr, nrCur = min(nr, ncur - jr), bp = bPack + jr * kcur
-            var ir = 0
-            while ir < fullRows {
-                if nrCur == nr {
-                    kernel(kcur, aPack + ir * kcur, bp, c + ir * ldc + jr, ldc, load)
-                } else {
-                    edgeTile(rows: mr, cols: nrCur, kcur: kcur, aPack + ir * kcur, bp, c + ir * ldc + jr, ldc, load, edge)
-                }
-                ir += mr
-            }
-        }
-        // Each strip's edge rows right after its whole tiles, while the strip of B is in L1 (two strips at a time
-        // for 2 edge rows).
-        var s = 0
-        if rest == 2 {
-            while s + 2 <= fullStrips {
-                wholeTiles(s); wholeTiles(s + 1)
-                kernel2x32(kcur, ar, bPack + s * nr * kcur, bPack + (s + 1) * nr * kcur, cr + s * nr, ldc, load)
-                s += 2
-            }
-        } else if rest == 4 {
-            while s < fullStrips {
-                wholeTiles(s)
-                kernel(kcur, ar, bPack + s * nr * kcur, cr + s * nr, ldc, load, rows: 4)
-                s += 1
-            }
-        }
-        // What is left (other edge-row counts, an odd strip, a partial strip): edge rows as an edge tile.
-        while s < strips {
-            wholeTiles(s)
-            if rest > 0 {
-                edgeTile(rows: rest, cols: min(nr, ncur - s * nr), kcur: kcur, ar, bPack + s * nr * kcur, cr + s * nr,
-                         ldc, load, edge)
-            }
-            s += 1
-        }
-    }
-
-    /// An edge tile (fewer than 6 rows or 16 columns of C): computed whole in the scratch tile `ep` (A and B are
-    /// zero-padded), then copied out.
-    @inline(__always)
-    static func edgeTile(rows mrCur: Int, cols nrCur: Int, kcur: Int, _ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>,
-                         _ cp: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool, _ ep: UnsafeMutablePointer<Float>) {
-        if load {
-            for i in 0..<mrCur { for j in 0..<nrCur { ep[i * nr + j] = cp[i * ldc + j] } }
-        }
-        kernel(kcur, ap, bp, ep, nr, load)
-        for i in 0..<mrCur { for j in 0..<nrCur { cp[i * ldc + j] = ep[i * nr + j] } }
-    }
-
-    /// Rows 0–1 of a packed A strip against two full strips of packed B (C columns 0..<32): 8 chains.
-    @inline(__always)
-    static func kernel2x32(_ kc: Int, _ a: UnsafePointer<Float>, _ b0: UnsafePointer<Float>, _ b1: UnsafePointer<Float>,
-                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool) {
-        typealias V = SIMD8<Float>
-        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
-        var c00 = V(), c01 = V(), c02 = V(), c03 = V(), c10 = V(), c11 = V(), c12 = V(), c13 = V()
-        if load {
-            c00 = ld(c); c01 = ld(c + 8); c02 = ld(c + 16); c03 = ld(c + 24)
-            c10 = ld(c + ldc); c11 = ld(c + ldc + 8); c12 = ld(c + ldc + 16); c13 = ld(c + ldc + 24)
-        }
-        var ap = a, p0 = b0, p1 = b1
-        for _ in 0..<kc {
-            let v0 = UnsafeRawPointer(p0).load(as: V.self), v1 = UnsafeRawPointer(p0 + 8).load(as: V.self)
-            let v2 = UnsafeRawPointer(p1).load(as: V.self), v3 = UnsafeRawPointer(p1 + 8).load(as: V.self)
-            var av = V(repeating: ap[0])
-            c00 = c00.addingProduct(av, v0); c01 = c01.addingProduct(av, v1)
-            c02 = c02.addingProduct(av, v2); c03 = c03.addingProduct(av, v3)
-            av = V(repeating: ap[1])
-            c10 = c10.addingProduct(av, v0); c11 = c11.addingProduct(av, v1)
-            c12 = c12.addingProduct(av, v2); c13 = c13.addingProduct(av, v3)
-            ap += mr; p0 += nr; p1 += nr
-        }
-        st(c00, c); st(c01, c + 8); st(c02, c + 16); st(c03, c + 24)
-        st(c10, c + ldc); st(c11, c + ldc + 8); st(c12, c + ldc + 16); st(c13, c + ldc + 24)
+        Engine.kernels.tiles(rows: mcur, cols: ncur, kc: kcur, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
     }
 
     /// Packs B[row0..<row0+kc, col0..<col0+nc] into strips of `nr` columns: strip s holds kc rows of nr values.
@@ -612,63 +528,10 @@ public enum GEMM {
         }
     }
 
-    /// The 6×16 micro-kernel: C[6×16] (+)= Ap[kc×6]ᵀ-packed · Bp[kc×16]-packed, one FMA chain per element.
-    /// With `rows: 4` (a literal, folded when inlined) only C's first 4 rows are computed, loaded and stored:
-    /// 8 chains, enough to keep both FMA units busy, for 4 edge rows.
-    @inline(__always)
-    static func kernel(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                       _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool, rows: Int = 6) {
-        typealias V = SIMD8<Float>
-        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-        assert(rows == 6 || rows == 4, "the micro-kernel computes 6 rows, or the first 4")
-        let six = rows == 6
-        @inline(__always) func ld(_ p: UnsafeMutablePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
-        if load {
-            c00 = ld(c); c01 = ld(c + 8)
-            c10 = ld(c + ldc); c11 = ld(c + ldc + 8)
-            c20 = ld(c + 2 * ldc); c21 = ld(c + 2 * ldc + 8)
-            c30 = ld(c + 3 * ldc); c31 = ld(c + 3 * ldc + 8)
-            if six {
-                c40 = ld(c + 4 * ldc); c41 = ld(c + 4 * ldc + 8)
-                c50 = ld(c + 5 * ldc); c51 = ld(c + 5 * ldc + 8)
-            }
-        }
-        var ap = a, bp = b
-        for _ in 0..<kc {
-            let b0 = UnsafeRawPointer(bp).load(as: V.self)
-            let b1 = UnsafeRawPointer(bp + 8).load(as: V.self)
-            var av = V(repeating: ap[0])
-            c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-            av = V(repeating: ap[1])
-            c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-            av = V(repeating: ap[2])
-            c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-            av = V(repeating: ap[3])
-            c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-            if six {
-                av = V(repeating: ap[4])
-                c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-                av = V(repeating: ap[5])
-                c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-            }
-            ap += 6; bp += 16
-        }
-        st(c00, c); st(c01, c + 8)
-        st(c10, c + ldc); st(c11, c + ldc + 8)
-        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 8)
-        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 8)
-        if six {
-            st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 8)
-            st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 8)
-        }
-    }
-
     // MARK: - GEMV (batch 1)
 
     /// y[n] (+)= x[k] · B with B pre-packed: batch-1 inference against a layer's kept weights. Every 16-column
-    /// strip of B is contiguous over each K block, so a thread reads its strips as four sequential streams (the
+    /// strip of B is contiguous over each K block, so a thread reads its strips as 4 or 8 sequential streams (the
     /// row-major W is read 256 bytes per row, rows `ldw` apart). Same per-element FMA chain as every other path:
     /// one chain over k = 0, 1, …, K−1 per column, kept in registers across the K blocks.
     static func gemv(x: UnsafePointer<Float>, packed b: PackedB, y: UnsafeMutablePointer<Float>,
@@ -677,52 +540,14 @@ public enum GEMM {
         let strips = (n + nr - 1) / nr, stripsPerBlock = nc / nr
         let t = n * k < 100_000 ? 1 : threads
         let yBox = UnsafeSendableBox(y)
-        typealias V = SIMD16<Float>
-        /// Strip `s`'s part of K block `pb` (`kcur` rows of 16 values).
-        @inline(__always) func strip(_ s: Int, _ pb: Int, _ kcur: Int) -> UnsafePointer<Float> {
-            let jb = s / stripsPerBlock
-            return UnsafePointer(b.storage + b.offsets[jb * b.kBlocks + pb] + (s - jb * stripsPerBlock) * nr * kcur)
-        }
-        @inline(__always) func load(_ s: Int) -> V {
-            let y = yBox.value, j = s * nr
-            if !accumulate { return V() }
-            if j + nr <= n { return UnsafeRawPointer(y + j).loadUnaligned(as: V.self) }
-            var v = V(); for q in 0..<(n - j) { v[q] = y[j + q] }; return v
-        }
-        @inline(__always) func store(_ v: V, _ s: Int) {
-            let y = yBox.value, j = s * nr
-            if j + nr <= n { UnsafeMutableRawPointer(y + j).storeBytes(of: v, as: V.self); return }
-            for q in 0..<(n - j) { y[j + q] = v[q] }
-        }
-        Parallel.ranges(strips, threads: t) { r in
-            var s = r.lowerBound
-            // Four strips at a time (eight independent vector chains hide the FMA latency), all in one column
-            // block. A group of g < 4 strips at the end reads its last strip again in the spare chains (a
-            // strip on its own would be bound by the FMA latency) and stores only its g strips.
-            while s < r.upperBound {
-                let g = min(4, r.upperBound - s, (s / stripsPerBlock + 1) * stripsPerBlock - s)
-                let i1 = s + min(1, g - 1), i2 = s + min(2, g - 1), i3 = s + min(3, g - 1)
-                var s0 = load(s), s1 = load(i1), s2 = load(i2), s3 = load(i3)
-                var pc = 0, pb = 0
-                while pc < k {
-                    let kcur = min(b.step, k - pc)
-                    let p0 = UnsafeRawPointer(strip(s, pb, kcur)), p1 = UnsafeRawPointer(strip(i1, pb, kcur))
-                    let p2 = UnsafeRawPointer(strip(i2, pb, kcur)), p3 = UnsafeRawPointer(strip(i3, pb, kcur))
-                    let xp = x + pc
-                    for p in 0..<kcur {
-                        let xv = V(repeating: xp[p]), o = p * nr * 4
-                        s0 = s0.addingProduct(xv, (p0 + o).load(as: V.self))
-                        s1 = s1.addingProduct(xv, (p1 + o).load(as: V.self))
-                        s2 = s2.addingProduct(xv, (p2 + o).load(as: V.self))
-                        s3 = s3.addingProduct(xv, (p3 + o).load(as: V.self))
-                    }
-                    pc += b.step; pb += 1
-                }
-                store(s0, s)
-                if g > 1 { store(s1, i1) }
-                if g > 2 { store(s2, i2) }
-                if g > 3 { store(s3, i3) }
-                s += g
+        let kernels = Engine.kernels
+        b.offsets.withUnsafeBufferPointer { offsets in
+            guard let offsetBase = offsets.baseAddress else { return }   // n, k > 0: never empty
+            let box = UnsafeSendableBox((x, UnsafePointer(b.storage), offsetBase))
+            Parallel.ranges(strips, threads: t) { r in
+                let (x, storage, offsets) = box.value
+                kernels.gemvPacked(strips: r, x: x, storage: storage, offsets: offsets, kBlocks: b.kBlocks, step: b.step,
+                                   stripsPerBlock: stripsPerBlock, n: n, k: k, y: yBox.value, accumulate: accumulate)
             }
         }
     }
@@ -732,66 +557,11 @@ public enum GEMM {
                      y: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
         let t = n * k < 100_000 ? 1 : threads
         let yBox = UnsafeSendableBox(y)
+        let kernels = Engine.kernels
+        let box = UnsafeSendableBox((x, w))
         Parallel.ranges(n, granule: 16, threads: t) { r in
-            let y = yBox.value
-            var j = r.lowerBound
-            typealias V = SIMD16<Float>
-            // 64 columns at a time: 4 independent chains per lane group.
-            while j + 64 <= r.upperBound {
-                var s0 = V(), s1 = V(), s2 = V(), s3 = V()
-                if accumulate {
-                    s0 = UnsafeRawPointer(y + j).loadUnaligned(as: V.self)
-                    s1 = UnsafeRawPointer(y + j + 16).loadUnaligned(as: V.self)
-                    s2 = UnsafeRawPointer(y + j + 32).loadUnaligned(as: V.self)
-                    s3 = UnsafeRawPointer(y + j + 48).loadUnaligned(as: V.self)
-                }
-                var wp = w + j
-                for p in 0..<k {
-                    let xv = V(repeating: x[p])
-                    s0 = s0.addingProduct(xv, UnsafeRawPointer(wp).loadUnaligned(as: V.self))
-                    s1 = s1.addingProduct(xv, UnsafeRawPointer(wp + 16).loadUnaligned(as: V.self))
-                    s2 = s2.addingProduct(xv, UnsafeRawPointer(wp + 32).loadUnaligned(as: V.self))
-                    s3 = s3.addingProduct(xv, UnsafeRawPointer(wp + 48).loadUnaligned(as: V.self))
-                    wp += ldw
-                }
-                UnsafeMutableRawPointer(y + j).storeBytes(of: s0, as: V.self)
-                UnsafeMutableRawPointer(y + j + 16).storeBytes(of: s1, as: V.self)
-                UnsafeMutableRawPointer(y + j + 32).storeBytes(of: s2, as: V.self)
-                UnsafeMutableRawPointer(y + j + 48).storeBytes(of: s3, as: V.self)
-                j += 64
-            }
-            while j + 16 <= r.upperBound {
-                var s0 = accumulate ? UnsafeRawPointer(y + j).loadUnaligned(as: V.self) : V()
-                var wp = w + j
-                for p in 0..<k {
-                    s0 = s0.addingProduct(V(repeating: x[p]), UnsafeRawPointer(wp).loadUnaligned(as: V.self))
-                    wp += ldw
-                }
-                UnsafeMutableRawPointer(y + j).storeBytes(of: s0, as: V.self)
-                j += 16
-            }
-            let rem = r.upperBound - j
-            if rem > 0 && k >= 2 && ldw >= 16 {
-                // Tail of < 16 columns as one vector of independent chains (a scalar loop here is FMA-latency
-                // bound). Rows 0..<k−1 are loaded 16 wide — the extra lanes read the next row, in bounds, and
-                // are discarded; the last row is gathered lane by lane.
-                var s = V()
-                if accumulate { for q in 0..<rem { s[q] = y[j + q] } }
-                for p in 0..<(k - 1) {
-                    s = s.addingProduct(V(repeating: x[p]), UnsafeRawPointer(w + p * ldw + j).loadUnaligned(as: V.self))
-                }
-                var lastRow = V()
-                for q in 0..<rem { lastRow[q] = w[(k - 1) * ldw + j + q] }
-                s = s.addingProduct(V(repeating: x[k - 1]), lastRow)
-                for q in 0..<rem { y[j + q] = s[q] }
-                j = r.upperBound
-            }
-            while j < r.upperBound {
-                var s: Float = accumulate ? y[j] : 0
-                for p in 0..<k { s = s.addingProduct(x[p], w[p * ldw + j]) }
-                y[j] = s
-                j += 1
-            }
+            let (x, w) = box.value
+            kernels.gemv(columns: r, k: k, x: x, w: w, ldw: ldw, y: yBox.value, accumulate: accumulate)
         }
     }
 }

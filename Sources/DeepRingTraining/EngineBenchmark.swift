@@ -47,9 +47,18 @@ public enum EngineBenchmark {
         // Warm-up: start the worker threads and let the clock ramp before the first timed figure.
         let warm = now()
         while now() - warm < 0.5 { _ = gemm(m: 256, n: 256, k: 256, repeats: 1) }
+        // The GEMM under the current path, then under every other vector path this CPU runs (the generic path is
+        // a reference, not a contender: FMA is a libm call there), each shape's paths back to back.
+        let current = Engine.isa
+        let others = ISA.supported.filter { $0 != current && $0 != .generic }
         for (m, n, k) in [(128, 900, 784), (128, 600, 900), (1024, 1024, 1024)] where parts.contains(.gemm) {
-            let g = gemm(m: m, n: n, k: k, repeats: max(5, repeats))
-            add(m == 1024 ? "gemm_gflops_1024" : "gemm_gflops_\(m)x\(k)x\(n)", g, "GFLOP/s")
+            let key = m == 1024 ? "gemm_gflops_1024" : "gemm_gflops_\(m)x\(k)x\(n)"
+            add(key, gemm(m: m, n: n, k: k, repeats: max(5, repeats)), "GFLOP/s")
+            for isa in others {
+                try Engine.use(isa)
+                defer { try? Engine.use(current) }
+                add(key + "_" + isa.rawValue, gemm(m: m, n: n, k: k, repeats: max(5, repeats)), "GFLOP/s")
+            }
         }
 
         if parts.contains(.mlp) { try mlp(repeats: repeats, add) }

@@ -38,7 +38,7 @@ public final class Optimizer {
     /// so updating a step's parts one by one gives the same values as `update(lr:)`.
     public func update(lr: Float, within span: Range<Int>) {
         let kind = self.kind, mom = momentum, b1 = beta1, b2 = beta2, eps = self.eps
-        let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+        let c1 = 1 - DeterministicMath.power(b1, step), c2 = 1 - DeterministicMath.power(b2, step)
         // Contiguous runs of (range, decay) for trainable views, cut into chunks of at most 64k values.
         var runs: [(Range<Int>, Float)] = []
         for view in store.views where view.trainable {

@@ -29,22 +29,29 @@ struct BenchEngine: ParsableCommand {
         abstract: "GEMM GFLOP/s, MLP training and inference speed, VGG-19 forward speed.",
         discussion: """
         With --reference PYTHON, the JAX peer (../shared/bench/jax_reference.py) runs before and after ours in the \
-        same run and the ratios are printed; with --torch PYTHON, PyTorch (CPU) runs the same figures likewise. \
+        same run and the ratios are printed; with --torch PYTHON, PyTorch (CPU) runs the same figures likewise, and \
+        with --ort PYTHON, ONNX Runtime (../shared/bench/ort_reference.py) the MLP's inference figures. \
         Shared machines are noisy: compare only figures from one run. With --rounds N the whole sequence runs N \
         times and each ratio is the median of the N same-round ratios; with a peer the default is 3 rounds (about \
         8 minutes with both peers), without one a single round.
+
+        The first line names the kernels that ran (DEEPRING_ISA=avx512|avx2|generic forces a path; the default is \
+        the fastest this CPU runs); the GEMM figures are measured under every other vector path this CPU runs too \
+        (keys ending _avx2, _avx512), for the ratio between paths in the same run.
         """)
 
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Timed repetitions per figure (median reported).") var repeats: Int = 3
     @Option(name: .customLong("rounds"), help: "Rounds of ours-between-the-peers; each figure's ratio is the median of the rounds' ratios (a slow phase of the machine, which lasts seconds, then spoils one round, not the figure). Default: 3 with --reference or --torch, else 1.") var roundsOption: Int?
     /// Three rounds when a peer runs (a single round's ratio is at the mercy of the machine's slow phases).
-    var rounds: Int { roundsOption ?? (reference != nil || torch != nil ? 3 : 1) }
+    var rounds: Int { roundsOption ?? (reference != nil || torch != nil || ort != nil ? 3 : 1) }
     @Flag(help: "Skip the VGG-19 figures.") var noVgg = false
     @Option(help: "Run only these parts, comma-separated: gemm, mlp, vgg, and step (the distribution of one MLP training step's time: min, quartile, median of 60 blocks of 20 steps; no peer runs it; only when named).") var only: String?
     @Option(help: "Python with jax installed, to run the JAX reference in the same run.") var reference: String?
     @Option(help: "Path of jax_reference.py.") var referenceScript: String = "../shared/bench/jax_reference.py"
     @Option(help: "Python with torch installed, to run the same figures in PyTorch (CPU) in the same run.") var torch: String?
+    @Option(help: "Python with onnxruntime and onnx installed, to run the MLP inference figures in ONNX Runtime in the same run.") var ort: String?
+    @Option(help: "Path of ort_reference.py.") var ortScript: String = "../shared/bench/ort_reference.py"
     @Flag(help: "Print per-layer forward times of full-width VGG-19 at batch 64 instead (where the time goes; GFLOP/s counted as direct convolution, so Winograd layers, marked wino, show more than the peak).")
     var layers = false
     @OptionGroup var threadOptions: ThreadOptions
@@ -56,6 +63,7 @@ struct BenchEngine: ParsableCommand {
 
     func run() throws {
         threadOptions.apply()
+        if !json { print("kernels: \(Engine.isa.summary); this CPU runs \(ISA.supported.map(\.rawValue).joined(separator: ", "))") }
         if layers {
             for line in try EngineBenchmark.vggLayers(batch: 64, repeats: repeats) { print(line) }
             return
@@ -91,9 +99,10 @@ struct BenchEngine: ParsableCommand {
                 }
                 return out
             }
-            let jaxRatios = ratios(\.jax, "JAX"), torchRatios = ratios(\.torch, "PyTorch")
+            let jaxRatios = ratios(\.jax, "JAX"), torchRatios = ratios(\.torch, "PyTorch"), ortRatios = ratios(\.ort, "ONNX Runtime")
             if json {
-                var obj: [String: Any] = ["threads": Engine.threads, "rounds": rounds]
+                var obj: [String: Any] = ["threads": Engine.threads, "rounds": rounds, "isa": Engine.isa.rawValue,
+                                          "isa_supported": ISA.supported.map(\.rawValue)]
                 // Our figures and the peers' (each the mean of its two runs in a round): the median over the rounds.
                 for f in results[0].figures {
                     obj[f.key] = median(results.compactMap { r in r.figures.first { $0.key == f.key }?.value })
@@ -107,6 +116,7 @@ struct BenchEngine: ParsableCommand {
                 }
                 if !jaxRatios.isEmpty { obj["ratio_to_peer"] = jaxRatios; obj["peer"] = peerMedians(\.jax) }
                 if !torchRatios.isEmpty { obj["ratio_to_torch"] = torchRatios; obj["torch"] = peerMedians(\.torch) }
+                if !ortRatios.isEmpty { obj["ratio_to_ort"] = ortRatios; obj["ort"] = peerMedians(\.ort) }
                 let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: d, as: UTF8.self))
             }
@@ -127,7 +137,7 @@ struct BenchEngine: ParsableCommand {
     /// One round: our figures, and each peer's runs around ours.
     struct Round {
         var figures: [EngineBenchmark.Figure] = []
-        var jax = PeerRuns(), torch = PeerRuns()
+        var jax = PeerRuns(), torch = PeerRuns(), ort = PeerRuns()
         /// Ours / the peer's mean, for times and rates alike (the unit says which way is better).
         func ratio(_ key: String, _ peer: PeerRuns) -> Double? {
             guard let mine = figures.first(where: { $0.key == key })?.value, let p = peer.mean[key] else { return nil }
@@ -144,7 +154,9 @@ struct BenchEngine: ParsableCommand {
             let peers = part != .step
             if let py = reference, peers { merge(&r.jax.before, try runReference(py, part)) }
             if let py = torch, peers, part != .gemm { merge(&r.torch.before, try runTorch(py, part)) }
+            if let py = ort, part == .mlp { merge(&r.ort.before, try runORT(py)) }
             r.figures += try EngineBenchmark.run(repeats: repeats, parts: [part]) { if !json { print($0) } }
+            if let py = ort, part == .mlp { merge(&r.ort.after, try runORT(py)) }
             if let py = torch, peers, part != .gemm { merge(&r.torch.after, try runTorch(py, part)) }
             if let py = reference, peers { merge(&r.jax.after, try runReference(py, part)) }
         }
@@ -219,6 +231,11 @@ struct BenchEngine: ParsableCommand {
 
     func runTorch(_ python: String, _ part: EngineBenchmark.Part) throws -> [String: Double] {
         try runPython(python, ["-c", BenchEngine.torchReference, "\(Engine.threads)", "\(repeats)", part.rawValue])
+    }
+
+    /// ONNX Runtime's MLP inference at batch 1 and 256, same thread count.
+    func runORT(_ python: String) throws -> [String: Double] {
+        try runPython(python, [ortScript, "--threads", "\(Engine.threads)", "--repeats", "\(max(repeats, 5))"])
     }
 
     func parts() throws -> Set<EngineBenchmark.Part> {

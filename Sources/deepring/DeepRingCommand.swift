@@ -14,7 +14,8 @@ struct DeepRingCommand: ParsableCommand {
         ring inspect, bench ring. Decentralised (one process per block, on any host, over PostgreSQL): ledger init, \
         seal --ledger, block serve, owner serve, query --ledger, ring up. Attacks and the paper's tables: attack, reproduce. Data sets are looked up in \
         --data DIR, then $DEEPRING_DATA, ./data/<name> and ../shared/data/<name>; `synthetic` is generated and \
-        always available.
+        always available. DEEPRING_ISA=avx512|avx2|generic forces the engine's kernel path (default: the fastest this \
+        CPU runs); every path computes the same bits.
         """,
         subcommands: [Demo.self, Train.self, Eval.self, Bench.self, Seal.self, Query.self, Verify.self, LedgerCommand.self, RingCommand.self,
                       BlockCommand.self, OwnerCommand.self,
@@ -22,8 +23,15 @@ struct DeepRingCommand: ParsableCommand {
     )
 
     /// Temporary folders holding secrets are removed on SIGINT and SIGTERM too (`TemporaryPaths`).
+    /// `DEEPRING_ISA` naming no path this CPU runs is refused before anything else runs.
     static func main() {
         TemporaryPaths.installSignalHandlers()
+        do {
+            try Engine.useEnvironmentISA()
+        } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            Foundation.exit(64)
+        }
         main(nil)
     }
 }

@@ -127,7 +127,7 @@ struct BlockCommand: ParsableCommand {
                     }
                     let s = try SpareAgent(directory: dir, ledger: ledger)
                     log[metadataKey: "spare"] = "\(s.id)"
-                    log.info("waiting as a spare", metadata: ["key": "\(keyPrefix(s.signingKey))", "pid": "\(getpid())"])
+                    log.info("waiting as a spare", metadata: ["key": "\(keyPrefix(s.signingKey))", "pid": "\(getpid())", "isa": "\(Engine.isa)"])
                     ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { s.wakeFilters }, cursor: { s.cursor },
                                   until: { s.placedAt != nil }) {
                         let placed = try s.step()
@@ -149,7 +149,7 @@ struct BlockCommand: ParsableCommand {
                     log.warning("TEST HOOKS on: SIGUSR1 flips a bit of this block's parameters in memory")
                 }
                 log.info("serving", metadata: ["key": "\(keyPrefix(agent.signingKey))", "ledger": "\((try? ledgerOptions.postgresURL())??.description ?? ledgerOptions.ledger ?? "")",
-                                               "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())"])
+                                               "resumed_posts": "\(agent.resumedPosts)", "pid": "\(getpid())", "isa": "\(Engine.isa)"])
                 let totals = ServeLoop.run(ledger: ledger, logger: log, stop: stop, wakeFor: { agent.wakeFilters }, cursor: { agent.cursor },
                                            until: { agent.evictedReason != nil }) {
                     if flip.take() {
@@ -222,7 +222,8 @@ struct OwnerCommand: ParsableCommand {
                 agent.checkEvery = checkEvery
                 agent.rotateEvery = rotateEvery
                 log.info("serving", metadata: ["ring": "\(agent.ring.manifest.ringID)", "blocks": "\(agent.ring.manifest.blockCount)",
-                                               "ouroboros": "\(keyPrefix(agent.ring.manifest.ouroboros.signing))", "pid": "\(getpid())"])
+                                               "ouroboros": "\(keyPrefix(agent.ring.manifest.ouroboros.signing))", "pid": "\(getpid())",
+                                               "isa": "\(Engine.isa)"])
                 // The watchdog, where the database lets this role end other sessions (asked in the loop, so that an
                 // outage at the start is retried like any other).
                 let watched = watchdog > 0 ? ledger as? PostgresLedger : nil

@@ -103,8 +103,11 @@ final class ProcessRing: @unchecked Sendable {
     let querentURL: PostgresURL
     let plain: [RingLayer]
 
-    /// Seals `model` through `admin` (a database with an initialized ledger) and starts every member.
+    /// Seals `model` through `admin` (a database with an initialized ledger) and starts every member; block i runs
+    /// with `DEEPRING_ISA=blockISAs[i mod count]` when `blockISAs` is not empty (blocks on different kernel paths,
+    /// as on different CPUs).
     init(model: Model, database admin: PostgresURL, queryTimeout: Double = 20, checkEvery: Double = 0, blockArguments: [String] = [],
+         blockISAs: [String] = [],
          spares spareCount: Int = 0, memberURL member: PostgresURL, querentURL querent: PostgresURL) throws {
         root = NSTemporaryDirectory() + "deepring-processes-\(UUID().uuidString.prefix(8))"
         sealed = root + "/sealed"
@@ -137,11 +140,13 @@ final class ProcessRing: @unchecked Sendable {
                                                          "--log-level", "info"],
                               environment: env, log: root + "/owner.log")
         var bs: [MemberProcess] = []
-        for id in RingPaths(sealed).blockIDs {
+        for (i, id) in RingPaths(sealed).blockIDs.enumerated() {
             let host = root + "/hosts/" + id
             try copy(sealed + "/blocks/" + id, host)
+            var blockEnv = env
+            if !blockISAs.isEmpty { blockEnv["DEEPRING_ISA"] = blockISAs[i % blockISAs.count] }
             bs.append(MemberProcess(name: "block \(id)", arguments: ["block", "serve", "--dir", host, "--ledger", ledgerArgument] + blockArguments,
-                                    environment: env, log: root + "/block-\(id).log"))
+                                    environment: blockEnv, log: root + "/block-\(id).log"))
         }
         blocks = bs
         var ss: [MemberProcess] = []

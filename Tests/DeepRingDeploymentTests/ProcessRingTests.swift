@@ -116,6 +116,39 @@ extension DeploymentTests {
             #expect(ring.stop().allSatisfy { $0 == 0 }, "every member stops cleanly on SIGTERM\n\(ring.logs)")
         }
 
+        /// Issue 15's mixed-CPU ring: the blocks run different kernel paths (`DEEPRING_ISA`, every path this CPU runs,
+        /// the portable one among them), as blocks on hosts with different CPUs would. Every answer is bit-identical to
+        /// the plain model computed here, and no block's validation of its predecessor (Eq. 13) raises an alarm: every
+        /// path computes the same bits.
+        @Test(.timeLimit(.minutes(5)))
+        func blocksOnDifferentKernelPathsAgreeBitForBit() throws {
+            let db = try TestPostgres.database()
+            let (member, querent) = try roles(db)
+            let model = try Model(.mlp(inputShape: [28, 28, 1], classes: 10, hidden: [900, 600, 300, 100]), seed: 15)
+            let isas = ISA.supported.map(\.rawValue)
+            #expect(isas.count >= 2, "this CPU runs one kernel path only: \(isas)")
+            let ring = try ProcessRing(model: model, database: db.url, blockISAs: isas, memberURL: member, querentURL: querent)
+            let images: Tensor
+            if let dir = mnistDirectory {
+                images = try DatasetLoader.load(name: "mnist", directory: dir).test.prefix(300).tensor
+            } else {
+                print("MNIST is not in ../shared/data/mnist: synthetic digits instead")
+                images = SyntheticDigits.generate(count: 300, seed: 15).tensor
+            }
+            let log = QueryLog()
+            try stream(ring, images, threads: 2, log: log)
+            #expect(log.answered == images.batch, "\(log.errors.prefix(3))\n\(ring.logs)")
+            #expect(log.wrong == 0)
+            #expect(try doublePosts(ring).validationAlarms == 0, "\(ring.logs)")
+            let report = try audit(ring)
+            #expect(report.isClean, "\(report)")
+            // Each block said which path it runs, and together they ran every one.
+            for (i, b) in ring.blocks.enumerated() {
+                #expect(b.logText.contains("isa=\(isas[i % isas.count])"), "\(b.name): \(b.logText.prefix(1500))")
+            }
+            #expect(ring.stop().allSatisfy { $0 == 0 }, "every member stops cleanly on SIGTERM\n\(ring.logs)")
+        }
+
         /// kill -9 of a block, then of the owner, during a stream of queries; each restarted on its folder. Queries in
         /// flight are answered or refused with a clear error — never answered wrongly — later ones are answered, and the
         /// ledger audits clean.

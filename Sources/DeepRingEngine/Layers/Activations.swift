@@ -113,7 +113,8 @@ public final class Dropout: Layer {
     }
 }
 
-/// Softmax over the last dimension, computed stably (the paper's output activation).
+/// Softmax over the last dimension, computed stably (the paper's output activation), with the engine's own eˣ
+/// (`DeterministicMath`) so that every CPU gives the same probabilities.
 public func softmax(_ logits: Tensor) -> Tensor {
     var out = logits
     let cols = logits.itemSize
@@ -123,7 +124,7 @@ public func softmax(_ logits: Tensor) -> Tensor {
             var mx = row[0]
             for c in 1..<cols where row[c] > mx { mx = row[c] }
             var s: Float = 0
-            for c in 0..<cols { row[c] = expf(row[c] - mx); s += row[c] }
+            for c in 0..<cols { row[c] = DeterministicMath.exp(row[c] - mx); s += row[c] }
             let inv = 1 / s
             for c in 0..<cols { row[c] *= inv }
         }
@@ -143,7 +144,7 @@ public func softmaxCrossEntropy(logits: Tensor, labels: [Int]) -> (loss: Float, 
     for r in 0..<n {
         let y = labels[r]
         let row = r * cols
-        loss -= Double(logf(max(p.data[row + y], 1e-30)))
+        loss -= DeterministicMath.log(Double(max(p.data[row + y], 1e-30)))
         var best = 0
         for c in 1..<cols where p.data[row + c] > p.data[row + best] { best = c }
         if best == y { correct += 1 }
@@ -153,4 +154,3 @@ public func softmaxCrossEntropy(logits: Tensor, labels: [Int]) -> (loss: Float, 
     return (Float(loss / Double(n)), g, correct)
 }
 
-import Foundation

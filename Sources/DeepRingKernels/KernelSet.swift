@@ -1,0 +1,36 @@
+/// The compute kernels one instruction set runs: the GEMM's register tiles and the batch-1 GEMVs.
+///
+/// Swift has no per-function target attributes, so each instruction set's kernels live in a target of their own,
+/// compiled with that set's `-target-cpu` (`DeepRingKernelsAVX512`, `DeepRingKernelsAVX2`, and
+/// `DeepRingKernelsPortable` with no target flags). All three instantiate the one definition of every FMA chain
+/// in this module (`TileKernels`, `GEMVKernels`, `@inlinable`, so each is compiled again, inlined, in the target
+/// that calls it); they differ only in how many 16-column strips a register tile spans (`TilePlan`). The engine
+/// picks a set at run time, after asking the CPU (see the engine's `ISA`).
+///
+/// Determinism contract, the same for every conformer: each output element is **one sequential fused
+/// multiply-add chain over k = 0, 1, …, K−1**, started from C's value when `load` is set, from +0 otherwise.
+/// Vector width and tile shape change only how many elements run at once, never an element's operations, so
+/// every set gives the same bytes (the tests force each set and compare).
+public protocol KernelSet {
+    /// C[rows×cols] (+)= packed A · packed B for one (A block, B block) pair.
+    ///
+    /// - `aPack`: A packed in strips of `TileKernels.mr` rows, `kc` deep (strip s at `aPack + s·mr·kc`, value
+    ///   (k, r) at `[k·mr + r]`, rows beyond `rows` zero-padded);
+    /// - `bPack`: B packed in strips of `TileKernels.nr` columns, `kc` deep (strip s at `bPack + s·nr·kc`, value
+    ///   (k, q) at `[k·nr + q]`, columns beyond `cols` zero-padded);
+    /// - `c`: row stride `ldc`; `load`: continue the chains from C (a later K block, or accumulation);
+    /// - `edge`: scratch for `mr × nr` floats.
+    static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                      c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>)
+
+    /// y[strips·16 ∩ n] (+)= x[k] · B over the strips `strips` of a pre-packed B (the engine's `GEMM.PackedB`):
+    /// strip s's part of K block p is `kcur` rows of 16 values at `storage + offsets[(s / stripsPerBlock)·kBlocks
+    /// + p] + (s mod stripsPerBlock)·16·kcur`, K blocks `step` deep. Strips of one group never cross a column block.
+    static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,
+                           offsets: UnsafePointer<Int>, kBlocks: Int, step: Int, stripsPerBlock: Int,
+                           n: Int, k: Int, y: UnsafeMutablePointer<Float>, accumulate: Bool)
+
+    /// y[columns] (+)= x[k] · W[k × columns] with W row-major (row stride `ldw`).
+    static func gemv(columns: Range<Int>, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,
+                     y: UnsafeMutablePointer<Float>, accumulate: Bool)
+}

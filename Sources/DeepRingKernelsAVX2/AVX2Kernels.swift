@@ -1,0 +1,24 @@
+import DeepRingKernels
+
+/// The kernels compiled for AVX2 and FMA (`-target-cpu haswell`: Intel Haswell, AMD Zen 1 and later, the minimum
+/// CPU of the x86-64 binary): 6×16 register tiles of two ymm per chain vector. Every chain is `DeepRingKernels`'
+/// one definition (`TilePlan.registers256`).
+public enum AVX2Kernels: KernelSet {
+    public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        TileKernels.tiles(plan: .registers256, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
+                          load: load, edge: edge)
+    }
+
+    public static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,
+                                  offsets: UnsafePointer<Int>, kBlocks: Int, step: Int, stripsPerBlock: Int,
+                                  n: Int, k: Int, y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        GEMVKernels.packed(plan: .registers256, strips: strips, x: x, storage: storage, offsets: offsets, kBlocks: kBlocks,
+                           step: step, stripsPerBlock: stripsPerBlock, n: n, k: k, y: y, accumulate: accumulate)
+    }
+
+    public static func gemv(columns: Range<Int>, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,
+                            y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        GEMVKernels.rowMajor(plan: .registers256, columns: columns, k: k, x: x, w: w, ldw: ldw, y: y, accumulate: accumulate)
+    }
+}

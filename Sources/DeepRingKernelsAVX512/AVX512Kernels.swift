@@ -1,0 +1,24 @@
+import DeepRingKernels
+
+/// The kernels compiled for AVX-512 (`-target-cpu znver4`): 6×32 register tiles of 16-lane zmm chains.
+/// Run only on a CPU with every extension znver4 code may use (AMD Zen 4 and 5, Intel Sapphire Rapids and later;
+/// the engine's `ISA` asks the CPU). Every chain is `DeepRingKernels`' one definition (`TilePlan.registers512`).
+public enum AVX512Kernels: KernelSet {
+    public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        TileKernels.tiles(plan: .registers512, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
+                          load: load, edge: edge)
+    }
+
+    public static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,
+                                  offsets: UnsafePointer<Int>, kBlocks: Int, step: Int, stripsPerBlock: Int,
+                                  n: Int, k: Int, y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        GEMVKernels.packed(plan: .registers512, strips: strips, x: x, storage: storage, offsets: offsets, kBlocks: kBlocks,
+                           step: step, stripsPerBlock: stripsPerBlock, n: n, k: k, y: y, accumulate: accumulate)
+    }
+
+    public static func gemv(columns: Range<Int>, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,
+                            y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        GEMVKernels.rowMajor(plan: .registers512, columns: columns, k: k, x: x, w: w, ldw: ldw, y: y, accumulate: accumulate)
+    }
+}

@@ -1,0 +1,24 @@
+import DeepRingKernels
+
+/// The AVX-512 kernels' tile plan (`TilePlan.registers512`: 6×32 tiles, 2- and 4-row edge tiles of 4 and 2 strips,
+/// 8-strip and 128-column GEMVs) compiled for AVX2, so that a machine without AVX-512 checks the plan's tile
+/// logic bit for bit against the others. Test support only: the engine never picks it (`Engine.withKernels`).
+public enum AVX512PlanOnAVX2: KernelSet {
+    public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        TileKernels.tiles(plan: .registers512, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
+                          load: load, edge: edge)
+    }
+
+    public static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,
+                                  offsets: UnsafePointer<Int>, kBlocks: Int, step: Int, stripsPerBlock: Int,
+                                  n: Int, k: Int, y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        GEMVKernels.packed(plan: .registers512, strips: strips, x: x, storage: storage, offsets: offsets, kBlocks: kBlocks,
+                           step: step, stripsPerBlock: stripsPerBlock, n: n, k: k, y: y, accumulate: accumulate)
+    }
+
+    public static func gemv(columns: Range<Int>, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,
+                            y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        GEMVKernels.rowMajor(plan: .registers512, columns: columns, k: k, x: x, w: w, ldw: ldw, y: y, accumulate: accumulate)
+    }
+}
