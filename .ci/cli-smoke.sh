@@ -35,7 +35,7 @@ python3 - "$tmp/eval-default.json" "$tmp/out" <<'PY' || { echo "FAIL: eval diffe
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for k in ("accuracy", "correct", "confusion"):
-    if k in a: assert a[k] == b[k], (k, a[k], b[k])
+    assert k in a and a[k] == b[k], (k, a.get(k), b.get(k))
 PY
 expect_exit 64 "DEEPRING_ISA names no path" env DEEPRING_ISA=sse9 "$bin" eval --model "$tmp/demo/mlp.safetensors" --dataset synthetic
 grep -q "DEEPRING_ISA='sse9' names no instruction set" "$tmp/err" || { echo "FAIL: DEEPRING_ISA message"; fail=$((fail + 1)); }

@@ -1,3 +1,4 @@
+import DeepRingKernels
 #if os(Linux)
 @_silgen_name("mallopt") private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
 #endif
@@ -12,8 +13,9 @@
 /// batch size, on tile edges, or on whether the GEMM or the GEMV path computed it.
 
 public enum GEMM {
-    public static let mr = 6
-    public static let nr = 16
+    /// Rows per packed A strip and columns per packed B strip: the register tiles' (`TileKernels`).
+    public static let mr = TileKernels.mr
+    public static let nr = TileKernels.nr
     static let kc = 256
     static let mc = 96   // multiple of mr
     static let nc = 2048 // multiple of nr

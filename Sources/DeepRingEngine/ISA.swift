@@ -130,7 +130,7 @@ extension Engine {
     private static let selectedISA = Atomic<Selection>(Selection(initialISA))
     private static let selectedKernels = Atomic<Selection>(Selection(initialISA))
     private static let substitute = Mutex(KernelSetBox(kernels: PortableKernels.self))
-    private static var initialISA: ISA { ((try? ISA.named(inEnvironment: ProcessInfo.processInfo.environment)) ?? nil) ?? ISA.best }
+    private static let initialISA = ((try? ISA.named(inEnvironment: ProcessInfo.processInfo.environment)) ?? nil) ?? ISA.best
 }
 
 /// Which kernels run, as an atomic value: a path, or the tests' substitute (`Engine.withKernels`).
