@@ -65,6 +65,53 @@ public enum TileKernels {
         }
     }
 
+    /// C[6 × 64] (+)= Ap[kc × 6] · Bp[kc × 64] (strip t of B at `b + t·16·kc`): 24 chains of 16 lanes, with four B
+    /// vectors and a broadcast 29 of AVX-512's 32 registers; 4 loads and 6 broadcasts per 24 FMAs, where a 6×32
+    /// tile needs 8 per 12. Its own function, without the shape conditions of `kernel`, so that it stays small
+    /// enough for the optimiser to inline it and the edge tiles into one caller.
+    @inlinable @inline(__always)
+    public static func kernelWide(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
+                                  ldc: Int, load: Bool) {
+        var c00 = V(), c10 = V(), c20 = V(), c30 = V(), c40 = V(), c50 = V()
+        var c01 = V(), c11 = V(), c21 = V(), c31 = V(), c41 = V(), c51 = V()
+        var c02 = V(), c12 = V(), c22 = V(), c32 = V(), c42 = V(), c52 = V()
+        var c03 = V(), c13 = V(), c23 = V(), c33 = V(), c43 = V(), c53 = V()
+        if load {
+            c00 = ld(c); c10 = ld(c + ldc); c20 = ld(c + 2 * ldc); c30 = ld(c + 3 * ldc); c40 = ld(c + 4 * ldc); c50 = ld(c + 5 * ldc)
+            c01 = ld(c + 16); c11 = ld(c + ldc + 16); c21 = ld(c + 2 * ldc + 16); c31 = ld(c + 3 * ldc + 16)
+            c41 = ld(c + 4 * ldc + 16); c51 = ld(c + 5 * ldc + 16)
+            c02 = ld(c + 32); c12 = ld(c + ldc + 32); c22 = ld(c + 2 * ldc + 32); c32 = ld(c + 3 * ldc + 32)
+            c42 = ld(c + 4 * ldc + 32); c52 = ld(c + 5 * ldc + 32)
+            c03 = ld(c + 48); c13 = ld(c + ldc + 48); c23 = ld(c + 2 * ldc + 48); c33 = ld(c + 3 * ldc + 48)
+            c43 = ld(c + 4 * ldc + 48); c53 = ld(c + 5 * ldc + 48)
+        }
+        var ap = a, bp = b
+        let t = 16 * kc
+        for _ in 0..<kc {
+            let b0 = ld(bp), b1 = ld(bp + t), b2 = ld(bp + 2 * t), b3 = ld(bp + 3 * t)
+            var av = V(repeating: ap[0])
+            c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1); c02 = c02.addingProduct(av, b2); c03 = c03.addingProduct(av, b3)
+            av = V(repeating: ap[1])
+            c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1); c12 = c12.addingProduct(av, b2); c13 = c13.addingProduct(av, b3)
+            av = V(repeating: ap[2])
+            c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1); c22 = c22.addingProduct(av, b2); c23 = c23.addingProduct(av, b3)
+            av = V(repeating: ap[3])
+            c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1); c32 = c32.addingProduct(av, b2); c33 = c33.addingProduct(av, b3)
+            av = V(repeating: ap[4])
+            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1); c42 = c42.addingProduct(av, b2); c43 = c43.addingProduct(av, b3)
+            av = V(repeating: ap[5])
+            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1); c52 = c52.addingProduct(av, b2); c53 = c53.addingProduct(av, b3)
+            ap += 6; bp += 16
+        }
+        st(c00, c); st(c10, c + ldc); st(c20, c + 2 * ldc); st(c30, c + 3 * ldc); st(c40, c + 4 * ldc); st(c50, c + 5 * ldc)
+        st(c01, c + 16); st(c11, c + ldc + 16); st(c21, c + 2 * ldc + 16); st(c31, c + 3 * ldc + 16)
+        st(c41, c + 4 * ldc + 16); st(c51, c + 5 * ldc + 16)
+        st(c02, c + 32); st(c12, c + ldc + 32); st(c22, c + 2 * ldc + 32); st(c32, c + 3 * ldc + 32)
+        st(c42, c + 4 * ldc + 32); st(c52, c + 5 * ldc + 32)
+        st(c03, c + 48); st(c13, c + ldc + 48); st(c23, c + 2 * ldc + 48); st(c33, c + 3 * ldc + 48)
+        st(c43, c + 4 * ldc + 48); st(c53, c + 5 * ldc + 48)
+    }
+
     /// Rows 0–1 of a packed A strip against 1, 2 or 4 strips of packed B (strip t at `b + t·16·kc`): up to 8
     /// chains of 16 lanes, for the 2 rows a batch of 128 leaves after its 6-row tiles.
     @inlinable @inline(__always)
@@ -127,8 +174,12 @@ public enum TileKernels {
         @inline(__always) func wholeTiles(_ s: Int) {
             var ir = 0
             while ir < fullRows {
-                kernel(rows: 6, strips: plan.wholeTile, kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16,
-                       ldc: ldc, load: load)
+                if plan.wholeTile == 4 {
+                    kernelWide(kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16, ldc: ldc, load: load)
+                } else {
+                    kernel(rows: 6, strips: plan.wholeTile, kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16,
+                           ldc: ldc, load: load)
+                }
                 ir += 6
             }
         }

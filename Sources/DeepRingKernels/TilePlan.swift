@@ -5,8 +5,12 @@
 /// The plans are computed properties (literals once inlined), so every kernel is compiled for one shape.
 @frozen
 public struct TilePlan: Sendable {
-    /// Strips per whole 6-row tile: 1 (6×16) or 2 (6×32).
+    /// Strips per whole 6-row tile: 1 (6×16), 2 (6×32) or 4 (6×64).
     public var wholeTile: Int
+    /// The deepest k block (kc) this plan is meant for: its B group (`wholeTile` strips × kc × 64 bytes) must stay
+    /// in L1 across the block's A strips. A kernel set runs deeper blocks with `halved` (the tile shape never
+    /// changes a result, since every element is one chain over k whatever tile it is in; only the speed).
+    public var wholeTileMaxDepth: Int
     /// Strips per tile of 2 edge rows (when a block's rows leave 2 after the 6-row tiles): 1, 2 or 4.
     public var twoRowTile: Int
     /// Strips per tile of 4 edge rows: 1 or 2.
@@ -17,8 +21,10 @@ public struct TilePlan: Sendable {
     public var gemvVectors: Int
 
     @inlinable
-    public init(wholeTile: Int, twoRowTile: Int, fourRowTile: Int, gemvStrips: Int, gemvVectors: Int) {
-        self.wholeTile = wholeTile; self.twoRowTile = twoRowTile; self.fourRowTile = fourRowTile
+    public init(wholeTile: Int, wholeTileMaxDepth: Int = .max, twoRowTile: Int, fourRowTile: Int, gemvStrips: Int,
+                gemvVectors: Int) {
+        self.wholeTile = wholeTile; self.wholeTileMaxDepth = wholeTileMaxDepth
+        self.twoRowTile = twoRowTile; self.fourRowTile = fourRowTile
         self.gemvStrips = gemvStrips; self.gemvVectors = gemvVectors
     }
 
@@ -29,10 +35,20 @@ public struct TilePlan: Sendable {
         TilePlan(wholeTile: 1, twoRowTile: 2, fourRowTile: 1, gemvStrips: 4, gemvVectors: 4)
     }
 
-    /// 512-bit registers (32 of them): a SIMD16<Float> is one zmm. A 6×32 tile holds 12 accumulators and reads
-    /// two 16-wide strips of B per k; its B block (2 strips × 196 deep × 64 bytes = 25 KB) stays in a 48 KB L1
-    /// across the A strips, which a 6×64 tile's (50 KB) would not. Edge rows keep 8 accumulators as above.
+    /// This plan with whole tiles of half the width (for k blocks deeper than `wholeTileMaxDepth`).
+    @inlinable public var halved: TilePlan {
+        var plan = self
+        plan.wholeTile = max(1, wholeTile / 2); plan.wholeTileMaxDepth = .max
+        return plan
+    }
+
+    /// 512-bit registers (32 of them): a SIMD16<Float> is one zmm. A 6×64 tile holds 24 accumulators and reads
+    /// four 16-wide strips of B per k (4 loads and 6 broadcasts per 24 FMAs, where 6×32 needs 8 per 12); its B
+    /// group (4 strips × 196 deep × 64 bytes = 50 KB at the MLP's k = 784) about fills a 48 KB L1. Deeper k
+    /// blocks (256 at k = 1024: 64 KB) run 6×32 tiles (`halved`). Measured on a Xeon with AVX-512 (2026-12-03, `bench engine
+    /// --only gemm`, alternated): 6×64 ran 128×784×900 at 166–172 GFLOP/s against 147–161 for 6×32 everywhere,
+    /// and 1024³ at 117–123 against 183–187, hence the depth limit. Edge rows keep 8 accumulators as above.
     @inlinable public static var registers512: TilePlan {
-        TilePlan(wholeTile: 2, twoRowTile: 4, fourRowTile: 2, gemvStrips: 8, gemvVectors: 8)
+        TilePlan(wholeTile: 4, wholeTileMaxDepth: 200, twoRowTile: 4, fourRowTile: 2, gemvStrips: 8, gemvVectors: 8)
     }
 }

@@ -1,13 +1,34 @@
 import DeepRingKernels
 
-/// The kernels compiled for AVX-512 (`-target-cpu znver4`): 6×32 register tiles of 16-lane zmm chains.
+/// The kernels compiled for AVX-512 (`-target-cpu znver4`): 6×64 register tiles of 16-lane zmm chains (6×32 for
+/// k blocks deeper than 200).
 /// Run only on a CPU with every extension znver4 code may use (AMD Zen 4 and 5, Intel Sapphire Rapids and later;
 /// the engine's `ISA` asks the CPU). Every chain is `DeepRingKernels`' one definition (`TilePlan.registers512`).
 public enum AVX512Kernels: KernelSet {
+    /// 6×64 tiles up to the plan's depth, 6×32 (`halved`) for deeper k blocks. Each width is its own function so
+    /// that the optimiser inlines every tile kernel into it (one function holding both did not: its 4-row edge tile
+    /// became a call into the unflagged `DeepRingKernels`, where an FMA is a libm call).
     public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        if kc <= TilePlan.registers512.wholeTileMaxDepth {
+            shallowTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
+        } else {
+            deepTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
+        }
+    }
+
+    @inline(never)
+    static func shallowTiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         TileKernels.tiles(plan: .registers512, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
                           load: load, edge: edge)
+    }
+
+    @inline(never)
+    static func deepTiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                          c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        TileKernels.tiles(plan: TilePlan.registers512.halved, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                          c: c, ldc: ldc, load: load, edge: edge)
     }
 
     public static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,

@@ -71,12 +71,13 @@ import Testing
         return c.map(\.bitPattern)
     }
 
-    /// Shapes that take every tile: whole 6-row tiles of one and two strips, 2 and 4 edge rows (m mod 6) against
-    /// groups of 1, 2 and 4 strips, other edge rows, partial strips, several K blocks (k > 256), one row (the
+    /// Shapes that take every tile: whole 6-row tiles of one, two and four strips, 2 and 4 edge rows (m mod 6)
+    /// against groups of 1, 2 and 4 strips, other edge rows, partial strips, several K blocks (k > 256), K blocks
+    /// deeper than the AVX-512 plan's 6×64 limit (200: k = 230 and 450 run its halved, 6×32 plan), one row (the
     /// GEMVs, with groups of 4 and 8 strips and their short tails), and two threads.
     static let gemmShapes: [(Int, Int, Int)] = [
         (8, 130, 40), (10, 100, 33), (13, 97, 300), (20, 64, 17), (6, 16, 5), (128, 90, 78),
-        (1, 900, 78), (1, 37, 301), (1, 200, 9), (2, 129, 64), (3, 47, 11),
+        (1, 900, 78), (1, 37, 301), (1, 200, 9), (2, 129, 64), (3, 47, 11), (14, 70, 230), (28, 100, 450),
     ]
 
     @Test(arguments: gemmShapes)

@@ -1,13 +1,34 @@
 import DeepRingKernels
 
-/// The AVX-512 kernels' tile plan (`TilePlan.registers512`: 6×32 tiles, 2- and 4-row edge tiles of 4 and 2 strips,
-/// 8-strip and 128-column GEMVs) compiled for AVX2, so that a machine without AVX-512 checks the plan's tile
-/// logic bit for bit against the others. Test support only: the engine never picks it (`Engine.withKernels`).
+/// The AVX-512 kernels' tile plan (`TilePlan.registers512`: 6×64 tiles, 6×32 for k blocks over 200, 2- and 4-row
+/// edge tiles of 4 and 2 strips, 8-strip and 128-column GEMVs) compiled for AVX2, so that a machine without
+/// AVX-512 checks the plan's tile logic bit for bit against the others. Test support only: the engine never
+/// picks it (`Engine.withKernels`).
 public enum AVX512PlanOnAVX2: KernelSet {
+    /// 6×64 tiles up to the plan's depth, 6×32 (`halved`) for deeper k blocks. Each width is its own function so
+    /// that the optimiser inlines every tile kernel into it (one function holding both did not: its 4-row edge tile
+    /// became a call into the unflagged `DeepRingKernels`, where an FMA is a libm call).
     public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        if kc <= TilePlan.registers512.wholeTileMaxDepth {
+            shallowTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
+        } else {
+            deepTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
+        }
+    }
+
+    @inline(never)
+    static func shallowTiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         TileKernels.tiles(plan: .registers512, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
                           load: load, edge: edge)
+    }
+
+    @inline(never)
+    static func deepTiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                          c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
+        TileKernels.tiles(plan: TilePlan.registers512.halved, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                          c: c, ldc: ldc, load: load, edge: edge)
     }
 
     public static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,
