@@ -45,9 +45,9 @@ public struct TilePlan: Sendable {
     /// 512-bit registers (32 of them): a SIMD16<Float> is one zmm. A 6×64 tile holds 24 accumulators and reads
     /// four 16-wide strips of B per k (4 loads and 6 broadcasts per 24 FMAs, where 6×32 needs 8 per 12); its B
     /// group (4 strips × 196 deep × 64 bytes = 50 KB at the MLP's k = 784) about fills a 48 KB L1. Deeper k
-    /// blocks (256 at k = 1024: 64 KB) run 6×32 tiles (`halved`). Measured on a Xeon with AVX-512 (2026-12-03, `bench engine
-    /// --only gemm`, alternated): 6×64 ran 128×784×900 at 166–172 GFLOP/s against 147–161 for 6×32 everywhere,
-    /// and 1024³ at 117–123 against 183–187, hence the depth limit. Edge rows keep 8 accumulators as above.
+    /// blocks (256 at k = 1024: 64 KB) run 6×32 tiles (`halved`). Measured on a Xeon with AVX-512 (2026-12-03,
+    /// `bench engine --only gemm`, alternated, 2 threads): 6×64 ran 128×784×900 at 165–172 GFLOP/s against 136–167
+    /// for 6×32, and 1024³ at 117–123 against 183–187, hence the depth limit. Edge rows keep 8 accumulators.
     @inlinable public static var registers512: TilePlan {
         TilePlan(wholeTile: 4, wholeTileMaxDepth: 200, twoRowTile: 4, fourRowTile: 2, gemvStrips: 8, gemvVectors: 8)
     }
