@@ -122,14 +122,18 @@ extension DeploymentTests {
         /// path computes the same bits.
         @Test(.timeLimit(.minutes(20)))   // 300 images take seconds; the whole test set (see below) minutes
         func blocksOnDifferentKernelPathsAgreeBitForBit() throws {
+            // 300 images by default; DEEPRING_MIXED_RING_IMAGES=10000 runs the whole MNIST test set (issue 15's check).
+            var count = 300
+            if let requested = ProcessInfo.processInfo.environment["DEEPRING_MIXED_RING_IMAGES"] {
+                count = try #require(Int(requested), "DEEPRING_MIXED_RING_IMAGES=\(requested) is not a count")
+                try #require(count > 0, "DEEPRING_MIXED_RING_IMAGES must be at least 1")
+            }
             let db = try TestPostgres.database()
             let (member, querent) = try roles(db)
             let model = try Model(.mlp(inputShape: [28, 28, 1], classes: 10, hidden: [900, 600, 300, 100]), seed: 15)
             let isas = ISA.supported.map(\.rawValue)
             #expect(isas.count >= 2, "this CPU runs one kernel path only: \(isas)")
             let ring = try ProcessRing(model: model, database: db.url, blockISAs: isas, memberURL: member, querentURL: querent)
-            // 300 images by default; DEEPRING_MIXED_RING_IMAGES=10000 runs the whole MNIST test set (issue 15's check).
-            let count = ProcessInfo.processInfo.environment["DEEPRING_MIXED_RING_IMAGES"].flatMap { Int($0) } ?? 300
             let images: Tensor
             if let dir = mnistDirectory {
                 images = try DatasetLoader.load(name: "mnist", directory: dir).test.prefix(count).tensor
