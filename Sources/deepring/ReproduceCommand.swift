@@ -93,6 +93,18 @@ struct Reproduce: ParsableCommand {
         return try JSONSerialization.jsonObject(with: JSONEncoder().encode(rows))
     }
 
+    /// The cached model at `path` if a run trained it for all `epochs`; nil when there is none. Training saves a
+    /// checkpoint after every epoch under the same name, so a run killed in epoch 2 of 3 leaves a one-epoch model
+    /// there: that one is not the table's model, and is trained again from the start (training has no resume; the
+    /// seed makes the new run the same as an uninterrupted one).
+    func completeCheckpoint(_ path: String, epochs: Int) throws -> String? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let done = try ModelFile.load(path: path).1["deepring.epochs"].flatMap { Int($0) }
+        if done == epochs { return path }
+        log("  \(path) holds \(done.map { "\($0)" } ?? "an unknown number of") of \(epochs) epochs (an interrupted or different run): training again")
+        return nil
+    }
+
     /// Trains (or loads) the model for a table and runs every attack.
     func attackTable(number: Int, kind: ModelKind) throws -> Any {
         var splits = try dataOptions.load(seed: seed)
@@ -101,7 +113,8 @@ struct Reproduce: ParsableCommand {
         let m: Model
         let tag = kind == .mlp ? "mlp" : "vgg19-div\(widthDivisor)"
         let cached = out + "/table\(number)-\(tag)-\(dataOptions.dataset).safetensors"
-        if let path = model ?? (FileManager.default.fileExists(atPath: cached) ? cached : nil) {
+        let wantedEpochs = epochs ?? (kind == .mlp ? 20 : 3)
+        if let path = try model ?? completeCheckpoint(cached, epochs: wantedEpochs) {
             m = try ModelFile.load(path: path).0
             log("  model: \(path)")
             guard m.architecture.name == kind.rawValue else {
@@ -109,7 +122,7 @@ struct Reproduce: ParsableCommand {
             }
         } else {
             var cfg = TrainingConfig()
-            cfg.epochs = epochs ?? (kind == .mlp ? 20 : 3)
+            cfg.epochs = wantedEpochs
             cfg.learningRate = 0.05
             cfg.weightDecay = 5e-4
             cfg.seed = seed
