@@ -51,6 +51,9 @@ public final class RingRuntime {
     public private(set) var evictions: [Int] = []
     /// Per-phase time of all nodes (compute, crypto, ledger).
     public let timing = PhaseTiming()
+    /// One memo of authentic entries for every member: all of them run in this process, so a post one member appended
+    /// is checked by its receivers by comparing bytes, not by hashing it again (`AuthenticEntries`).
+    public let authenticEntries = AuthenticEntries()
 
     /// Opens the ring at `directory` as its one writer: waits up to `lockTimeout` seconds for another process
     /// running it (telling `onWait` once), completes an interrupted reshuffle, checks everything and repairs what can
@@ -231,7 +234,7 @@ public final class RingRuntime {
         // Every post must fit in one ledger entry: the widest tensor a query carries bounds its batch.
         let widest = ([ring.manifest.inputShape] + blocks.map(\.own.outputShape)).map { $0.reduce(1, *) }.max() ?? 1
         maxBatch = max(1, min(RingNode.maxBatch, (LedgerEntry.maxPayload - (1 << 16)) / (4 * widest)))
-        for n in nodes { n.cursor = cursor; n.timing = timing; n.maxBatch = maxBatch }
+        for n in nodes { n.cursor = cursor; n.timing = timing; n.maxBatch = maxBatch; n.authenticEntries = authenticEntries }
     }
 
     /// Attack hook: the named block perturbs its input before computing (off unless set).
@@ -370,7 +373,7 @@ public final class RingRuntime {
                     }
                 }
                 // Only ring members' alarms count: anyone may append, and a forged alarm must not end a query.
-                guard e.kind == .alarm, members.contains(e.author), e.isAuthentic, let a = try? Alarm.decode(e),
+                guard e.kind == .alarm, members.contains(e.author), authenticEntries.isAuthentic(e), let a = try? Alarm.decode(e),
                       case .validation(let v) = a.body else { continue }
                 alarms += 1
                 guard v.final else { continue }

@@ -63,6 +63,12 @@ package final class RingNode {
     package var perturbInput: ((Tensor) -> Tensor)?
     package var forgery: Forgery?
     package var cursor: Int64 = 0
+    /// Entries this process knows to be authentic (`AuthenticEntries`): the embedded runtime gives all its members one
+    /// shared memo, so a row another member appended in the same process is checked by comparing bytes; a member
+    /// process has its own. Rows the memo does not vouch for are checked in full.
+    package var authenticEntries = AuthenticEntries()
+    /// `e.isAuthentic` (stored hash recomputed, signature checked), answered by the memo when it vouches for `e`.
+    func isAuthentic(_ e: LedgerEntry) -> Bool { authenticEntries.isAuthentic(e) }
     /// Pending queries at the ouroboros: query id → querent's HPKE key; and every query id seen (a second query
     /// with the same id is ignored: the first one's querent gets the answer).
     package var querents = BoundedMap<String, [UInt8]>(capacity: 1 << 12)
@@ -201,7 +207,7 @@ package final class RingNode {
         guard post.recipient == publicKeys.signing else { return .failure(.misaddressed) }
         guard let c = try recentlyRead(post.consumed) ?? ledger.entry(at: post.consumed), c.hash == post.consumedHash else { return .failure(.missingInput) }
         guard c.sequence < e.sequence else { return .failure(.missingInput) }
-        guard timing.time(\.crypto, { c.isAuthentic }) else { return .failure(.inputNotAuthentic) }
+        guard timing.time(\.crypto, { isAuthentic(c) }) else { return .failure(.inputNotAuthentic) }
         guard c.queryID == e.queryID else { return .failure(.inputOfAnotherQuery) }
         switch c.kind {
         case .query:
@@ -224,18 +230,18 @@ package final class RingNode {
     /// predecessor's at all: skipped, and `ledger audit` names it).
     func receive(_ e: LedgerEntry, ledger: any Ledger) throws -> Received? {
         guard let post = try? LayerPost.decode(e) else {
-            return timing.time(\.crypto, { e.isAuthentic }) ? .rejected(.malformedPost, hashFrom: nil, input: nil) : nil
+            return timing.time(\.crypto, { isAuthentic(e) }) ? .rejected(.malformedPost, hashFrom: nil, input: nil) : nil
         }
         let ref: (h: [UInt8]?, from: [UInt8]?)
         switch try reference(for: post, of: e, ledger: ledger) {
-        case .failure(let f): return timing.time(\.crypto, { e.isAuthentic }) ? .rejected(f, hashFrom: nil, input: post.consumed) : nil
+        case .failure(let f): return timing.time(\.crypto, { isAuthentic(e) }) ? .rejected(f, hashFrom: nil, input: post.consumed) : nil
         case .success(let r): ref = r
         }
         return try timing.time(\.crypto) { () throws -> Received? in
             var authentic = false, opened: Result<Tensor, Error> = .failure(ProtocolError.decryptionFailed)
             var inputHash: [UInt8]?
             Parallel.forEach(2, threads: RingNode.parallel(post.ciphertext.count / 4)) { i in
-                if i == 0 { authentic = e.isAuthentic } else {
+                if i == 0 { authentic = isAuthentic(e) } else {
                     opened = Result { try open(post, from: e) }
                     if ref.h != nil, case .success(let t) = opened { inputHash = TensorWire.hash(t) }
                 }
@@ -276,7 +282,7 @@ package final class RingNode {
     /// A query is seen once its post (or refusal) is on the ledger: one whose append failed (an outage) is started
     /// again when its row is handled again.
     package func startQuery(_ e: LedgerEntry, ledger: any Ledger, again: Bool = false) throws {
-        guard let q = e.queryID, timing.time(\.crypto, { e.isAuthentic }) else { return }
+        guard let q = e.queryID, timing.time(\.crypto, { isAuthentic(e) }) else { return }
         guard again || !seenQueries.contains(q) else { return }
         do {
             try open(e, queryID: q, ledger: ledger)
@@ -345,6 +351,7 @@ package final class RingNode {
     package func appendOwn(_ kind: EntryKind, _ queryID: String?, _ payload: [UInt8], _ ledger: any Ledger,
                    requiring: EntryReference? = nil) throws -> LedgerEntry {
         let e = try ledger.append(kind: kind, queryID: queryID, payload: payload, signer: signer, requiring: requiring)
+        authenticEntries.remember(e)
         ownAppends.append(e.sequence)
         if watchFilters.contains(where: { $0.matches(e) }) { watched.append(e) }
         return e
@@ -403,7 +410,7 @@ package final class RingNode {
                 var from = lo
                 while from <= hi {
                     let page = try ledger.entries(in: from...hi, matching: [EntryFilter(kind: .layer, author: predecessor.signing)], maxBytes: 16 << 20)
-                    for e in page.entries where wanted.contains(e.sequence) && e.isAuthentic {
+                    for e in page.entries where wanted.contains(e.sequence) && isAuthentic(e) {
                         inputs[e.sequence] = (e.queryID, (try? LayerPost.decode(e))?.consumed)
                     }
                     guard page.through < hi else { break }
@@ -412,7 +419,7 @@ package final class RingNode {
             }
         }
         for e in own {
-            guard let q = e.queryID, e.isAuthentic else { continue }
+            guard let q = e.queryID, isAuthentic(e) else { continue }
             if e.kind == .delivery {
                 _ = seenQueries.insert(q)
                 querents[q] = nil
@@ -426,7 +433,7 @@ package final class RingNode {
                 if input.queryID == q, let c = input.consumed { accepted[q] = Acceptance(input: c, retryAsked: false, failures: 0) }
                 continue
             }
-            guard let src = try ledger.entry(at: p.consumed), src.queryID == q, src.isAuthentic else { continue }
+            guard let src = try ledger.entry(at: p.consumed), src.queryID == q, isAuthentic(src) else { continue }
             if isOuroboros {
                 if src.kind == .query, seenQueries.insert(q), let r = try? QueryRequest.decode(src) { querents[q] = r.querent }
             } else if let prior = try? LayerPost.decode(src) {
@@ -496,7 +503,7 @@ package final class RingNode {
                 case .query where isOuroboros && holdQueries:
                     if heldQueries.count < RingNode.maxHeldQueries {
                         heldQueries.append(e.sequence)
-                    } else if e.isAuthentic, seenQueries.insert(q) {
+                    } else if isAuthentic(e), seenQueries.insert(q) {
                         try appendOwn(.delivery, q, Delivery(.refusal(.timeout, detail: "too many queries arrived during a key rotation; ask again")).encoded(), ledger)
                     }
                 case .query where isOuroboros:
@@ -585,12 +592,12 @@ package final class RingNode {
     /// paper's retry). The alarm is only a request: the node recomputes from the very entry it computed from the
     /// first time — authentic, its predecessor's, of this query — never from an entry the alarm names otherwise.
     func retry(_ e: LedgerEntry, queryID q: String, ledger: any Ledger) throws -> Bool {
-        guard e.isAuthentic, let alarm = try? Alarm.decode(e), case .validation(let a) = alarm.body,
+        guard isAuthentic(e), let alarm = try? Alarm.decode(e), case .validation(let a) = alarm.body,
               a.suspect == publicKeys.signing, !a.final, a.reason == .hashMismatch, let inputSeq = a.input,
               let from = computedFrom[q], from == inputSeq, lastPost[q] == a.entry,
-              let mine = try ledger.entry(at: a.entry), mine.author == publicKeys.signing, mine.queryID == q, mine.isAuthentic,
+              let mine = try ledger.entry(at: a.entry), mine.author == publicKeys.signing, mine.queryID == q, isAuthentic(mine),
               (try? LayerPost.decode(mine))?.consumed == inputSeq,
-              let src = try ledger.entry(at: inputSeq), src.queryID == q, src.isAuthentic else { return false }
+              let src = try ledger.entry(at: inputSeq), src.queryID == q, isAuthentic(src) else { return false }
         // The ouroboros's post (the querent's input) carries no H to fail: it is never retried.
         guard !isOuroboros, src.kind == .layer, src.author == predecessor.signing, let p = try? LayerPost.decode(src),
               let t = try? timing.time(\.crypto, { try open(p, from: src) }), Array(t.shape.dropFirst()) == inputShape else { return false }

@@ -23,7 +23,7 @@ final class ProgressPrinter {
             FileHandle.standardError.write(Data("\r\u{1B}[2K\(text)".utf8))
         } else {
             let d = Int(frac * 10)
-            if d != lastDecile && (d % 5 == 0 || p.batch == p.batches) {
+            if d != lastDecile {
                 lastDecile = d
                 stderrPrint(text)
             }

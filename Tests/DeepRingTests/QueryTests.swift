@@ -25,6 +25,9 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
             #expect(r.alarms == 0)
             #expect(r.logits.data.map(\.bitPattern) == plainLogits(m, x).data.map(\.bitPattern), "batch \(n)")
         }
+        // Every member runs in this process: each of the 12 layer posts was checked by its receiver against the
+        // members' shared memo of what they appended (bytes compared, not hashed and verified again).
+        #expect(rt.authenticEntries.counts.vouched >= 12)
         let entries = try rt.ledger.allEntries()
         // seal + 2 × (query, ouroboros post, 5 block posts, delivery, reshuffle)
         #expect(entries.count == 1 + 2 * 9)
