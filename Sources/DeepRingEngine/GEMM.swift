@@ -16,7 +16,6 @@ public enum GEMM {
     /// Rows per packed A strip and columns per packed B strip: the register tiles' (`TileKernels`).
     public static let mr = TileKernels.mr
     public static let nr = TileKernels.nr
-    static let kc = 256
     static let mc = 96   // multiple of mr
     static let nc = 2048 // multiple of nr
 
@@ -287,10 +286,13 @@ public enum GEMM {
 
     // MARK: - Blocked GEMM
 
-    /// K blocks of (nearly) equal length ≤ kc: 784 → 4 × 196 rather than 3 × 256 + 16. Depends on k only, so
-    /// every element's FMA chain is split at the same places whatever the thread count or tile.
+    /// K blocks of (nearly) equal length ≤ the kernels' `kBlockDepth` (256 for AVX2: 784 → 4 × 196 rather than
+    /// 3 × 256 + 16; 200 for AVX-512). Depends on k and the instruction set only, so every element's FMA chain is
+    /// split at the same places whatever the thread count or tile — and where it is split changes no result anyway
+    /// (a block stores each chain's exact partial value, the next continues from it).
     @inline(__always)
     static func kStep(_ k: Int) -> Int {
+        let kc = Engine.kernels.plan.kBlockDepth
         let kBlocks = (k + kc - 1) / kc
         return (k + kBlocks - 1) / kBlocks
     }

@@ -12,6 +12,9 @@
 /// Vector width and tile shape change only how many elements run at once, never an element's operations, so
 /// every set gives the same bytes (the tests force each set and compare).
 public protocol KernelSet {
+    /// The shapes this set's kernels are compiled for (the GEMM reads its K block depth).
+    static var plan: TilePlan { get }
+
     /// C[rows×cols] (+)= packed A · packed B for one (A block, B block) pair.
     ///
     /// - `aPack`: A packed in strips of `TileKernels.mr` rows, `kc` deep (strip s at `aPack + s·mr·kc`, value

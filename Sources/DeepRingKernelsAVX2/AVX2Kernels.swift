@@ -4,6 +4,8 @@ import DeepRingKernels
 /// CPU of the x86-64 binary): 6×16 register tiles of two ymm per chain vector. Every chain is `DeepRingKernels`'
 /// one definition (`TilePlan.registers256`).
 public enum AVX2Kernels: KernelSet {
+    public static var plan: TilePlan { .registers256 }
+
     public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         TileKernels.tiles(plan: .registers256, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,

@@ -5,6 +5,8 @@ import DeepRingKernels
 /// Run only on a CPU with every extension znver4 code may use (AMD Zen 4 and 5, Intel Sapphire Rapids and later;
 /// the engine's `ISA` asks the CPU). Every chain is `DeepRingKernels`' one definition (`TilePlan.registers512`).
 public enum AVX512Kernels: KernelSet {
+    public static var plan: TilePlan { .registers512 }
+
     /// 6×64 tiles up to the plan's depth, 6×32 (`halved`) for deeper k blocks. Each width is its own function so
     /// that the optimiser inlines every tile kernel into it (one function holding both did not: its 4-row edge tile
     /// became a call into the unflagged `DeepRingKernels`, where an FMA is a libm call).

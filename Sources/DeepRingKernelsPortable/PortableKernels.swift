@@ -4,6 +4,8 @@ import DeepRingKernels
 /// x86-64 without FMA in the compiler's baseline, each fused multiply-add is a call to libm's `fmaf`, exact and
 /// slow). Every chain is `DeepRingKernels`' one definition (`TilePlan.registers256`).
 public enum PortableKernels: KernelSet {
+    public static var plan: TilePlan { .registers256 }
+
     public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         TileKernels.tiles(plan: .registers256, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,

@@ -72,9 +72,9 @@ import Testing
     }
 
     /// Shapes that take every tile: whole 6-row tiles of one, two and four strips, 2 and 4 edge rows (m mod 6)
-    /// against groups of 1, 2 and 4 strips, other edge rows, partial strips, several K blocks (k > 256), K blocks
-    /// deeper than the AVX-512 plan's 6×64 limit (200: k = 230 and 450 run its halved, 6×32 plan), one row (the
-    /// GEMVs, with groups of 4 and 8 strips and their short tails), and two threads.
+    /// against groups of 1, 2 and 4 strips, other edge rows, partial strips, several K blocks (k > 256; k = 230 and
+    /// 450 are one and two blocks under AVX2's plan, two and three under AVX-512's), one row (the GEMVs, with groups
+    /// of 4 and 8 strips and their short tails), and two threads.
     static let gemmShapes: [(Int, Int, Int)] = [
         (8, 130, 40), (10, 100, 33), (13, 97, 300), (20, 64, 17), (6, 16, 5), (128, 90, 78),
         (1, 900, 78), (1, 37, 301), (1, 200, 9), (2, 129, 64), (3, 47, 11), (14, 70, 230), (28, 100, 450),
@@ -126,6 +126,36 @@ import Testing
             let bits = c.map(\.bitPattern)
             let same = bits == expected
             #expect(same, "\(path), m=\(m) n=\(n) k=\(k): differs at \(firstDifference(bits, expected))")
+        }
+    }
+
+    /// Weights packed under one path and multiplied under another (a path switched at run time): the K blocks are
+    /// the packing path's — 230 deep under AVX2's plan, deeper than the AVX-512 plan's 6×64 limit, so its halved
+    /// 6×32 tiles run — and every path still gives the scalar chains.
+    @Test(arguments: [(14, 70, 230), (28, 100, 450), (1, 90, 230)])
+    func weightsPackedUnderOnePathAgreeUnderEvery(_ shape: (Int, Int, Int)) throws {
+        let (m, n, k) = shape
+        let a = randomFloats(m * k, seed: 8), b = randomFloats(k * n, seed: 9)
+        let expected = scalarChains(a, b, [], m: m, n: n, k: k, transB: false, accumulate: false)
+        for packer in Self.paths {
+            var packed: GEMM.PackedB?
+            try packer.run {
+                packed = b.withUnsafeBufferPointer { bp in GEMM.PackedB(k: k, n: n, b: .init(bp.baseAddress!, rowStride: n, colStride: 1)) }
+            }
+            guard let packed else { Issue.record("nothing packed"); return }
+            for path in Self.paths {
+                var c = [Float](repeating: .nan, count: m * n)
+                try path.run {
+                    a.withUnsafeBufferPointer { ap in
+                        c.withUnsafeMutableBufferPointer { cp in
+                            GEMM.multiply(m: m, a: .init(ap.baseAddress!, rowStride: k, colStride: 1), packed: packed,
+                                          c: cp.baseAddress!, ldc: n, threads: 2)
+                        }
+                    }
+                }
+                let same = c.map(\.bitPattern) == expected
+                #expect(same, "packed under \(packer), multiplied under \(path), m=\(m) n=\(n) k=\(k)")
+            }
         }
     }
 

@@ -5,6 +5,8 @@ import DeepRingKernels
 /// AVX-512 checks the plan's tile logic bit for bit against the others. Test support only: the engine never
 /// picks it (`Engine.withKernels`).
 public enum AVX512PlanOnAVX2: KernelSet {
+    public static var plan: TilePlan { .registers512 }
+
     /// 6×64 tiles up to the plan's depth, 6×32 (`halved`) for deeper k blocks. Each width is its own function so
     /// that the optimiser inlines every tile kernel into it (one function holding both did not: its 4-row edge tile
     /// became a call into the unflagged `DeepRingKernels`, where an FMA is a libm call).
