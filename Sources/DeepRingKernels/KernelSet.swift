@@ -1,4 +1,5 @@
-/// The compute kernels one instruction set runs: the GEMM's register tiles and the batch-1 GEMVs.
+/// The compute kernels one instruction set runs: the GEMM's register tiles, the batch-1 GEMVs and Winograd's
+/// transforms.
 ///
 /// Swift has no per-function target attributes, so each instruction set's kernels live in a target of their own,
 /// compiled with that set's `-target-cpu` (`DeepRingKernelsAVX512`, `DeepRingKernelsAVX2`, and
@@ -32,6 +33,16 @@ public protocol KernelSet {
     static func gemvPacked(strips: Range<Int>, x: UnsafePointer<Float>, storage: UnsafePointer<Float>,
                            offsets: UnsafePointer<Int>, kBlocks: Int, step: Int, stripsPerBlock: Int,
                            n: Int, k: Int, y: UnsafeMutablePointer<Float>, accumulate: Bool)
+
+    /// Winograd's input transform V = Bᵀ d B for the tiles `tiles` (`WinogradKernels.input`).
+    static func winogradInput(tiles: Range<Int>, first: Int, perImage: Int, tilesWide: Int, x: UnsafePointer<Float>,
+                              h: Int, w: Int, inC: Int, v: UnsafeMutablePointer<Float>, ldv: Int)
+
+    /// Winograd's output transform Y = Aᵀ M A + bias (then the ReLU) for the tiles `tiles` and the output channels
+    /// `cols` (`WinogradKernels.output`).
+    static func winogradOutput(tiles: Range<Int>, first: Int, perImage: Int, tilesWide: Int, m: UnsafePointer<Float>,
+                               ldm: Int, outC: Int, cols: Range<Int>, bias: UnsafePointer<Float>, relu: Bool,
+                               y: UnsafeMutablePointer<Float>, h: Int, w: Int)
 
     /// y[columns] (+)= x[k] · W[k × columns] with W row-major (row stride `ldw`).
     static func gemv(columns: Range<Int>, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>, ldw: Int,

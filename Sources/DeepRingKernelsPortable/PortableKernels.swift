@@ -23,4 +23,17 @@ public enum PortableKernels: KernelSet {
                             y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         GEMVKernels.rowMajor(plan: .registers256, columns: columns, k: k, x: x, w: w, ldw: ldw, y: y, accumulate: accumulate)
     }
+
+    public static func winogradInput(tiles: Range<Int>, first: Int, perImage: Int, tilesWide: Int, x: UnsafePointer<Float>,
+                                     h: Int, w: Int, inC: Int, v: UnsafeMutablePointer<Float>, ldv: Int) {
+        WinogradKernels.input(SIMD8<Float>.self, tiles: tiles, first: first, perImage: perImage, tilesWide: tilesWide,
+                              x: x, h: h, w: w, inC: inC, v: v, ldv: ldv)
+    }
+
+    public static func winogradOutput(tiles: Range<Int>, first: Int, perImage: Int, tilesWide: Int, m: UnsafePointer<Float>,
+                                      ldm: Int, outC: Int, cols: Range<Int>, bias: UnsafePointer<Float>, relu: Bool,
+                                      y: UnsafeMutablePointer<Float>, h: Int, w: Int) {
+        WinogradKernels.output(SIMD8<Float>.self, tiles: tiles, first: first, perImage: perImage, tilesWide: tilesWide,
+                               m: m, ldm: ldm, outC: outC, cols: cols, bias: bias, relu: relu, y: y, h: h, w: w)
+    }
 }

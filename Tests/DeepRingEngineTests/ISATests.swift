@@ -167,6 +167,8 @@ import Testing
         ("dense and ReLU", Architecture(name: "t", inputShape: [37], classes: 10, layers: [.dense(70), .relu, .dense(10)])),
         ("convolution 3×3 (Winograd), max pool", Architecture(name: "t", inputShape: [8, 8, 16], classes: 5,
                                                              layers: [.conv(20), .relu, .maxPool(2), .flatten, .dense(5)])),
+        ("convolution 3×3 (Winograd), 24 channels in, 40 out, odd image", Architecture(name: "t", inputShape: [7, 7, 24], classes: 3,
+                                                             layers: [.conv(40), .relu, .flatten, .dense(3)])),
         ("convolution 5×5 stride 2 (im2col)", Architecture(name: "t", inputShape: [11, 11, 3], classes: 4,
                                                           layers: [.conv(18, kernel: 5, stride: 2, padding: 1), .flatten, .dense(4)])),
         ("batch norm on images and features", Architecture(name: "t", inputShape: [6, 6, 3], classes: 3,

@@ -6,7 +6,8 @@
 /// with d the 4×4 input patch around the tile and g the 3×3 filter, so a tile costs 16 multiply-adds per (input,
 /// output) channel pair instead of 36 — 2.25× fewer. Summed over the input channels, the 16 element-wise products
 /// become 16 independent GEMMs, M_ξ[tiles × Cout] = V_ξ[tiles × Cin] · U_ξ[Cin × Cout], with V = Bᵀ d B per tile and
-/// U = G g Gᵀ per filter (computed and packed once per weight change).
+/// U = G g Gᵀ per filter (computed and packed once per weight change). The input and output transforms run in the
+/// instruction set's kernels (`KernelSet.winogradInput`/`winogradOutput`, one definition in `WinogradKernels`).
 ///
 /// Determinism: every output value is computed from its own tile by a fixed sequence of operations — the input
 /// transform, one GEMM element per ξ (the GEMM's fixed K blocks), the output transform, the bias, the ReLU —
@@ -27,19 +28,11 @@ enum Winograd {
 
     typealias V = SIMD8<Float>
 
-    /// Bᵀ·(d0, d1, d2, d3) along one axis of the 4×4 input patch.
-    @inline(__always)
-    static func bt(_ d0: V, _ d1: V, _ d2: V, _ d3: V) -> (V, V, V, V) { (d0 - d2, d1 + d2, d2 - d1, d1 - d3) }
-
     /// G·(g0, g1, g2) along one axis of the 3×3 filter.
     @inline(__always)
     static func g(_ g0: V, _ g1: V, _ g2: V) -> (V, V, V, V) {
         (g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2)
     }
-
-    /// Aᵀ·(m0, m1, m2, m3) along one axis of the 4×4 product.
-    @inline(__always)
-    static func at(_ m0: V, _ m1: V, _ m2: V, _ m3: V) -> (V, V) { (m0 + m1 + m2, m1 - m2 - m3) }
 
     /// Loads `count` (≤ 8) floats, the other lanes zero.
     @inline(__always)
@@ -115,22 +108,16 @@ enum Winograd {
         let vBuf = GEMM.allocateAligned(chunk * ldv), mBuf = GEMM.allocateAligned(chunk * ldm)
         defer { vBuf.deallocate(); mBuf.deallocate() }
         let box = UnsafeSendableBox((x, y, vBuf, mBuf, bias))
-        /// Tile `g` (counted over the batch): its image and tile row and column.
-        @inline(__always) func place(_ g: Int) -> (img: Int, ty: Int, tx: Int) {
-            (g / perImage, (g % perImage) / tW, g % tW)
-        }
         var t0 = 0
         while t0 < total {
             let tc = min(chunk, total - t0)
             let first = t0
             // 1. V = Bᵀ d B for every tile of the block, V[tile][ξ][Cin].
+            let kernels = Engine.kernels
             Parallel.ranges(tc, threads: tc * inC >= 4096 ? threads : 1) { r in
                 let (x, _, v, _, _) = box.value
-                for tile in r {
-                    let (img, ty, tx) = place(first + tile)
-                    inputTransform(x: x, img: img, y0: 2 * ty - 1, x0: 2 * tx - 1, h: h, w: w, inC: inC,
-                                   into: v + tile * ldv)
-                }
+                kernels.winogradInput(tiles: (first + r.lowerBound)..<(first + r.upperBound), first: first,
+                                      perImage: perImage, tilesWide: tW, x: x, h: h, w: w, inC: inC, v: v, ldv: ldv)
             }
             // 2. M_ξ = V_ξ · U_ξ and 3. Y = Aᵀ M A, piece by piece (tiles × output channels, split as the GEMM
             // splits its output: the depth of the 16 products is 16·Cin): each thread transforms the outputs of the
@@ -141,78 +128,11 @@ enum Winograd {
                     GEMM.packedWorker(rows: rows, cols: cols, a: .init(v + xi * inC, rowStride: ldv, colStride: 1),
                                       b: filters.u[xi], c: mm + xi * outC, ldc: ldm, accumulate: false, epilogue: .none)
                 }
-                for tile in rows {
-                    let (img, ty, tx) = place(first + tile)
-                    outputTransform(mm + tile * ldm, outC: outC, cols: cols, bias: bias, relu: relu,
-                                    y: y, img: img, oy: 2 * ty, ox: 2 * tx, h: h, w: w)
-                }
+                kernels.winogradOutput(tiles: (first + rows.lowerBound)..<(first + rows.upperBound), first: first,
+                                       perImage: perImage, tilesWide: tW, m: mm, ldm: ldm, outC: outC, cols: cols,
+                                       bias: bias, relu: relu, y: y, h: h, w: w)
             }
             t0 += tc
-        }
-    }
-
-    /// V = Bᵀ d B for the 4×4 patch with top-left input pixel (y0, x0) (zero outside the image): 16 rows of Cin.
-    @inline(__always)
-    static func inputTransform(x: UnsafePointer<Float>, img: Int, y0: Int, x0: Int, h: Int, w: Int, inC: Int,
-                               into v: UnsafeMutablePointer<Float>) {
-        var c = 0
-        while c < inC {
-            let lanes = min(8, inC - c)
-            @inline(__always) func d(_ i: Int, _ j: Int) -> V {
-                let iy = y0 + i, ix = x0 + j
-                guard iy >= 0 && iy < h && ix >= 0 && ix < w else { return V(repeating: 0) }
-                return load(x + ((img * h + iy) * w + ix) * inC + c, lanes)
-            }
-            // Bᵀ along y (each column j of the patch) …
-            let k0 = bt(d(0, 0), d(1, 0), d(2, 0), d(3, 0))
-            let k1 = bt(d(0, 1), d(1, 1), d(2, 1), d(3, 1))
-            let k2 = bt(d(0, 2), d(1, 2), d(2, 2), d(3, 2))
-            let k3 = bt(d(0, 3), d(1, 3), d(2, 3), d(3, 3))
-            // … then along x (each row i): V[4i + j].
-            @inline(__always) func row(_ i: Int, _ a: V, _ b: V, _ cc: V, _ dd: V) {
-                let r = bt(a, b, cc, dd)
-                store(r.0, v + (4 * i + 0) * inC + c, lanes)
-                store(r.1, v + (4 * i + 1) * inC + c, lanes)
-                store(r.2, v + (4 * i + 2) * inC + c, lanes)
-                store(r.3, v + (4 * i + 3) * inC + c, lanes)
-            }
-            row(0, k0.0, k1.0, k2.0, k3.0)
-            row(1, k0.1, k1.1, k2.1, k3.1)
-            row(2, k0.2, k1.2, k2.2, k3.2)
-            row(3, k0.3, k1.3, k2.3, k3.3)
-            c += 8
-        }
-    }
-
-    /// Y = Aᵀ M A (+ bias, then the ReLU) for one tile's output channels `cols` (M: 16 rows of Cout), written to
-    /// the 2×2 outputs at (oy, ox) that lie inside the image.
-    @inline(__always)
-    static func outputTransform(_ m: UnsafePointer<Float>, outC: Int, cols: Range<Int>, bias: UnsafePointer<Float>,
-                                relu: Bool, y: UnsafeMutablePointer<Float>, img: Int, oy: Int, ox: Int, h: Int, w: Int) {
-        var c = cols.lowerBound
-        let right = ox + 1 < w, bottom = oy + 1 < h
-        while c < cols.upperBound {
-            let lanes = min(8, cols.upperBound - c)
-            @inline(__always) func mv(_ i: Int, _ j: Int) -> V { load(m + (4 * i + j) * outC + c, lanes) }
-            // Aᵀ along y (each column j), then along x.
-            let s0 = at(mv(0, 0), mv(1, 0), mv(2, 0), mv(3, 0))
-            let s1 = at(mv(0, 1), mv(1, 1), mv(2, 1), mv(3, 1))
-            let s2 = at(mv(0, 2), mv(1, 2), mv(2, 2), mv(3, 2))
-            let s3 = at(mv(0, 3), mv(1, 3), mv(2, 3), mv(3, 3))
-            let top = at(s0.0, s1.0, s2.0, s3.0), low = at(s0.1, s1.1, s2.1, s3.1)
-            let b = load(bias + c, lanes)
-            @inline(__always) func put(_ v: V, _ yy: Int, _ xx: Int) {
-                var r = v + b
-                if relu { r = r.replacing(with: 0, where: r .< 0) }
-                store(r, y + ((img * h + yy) * w + xx) * outC + c, lanes)
-            }
-            put(top.0, oy, ox)
-            if right { put(top.1, oy, ox + 1) }
-            if bottom {
-                put(low.0, oy + 1, ox)
-                if right { put(low.1, oy + 1, ox + 1) }
-            }
-            c += 8
         }
     }
 }
