@@ -53,7 +53,7 @@ public final class RingRuntime {
     public let timing = PhaseTiming()
     /// One memo of authentic entries for every member: all of them run in this process, so a post one member appended
     /// is checked by its receivers by comparing bytes, not by hashing it again (`AuthenticEntries`).
-    public let authenticEntries = AuthenticEntries()
+    public let authenticEntries = AuthenticEntries(capacity: 64, maxBytes: 64 << 20)
 
     /// Opens the ring at `directory` as its one writer: waits up to `lockTimeout` seconds for another process
     /// running it (telling `onWait` once), completes an interrupted reshuffle, checks everything and repairs what can

@@ -15,7 +15,10 @@ import Foundation
 /// the next receiver's check of it as its predecessor's input). A process of the decentralised deployment has its own
 /// memo: it vouches only for what that process signed or checked itself, never for another party's word.
 ///
-/// Bounded: the most recent `capacity` entries and `maxBytes` payload bytes (older ones are checked in full again).
+/// Bounded: the most recent `capacity` entries and `maxBytes` payload bytes (older ones are checked in full again;
+/// an entry bigger than `maxBytes` is never kept). The receivers that gain are those of the same query, moments
+/// later, so a small memo holds all it needs; the default (32 entries, 16 MiB) keeps what a member process holds on
+/// to small, and the embedded ring gives its shared one room for a few batch-256 queries.
 /// Thread-safe (a receiver checks authenticity on a worker thread while it decrypts).
 public final class AuthenticEntries: @unchecked Sendable {
     private let lock = NSLock()
@@ -32,7 +35,7 @@ public final class AuthenticEntries: @unchecked Sendable {
         return (vouchedCount, fullCount)
     }
 
-    public init(capacity: Int = 256, maxBytes: Int = 256 << 20) {
+    public init(capacity: Int = 32, maxBytes: Int = 16 << 20) {
         self.capacity = max(1, capacity)
         self.maxBytes = max(0, maxBytes)
     }
