@@ -276,11 +276,12 @@ for r in t["rows"]:
 tam = [r for r in t["rows"] if r["type"] == "Parameter tampering"][0]
 assert tam["plainAccuracy"] < orig - 0.1, tam
 PY
-# A checkpoint of an interrupted training run (1 of 2 epochs) is not taken as the table's model: training starts again.
+# A checkpoint of another training run (1 epoch, where the table wants 2) is not taken as the table's model: training
+# starts again (so is a run planned for 3 epochs stopped after 2: the planned length is in the file too).
 mkdir -p "$tmp/rep4"
 expect_exit 0 "train a one-epoch checkpoint" "$bin" train --model mlp --dataset synthetic --epochs 1 --limit 500 --out "$tmp/rep4/table3-mlp-synthetic.safetensors"
 timeout 20 "$bin" reproduce --table 3 --dataset synthetic --epochs 2 --out "$tmp/rep4" >"$tmp/out" 2>&1
-if grep -q "holds 1 of 2 epochs" "$tmp/out" && grep -q "training mlp for 2 epochs" "$tmp/out"; then pass=$((pass + 1)); else
+if grep -q "is not this table's finished training run (epochs 1 ≠ 2, planned_epochs 1 ≠ 2" "$tmp/out" && grep -q "training mlp for 2 epochs" "$tmp/out"; then pass=$((pass + 1)); else
   echo "FAIL: reproduce took an interrupted run's checkpoint as its model"; head -5 "$tmp/out" | sed 's/^/    /'; fail=$((fail + 1)); fi
 expect_exit 64 "reproduce --model with --table all" "$bin" reproduce --table all --model "$tmp/demo/mlp.safetensors" --out "$tmp/rep3"
 expect_exit 1 "reproduce Table 2 with an MLP" "$bin" reproduce --table 2 --dataset synthetic --model "$tmp/demo/mlp.safetensors" --out "$tmp/rep3"

@@ -35,6 +35,8 @@ public struct SuiteResult: Codable, Sendable {
     public var model: String
     public var dataset: String
     public var testImages: Int
+    /// Images per ring query (the configured batch, lowered to what the ring's ledger entries carry).
+    public var ringBatch: Int
     public var originalAccuracy: Double
     public var importance: ParameterTampering.Importance
     public var tamperMu: Double, tamperSigma: Double
@@ -310,9 +312,10 @@ public final class AttackSuite {
         var rows = [try originalRow(), try tamperRow(), try perturbRow(), try gradientSignRow()]
         rows += [try randomFlipRow(), try exponentFlipRow(), try searchFlipRow()]
         let points = doSweep ? try sweep() : []
-        let rt = try harness().runtime
+        let h = try harness(), rt = h.runtime
         log(String(format: "Last ring's ledger: %d entries; %@", try rt.ledger.lastSequence(), "\(try rt.ring.auditLedger())" as NSString))
-        return SuiteResult(model: model.architecture.name, dataset: test.name, testImages: test.count, originalAccuracy: rows[0].plainAccuracy,
+        return SuiteResult(model: model.architecture.name, dataset: test.name, testImages: test.count, ringBatch: h.batchSize,
+                           originalAccuracy: rows[0].plainAccuracy,
                            importance: try importance(), tamperMu: Double(config.tamperMu), tamperSigma: Double(try tamperSigma()),
                            perturbPosition: try perturbAt, perturbSigma: Double(try perturbSigma()), gradientSignEpsilon: Double(try perturbSigma()),
                            rows: rows, sweep: points, seconds: now() - start)

@@ -18,11 +18,14 @@ public final class RingHarness {
 
     /// Seals `model` into `directory` and opens it with the evict-and-retry policy. The folder may not exist, be
     /// empty, or hold a ring (which is replaced); anything else is refused.
+    /// `batchSize`: images per query, at most what the ring's ledger entries carry (`RingRuntime.maxBatch`: the
+    /// full-width VGG-19's first activations, 256 KiB per image, allow 255); a bigger value is lowered to that.
     public init(model: Model, directory: String, batchSize: Int = 1000) throws {
         self.model = model
-        self.batchSize = batchSize
         self.directory = directory
-        runtime = try RingHarness.sealAndOpen(model, directory)
+        let rt = try RingHarness.sealAndOpen(model, directory)
+        runtime = rt
+        self.batchSize = max(1, min(batchSize, rt.maxBatch))
     }
 
     static func sealAndOpen(_ model: Model, _ directory: String) throws -> RingRuntime {

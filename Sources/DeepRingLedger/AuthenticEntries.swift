@@ -47,7 +47,8 @@ public final class AuthenticEntries: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         if let old = bySequence[e.sequence] {
             // Two different entries under one number: a database that lost its last lazily committed rows in a crash
-            // numbers the next rows the same. The newer one is what the ledger holds now.
+            // numbers the next rows the same. The newer one is what the ledger holds now (it keeps the older one's
+            // place in the eviction order: at worst it is checked in full again sooner).
             bytes -= old.payload.count
         } else {
             order.append(e.sequence)
@@ -68,7 +69,9 @@ public final class AuthenticEntries: @unchecked Sendable {
         let known = bySequence[e.sequence]
         lock.unlock()
         guard let k = known, k.hash == e.hash, k.signature == e.signature, k.author == e.author, k.kind == e.kind,
-              k.queryID == e.queryID, k.previousHash == e.previousHash, k.payload.count == e.payload.count else { return false }
+              k.previousHash == e.previousHash, k.payload.count == e.payload.count,
+              // Bytes, not String equality (which is Unicode canonical equivalence: "K" and the Kelvin sign agree).
+              k.queryID.map({ Array($0.utf8) }) == e.queryID.map({ Array($0.utf8) }) else { return false }
         return k.payload.withUnsafeBytes { a in
             e.payload.withUnsafeBytes { b in
                 guard let pa = a.baseAddress, let pb = b.baseAddress else { return a.count == 0 && b.count == 0 }

@@ -93,15 +93,25 @@ struct Reproduce: ParsableCommand {
         return try JSONSerialization.jsonObject(with: JSONEncoder().encode(rows))
     }
 
-    /// The cached model at `path` if a run trained it for all `epochs`; nil when there is none. Training saves a
-    /// checkpoint after every epoch under the same name, so a run killed in epoch 2 of 3 leaves a one-epoch model
-    /// there: that one is not the table's model, and is trained again from the start (training has no resume; the
-    /// seed makes the new run the same as an uninterrupted one).
-    func completeCheckpoint(_ path: String, epochs: Int) throws -> String? {
+    /// The cached model at `path` if it is this table's training run, finished: trained for all `config.epochs` by a
+    /// run planned for that many (the learning rate's schedule spans the plan), with the same seed, learning rate,
+    /// weight decay and number of training images. Training saves a checkpoint after every epoch under the same name,
+    /// so a run killed in epoch 2 of 3 leaves a one-epoch model there; that one, a file from another run, or one that
+    /// does not load, is trained again from the start (training has no resume; the seed makes the new run the same
+    /// as an uninterrupted one). Returns the model as loaded: it is not read twice.
+    func completeCheckpoint(_ path: String, config: TrainingConfig, trainImages: Int) -> Model? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let done = try ModelFile.load(path: path).1["deepring.epochs"].flatMap { Int($0) }
-        if done == epochs { return path }
-        log("  \(path) holds \(done.map { "\($0)" } ?? "an unknown number of") of \(epochs) epochs (an interrupted or different run): training again")
+        let model: Model, meta: [String: String]
+        do { (model, meta) = try ModelFile.load(path: path) } catch {
+            log("  \(path) does not load (\(error)): training again")
+            return nil
+        }
+        let wanted = ["deepring.epochs": "\(config.epochs)", "deepring.planned_epochs": "\(config.epochs)",
+                      "deepring.seed": "\(config.seed)", "deepring.learning_rate": "\(config.learningRate)",
+                      "deepring.weight_decay": "\(config.weightDecay)", "deepring.train_images": "\(trainImages)"]
+        let differing = wanted.keys.sorted().filter { meta[$0] != wanted[$0] }
+        if differing.isEmpty { return model }
+        log("  \(path) is not this table's finished training run (\(differing.map { "\($0.dropFirst(9)) \(meta[$0] ?? "missing") ≠ \(wanted[$0] ?? "")" }.joined(separator: ", "))): training again")
         return nil
     }
 
@@ -113,21 +123,26 @@ struct Reproduce: ParsableCommand {
         let m: Model
         let tag = kind == .mlp ? "mlp" : "vgg19-div\(widthDivisor)"
         let cached = out + "/table\(number)-\(tag)-\(dataOptions.dataset).safetensors"
-        let wantedEpochs = epochs ?? (kind == .mlp ? 20 : 3)
-        if let path = try model ?? completeCheckpoint(cached, epochs: wantedEpochs) {
-            m = try ModelFile.load(path: path).0
+        var training = TrainingConfig()
+        training.epochs = epochs ?? (kind == .mlp ? 20 : 3)
+        training.learningRate = 0.05
+        training.weightDecay = 5e-4
+        training.seed = seed
+        let found: (model: Model, path: String)?
+        if let path = model {
+            found = (try ModelFile.load(path: path).0, path)
+        } else {
+            found = completeCheckpoint(cached, config: training, trainImages: splits.train.count).map { ($0, cached) }
+        }
+        if let (loaded, path) = found {
+            m = loaded
             log("  model: \(path)")
             guard m.architecture.name == kind.rawValue else {
                 throw ModelError.invalidArchitecture("\(path) is a \(m.architecture.name); Table \(number) needs a \(kind.rawValue)")
             }
         } else {
-            var cfg = TrainingConfig()
-            cfg.epochs = wantedEpochs
-            cfg.learningRate = 0.05
-            cfg.weightDecay = 5e-4
-            cfg.seed = seed
-            log("  training \(kind.rawValue) for \(cfg.epochs) epochs (cached as \(cached)) …")
-            m = try trainAndSave(kind: kind, splits: splits, config: cfg, widthDivisor: widthDivisor, out: cached).model
+            log("  training \(kind.rawValue) for \(training.epochs) epochs (cached as \(cached)) …")
+            m = try trainAndSave(kind: kind, splits: splits, config: training, widthDivisor: widthDivisor, out: cached).model
         }
         guard splits.test.imageSize == m.inputShape.reduce(1, *) else {
             throw ModelError.inputMismatch(expected: m.inputShape, got: splits.test.imageShape)
@@ -146,7 +161,7 @@ struct Reproduce: ParsableCommand {
             N(0, σ = %.4g) to its input; gradient-sign: ε = %.4g towards the runner-up class. σ values calibrated on 2,000 \
             training images (mean over the trials' noise draws) to plain accuracies ≈ %.0f%% and ≈ %.0f%%. Seed %llu, %d trials per random attack. DeepRing accuracy counts \
             delivered answers; refusals are listed separately.
-            """, name, dataOptions.dataset, r.testImages, cfg.ringBatch, r.importance.chosenPosition, r.tamperMu, r.tamperSigma,
+            """, name, dataOptions.dataset, r.testImages, r.ringBatch, r.importance.chosenPosition, r.tamperMu, r.tamperSigma,
             r.perturbPosition, r.perturbSigma, r.gradientSignEpsilon, tamperTarget * 100, perturbTarget * 100, seed, trials)
         try write(Report.markdown(r, title: "Table \(number): \(name) on \(dataOptions.dataset) under attack", caption: caption),
                   "table\(number).md")

@@ -111,6 +111,12 @@ func trainAndSave(kind: ModelKind, splits: DatasetSplits, config: TrainingConfig
                 "deepring.dataset": splits.train.name,
                 "deepring.epochs": "\(s.epoch)",
                 "deepring.test_accuracy": String(format: "%.6f", lastAcc),
+                // The run this checkpoint belongs to: a cache is reused only for the same run, finished.
+                "deepring.planned_epochs": "\(config.epochs)",
+                "deepring.seed": "\(config.seed)",
+                "deepring.learning_rate": "\(config.learningRate)",
+                "deepring.weight_decay": "\(config.weightDecay)",
+                "deepring.train_images": "\(splits.train.count)",
             ])
         }
     })

@@ -103,6 +103,25 @@ func ringDir() -> String { NSTemporaryDirectory() + "deepring-attack-test-\(UUID
         #expect(zip(steps, steps.dropFirst()).allSatisfy { $0.loss <= $1.loss })
     }
 
+    /// A ring whose widest activation lets a ledger entry carry fewer images than the harness's batch (the
+    /// full-width VGG-19: 255 per query) is queried in batches it can carry, not refused.
+    @Test func theHarnessQueriesInBatchesTheRingsEntriesCarry() throws {
+        let dir = ringDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let arch = Architecture(name: "wide", inputShape: [32, 32, 1], classes: 3,
+                                layers: [.conv(32, kernel: 1, stride: 1, padding: 0), .relu, .flatten, .dense(3)])
+        let m = try Model(arch, seed: 3)
+        let h = try RingHarness(model: m, directory: dir, batchSize: 1000)
+        #expect(h.runtime.maxBatch < 1000 && h.batchSize == h.runtime.maxBatch)
+        var r = SeededRandom(seed: 4)
+        let n = h.batchSize + 7
+        let data = Dataset(name: "wide", imageShape: [32, 32, 1], images: (0..<(n * 1024)).map { _ in r.uniform() },
+                           labels: (0..<n).map { $0 % 3 }, classes: 3)
+        let p = try h.pass(data) { false }
+        #expect(p.queries == 2 && p.refusedQueries == 0 && p.alarms == 0)
+        #expect(p.predictions == predictions(m.forward(data.tensor)).map { Optional($0) })
+    }
+
     @Test func deepRingDetectsEveryAttackAndDeliversTheOriginalAnswers() throws {
         let dir = ringDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

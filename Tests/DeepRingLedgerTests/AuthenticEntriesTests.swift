@@ -37,6 +37,7 @@ import Testing
         e = es[0]; e.signature[5] ^= 0x10; variants.append(e)
         e = es[0]; e.hash[0] ^= 1; variants.append(e)
         e = es[0]; e.queryID = "other"; variants.append(e)
+        e = es[0]; e.queryID = nil; variants.append(e)
         e = es[0]; e.previousHash[31] ^= 1; variants.append(e)
         e = es[0]; e.kind = .alarm; variants.append(e)
         e = es[0]; e.author = LedgerSigner().publicKey; variants.append(e)
@@ -57,6 +58,17 @@ import Testing
         var forged = es[0]; forged.payload[0] ^= 0xFF
         #expect(!memo.isAuthentic(forged))        // fails the full check: not remembered
         #expect(!memo.vouches(for: forged))
+    }
+
+    /// Query ids are compared as bytes: "K" and the Kelvin sign (U+212A) are equal as Swift strings.
+    @Test func queryIDsAreComparedByteForByte() throws {
+        let ledger = try SQLiteLedger(path: tempLedgerPath())
+        let e = try ledger.append(kind: .layer, queryID: "K1", payload: [1, 2, 3], signer: LedgerSigner())
+        let memo = AuthenticEntries()
+        memo.remember(e)
+        var kelvin = e; kelvin.queryID = "\u{212A}1"
+        #expect(kelvin.queryID == e.queryID)        // the premise
+        #expect(!memo.vouches(for: kelvin))
     }
 
     @Test func boundedByEntriesAndBytes() throws {
