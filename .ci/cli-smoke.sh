@@ -283,6 +283,9 @@ expect_exit 0 "train a one-epoch checkpoint" "$bin" train --model mlp --dataset 
 timeout 20 "$bin" reproduce --table 3 --dataset synthetic --epochs 2 --out "$tmp/rep4" >"$tmp/out" 2>&1
 if grep -q "is not this table's finished training run (epochs 1 ≠ 2, planned_epochs 1 ≠ 2" "$tmp/out" && grep -q "training mlp for 2 epochs" "$tmp/out"; then pass=$((pass + 1)); else
   echo "FAIL: reproduce took an interrupted run's checkpoint as its model"; head -5 "$tmp/out" | sed 's/^/    /'; fail=$((fail + 1)); fi
+expect_exit 0 "reproduce --no-sweep" "$bin" reproduce --table 3 --dataset synthetic --model "$tmp/demo/mlp.safetensors" --trials 1 --no-sweep --out "$tmp/rep5"
+if [ -s "$tmp/rep5/table3.md" ] && ! ls "$tmp/rep5"/table3-sweep-* >/dev/null 2>&1; then pass=$((pass + 1)); else
+  echo "FAIL: reproduce --no-sweep wrote no table or a sweep"; fail=$((fail + 1)); fi
 expect_exit 64 "reproduce --model with --table all" "$bin" reproduce --table all --model "$tmp/demo/mlp.safetensors" --out "$tmp/rep3"
 expect_exit 1 "reproduce Table 2 with an MLP" "$bin" reproduce --table 2 --dataset synthetic --model "$tmp/demo/mlp.safetensors" --out "$tmp/rep3"
 expect_exit 1 "reproduce with a missing data set" "$bin" reproduce --table 3 --dataset mnist --data "$tmp/empty" --out "$tmp/rep2"

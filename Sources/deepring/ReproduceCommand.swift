@@ -31,6 +31,8 @@ struct Reproduce: ParsableCommand {
     @Option(help: "Plain-network accuracy the tampering σ is calibrated to.") var tamperTarget: Double = 0.60
     @Option(help: "Plain-network accuracy the perturbation σ is calibrated to.") var perturbTarget: Double = 0.78
     @Option(help: "Random seed (attacks, training, calibration).") var seed: UInt64 = 1
+    @Flag(help: "Skip the σ sweep (it queries the whole test set through the ring 16 more times: hours at full width).")
+    var noSweep = false
     @Flag(help: "Print the JSON summary on stdout.") var json = false
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -153,7 +155,7 @@ struct Reproduce: ParsableCommand {
         cfg.tamperTarget = tamperTarget
         cfg.perturbTarget = perturbTarget
         let ringDir = out + "/table\(number)-ring"
-        let r = try AttackSuite(model: m, splits: splits, ringDirectory: ringDir, config: cfg, log: log).run()
+        let r = try AttackSuite(model: m, splits: splits, ringDirectory: ringDir, config: cfg, log: log).run(sweep: !noSweep)
         let name = kind == .mlp ? "MLP (784-900-600-300-100-\(m.architecture.classes))" : "VGG-19 (width ÷\(widthDivisor), BatchNorm)"
         let caption = String(format: """
             %@ on %@, %d test images, every query through a sealed DeepRing (batches of %d). Parameter tampering: Algorithm 1 \
