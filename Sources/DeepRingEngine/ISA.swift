@@ -44,7 +44,7 @@ public enum ISA: String, CaseIterable, Sendable, CustomStringConvertible {
     /// What the path's kernels are, for `bench engine` and `--help`.
     public var summary: String {
         switch self {
-        case .avx512: "avx512 (512-bit zmm, 6×64 register tiles; 6×32 for k blocks deeper than 200)"
+        case .avx512: "avx512 (512-bit zmm, 6×64 register tiles over K blocks of at most 200)"
         case .avx2: "avx2 (256-bit ymm and FMA, 6×16 register tiles)"
         case .generic: "generic (portable SIMD, no target flags)"
         }

@@ -20,7 +20,7 @@ public enum WinogradKernels {
 
     /// Loads `count` (≤ V's lanes) floats, the other lanes zero.
     @inlinable @inline(__always)
-    static func load<V: SIMD>(_ p: UnsafePointer<Float>, _ count: Int) -> V where V.Scalar == Float {
+    public static func load<V: SIMD>(_ p: UnsafePointer<Float>, _ count: Int) -> V where V.Scalar == Float {
         if count == V.scalarCount { return UnsafeRawPointer(p).loadUnaligned(as: V.self) }
         var v = V(repeating: 0)
         for i in 0..<count { v[i] = p[i] }
@@ -29,7 +29,7 @@ public enum WinogradKernels {
 
     /// Stores the first `count` lanes.
     @inlinable @inline(__always)
-    static func store<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>, _ count: Int) where V.Scalar == Float {
+    public static func store<V: SIMD>(_ v: V, _ p: UnsafeMutablePointer<Float>, _ count: Int) where V.Scalar == Float {
         if count == V.scalarCount { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self); return }
         for i in 0..<count { p[i] = v[i] }
     }

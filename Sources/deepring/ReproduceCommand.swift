@@ -108,9 +108,8 @@ struct Reproduce: ParsableCommand {
             log("  \(path) does not load (\(error)): training again")
             return nil
         }
-        let wanted = ["deepring.epochs": "\(config.epochs)", "deepring.planned_epochs": "\(config.epochs)",
-                      "deepring.seed": "\(config.seed)", "deepring.learning_rate": "\(config.learningRate)",
-                      "deepring.weight_decay": "\(config.weightDecay)", "deepring.train_images": "\(trainImages)"]
+        var wanted = trainingRun(config, trainImages: trainImages)
+        wanted["deepring.epochs"] = "\(config.epochs)"
         let differing = wanted.keys.sorted().filter { meta[$0] != wanted[$0] }
         if differing.isEmpty { return model }
         log("  \(path) is not this table's finished training run (\(differing.map { "\($0.dropFirst(9)) \(meta[$0] ?? "missing") ≠ \(wanted[$0] ?? "")" }.joined(separator: ", "))): training again")

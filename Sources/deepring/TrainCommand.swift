@@ -86,6 +86,14 @@ struct Train: ParsableCommand {
 }
 
 /// Trains a fresh model with progress output and per-epoch atomic checkpoints. Returns final test accuracy.
+/// What identifies a training run in its checkpoints (planned epochs, seed, learning rate, weight decay, training
+/// images): `reproduce` reuses a cached model only for the same run, finished.
+func trainingRun(_ config: TrainingConfig, trainImages: Int) -> [String: String] {
+    ["deepring.planned_epochs": "\(config.epochs)", "deepring.seed": "\(config.seed)",
+     "deepring.learning_rate": "\(config.learningRate)", "deepring.weight_decay": "\(config.weightDecay)",
+     "deepring.train_images": "\(trainImages)"]
+}
+
 func trainAndSave(kind: ModelKind, splits: DatasetSplits, config: TrainingConfig, widthDivisor: Int,
                   out: String?, quiet: Bool = false) throws -> (model: Model, accuracy: Double, epochs: Int) {
     let arch: Architecture
@@ -107,17 +115,11 @@ func trainAndSave(kind: ModelKind, splits: DatasetSplits, config: TrainingConfig
         lastAcc = Double(s.testAccuracy ?? 0)
         if !quiet { printer.endEpoch(s) }
         if let out = out {
-            try ModelFile.save(model, to: out, extraMetadata: [
+            try ModelFile.save(model, to: out, extraMetadata: trainingRun(config, trainImages: splits.train.count).merging([
                 "deepring.dataset": splits.train.name,
                 "deepring.epochs": "\(s.epoch)",
                 "deepring.test_accuracy": String(format: "%.6f", lastAcc),
-                // The run this checkpoint belongs to: a cache is reused only for the same run, finished.
-                "deepring.planned_epochs": "\(config.epochs)",
-                "deepring.seed": "\(config.seed)",
-                "deepring.learning_rate": "\(config.learningRate)",
-                "deepring.weight_decay": "\(config.weightDecay)",
-                "deepring.train_images": "\(splits.train.count)",
-            ])
+            ], uniquingKeysWith: { a, _ in a }))
         }
     })
     if trainingInterrupted {

@@ -1,3 +1,5 @@
+import DeepRingKernels
+
 /// Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
 /// CVPR 2016) for the 3×3, stride-1, padding-1 convolutions of VGG-19. Each 2×2 block of outputs (a tile) is
 ///
@@ -34,21 +36,6 @@ enum Winograd {
         (g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2)
     }
 
-    /// Loads `count` (≤ 8) floats, the other lanes zero.
-    @inline(__always)
-    static func load(_ p: UnsafePointer<Float>, _ count: Int) -> V {
-        if count == 8 { return UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        var v = V(repeating: 0)
-        for i in 0..<count { v[i] = p[i] }
-        return v
-    }
-
-    /// Stores the first `count` (≤ 8) lanes.
-    @inline(__always)
-    static func store(_ v: V, _ p: UnsafeMutablePointer<Float>, _ count: Int) {
-        if count == 8 { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self); return }
-        for i in 0..<count { p[i] = v[i] }
-    }
 
     /// The transformed filters U_ξ = (G g Gᵀ)_ξ, ξ = 4·i + j, each [Cin, Cout] and packed as the GEMM's B.
     final class Filters: @unchecked Sendable {
@@ -66,7 +53,7 @@ enum Winograd {
                     var co = 0
                     while co < outC {
                         let lanes = min(8, outC - co)
-                        func gv(_ ky: Int, _ kx: Int) -> V { load(w + ((ky * 3 + kx) * inC + ci) * outC + co, lanes) }
+                        func gv(_ ky: Int, _ kx: Int) -> V { WinogradKernels.load(w + ((ky * 3 + kx) * inC + ci) * outC + co, lanes) }
                         // G along y (each filter column), then along x (each of the four rows).
                         let c0 = g(gv(0, 0), gv(1, 0), gv(2, 0))
                         let c1 = g(gv(0, 1), gv(1, 1), gv(2, 1))
@@ -74,10 +61,10 @@ enum Winograd {
                         func row(_ i: Int, _ a: V, _ b: V, _ c: V) {
                             let t = g(a, b, c)
                             let base = u + ci * outC + co
-                            store(t.0, base + (4 * i + 0) * count, lanes)
-                            store(t.1, base + (4 * i + 1) * count, lanes)
-                            store(t.2, base + (4 * i + 2) * count, lanes)
-                            store(t.3, base + (4 * i + 3) * count, lanes)
+                            WinogradKernels.store(t.0, base + (4 * i + 0) * count, lanes)
+                            WinogradKernels.store(t.1, base + (4 * i + 1) * count, lanes)
+                            WinogradKernels.store(t.2, base + (4 * i + 2) * count, lanes)
+                            WinogradKernels.store(t.3, base + (4 * i + 3) * count, lanes)
                         }
                         row(0, c0.0, c1.0, c2.0)
                         row(1, c0.1, c1.1, c2.1)
