@@ -39,7 +39,22 @@ int deepring_cpu_runs_znver4(void) {
     return has_bits(a, 1u << 5);                        // AVX512_BF16
 }
 
+int deepring_cpu_identity(char *vendor) {
+    unsigned a, b, c, d;
+    vendor[0] = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return -1;
+    unsigned words[3] = { b, d, c };
+    for (int i = 0; i < 12; i++) vendor[i] = (char)((words[i / 4] >> (8 * (i % 4))) & 0xFF);
+    vendor[12] = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return -1;
+    unsigned family = (a >> 8) & 0xF, model = (a >> 4) & 0xF;
+    if (family == 0xF) family += (a >> 20) & 0xFF;
+    if (family == 0x6 || family >= 0xF) model |= ((a >> 16) & 0xF) << 4;
+    return (int)(family * 256 + model);
+}
+
 #else
+int deepring_cpu_identity(char *vendor) { vendor[0] = 0; return -1; }
 int deepring_cpu_runs_haswell(void) { return 0; }
 int deepring_cpu_runs_znver4(void) { return 0; }
 #endif

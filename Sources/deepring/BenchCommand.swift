@@ -63,7 +63,10 @@ struct BenchEngine: ParsableCommand {
 
     func run() throws {
         threadOptions.apply()
-        if !json { print("kernels: \(Engine.isa.summary); this CPU runs \(ISA.supported.map(\.rawValue).joined(separator: ", "))") }
+        if !json {
+            print("cpu: \(ISA.cpuIdentity)")
+            print("kernels: \(Engine.isa.summary); this CPU runs \(ISA.supported.map(\.rawValue).joined(separator: ", "))")
+        }
         if layers {
             for line in try EngineBenchmark.vggLayers(batch: 64, repeats: repeats) { print(line) }
             return
@@ -102,7 +105,7 @@ struct BenchEngine: ParsableCommand {
             let jaxRatios = ratios(\.jax, "JAX"), torchRatios = ratios(\.torch, "PyTorch"), ortRatios = ratios(\.ort, "ONNX Runtime")
             if json {
                 var obj: [String: Any] = ["threads": Engine.threads, "rounds": rounds, "isa": Engine.isa.rawValue,
-                                          "isa_supported": ISA.supported.map(\.rawValue)]
+                                          "isa_supported": ISA.supported.map(\.rawValue), "cpu": ISA.cpuIdentity]
                 // Our figures and the peers' (each the mean of its two runs in a round): the median over the rounds.
                 for f in results[0].figures {
                     obj[f.key] = median(results.compactMap { r in r.figures.first { $0.key == f.key }?.value })

@@ -246,6 +246,29 @@ import Testing
         #expect("\(ISAError.unknown("x"))".contains("avx512, avx2, generic"))
     }
 
+    /// The benchmark's CPU line decodes CPUID as the kernel reads it: on Linux it agrees with /proc/cpuinfo's
+    /// vendor_id, "cpu family" and "model" (where the leaf's extended fields must be folded in: Zen 4 is 25/17,
+    /// not 15/1).
+    @Test func theCPUIdentityAgreesWithTheKernelsReading() throws {
+        #if arch(x86_64) && os(Linux)
+        let info = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        func field(_ name: String) -> String? {
+            for line in info.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                if parts.count == 2 && parts[0].trimmingCharacters(in: .whitespaces) == name {
+                    return parts[1].trimmingCharacters(in: .whitespaces)
+                }
+            }
+            return nil
+        }
+        let vendor = try #require(field("vendor_id")), family = try #require(field("cpu family"))
+        let model = try #require(field("model"))
+        #expect(ISA.cpuIdentity.hasPrefix("\(vendor) family \(family) model \(model)"), "\(ISA.cpuIdentity)")
+        #else
+        #expect(!ISA.cpuIdentity.isEmpty)
+        #endif
+    }
+
     @Test func usingAPathSwitchesTheKernels() throws {
         let saved = Engine.isa
         defer { try? Engine.use(saved) }
