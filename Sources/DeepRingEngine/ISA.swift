@@ -67,9 +67,12 @@ public enum ISA: String, CaseIterable, Sendable, CustomStringConvertible {
         let id = vendor.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { deepring_cpu_identity($0) } ?? -1 }
         guard id >= 0 else { return "unknown (no CPUID)" }
         let name = String(decoding: vendor.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let family = id >> 8, model = id & 0xFF
+        let family = Int(id >> 8), model = Int(id & 0xFF)
         var text = "\(name) family \(family) model \(model)"
-        if name == "AuthenticAMD" && family == 0x19 && ((0x10...0x1F).contains(model) || (0x60...0x7F).contains(model)) {
+        // Family 0x19 is Zen 3 and Zen 4; Zen 4's models are 0x10–0x1F (Genoa), 0x60–0x7F (Raphael, Phoenix) and
+        // 0xA0–0xAF (Bergamo, Siena).
+        let zen4Models: [ClosedRange<Int>] = [0x10...0x1F, 0x60...0x7F, 0xA0...0xAF]
+        if name == "AuthenticAMD" && family == 0x19 && zen4Models.contains(where: { $0.contains(model) }) {
             text += " (Zen 4: 512-bit FMAs at the 256-bit rate)"
         } else if name == "AuthenticAMD" && family == 0x1A {
             text += " (Zen 5)"

@@ -12,8 +12,8 @@ int deepring_cpu_runs_znver4(void);
 
 /// The CPU's identity for benchmark reports: writes the vendor string (12 characters, e.g. "AuthenticAMD") and
 /// NUL into `vendor` (at least 13 bytes) and returns the display family × 256 + display model (CPUID leaf 1, with the
-/// extended family and model folded in as the vendors document), or -1 where CPUID is unavailable. Zen 4 is family
-/// 25 (0x19) with models 0x10–0x1F and 0x60–0x7F, whose 512-bit FMAs run at the 256-bit rate; Zen 5 is family 26.
+/// extended family and model folded in as the vendors document), or -1 where CPUID is unavailable. (What a family
+/// and model mean for the kernels is said once, in `ISA.cpuIdentity`.)
 int deepring_cpu_identity(char *vendor);
 
 #endif
