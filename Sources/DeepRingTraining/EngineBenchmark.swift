@@ -147,8 +147,19 @@ public enum EngineBenchmark {
     /// convolution's FLOPs (2·k²·Cin per output), so a Winograd layer (marked "wino", 2.25× fewer multiply-adds)
     /// shows an effective rate above the machine's peak.
     public static func vggLayers(batch: Int = 64, repeats: Int = 3) throws -> [String] {
-        let vgg = try benchVGG()
-        let x = Tensor(shape: [batch, 32, 32, 3], data: randomArray(batch * 3072, seed: 7))
+        try layerProfile(try benchVGG(), Tensor(shape: [batch, 32, 32, 3], data: randomArray(batch * 3072, seed: 7)), repeats: repeats)
+    }
+
+    /// The same for the paper's MLP (random weights) at `batch`: inference's kept, packed weights.
+    public static func mlpLayers(batch: Int = 256, repeats: Int = 3) throws -> [String] {
+        let (model, _) = try mlpTrainer()
+        return layerProfile(model, Tensor(shape: [batch, 784], data: randomArray(batch * 784, seed: 3).map { $0 + 0.5 }), repeats: repeats)
+    }
+
+    /// Per-layer forward times of `model` on `x` (median of `repeats` passes after a warm-up).
+    static func layerProfile(_ model: Model, _ x: Tensor, repeats: Int) -> [String] {
+        let batch = x.batch
+        let vgg = model
         _ = vgg.forward(x)
         var runs: [[Double]] = []
         for _ in 0..<max(1, repeats) { runs.append(vgg.profiledForward(x).seconds) }

@@ -52,7 +52,7 @@ struct BenchEngine: ParsableCommand {
     @Option(help: "Python with torch installed, to run the same figures in PyTorch (CPU) in the same run.") var torch: String?
     @Option(help: "Python with onnxruntime and onnx installed, to run the MLP inference figures in ONNX Runtime in the same run.") var ort: String?
     @Option(help: "Path of ort_reference.py.") var ortScript: String = "../shared/bench/ort_reference.py"
-    @Flag(help: "Print per-layer forward times of full-width VGG-19 at batch 64 instead (where the time goes; GFLOP/s counted as direct convolution, so Winograd layers, marked wino, show more than the peak).")
+    @Flag(help: "Print per-layer forward times of full-width VGG-19 at batch 64 instead (where the time goes; GFLOP/s counted as direct convolution, so Winograd layers, marked wino, show more than the peak); with --only mlp, of the MLP at batch 256.")
     var layers = false
     @OptionGroup var threadOptions: ThreadOptions
 
@@ -68,7 +68,10 @@ struct BenchEngine: ParsableCommand {
             print("kernels: \(Engine.isa.summary); this CPU runs \(ISA.supported.map(\.rawValue).joined(separator: ", "))")
         }
         if layers {
-            for line in try EngineBenchmark.vggLayers(batch: 64, repeats: repeats) { print(line) }
+            let mlp = try parts() == [.mlp]
+            for line in try mlp ? EngineBenchmark.mlpLayers(batch: 256, repeats: repeats) : EngineBenchmark.vggLayers(batch: 64, repeats: repeats) {
+                print(line)
+            }
             return
         }
         do {
