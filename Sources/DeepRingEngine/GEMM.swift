@@ -69,6 +69,21 @@ public enum GEMM {
     public static func multiply(m: Int, n: Int, k: Int, a: Operand, b: Operand,
                                 c: UnsafeMutablePointer<Float>, ldc: Int,
                                 accumulate: Bool = false, epilogue: Epilogue = .none, threads: Int = Engine.threads) {
+        multiply(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue, threads: threads,
+                 rowMajorBInPlace: true)
+    }
+
+    /// `multiply(m:n:k:a:b:…)` packing a row-major B as every other B, never reading it in place (`serial`): the
+    /// reference the tests compare the in-place reading with, and the before of a measurement.
+    package static func multiplyPackingB(m: Int, n: Int, k: Int, a: Operand, b: Operand,
+                                         c: UnsafeMutablePointer<Float>, ldc: Int,
+                                         accumulate: Bool = false, epilogue: Epilogue = .none, threads: Int = Engine.threads) {
+        multiply(m: m, n: n, k: k, a: a, b: b, c: c, ldc: ldc, accumulate: accumulate, epilogue: epilogue, threads: threads,
+                 rowMajorBInPlace: false)
+    }
+
+    static func multiply(m: Int, n: Int, k: Int, a: Operand, b: Operand, c: UnsafeMutablePointer<Float>, ldc: Int,
+                         accumulate: Bool, epilogue: Epilogue, threads: Int, rowMajorBInPlace: Bool) {
         if m == 0 || n == 0 { return }
         _ = GEMM.allocatorTuned
         let accumulate = accumulate || epilogue.bias != nil
@@ -91,7 +106,8 @@ public enum GEMM {
             bb.base = b.base + cols.lowerBound * b.colStride
             epilogue.prepare(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
             serial(m: rows.count, n: cols.count, k: k, a: aa, b: bb,
-                   c: cBox.value + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc, accumulate: accumulate)
+                   c: cBox.value + rows.lowerBound * ldc + cols.lowerBound, ldc: ldc, accumulate: accumulate,
+                   rowMajorBInPlace: rowMajorBInPlace)
             epilogue.finish(rows: rows, cols: cols, c: cBox.value, ldc: ldc)
         }
         if t == 1 {
@@ -275,7 +291,7 @@ public enum GEMM {
                 while pc < b.k {
                     let kcur = min(b.step, b.k - pc)
                     block(rows: rows, jc: lo, ncur: hi - lo, pc: pc, kcur: kcur, a: a,
-                          bPack: b.storage + b.offsets[jb * b.kBlocks + pb] + (lo - jc) * kcur,
+                          b: .packed(b.storage + b.offsets[jb * b.kBlocks + pb] + (lo - jc) * kcur, cols: hi - lo, kcur: kcur),
                           c: c, ldc: ldc, load: accumulate || pc > 0, scratch: scratch)
                     pc += b.step; pb += 1
                 }
@@ -308,11 +324,16 @@ public enum GEMM {
         func free() { aPack.deallocate(); edge.deallocate() }
     }
 
+    /// C[m×n] (+)= A·B on the calling thread. A row-major B (the weights in training's forward pass, ∂y in ∂W) is
+    /// read in place by the register tiles, whole strips straight from its rows, only a partial last strip packed:
+    /// packing it (a copy of B, which changes every step, read from L3 or memory on every call) was ~40 % of the
+    /// packing time of an MLP training step. The chains are the same either way (`multiplyPackingB` packs it).
     static func serial(m: Int, n: Int, k: Int, a: Operand, b: Operand,
-                       c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+                       c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, rowMajorBInPlace: Bool = true) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
         let step = kStep(k)
-        let bPack = GEMM.allocateAligned(ncMax * step + 16)
+        let inPlace = b.colStride == 1 && rowMajorBInPlace
+        let bPack = GEMM.allocateAligned((inPlace ? nr : ncMax) * step + 16)
         let scratch = Scratch(kc: step)
         defer { bPack.deallocate(); scratch.free() }
         var jc = 0
@@ -321,8 +342,17 @@ public enum GEMM {
             var pc = 0
             while pc < k {
                 let kcur = min(step, k - pc)
-                packB(b, row0: pc, col0: jc, kc: kcur, nc: ncur, into: bPack)
-                block(rows: 0..<m, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: bPack, c: c, ldc: ldc,
+                let bb: BBlock
+                if inPlace {
+                    let whole = ncur / nr * nr
+                    if whole < ncur { packB(b, row0: pc, col0: jc + whole, kc: kcur, nc: ncur - whole, into: bPack) }
+                    bb = BBlock(main: b.base + pc * b.rowStride + jc, rowStride: b.rowStride, stripStride: nr, mainCols: whole,
+                                tail: UnsafePointer(bPack))
+                } else {
+                    packB(b, row0: pc, col0: jc, kc: kcur, nc: ncur, into: bPack)
+                    bb = .packed(bPack, cols: ncur, kcur: kcur)
+                }
+                block(rows: 0..<m, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, b: bb, c: c, ldc: ldc,
                       load: accumulate || pc > 0, scratch: scratch)
                 pc += step
             }
@@ -362,7 +392,7 @@ public enum GEMM {
                 Parallel.forEach(t, threads: t) { w in
                     let rows = rowsOf(w)
                     if !rows.isEmpty {
-                        block(rows: rows, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, bPack: box.value.0,
+                        block(rows: rows, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, b: .packed(box.value.0, cols: ncur, kcur: kcur),
                               c: box.value.1, ldc: ldc, load: accumulate || pc > 0, scratch: scratches[w])
                     }
                     if jc + nc >= n && pc + step >= k {
@@ -375,30 +405,46 @@ public enum GEMM {
         }
     }
 
-    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · packed B block. A is packed mc rows at a
-    /// time, whatever its layout: reading a row-major A in place instead (six row streams per micro-kernel call,
-    /// re-read for every strip of B, and edge tiles packed one by one) was measured 4–6 % slower on one thread at
-    /// the MLP's shapes (e.g. 128×900×600: 1374 → 1303 µs against the same packed B).
+    /// Where one K block of B is for the register tiles: its first `mainCols` columns at `main` (value (k, q) of strip
+    /// s at `main[s·stripStride + k·rowStride + q]`: packed, or a row-major B's whole strips read in place), the
+    /// rest (a partial strip) packed at `tail`.
+    struct BBlock {
+        var main: UnsafePointer<Float>
+        var rowStride: Int, stripStride: Int
+        var mainCols: Int
+        var tail: UnsafePointer<Float>?
+
+        /// A block packed by `packB`: strips `kcur` deep, one after another.
+        static func packed(_ p: UnsafePointer<Float>, cols: Int, kcur: Int) -> BBlock {
+            BBlock(main: p, rowStride: nr, stripStride: nr * kcur, mainCols: cols, tail: nil)
+        }
+    }
+
+    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · B block, by the register tiles of the current
+    /// instruction set (`KernelSet.tiles`, `Engine.isa`). A is packed mc rows at a time, whatever its layout: reading
+    /// a row-major A in place instead (six row streams per micro-kernel call, re-read for every strip of B, and edge
+    /// tiles packed one by one) was measured 4–6 % slower on one thread at the MLP's shapes (e.g. 128×900×600:
+    /// 1374 → 1303 µs against the same packed B).
     @inline(__always)
     static func block(rows: Range<Int>, jc: Int, ncur: Int, pc: Int, kcur: Int, a: Operand,
-                      bPack: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool,
+                      b: BBlock, c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool,
                       scratch: Scratch) {
         var ic = rows.lowerBound
         while ic < rows.upperBound {
             let mcur = min(mc, rows.upperBound - ic)
             packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: scratch.aPack)
-            tiles(rows: mcur, cols: ncur, kcur: kcur, aPack: scratch.aPack, bPack: bPack, c: c + ic * ldc + jc, ldc: ldc,
-                  load: load, edge: scratch.edge)
+            if b.mainCols > 0 {
+                Engine.kernels.tiles(rows: mcur, cols: b.mainCols, kc: kcur, aPack: scratch.aPack, bPack: b.main,
+                                     bRowStride: b.rowStride, bStripStride: b.stripStride, c: c + ic * ldc + jc, ldc: ldc,
+                                     load: load, edge: scratch.edge)
+            }
+            if let t = b.tail, b.mainCols < ncur {
+                Engine.kernels.tiles(rows: mcur, cols: ncur - b.mainCols, kc: kcur, aPack: scratch.aPack, bPack: t,
+                                     bRowStride: nr, bStripStride: nr * kcur, c: c + ic * ldc + jc + b.mainCols, ldc: ldc,
+                                     load: load, edge: scratch.edge)
+            }
             ic += mc
         }
-    }
-
-    /// C[rows×cols] (+)= packed A (strips of mr rows, kcur deep) · packed B (strips of nr columns, kcur deep), by
-    /// the register tiles of the current instruction set (`KernelSet.tiles`, `Engine.isa`).
-    @inline(__always)
-    static func tiles(rows mcur: Int, cols ncur: Int, kcur: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
-                      c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
-        Engine.kernels.tiles(rows: mcur, cols: ncur, kc: kcur, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
     }
 
     /// Packs B[row0..<row0+kc, col0..<col0+nc] into strips of `nr` columns: strip s holds kc rows of nr values.

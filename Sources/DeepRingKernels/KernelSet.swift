@@ -20,11 +20,14 @@ public protocol KernelSet {
     ///
     /// - `aPack`: A packed in strips of `TileKernels.mr` rows, `kc` deep (strip s at `aPack + s·mr·kc`, value
     ///   (k, r) at `[k·mr + r]`, rows beyond `rows` zero-padded);
-    /// - `bPack`: B packed in strips of `TileKernels.nr` columns, `kc` deep (strip s at `bPack + s·nr·kc`, value
-    ///   (k, q) at `[k·nr + q]`, columns beyond `cols` zero-padded);
+    /// - `bPack`: B in strips of `TileKernels.nr` columns, `kc` deep: value (k, q) of strip s at
+    ///   `bPack[s·bStripStride + k·bRowStride + q]`. Packed B: `bStripStride` nr·kc, `bRowStride` nr, columns beyond
+    ///   `cols` zero-padded. A row-major B read in place: `bStripStride` nr, `bRowStride` its row stride, and `cols`
+    ///   a multiple of nr (no partial strip to pad);
     /// - `c`: row stride `ldc`; `load`: continue the chains from C (a later K block, or accumulation);
     /// - `edge`: scratch for `mr × nr` floats.
     static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                      bRowStride: Int, bStripStride: Int,
                       c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>)
 
     /// y[strips·16 ∩ n] (+)= x[k] · B over the strips `strips` of a pre-packed B (the engine's `GEMM.PackedB`):

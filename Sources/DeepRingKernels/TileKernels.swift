@@ -21,10 +21,11 @@ public enum TileKernels {
     @inlinable @inline(__always)
     static func st(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
 
-    /// C[rows × 16·strips] (+)= Ap[kc × 6] · Bp[kc × 16·strips], rows 4 or 6, strips 1 or 2 (strip t of B at
-    /// `b + t·16·kc`): up to 12 chains of 16 lanes.
+    /// C[rows × 16·strips] (+)= Ap[kc × 6] · B[kc × 16·strips], rows 4 or 6, strips 1 or 2 (value (k, q) of strip t
+    /// at `b + k·bk + t·bs`: `bk` 16 and `bs` 16·kc for packed B, the row stride and 16 for a row-major B read in
+    /// place): up to 12 chains of 16 lanes.
     @inlinable @inline(__always)
-    public static func kernel(rows: Int, strips: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    public static func kernel(rows: Int, strips: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bk: Int, bs: Int,
                               c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool) {
         let six = rows == 6, two = strips == 2
         var c00 = V(), c10 = V(), c20 = V(), c30 = V(), c40 = V(), c50 = V()
@@ -38,7 +39,7 @@ public enum TileKernels {
             }
         }
         var ap = a, bp = b
-        let second = 16 * kc
+        let second = bs
         for _ in 0..<kc {
             let b0 = ld(bp), b1 = two ? ld(bp + second) : V()
             var av = V(repeating: ap[0])
@@ -55,7 +56,7 @@ public enum TileKernels {
                 av = V(repeating: ap[5])
                 c50 = c50.addingProduct(av, b0); if two { c51 = c51.addingProduct(av, b1) }
             }
-            ap += 6; bp += 16
+            ap += 6; bp += bk
         }
         st(c00, c); st(c10, c + ldc); st(c20, c + 2 * ldc); st(c30, c + 3 * ldc)
         if six { st(c40, c + 4 * ldc); st(c50, c + 5 * ldc) }
@@ -65,13 +66,13 @@ public enum TileKernels {
         }
     }
 
-    /// C[6 × 64] (+)= Ap[kc × 6] · Bp[kc × 64] (strip t of B at `b + t·16·kc`): 24 chains of 16 lanes, with four B
+    /// C[6 × 64] (+)= Ap[kc × 6] · B[kc × 64] (B addressed as in `kernel`): 24 chains of 16 lanes, with four B
     /// vectors and a broadcast 29 of AVX-512's 32 registers; 4 loads and 6 broadcasts per 24 FMAs, where a 6×32
     /// tile needs 8 per 12. Its own function, without the shape conditions of `kernel`, so that it stays small
     /// enough for the optimiser to inline it and the edge tiles into one caller.
     @inlinable @inline(__always)
-    public static func kernelWide(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
-                                  ldc: Int, load: Bool) {
+    public static func kernelWide(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bk: Int, bs: Int,
+                                  c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool) {
         var c00 = V(), c10 = V(), c20 = V(), c30 = V(), c40 = V(), c50 = V()
         var c01 = V(), c11 = V(), c21 = V(), c31 = V(), c41 = V(), c51 = V()
         var c02 = V(), c12 = V(), c22 = V(), c32 = V(), c42 = V(), c52 = V()
@@ -86,7 +87,7 @@ public enum TileKernels {
             c43 = ld(c + 4 * ldc + 48); c53 = ld(c + 5 * ldc + 48)
         }
         var ap = a, bp = b
-        let t = 16 * kc
+        let t = bs
         for _ in 0..<kc {
             let b0 = ld(bp), b1 = ld(bp + t), b2 = ld(bp + 2 * t), b3 = ld(bp + 3 * t)
             var av = V(repeating: ap[0])
@@ -101,7 +102,7 @@ public enum TileKernels {
             c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1); c42 = c42.addingProduct(av, b2); c43 = c43.addingProduct(av, b3)
             av = V(repeating: ap[5])
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1); c52 = c52.addingProduct(av, b2); c53 = c53.addingProduct(av, b3)
-            ap += 6; bp += 16
+            ap += 6; bp += bk
         }
         st(c00, c); st(c10, c + ldc); st(c20, c + 2 * ldc); st(c30, c + 3 * ldc); st(c40, c + 4 * ldc); st(c50, c + 5 * ldc)
         st(c01, c + 16); st(c11, c + ldc + 16); st(c21, c + 2 * ldc + 16); st(c31, c + 3 * ldc + 16)
@@ -112,10 +113,10 @@ public enum TileKernels {
         st(c43, c + 4 * ldc + 48); st(c53, c + 5 * ldc + 48)
     }
 
-    /// Rows 0–1 of a packed A strip against 1, 2 or 4 strips of packed B (strip t at `b + t·16·kc`): up to 8
+    /// Rows 0–1 of a packed A strip against 1, 2 or 4 strips of B (addressed as in `kernel`): up to 8
     /// chains of 16 lanes, for the 2 rows a batch of 128 leaves after its 6-row tiles.
     @inlinable @inline(__always)
-    public static func kernelTwoRows(strips: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    public static func kernelTwoRows(strips: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bk: Int, bs: Int,
                                      c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool) {
         let s2 = strips >= 2, s4 = strips == 4
         var c00 = V(), c01 = V(), c02 = V(), c03 = V(), c10 = V(), c11 = V(), c12 = V(), c13 = V()
@@ -125,7 +126,7 @@ public enum TileKernels {
             if s4 { c02 = ld(c + 32); c12 = ld(c + ldc + 32); c03 = ld(c + 48); c13 = ld(c + ldc + 48) }
         }
         var ap = a, bp = b
-        let t = 16 * kc
+        let t = bs
         for _ in 0..<kc {
             let v0 = ld(bp), v1 = s2 ? ld(bp + t) : V(), v2 = s4 ? ld(bp + 2 * t) : V(), v3 = s4 ? ld(bp + 3 * t) : V()
             var av = V(repeating: ap[0])
@@ -136,7 +137,7 @@ public enum TileKernels {
             c10 = c10.addingProduct(av, v0)
             if s2 { c11 = c11.addingProduct(av, v1) }
             if s4 { c12 = c12.addingProduct(av, v2); c13 = c13.addingProduct(av, v3) }
-            ap += 6; bp += 16
+            ap += 6; bp += bk
         }
         st(c00, c); st(c10, c + ldc)
         if s2 { st(c01, c + 16); st(c11, c + ldc + 16) }
@@ -146,16 +147,17 @@ public enum TileKernels {
     /// An edge tile (fewer than 6 rows or 16 columns of C): computed whole in the scratch tile `ep` (A and B are
     /// zero-padded), then copied out.
     @inlinable @inline(__always)
-    public static func edgeTile(rows mrCur: Int, cols nrCur: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    public static func edgeTile(rows mrCur: Int, cols nrCur: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bk: Int,
                                 c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, scratch ep: UnsafeMutablePointer<Float>) {
         if load {
             for i in 0..<mrCur { for j in 0..<nrCur { ep[i * 16 + j] = c[i * ldc + j] } }
         }
-        kernel(rows: 6, strips: 1, kc: kc, a: a, b: b, c: ep, ldc: 16, load: load)
+        kernel(rows: 6, strips: 1, kc: kc, a: a, b: b, bk: bk, bs: 0, c: ep, ldc: 16, load: load)
         for i in 0..<mrCur { for j in 0..<nrCur { c[i * ldc + j] = ep[i * 16 + j] } }
     }
 
-    /// C[rows×cols] (+)= packed A · packed B (see `KernelSet.tiles`), tile shapes from `plan`.
+    /// C[rows×cols] (+)= packed A · B, B packed or row-major in place (`bk`, `bs`: see `KernelSet.tiles`), tile
+    /// shapes from `plan`.
     ///
     /// Strips go in groups; each group's 6-row tiles run first, then the block's edge rows against the same
     /// strips while they are in L1 (2 edge rows as `kernelTwoRows`, 4 as `kernel(rows: 4)`: 8 accumulators
@@ -164,21 +166,22 @@ public enum TileKernels {
     /// go one at a time, and a partial last strip is an edge tile.
     @inlinable @inline(__always)
     public static func tiles(plan: TilePlan, rows mcur: Int, cols ncur: Int, kc: Int,
-                             aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>, bRowStride bk: Int, bStripStride bs: Int,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         let fullRows = mcur / 6 * 6, rest = mcur - fullRows
         let strips = (ncur + 15) / 16, fullStrips = ncur / 16
         let ar = aPack + fullRows * kc, cr = c + fullRows * ldc
-        @inline(__always) func strip(_ s: Int) -> UnsafePointer<Float> { bPack + s * 16 * kc }
+        @inline(__always) func strip(_ s: Int) -> UnsafePointer<Float> { bPack + s * bs }
         /// The whole 6-row tiles of `plan.wholeTile` strips from strip s.
         @inline(__always) func wholeTiles(_ s: Int) {
             var ir = 0
             while ir < fullRows {
                 if plan.wholeTile == 4 {
-                    kernelWide(kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16, ldc: ldc, load: load)
+                    kernelWide(kc: kc, a: aPack + ir * kc, b: strip(s), bk: bk, bs: bs,
+                               c: c + ir * ldc + s * 16, ldc: ldc, load: load)
                 } else {
-                    kernel(rows: 6, strips: plan.wholeTile, kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16,
-                           ldc: ldc, load: load)
+                    kernel(rows: 6, strips: plan.wholeTile, kc: kc, a: aPack + ir * kc, b: strip(s), bk: bk, bs: bs,
+                           c: c + ir * ldc + s * 16, ldc: ldc, load: load)
                 }
                 ir += 6
             }
@@ -187,18 +190,20 @@ public enum TileKernels {
         @inline(__always) func wholeTilesOfOne(_ s: Int) {
             var ir = 0
             while ir < fullRows {
-                kernel(rows: 6, strips: 1, kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16, ldc: ldc, load: load)
+                kernel(rows: 6, strips: 1, kc: kc, a: aPack + ir * kc, b: strip(s), bk: bk, bs: bs,
+                       c: c + ir * ldc + s * 16, ldc: ldc, load: load)
                 ir += 6
             }
         }
         /// The edge rows against strip s alone.
         @inline(__always) func edgeRowsOfOne(_ s: Int) {
             if rest == 2 {
-                kernelTwoRows(strips: 1, kc: kc, a: ar, b: strip(s), c: cr + s * 16, ldc: ldc, load: load)
+                kernelTwoRows(strips: 1, kc: kc, a: ar, b: strip(s), bk: bk, bs: bs, c: cr + s * 16, ldc: ldc, load: load)
             } else if rest == 4 {
-                kernel(rows: 4, strips: 1, kc: kc, a: ar, b: strip(s), c: cr + s * 16, ldc: ldc, load: load)
+                kernel(rows: 4, strips: 1, kc: kc, a: ar, b: strip(s), bk: bk, bs: bs, c: cr + s * 16, ldc: ldc, load: load)
             } else if rest > 0 {
-                edgeTile(rows: rest, cols: 16, kc: kc, a: ar, b: strip(s), c: cr + s * 16, ldc: ldc, load: load, scratch: edge)
+                edgeTile(rows: rest, cols: 16, kc: kc, a: ar, b: strip(s), bk: bk,
+                         c: cr + s * 16, ldc: ldc, load: load, scratch: edge)
             }
         }
         let edgeGroup = rest == 2 ? plan.twoRowTile : rest == 4 ? plan.fourRowTile : 1
@@ -210,13 +215,15 @@ public enum TileKernels {
             if rest == 2 {
                 var e = 0
                 while e < group {
-                    kernelTwoRows(strips: plan.twoRowTile, kc: kc, a: ar, b: strip(s + e), c: cr + (s + e) * 16, ldc: ldc, load: load)
+                    kernelTwoRows(strips: plan.twoRowTile, kc: kc, a: ar, b: strip(s + e), bk: bk, bs: bs,
+                                  c: cr + (s + e) * 16, ldc: ldc, load: load)
                     e += plan.twoRowTile
                 }
             } else if rest == 4 {
                 var e = 0
                 while e < group {
-                    kernel(rows: 4, strips: plan.fourRowTile, kc: kc, a: ar, b: strip(s + e), c: cr + (s + e) * 16, ldc: ldc, load: load)
+                    kernel(rows: 4, strips: plan.fourRowTile, kc: kc, a: ar, b: strip(s + e), bk: bk, bs: bs,
+                           c: cr + (s + e) * 16, ldc: ldc, load: load)
                     e += plan.fourRowTile
                 }
             } else if rest > 0 {
@@ -230,12 +237,13 @@ public enum TileKernels {
             let cols = ncur - s * 16
             var ir = 0
             while ir < fullRows {
-                edgeTile(rows: 6, cols: cols, kc: kc, a: aPack + ir * kc, b: strip(s), c: c + ir * ldc + s * 16, ldc: ldc,
-                         load: load, scratch: edge)
+                edgeTile(rows: 6, cols: cols, kc: kc, a: aPack + ir * kc, b: strip(s), bk: bk, c: c + ir * ldc + s * 16,
+                         ldc: ldc, load: load, scratch: edge)
                 ir += 6
             }
             if rest > 0 {
-                edgeTile(rows: rest, cols: cols, kc: kc, a: ar, b: strip(s), c: cr + s * 16, ldc: ldc, load: load, scratch: edge)
+                edgeTile(rows: rest, cols: cols, kc: kc, a: ar, b: strip(s), bk: bk,
+                         c: cr + s * 16, ldc: ldc, load: load, scratch: edge)
             }
         }
     }

@@ -7,8 +7,10 @@ public enum AVX2Kernels: KernelSet {
     public static var plan: TilePlan { .registers256 }
 
     public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             bRowStride: Int, bStripStride: Int,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
-        TileKernels.tiles(plan: .registers256, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
+        TileKernels.tiles(plan: .registers256, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                          bRowStride: bRowStride, bStripStride: bStripStride, c: c, ldc: ldc,
                           load: load, edge: edge)
     }
 

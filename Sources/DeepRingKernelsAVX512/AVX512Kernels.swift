@@ -11,25 +11,32 @@ public enum AVX512Kernels: KernelSet {
     /// that the optimiser inlines every tile kernel into it (one function holding both did not: its 4-row edge tile
     /// became a call into the unflagged `DeepRingKernels`, where an FMA is a libm call).
     public static func tiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             bRowStride: Int, bStripStride: Int,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         if kc <= TilePlan.registers512.wholeTileMaxDepth {
-            shallowTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
+            shallowTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                         bRowStride: bRowStride, bStripStride: bStripStride, c: c, ldc: ldc, load: load, edge: edge)
         } else {
-            deepTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc, load: load, edge: edge)
+            deepTiles(rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                      bRowStride: bRowStride, bStripStride: bStripStride, c: c, ldc: ldc, load: load, edge: edge)
         }
     }
 
     @inline(never)
     static func shallowTiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                             bRowStride: Int, bStripStride: Int,
                              c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
-        TileKernels.tiles(plan: .registers512, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack, c: c, ldc: ldc,
+        TileKernels.tiles(plan: .registers512, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                          bRowStride: bRowStride, bStripStride: bStripStride, c: c, ldc: ldc,
                           load: load, edge: edge)
     }
 
     @inline(never)
     static func deepTiles(rows: Int, cols: Int, kc: Int, aPack: UnsafePointer<Float>, bPack: UnsafePointer<Float>,
+                          bRowStride: Int, bStripStride: Int,
                           c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool, edge: UnsafeMutablePointer<Float>) {
         TileKernels.tiles(plan: TilePlan.registers512.halved, rows: rows, cols: cols, kc: kc, aPack: aPack, bPack: bPack,
+                          bRowStride: bRowStride, bStripStride: bStripStride,
                           c: c, ldc: ldc, load: load, edge: edge)
     }
 

@@ -39,6 +39,54 @@ import Testing
         }
     }
 
+    /// A row-major B read in place by the register tiles (whole strips from its rows, a partial last strip packed)
+    /// gives the same bits as packing all of it: B a window of a wider matrix (row stride > n), partial strips,
+    /// several column blocks (n > 2048) and K blocks, accumulating or from a bias with the ReLU, on one and two
+    /// threads.
+    @Test(arguments: [(203, 37, 301), (130, 300, 520), (5, 2100, 70), (7, 64, 4608), (64, 16, 27), (128, 900, 784),
+                      (9, 5, 13), (2, 33, 600)])
+    func rowMajorBReadInPlaceIsBitIdenticalToPackingIt(_ shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        let ldb = n + 13
+        let a = randomFloats(m * k, seed: UInt64(m * 5 + k)), b = randomFloats(k * ldb, seed: UInt64(n + 7 * k))
+        let bias = randomFloats(n, seed: 3), c0 = randomFloats(m * n, seed: 13)
+        for (accumulate, epilogueBias) in [(false, false), (true, false), (false, true)] {
+            for relu in [false, true] where relu ? epilogueBias : true {
+                for t in [1, 2] {
+                    var inPlace = c0, packed = c0
+                    a.withUnsafeBufferPointer { ap in
+                        b.withUnsafeBufferPointer { bp in
+                            bias.withUnsafeBufferPointer { biasp in
+                                let oa = GEMM.Operand(ap.baseAddress!, rowStride: k, colStride: 1)
+                                let ob = GEMM.Operand(bp.baseAddress!, rowStride: ldb, colStride: 1)
+                                let e = GEMM.Epilogue(bias: epilogueBias ? biasp.baseAddress! : nil, relu: relu)
+                                inPlace.withUnsafeMutableBufferPointer { cp in
+                                    GEMM.multiply(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n,
+                                                  accumulate: accumulate, epilogue: e, threads: t)
+                                }
+                                packed.withUnsafeMutableBufferPointer { cp in
+                                    GEMM.multiplyPackingB(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n,
+                                                          accumulate: accumulate, epilogue: e, threads: t)
+                                }
+                            }
+                        }
+                    }
+                    let differing = zip(inPlace, packed).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(differing == 0, "m=\(m) n=\(n) k=\(k) accumulate=\(accumulate) bias=\(epilogueBias) relu=\(relu) threads=\(t): \(differing) values differ")
+                    // And both are the product: against a float64 reference of the window.
+                    var worst = 0.0
+                    for i in 0..<m { for j in 0..<n {
+                        var r = accumulate ? Double(c0[i * n + j]) : epilogueBias ? Double(bias[j]) : 0
+                        for p in 0..<k { r += Double(a[i * k + p]) * Double(b[p * ldb + j]) }
+                        if relu { r = max(0, r) }
+                        worst = max(worst, abs(Double(inPlace[i * n + j]) - r))
+                    } }
+                    #expect(worst <= Double(k) * 2.4e-7 + 1e-5, "m=\(m) n=\(n) k=\(k): error \(worst)")
+                }
+            }
+        }
+    }
+
     /// Convolution forward against a float64 loop, over channel counts that take each im2col copy path
     /// (1–3 values, short runs, memmove), strides, paddings and kernel sizes.
     @Test(arguments: [(1, 3, 1, 1), (3, 3, 1, 1), (5, 3, 2, 0), (16, 3, 1, 1), (40, 3, 1, 2), (3, 5, 1, 2), (6, 1, 1, 0), (2, 4, 3, 1)])
