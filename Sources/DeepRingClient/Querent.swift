@@ -45,6 +45,10 @@ public enum QueryError: Error, CustomStringConvertible, Equatable {
 /// answer only a delivery signed by the ouroboros key the manifest names, sealed to its own key.
 public struct Querent: Sendable {
     public let manifest: RingManifest
+    /// Entries this process already knows to be authentic (`AuthenticEntries`): a querent that runs in the process of
+    /// the ring's members (the embedded deployment) checks a delivery its ouroboros just signed by comparing bytes.
+    /// Nil (the default, a querent on its own): every delivery is checked in full.
+    public var authenticEntries: AuthenticEntries?
 
     public init(manifest: RingManifest) { self.manifest = manifest }
 
@@ -60,7 +64,8 @@ public struct Querent: Sendable {
     /// The outcome of a delivery entry for `queryID` (asked for `batch` inputs): nil when it is not the ouroboros's
     /// (anyone may append); an error when the answer does not open or is not one row of logits per input.
     public func outcome(_ e: LedgerEntry, queryID: String, keys: BlockKeys, batch: Int) throws -> Result<Tensor, QueryError>? {
-        guard e.kind == .delivery, e.queryID == queryID, e.author == manifest.ouroboros.signing, e.isAuthentic else { return nil }
+        guard e.kind == .delivery, e.queryID == queryID, e.author == manifest.ouroboros.signing,
+              authenticEntries?.isAuthentic(e) ?? e.isAuthentic else { return nil }
         let d = try Delivery.decode(e)
         switch d.outcome {
         case .answer(let sealed):

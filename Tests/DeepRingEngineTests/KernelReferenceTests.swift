@@ -87,6 +87,37 @@ import Testing
         }
     }
 
+    /// The same over 300 random small shapes (1–20 rows, 1–70 columns, 1–40 deep, a row stride 0–3 past the
+    /// columns): every count of whole and partial strips and edge rows, B allocated to the exact size of its last row
+    /// (so that a read past it is an out-of-bounds read: run under `swift test --sanitize=address` to catch one).
+    @Test func rowMajorBReadInPlaceOverRandomSmallShapes() {
+        var r = SeededRandom(seed: 2026)
+        var failures: [String] = []
+        for _ in 0..<300 {
+            let m = 1 + r.int(below: 20), n = 1 + r.int(below: 70), k = 1 + r.int(below: 40), ldb = n + r.int(below: 4)
+            let t = 1 + r.int(below: 2), accumulate = r.int(below: 2) == 1
+            let a = randomFloats(m * k, seed: r.next()), b = randomFloats((k - 1) * ldb + n, seed: r.next())
+            let c0 = randomFloats(m * n, seed: r.next())
+            var inPlace = c0, packed = c0
+            a.withUnsafeBufferPointer { ap in
+                b.withUnsafeBufferPointer { bp in
+                    let oa = GEMM.Operand(ap.baseAddress!, rowStride: k, colStride: 1)
+                    let ob = GEMM.Operand(bp.baseAddress!, rowStride: ldb, colStride: 1)
+                    inPlace.withUnsafeMutableBufferPointer { cp in
+                        GEMM.multiply(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
+                    }
+                    packed.withUnsafeMutableBufferPointer { cp in
+                        GEMM.multiplyPackingB(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
+                    }
+                }
+            }
+            if zip(inPlace, packed).contains(where: { $0.bitPattern != $1.bitPattern }) {
+                failures.append("\(m)×\(n)×\(k) ldb \(ldb) threads \(t) accumulate \(accumulate)")
+            }
+        }
+        #expect(failures.isEmpty, "in place ≠ packed for \(failures.count) shapes, e.g. \(failures.prefix(5))")
+    }
+
     /// Convolution forward against a float64 loop, over channel counts that take each im2col copy path
     /// (1–3 values, short runs, memmove), strides, paddings and kernel sizes.
     @Test(arguments: [(1, 3, 1, 1), (3, 3, 1, 1), (5, 3, 2, 0), (16, 3, 1, 1), (40, 3, 1, 2), (3, 5, 1, 2), (6, 1, 1, 0), (2, 4, 3, 1)])

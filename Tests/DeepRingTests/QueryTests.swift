@@ -28,6 +28,9 @@ func sampleInputs(_ n: Int, seed: UInt64 = 1) -> Tensor {
         // Every member runs in this process: each of the 12 layer posts was checked by its receiver against the
         // members' shared memo of what they appended (bytes compared, not hashed and verified again).
         #expect(rt.authenticEntries.counts.vouched >= 12)
+        // So are the query rows (the querent signs them in this process) and the deliveries (checked by the querent
+        // against the same memo): not one row of these queries was hashed and verified in full.
+        #expect(rt.authenticEntries.counts.checkedInFull == 0, "\(rt.authenticEntries.counts)")
         let entries = try rt.ledger.allEntries()
         // seal + 2 × (query, ouroboros post, 5 block posts, delivery, reshuffle)
         #expect(entries.count == 1 + 2 * 9)
