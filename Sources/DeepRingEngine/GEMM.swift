@@ -328,15 +328,22 @@ public enum GEMM {
         func free() { aPack.deallocate(); edge.deallocate() }
     }
 
+    /// True when rows `rowStride` floats apart fall on a few L1 sets only (a stride of a multiple of 1024 bytes: 256
+    /// floats, a convolution's ∂y with 256 or 512 filters): a block of such rows read in place would evict itself, so
+    /// such a B is packed. (Every MLP stride, 3600, 2400, 1200 and 400 bytes, is read in place.)
+    @inline(__always)
+    static func aliasesInL1(rowStride: Int) -> Bool { rowStride % 256 == 0 }
+
     /// C[m×n] (+)= A·B on the calling thread. A row-major B (the weights in training's forward pass, ∂y in ∂W) is
     /// read in place by the register tiles, whole strips straight from its rows, only a partial last strip packed:
     /// packing it (a copy of B, which changes every step, read from L3 or memory on every call) was ~40 % of the
-    /// packing time of an MLP training step. The chains are the same either way (`multiplyPackingB` packs it).
+    /// packing time of an MLP training step. The chains are the same either way (`multiplyPackingB` packs it), and
+    /// the in-place reads stay inside B: whole strips only, the last ending at column `jc + whole ≤ n`.
     static func serial(m: Int, n: Int, k: Int, a: Operand, b: Operand,
                        c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, rowMajorBInPlace: Bool = true) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
         let step = kStep(k)
-        let inPlace = b.colStride == 1 && rowMajorBInPlace
+        let inPlace = b.colStride == 1 && rowMajorBInPlace && !aliasesInL1(rowStride: b.rowStride)
         let bPack = GEMM.allocateAligned((inPlace ? nr : ncMax) * step + 16)
         let scratch = Scratch(kc: step)
         defer { bPack.deallocate(); scratch.free() }
@@ -349,6 +356,7 @@ public enum GEMM {
                 let bb: BBlock
                 if inPlace {
                     let whole = ncur / nr * nr
+                    assert(whole % nr == 0 && jc + whole <= n)
                     if whole < ncur { packB(b, row0: pc, col0: jc + whole, kc: kcur, nc: ncur - whole, into: bPack) }
                     bb = BBlock(main: b.base + pc * b.rowStride + jc, rowStride: b.rowStride, stripStride: nr, mainCols: whole,
                                 tail: UnsafePointer(bPack))

@@ -1,4 +1,5 @@
 import DeepRingEngine
+import Foundation
 import Testing
 
 /// Layer kernels against naive references, the pre-packed GEMM against the plain one, and the packed-weight
@@ -87,22 +88,27 @@ import Testing
         }
     }
 
-    /// The same over 300 random small shapes (1–20 rows, 1–70 columns, 1–40 deep, a row stride 0–3 past the
-    /// columns): every count of whole and partial strips and edge rows, B allocated to the exact size of its last row
-    /// (so that a read past it is an out-of-bounds read: run under `swift test --sanitize=address` to catch one).
+    /// The same over 300 random small shapes (2–40 rows, 1–70 columns, 1–200 deep, a row stride 0–3 past the
+    /// columns; a fifth or more big enough for two threads): every count of whole and partial strips and edge rows. B
+    /// ends exactly where an inaccessible page begins (`GuardedFloats`), so a read past its last row — a partial strip
+    /// read in place, say, whose extra lanes would change no result — kills the test process instead of passing.
     @Test func rowMajorBReadInPlaceOverRandomSmallShapes() {
         var r = SeededRandom(seed: 2026)
         var failures: [String] = []
+        var threaded = 0
         for _ in 0..<300 {
-            let m = 1 + r.int(below: 20), n = 1 + r.int(below: 70), k = 1 + r.int(below: 40), ldb = n + r.int(below: 4)
+            let m = 2 + r.int(below: 39), n = 1 + r.int(below: 70), k = 1 + r.int(below: 200), ldb = n + r.int(below: 4)
             let t = 1 + r.int(below: 2), accumulate = r.int(below: 2) == 1
-            let a = randomFloats(m * k, seed: r.next()), b = randomFloats((k - 1) * ldb + n, seed: r.next())
+            if t == 2 && 2 * m * n * k >= 200_000 { threaded += 1 }
+            let a = randomFloats(m * k, seed: r.next())
+            let b = GuardedFloats(randomFloats((k - 1) * ldb + n, seed: r.next()))
             let c0 = randomFloats(m * n, seed: r.next())
             var inPlace = c0, packed = c0
             a.withUnsafeBufferPointer { ap in
-                b.withUnsafeBufferPointer { bp in
+                do {
+                    let bp = b.pointer
                     let oa = GEMM.Operand(ap.baseAddress!, rowStride: k, colStride: 1)
-                    let ob = GEMM.Operand(bp.baseAddress!, rowStride: ldb, colStride: 1)
+                    let ob = GEMM.Operand(bp, rowStride: ldb, colStride: 1)
                     inPlace.withUnsafeMutableBufferPointer { cp in
                         GEMM.multiply(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
                     }
@@ -116,6 +122,7 @@ import Testing
             }
         }
         #expect(failures.isEmpty, "in place ≠ packed for \(failures.count) shapes, e.g. \(failures.prefix(5))")
+        #expect(threaded >= 30, "only \(threaded) shapes ran on two threads")
     }
 
     /// Convolution forward against a float64 loop, over channel counts that take each im2col copy path
@@ -306,4 +313,27 @@ import Testing
             #expect(matchesCached, "\(arch.layers[0].type): cached pack differs from a fresh one")
         }
     }
+}
+
+/// Floats placed so that the last one ends where a page that may not be read or written begins: reading one
+/// float past the end is a segmentation fault, not a silent read of the allocator's slack.
+final class GuardedFloats {
+    let pointer: UnsafeMutablePointer<Float>
+    private let base: UnsafeMutableRawPointer, length: Int
+
+    init(_ values: [Float]) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = values.count * 4
+        let dataPages = (bytes + page - 1) / page
+        length = (dataPages + 1) * page
+        guard let m = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else {
+            fatalError("mmap failed")
+        }
+        base = m
+        precondition(mprotect(m + dataPages * page, page, PROT_NONE) == 0, "mprotect failed")
+        pointer = (m + dataPages * page - bytes).bindMemory(to: Float.self, capacity: values.count)
+        values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
+    }
+
+    deinit { munmap(base, length) }
 }
