@@ -294,7 +294,7 @@ public enum GEMM {
                 var pc = 0, pb = 0
                 while pc < b.k {
                     let kcur = min(b.step, b.k - pc)
-                    block(rows: rows, jc: lo, ncur: hi - lo, pc: pc, kcur: kcur, a: a,
+                    block(rows: rows, jc: lo, pc: pc, kcur: kcur, a: a,
                           b: .packed(b.storage + b.offsets[jb * b.kBlocks + pb] + (lo - jc) * kcur, cols: hi - lo, kcur: kcur),
                           c: c, ldc: ldc, load: accumulate || pc > 0, scratch: scratch)
                     pc += b.step; pb += 1
@@ -340,7 +340,7 @@ public enum GEMM {
     /// packing time of an MLP training step. The chains are the same either way (`multiplyPackingB` packs it), and
     /// the in-place reads stay inside B: whole strips only, the last ending at column `jc + whole ≤ n`.
     static func serial(m: Int, n: Int, k: Int, a: Operand, b: Operand,
-                       c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, rowMajorBInPlace: Bool = true) {
+                       c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool, rowMajorBInPlace: Bool) {
         let ncMax = min(nc, (n + nr - 1) / nr * nr)
         let step = kStep(k)
         let inPlace = b.colStride == 1 && rowMajorBInPlace && !aliasesInL1(rowStride: b.rowStride)
@@ -356,15 +356,18 @@ public enum GEMM {
                 let bb: BBlock
                 if inPlace {
                     let whole = ncur / nr * nr
-                    assert(whole % nr == 0 && jc + whole <= n)
-                    if whole < ncur { packB(b, row0: pc, col0: jc + whole, kc: kcur, nc: ncur - whole, into: bPack) }
-                    bb = BBlock(main: b.base + pc * b.rowStride + jc, rowStride: b.rowStride, stripStride: nr, mainCols: whole,
-                                tail: UnsafePointer(bPack))
+                    var tail: BPart?
+                    if whole < ncur {
+                        packB(b, row0: pc, col0: jc + whole, kc: kcur, nc: ncur - whole, into: bPack)
+                        tail = .packed(bPack, cols: ncur - whole, kcur: kcur)
+                    }
+                    bb = BBlock(main: BPart(base: b.base + pc * b.rowStride + jc, rowStride: b.rowStride, stripStride: nr,
+                                            cols: whole), tail: tail)
                 } else {
                     packB(b, row0: pc, col0: jc, kc: kcur, nc: ncur, into: bPack)
                     bb = .packed(bPack, cols: ncur, kcur: kcur)
                 }
-                block(rows: 0..<m, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, b: bb, c: c, ldc: ldc,
+                block(rows: 0..<m, jc: jc, pc: pc, kcur: kcur, a: a, b: bb, c: c, ldc: ldc,
                       load: accumulate || pc > 0, scratch: scratch)
                 pc += step
             }
@@ -404,7 +407,7 @@ public enum GEMM {
                 Parallel.forEach(t, threads: t) { w in
                     let rows = rowsOf(w)
                     if !rows.isEmpty {
-                        block(rows: rows, jc: jc, ncur: ncur, pc: pc, kcur: kcur, a: a, b: .packed(box.value.0, cols: ncur, kcur: kcur),
+                        block(rows: rows, jc: jc, pc: pc, kcur: kcur, a: a, b: .packed(box.value.0, cols: ncur, kcur: kcur),
                               c: box.value.1, ldc: ldc, load: accumulate || pc > 0, scratch: scratches[w])
                     }
                     if jc + nc >= n && pc + step >= k {
@@ -417,44 +420,51 @@ public enum GEMM {
         }
     }
 
-    /// Where one K block of B is for the register tiles: its first `mainCols` columns at `main` (value (k, q) of strip
-    /// s at `main[s·stripStride + k·rowStride + q]`: packed, or a row-major B's whole strips read in place), the
-    /// rest (a partial strip) packed at `tail`.
-    struct BBlock {
-        var main: UnsafePointer<Float>
+    /// Where one K block of B is for the register tiles: value (k, q) of strip s at `base[s·stripStride + k·rowStride
+    /// + q]`, for `cols` columns — packed by `packB`, or a row-major B's whole strips read in place.
+    struct BPart {
+        var base: UnsafePointer<Float>
         var rowStride: Int, stripStride: Int
-        var mainCols: Int
-        var tail: UnsafePointer<Float>?
+        var cols: Int
 
         /// A block packed by `packB`: strips `kcur` deep, one after another.
-        static func packed(_ p: UnsafePointer<Float>, cols: Int, kcur: Int) -> BBlock {
-            BBlock(main: p, rowStride: nr, stripStride: nr * kcur, mainCols: cols, tail: nil)
+        static func packed(_ p: UnsafePointer<Float>, cols: Int, kcur: Int) -> BPart {
+            BPart(base: p, rowStride: nr, stripStride: nr * kcur, cols: cols)
         }
     }
 
-    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · B block, by the register tiles of the current
-    /// instruction set (`KernelSet.tiles`, `Engine.isa`). A is packed mc rows at a time, whatever its layout: reading
-    /// a row-major A in place instead (six row streams per micro-kernel call, re-read for every strip of B, and edge
-    /// tiles packed one by one) was measured 4–6 % slower on one thread at the MLP's shapes (e.g. 128×900×600:
-    /// 1374 → 1303 µs against the same packed B).
+    /// One K block of B: its first columns (`main`) and, when B is read in place, the partial strip after them packed
+    /// (`tail`).
+    struct BBlock {
+        var main: BPart
+        var tail: BPart?
+
+        static func packed(_ p: UnsafePointer<Float>, cols: Int, kcur: Int) -> BBlock {
+            BBlock(main: .packed(p, cols: cols, kcur: kcur), tail: nil)
+        }
+    }
+
+    /// Rows `rows` of C[:, jc..<jc+ncur] (+)= A[rows, pc..<pc+kcur] · B block (`ncur` = its columns), by the register
+    /// tiles of the current instruction set (`KernelSet.tiles`, `Engine.isa`). A is packed mc rows at a time, whatever
+    /// its layout: reading a row-major A in place instead (six row streams per micro-kernel call, re-read for every
+    /// strip of B, and edge tiles packed one by one) was measured 4–6 % slower on one thread at the MLP's shapes (e.g.
+    /// 128×900×600: 1374 → 1303 µs against the same packed B).
     @inline(__always)
-    static func block(rows: Range<Int>, jc: Int, ncur: Int, pc: Int, kcur: Int, a: Operand,
+    static func block(rows: Range<Int>, jc: Int, pc: Int, kcur: Int, a: Operand,
                       b: BBlock, c: UnsafeMutablePointer<Float>, ldc: Int, load: Bool,
                       scratch: Scratch) {
         var ic = rows.lowerBound
         while ic < rows.upperBound {
             let mcur = min(mc, rows.upperBound - ic)
             packA(a, row0: ic, col0: pc, mc: mcur, kc: kcur, into: scratch.aPack)
-            if b.mainCols > 0 {
-                Engine.kernels.tiles(rows: mcur, cols: b.mainCols, kc: kcur, aPack: scratch.aPack, bPack: b.main,
-                                     bRowStride: b.rowStride, bStripStride: b.stripStride, c: c + ic * ldc + jc, ldc: ldc,
-                                     load: load, edge: scratch.edge)
+            @inline(__always) func run(_ part: BPart, from col: Int) {
+                guard part.cols > 0 else { return }
+                Engine.kernels.tiles(rows: mcur, cols: part.cols, kc: kcur, aPack: scratch.aPack, bPack: part.base,
+                                     bRowStride: part.rowStride, bStripStride: part.stripStride, c: c + ic * ldc + col,
+                                     ldc: ldc, load: load, edge: scratch.edge)
             }
-            if let t = b.tail, b.mainCols < ncur {
-                Engine.kernels.tiles(rows: mcur, cols: ncur - b.mainCols, kc: kcur, aPack: scratch.aPack, bPack: t,
-                                     bRowStride: nr, bStripStride: nr * kcur, c: c + ic * ldc + jc + b.mainCols, ldc: ldc,
-                                     load: load, edge: scratch.edge)
-            }
+            run(b.main, from: jc)
+            if let t = b.tail { run(t, from: jc + b.main.cols) }
             ic += mc
         }
     }

@@ -159,12 +159,11 @@ public enum EngineBenchmark {
     /// Per-layer forward times of `model` on `x` (median of `repeats` passes after a warm-up).
     static func layerProfile(_ model: Model, _ x: Tensor, repeats: Int) -> [String] {
         let batch = x.batch
-        let vgg = model
-        _ = vgg.forward(x)
+        _ = model.forward(x)
         var runs: [[Double]] = []
-        for _ in 0..<max(1, repeats) { runs.append(vgg.profiledForward(x).seconds) }
+        for _ in 0..<max(1, repeats) { runs.append(model.profiledForward(x).seconds) }
         var lines: [String] = [], total = 0.0, totalFlops = 0.0
-        for (i, layer) in vgg.layers.enumerated() {
+        for (i, layer) in model.layers.enumerated() {
             let t = median(runs.map { $0[i] })
             if t == 0 { continue }   // a ReLU fused into the layer before
             var flops = 0.0

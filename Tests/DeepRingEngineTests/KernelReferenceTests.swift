@@ -105,16 +105,13 @@ import Testing
             let c0 = randomFloats(m * n, seed: r.next())
             var inPlace = c0, packed = c0
             a.withUnsafeBufferPointer { ap in
-                do {
-                    let bp = b.pointer
-                    let oa = GEMM.Operand(ap.baseAddress!, rowStride: k, colStride: 1)
-                    let ob = GEMM.Operand(bp, rowStride: ldb, colStride: 1)
-                    inPlace.withUnsafeMutableBufferPointer { cp in
-                        GEMM.multiply(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
-                    }
-                    packed.withUnsafeMutableBufferPointer { cp in
-                        GEMM.multiplyPackingB(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
-                    }
+                let oa = GEMM.Operand(ap.baseAddress!, rowStride: k, colStride: 1)
+                let ob = GEMM.Operand(b.pointer, rowStride: ldb, colStride: 1)
+                inPlace.withUnsafeMutableBufferPointer { cp in
+                    GEMM.multiply(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
+                }
+                packed.withUnsafeMutableBufferPointer { cp in
+                    GEMM.multiplyPackingB(m: m, n: n, k: k, a: oa, b: ob, c: cp.baseAddress!, ldc: n, accumulate: accumulate, threads: t)
                 }
             }
             if zip(inPlace, packed).contains(where: { $0.bitPattern != $1.bitPattern }) {
