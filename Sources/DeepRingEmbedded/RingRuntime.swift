@@ -231,6 +231,16 @@ public final class RingRuntime {
         guard ouroNode.own.inputShape == ring.manifest.inputShape, ouroNode.next.inputShape == ring.manifest.inputShape else {
             throw RingError.notAuthentic("the ouroboros's holding does not fit the manifest's input shape")
         }
+        // One process holds every block here: where a block's layer and its predecessor's copy of it are the same
+        // bytes (as sealed), the two compute with one model, so a query reads each layer's weights from memory once,
+        // not twice (at batch 1 those reads are most of the compute). Tampering reaches a node only through its files, read again
+        // above and compared here: a copy that differs from the layer it copies is never shared, so Eq. 13 still
+        // compares two independent computations wherever they disagree.
+        let holders = [ouroNode] + blocks                      // holders[j] holds the copy of block j's layer
+        let copies = [oLayers[1]] + bundles.map(\.next)
+        for j in 0..<bundles.count where copies[j] == bundles[j].own {
+            blocks[j].replaceLayers(own: holders[j].next, next: blocks[j].next)
+        }
         let cursor = try view.lastSequence()
         nodes = [ouroNode] + blocks
         // Every post must fit in one ledger entry: the widest tensor a query carries bounds its batch.

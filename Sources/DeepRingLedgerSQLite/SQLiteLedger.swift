@@ -192,7 +192,7 @@ public final class SQLiteLedger: Ledger, @unchecked Sendable {
     }
 
     private func checkSchemaVersion(_ db: Database) throws {
-        let v = try Int.fetchOne(db, sql: "PRAGMA schema_version") ?? -1
+        let v = try Int.fetchOne(try db.cachedStatement(sql: "PRAGMA schema_version")) ?? -1
         schemaLock.lock()
         let known = v == verifiedSchemaVersion
         schemaLock.unlock()
