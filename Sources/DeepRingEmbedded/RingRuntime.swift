@@ -238,7 +238,7 @@ public final class RingRuntime {
         // compares two independent computations wherever they disagree.
         let holders = [ouroNode] + blocks                      // holders[j] holds the copy of block j's layer
         let copies = [oLayers[1]] + bundles.map(\.next)
-        for j in 0..<bundles.count where copies[j] == bundles[j].own {
+        for j in 0..<bundles.count where copies[j].isBitIdentical(to: bundles[j].own) {
             blocks[j].replaceLayers(own: holders[j].next, next: blocks[j].next)
         }
         let cursor = try view.lastSequence()

@@ -37,6 +37,24 @@ public struct RingLayer: Sendable, Equatable {
         return m
     }
 
+    /// True when `other` is this layer bit for bit: the same architecture slice, tensor names and shapes, and every
+    /// value's bits (so −0 and +0 differ, which `==` on the values does not see).
+    public func isBitIdentical(to other: RingLayer) -> Bool {
+        guard specs == other.specs, inputShape == other.inputShape, tensorNames == other.tensorNames,
+              tensors.count == other.tensors.count else { return false }
+        for (a, b) in zip(tensors, other.tensors) {
+            guard a.shape == b.shape, a.data.count == b.data.count else { return false }
+            let same = a.data.withUnsafeBytes { x in
+                b.data.withUnsafeBytes { y in
+                    guard let p = x.baseAddress, let q = y.baseAddress else { return x.count == y.count }
+                    return memcmp(p, q, x.count) == 0
+                }
+            }
+            if !same { return false }
+        }
+        return true
+    }
+
     /// This layer with the values `m` computes with now (a model made by `model()`): what the authenticity round
     /// hashes, so that a change in memory shows as well as one in the file. A tensor `m` lacks reads as empty (and so
     /// hashes differently: it fails closed).

@@ -39,4 +39,25 @@ import Testing
             "\(error)".contains(tampered)
         }
     }
+
+    /// Equal values are not enough: a copy that differs from the layer only in the sign of a zero (−0 == +0) would
+    /// hash differently (the chain, Eq. 1) and may compute a different sign of zero, so it is not shared either.
+    @Test func aCopyThatDiffersOnlyInTheSignOfAZeroIsNotShared() throws {
+        let m = try smallModel(seed: 45)
+        let dir = try sealedRing(m)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let rt = try RingRuntime(directory: dir)
+        // The block at position 3's layer with +0 as its first weight; its predecessor's copy of it with −0.
+        var layer = try rt.ring.heldLayers(position: 3).own
+        layer.tensors[0].data[0] = 0
+        var copy = layer
+        copy.tensors[0].data[0] = -0.0
+        #expect(copy == layer && !copy.isBitIdentical(to: layer) && layer.isBitIdentical(to: layer))
+        try rt.ring.overwriteHeldLayers(position: 3, own: layer)
+        try rt.ring.overwriteHeldLayers(position: 2, own: try rt.ring.heldLayers(position: 2).own, next: copy)
+        try rt.adoptTamperedFiles()
+        let n = rt.nodes
+        #expect(n[3].own !== n[2].next)
+        for p in [1, 2, 4, 5] { #expect(n[p].own === n[p - 1].next, "position \(p)") }
+    }
 }
